@@ -1,0 +1,33 @@
+"""adact: learn which activation function each layer of a network should use.
+
+Implements the AdAct unit of "Learning to optimize activation function choice through
+adaptive activation modules" (ICLR 2024 Tiny Papers) and the tools around it.
+"""
+
+from adact.activations import (
+    ACTIVATIONS,
+    DEFAULT_CANDIDATES,
+    create_act,
+    get_act_layer,
+    list_activations,
+)
+from adact.models import ConvNet
+from adact.surgery import adactify, dominant_activations, optimize
+from adact.unit import AdAct, adact_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_CANDIDATES",
+    "AdAct",
+    "ConvNet",
+    "__version__",
+    "adact_reference",
+    "adactify",
+    "create_act",
+    "dominant_activations",
+    "get_act_layer",
+    "list_activations",
+    "optimize",
+]

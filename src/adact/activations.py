@@ -1,0 +1,147 @@
+"""Registry of activation functions by name, in the spirit of ``timm.layers.create_act``.
+
+Every activation is known by one lower-case name. Each name maps to
+
+* a ``torch.nn`` module class with PyTorch's default hyper-parameters (used to build
+  fixed-activation models, e.g. ConvNet-ReLU or the ConvNet-Optimized that
+  :func:`adact.optimize` produces), and
+* a functional form ``fn(x, prelu_weight, training)`` (used inside an AdAct unit, which
+  owns the one learnable parameter any candidate has: PReLU's slope).
+
+The name ``"adact"`` resolves to :class:`adact.AdAct` in :func:`get_act_layer`, so models
+can take ``act_layer="adact"`` like any other activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_CANDIDATES",
+    "RRELU_LOWER",
+    "RRELU_UPPER",
+    "ActLayer",
+    "activation_functional",
+    "activation_name",
+    "create_act",
+    "get_act_layer",
+    "list_activations",
+]
+
+#: RReLU's default bounds (``nn.RReLU``): slope ~ U(1/8, 1/3) in training, its mean in eval.
+RRELU_LOWER: float = 1.0 / 8.0
+RRELU_UPPER: float = 1.0 / 3.0
+
+#: The paper's pool, in the paper's order.
+DEFAULT_CANDIDATES: tuple[str, ...] = ("relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish")
+
+#: name -> torch.nn module class (default hyper-parameters).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "rrelu": nn.RReLU,
+    "silu": nn.SiLU,
+    "mish": nn.Mish,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "hardswish": nn.Hardswish,
+    "softplus": nn.Softplus,
+    "selu": nn.SELU,
+    "celu": nn.CELU,
+    "hardtanh": nn.Hardtanh,
+    "relu6": nn.ReLU6,
+    "identity": nn.Identity,
+}
+
+ActFn = Callable[[Tensor, Tensor, bool], Tensor]
+
+
+def _rrelu(x: Tensor, _w: Tensor, training: bool) -> Tensor:
+    return F.rrelu(x, RRELU_LOWER, RRELU_UPPER, training=training)
+
+
+_FUNCTIONAL: dict[str, ActFn] = {
+    "relu": lambda x, _w, _t: F.relu(x),
+    "elu": lambda x, _w, _t: F.elu(x),
+    "leaky_relu": lambda x, _w, _t: F.leaky_relu(x, 0.01),
+    # F.prelu broadcasts a (C,) weight over dim 1 and a (1,) weight over everything.
+    "prelu": lambda x, w, _t: F.prelu(x, w.to(x.dtype)),
+    "rrelu": _rrelu,
+    "silu": lambda x, _w, _t: F.silu(x),
+    "mish": lambda x, _w, _t: F.mish(x),
+    "gelu": lambda x, _w, _t: F.gelu(x),
+    "tanh": lambda x, _w, _t: torch.tanh(x),
+    "sigmoid": lambda x, _w, _t: torch.sigmoid(x),
+    "hardswish": lambda x, _w, _t: F.hardswish(x),
+    "softplus": lambda x, _w, _t: F.softplus(x),
+    "selu": lambda x, _w, _t: F.selu(x),
+    "celu": lambda x, _w, _t: F.celu(x),
+    "hardtanh": lambda x, _w, _t: F.hardtanh(x),
+    "relu6": lambda x, _w, _t: F.relu6(x),
+    "identity": lambda x, _w, _t: x,
+}
+assert _FUNCTIONAL.keys() == ACTIVATIONS.keys()
+
+ActLayer = Union[str, type[nn.Module], Callable[..., nn.Module]]
+
+
+def list_activations() -> list[str]:
+    """Names accepted wherever an activation name is expected (``"adact"`` excluded)."""
+    return list(ACTIVATIONS)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"activation name must be a str, got {type(name).__name__}: {name!r}")
+    key = name.lower().replace("-", "_")
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+    return key
+
+
+def activation_functional(name: str) -> ActFn:
+    """The functional form ``fn(x, prelu_weight, training)`` of activation ``name``."""
+    return _FUNCTIONAL[_check_name(name)]
+
+
+def get_act_layer(act_layer: ActLayer) -> Callable[..., nn.Module]:
+    """Resolve a name or a class to a module constructor, once, like timm's ``get_act_layer``.
+
+    Args:
+        act_layer: ``"adact"``, a registry name (see :func:`list_activations`), or a callable
+            returning an ``nn.Module`` (returned unchanged).
+
+    Raises:
+        ValueError: unknown name; the message lists the valid names.
+    """
+    if isinstance(act_layer, str):
+        if act_layer.lower() == "adact":
+            from adact.unit import AdAct
+
+            return AdAct
+        return ACTIVATIONS[_check_name(act_layer)]
+    if callable(act_layer):
+        return act_layer
+    raise TypeError(f"act_layer must be a name or a callable returning nn.Module, got {act_layer!r}")
+
+
+def create_act(act_layer: ActLayer, **kwargs: object) -> nn.Module:
+    """Build one activation module from a name or class (one instance per call site)."""
+    return get_act_layer(act_layer)(**kwargs)
+
+
+def activation_name(module: nn.Module) -> str | None:
+    """Registry name of a plain activation module (exact class match), or None."""
+    for name, cls in ACTIVATIONS.items():
+        if type(module) is cls:
+            return name
+    return None

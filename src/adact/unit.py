@@ -1,0 +1,200 @@
+"""The AdAct unit: a learned softmax mixture of candidate activation functions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from adact.activations import DEFAULT_CANDIDATES, _check_name, activation_functional
+
+__all__ = ["AdAct", "GRANULARITIES", "LOGIT_INITS", "adact_reference"]
+
+GRANULARITIES: tuple[str, ...] = ("layer", "channel")
+LOGIT_INITS: tuple[str, ...] = ("zeros", "normal", "uniform")
+
+
+def _broadcast_weight(p: Tensor, x: Tensor) -> Tensor:
+    """Shape a per-channel column ``(C,)`` to broadcast over ``x`` of shape ``(N, C, *)``."""
+    if p.dim() == 0:
+        return p
+    return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def adact_reference(
+    x: Tensor,
+    logits: Tensor,
+    prelu_weight: Tensor,
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    training: bool = False,
+) -> Tensor:
+    r"""The plain AdAct sum, one PyTorch op per candidate: :math:`\sum_k \mathrm{softmax}(w)_k\,f_k(x)`.
+
+    This is the definition every faster path is tested against.
+
+    Args:
+        x: input, any shape; ``(N, C, *)`` when ``logits`` is per channel.
+        logits: ``(K,)`` for one mixture per unit, or ``(C, K)`` for one per channel (dim 1).
+        prelu_weight: PReLU slope, ``(1,)`` or ``(C,)``.
+        candidates: the K activation names, in the order of the last dim of ``logits``.
+        training: RReLU draws a random slope per element when True, uses the mean slope otherwise.
+    """
+    p = torch.softmax(logits.float(), dim=-1).to(x.dtype)  # (K,) or (C, K)
+    out: Tensor | None = None
+    for k, name in enumerate(candidates):
+        term = _broadcast_weight(p[..., k], x) * activation_functional(name)(x, prelu_weight, training)
+        out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+class AdAct(nn.Module):
+    r"""Adaptive activation: a learned softmax mixture of K candidate activations.
+
+    .. math::
+        \text{AdAct}(x) = \sum_{k=1}^{K} \mathrm{softmax}(w)_k \, f_k(x)
+
+    with the paper's default pool :math:`f = ` (ReLU, ELU, LeakyReLU, PReLU, RReLU, SiLU, Mish),
+    each with PyTorch's default hyper-parameters (ELU :math:`\alpha = 1`, LeakyReLU slope 0.01,
+    PReLU slope initialised to 0.25, RReLU slope :math:`\sim U(1/8, 1/3)` per element in
+    training mode and :math:`(1/8 + 1/3) / 2` in eval mode, exactly like ``nn.RReLU``).
+    The logits :math:`w` and the PReLU slope are learned end to end: with the default pool a
+    unit has 7 + 1 = 8 parameters, so a model with :math:`n` units adds :math:`8n`.
+
+    The activation with the largest weight is the unit's *choice* (:meth:`dominant`).
+
+    Args:
+        candidates: activation names from :func:`adact.list_activations`, in mixture order.
+            Default: the paper's seven.
+        granularity: ``"layer"`` (the paper: one logit vector per unit) or ``"channel"``
+            (one logit vector and one PReLU slope per channel of dim 1). Default: ``"layer"``.
+        num_channels: number of channels; required when ``granularity="channel"``.
+        init: initial logits: ``"zeros"`` (a uniform mixture, the default), ``"normal"``
+            (:math:`\mathcal{N}(0, \text{init\_scale}^2)`) or ``"uniform"``
+            (:math:`U(-\text{init\_scale}, \text{init\_scale})`).
+        init_scale: spread of the random inits. Default: 0.1.
+        prelu_init: initial PReLU slope. Default: 0.25.
+        fused: use the fused kernel (one pass forward, one backward, saves only the input)
+            where it supports the pool; ``False`` selects :func:`adact_reference`. Both give
+            the same values. Default: ``True``.
+
+    Shape:
+        - Input: :math:`(*)` for ``"layer"``; :math:`(N, C, *)` for ``"channel"``.
+        - Output: same shape and dtype as the input.
+
+    Attributes:
+        logits: the raw mixture weights :math:`w`, shape :math:`(K,)` or :math:`(C, K)`.
+        prelu_weight: the PReLU slope, shape :math:`(1,)` or :math:`(C,)`.
+
+    Examples::
+
+        >>> m = AdAct()
+        >>> y = m(torch.randn(2, 16, 8, 8))
+        >>> m.mixture()          # softmax(w): 7 weights summing to 1
+        >>> m.dominant()         # e.g. 'relu'
+        >>> per_channel = AdAct(granularity="channel", num_channels=16)
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[str] = DEFAULT_CANDIDATES,
+        granularity: str = "layer",
+        num_channels: int | None = None,
+        init: str = "zeros",
+        init_scale: float = 0.1,
+        prelu_init: float = 0.25,
+        fused: bool = True,
+    ) -> None:
+        if isinstance(candidates, str):
+            raise TypeError(f"candidates must be a sequence of names, got the string {candidates!r}")
+        names = tuple(_check_name(c) for c in candidates)
+        if len(names) == 0:
+            raise ValueError("candidates must name at least one activation")
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidates must be distinct, got {list(names)}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        if granularity == "channel":
+            if num_channels is None:
+                raise ValueError('granularity="channel" needs num_channels (the size of dim 1)')
+            if not isinstance(num_channels, int) or num_channels < 1:
+                raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        if init not in LOGIT_INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(LOGIT_INITS)}")
+        if not math.isfinite(init_scale) or init_scale < 0:
+            raise ValueError(f"init_scale must be finite and >= 0, got {init_scale}")
+        super().__init__()
+        self.candidates: tuple[str, ...] = names
+        self.granularity = granularity
+        self.num_channels = num_channels if granularity == "channel" else None
+        self.init = init
+        self.init_scale = float(init_scale)
+        self.prelu_init = float(prelu_init)
+        self.fused = bool(fused)
+        rows = () if self.num_channels is None else (self.num_channels,)
+        self.logits = nn.Parameter(torch.empty(*rows, len(names)))
+        self.prelu_weight = nn.Parameter(torch.empty(self.num_channels or 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.init == "zeros":
+                self.logits.zero_()
+            elif self.init == "normal":
+                self.logits.normal_(0.0, self.init_scale)
+            else:
+                self.logits.uniform_(-self.init_scale, self.init_scale)
+            self.prelu_weight.fill_(self.prelu_init)
+
+    def _check_input(self, x: Tensor) -> None:
+        if self.num_channels is not None and (x.dim() < 2 or x.shape[1] != self.num_channels):
+            got = tuple(x.shape)
+            raise ValueError(
+                f"AdAct(granularity='channel', num_channels={self.num_channels}) expects input of "
+                f"shape (N, {self.num_channels}, *), got {got}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if self.fused:
+            from adact import fused as _fused
+
+            if _fused.fused_supported(self.candidates, x):
+                return _fused.adact_fused(x, self.logits, self.prelu_weight, self.candidates, self.training)
+        return adact_reference(x, self.logits, self.prelu_weight, self.candidates, self.training)
+
+    # --- reading the choice -------------------------------------------------------------
+
+    def mixture(self) -> Tensor:
+        """The softmax weights, shape ``(K,)`` or ``(C, K)``, detached, float32."""
+        return torch.softmax(self.logits.detach().float(), dim=-1)
+
+    def raw_weights(self) -> Tensor:
+        """The raw logits :math:`w`, detached, float32."""
+        return self.logits.detach().float().clone()
+
+    def weights_dict(self) -> dict[str, float]:
+        """``{candidate: softmax weight}``; per-channel units report the channel mean."""
+        p = self.mixture()
+        if p.dim() == 2:
+            p = p.mean(0)
+        return {name: float(v) for name, v in zip(self.candidates, p.tolist())}
+
+    def dominant(self) -> str | list[str]:
+        """Name of the candidate with the largest weight (a list, one per channel, for "channel")."""
+        idx = self.mixture().argmax(-1)
+        if idx.dim() == 0:
+            return self.candidates[int(idx)]
+        return [self.candidates[i] for i in idx.tolist()]
+
+    def extra_repr(self) -> str:
+        s = f"candidates={list(self.candidates)}, granularity={self.granularity!r}"
+        if self.num_channels is not None:
+            s += f", num_channels={self.num_channels}"
+        if self.init != "zeros":
+            s += f", init={self.init!r}, init_scale={self.init_scale}"
+        if not self.fused:
+            s += ", fused=False"
+        return s
