@@ -1,0 +1,393 @@
+"""Training with the AdAct paper's protocol: one short loop you can read top to bottom.
+
+Protocol defaults (the paper): AdamW, lr 1e-3, cross-entropy, batch 64 (test 1000), 15 epochs,
+test accuracy every epoch, keep the best. Weight decay is AdamW's default 0.01; the paper calls
+plain ``AdamW(model.parameters(), lr=1e-3)``, so by default it also decays the AdAct logits
+(pulling the mixture towards uniform) and the PReLU slope. ``decay_adact=False`` exempts them.
+
+A run folder holds::
+
+    config.json     the resolved TrainConfig
+    metrics.csv     one row per epoch: losses, accuracies, seconds, images/s, every unit's weights
+    best.pt         checkpoint of the best epoch by test accuracy (the paper's selection)
+    last.pt         checkpoint after the last finished epoch (resume point)
+    result.json     summary: best / final / validation-selected accuracy, chosen activations
+
+Checkpoints are self-describing (model state, optimiser state, config, model kwargs, epoch,
+metrics, RNG state): :func:`load_checkpoint` rebuilds the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adact.data import DataSplits, DeviceLoader, load_dataset
+from adact.io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from adact.models import DEFAULT_CHANNELS, ConvNet
+from adact.surgery import adact_units, dominant_activations
+from adact.unit import AdAct
+
+__all__ = [
+    "DivergedError",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "load_checkpoint",
+    "resolve_device",
+    "train",
+    "unit_weights",
+]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as config.json and inside checkpoints."""
+
+    dataset: str = "digits"  # a name from adact.data.DATASETS or "npz:PATH"
+    data_dir: str = "data"  # root folder of the named datasets
+    download: bool = False  # let torchvision download fmnist / cifar10 / svhn
+    fer_split: str = "paper"  # fer2013: "paper" (Training split 80/20) or "official"
+    test_from_train: float | None = None  # carve the test set from train (fraction), e.g. 0.2 for FER npz
+    val_fraction: float = 0.0  # fraction of train held out for validation-based model selection
+    split_seed: int = 0  # seed of the fixed data splits (not the training seed)
+    activation: str | list[str] = "adact"  # "adact", a registry name, or one name per block
+    granularity: str = "layer"  # AdAct logits per "layer" (paper) or per "channel"
+    channels: list[int] = field(default_factory=lambda: list(DEFAULT_CHANNELS))  # conv widths (ours)
+    kernel_size: int = 3  # conv kernel (ours; the paper's table is missing)
+    epochs: int = 15  # passes over the training set
+    batch_size: int = 64  # training images per step
+    test_batch_size: int = 1000  # images per evaluation batch
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (torch default)
+    decay_adact: bool = True  # also decay AdAct logits and PReLU slopes (plain AdamW does)
+    hflip: bool = False  # random horizontal flips (off: the paper uses no augmentation)
+    crop_padding: int = 0  # random-crop padding in pixels (0 = off)
+    seed: int = 0  # seeds init, shuffling, RReLU noise
+    device: str = "auto"  # auto | cpu | cuda | mps
+    bf16: bool = False  # bf16 autocast for forward passes
+    compile: bool = False  # torch.compile the model
+    fused: bool = True  # AdAct's fused kernel (False: the reference sum)
+    max_train_samples: int | None = None  # subsample the training set (smoke tests only)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.test_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {self.batch_size}, {self.test_batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; valid: {', '.join(DEVICES)}")
+        if self.granularity not in ("layer", "channel"):
+            raise ValueError(f"unknown granularity {self.granularity!r}; valid: layer, channel")
+        self.channels = [int(c) for c in self.channels]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but MPS is not available; use --device auto or cpu")
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def model_kwargs(config: TrainConfig, data: DataSplits) -> dict[str, Any]:
+    """ConvNet constructor arguments; stored in checkpoints so a model rebuilds from the file."""
+    return {
+        "in_channels": data.in_channels,
+        "num_classes": data.num_classes,
+        "image_size": list(data.image_size),
+        "activation": config.activation,
+        "channels": list(config.channels),
+        "kernel_size": config.kernel_size,
+        "adact_kwargs": {"granularity": config.granularity, "fused": config.fused},
+    }
+
+
+def build_model(kwargs: dict[str, Any]) -> ConvNet:
+    kw = dict(kwargs)
+    kw["image_size"] = tuple(kw["image_size"])
+    return ConvNet(**kw)
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    if config.decay_adact:
+        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    adact_ids = {id(p) for m in model.modules() if isinstance(m, AdAct) for p in m.parameters()}
+    decay = [p for p in model.parameters() if id(p) not in adact_ids]
+    no_decay = [p for p in model.parameters() if id(p) in adact_ids]
+    return [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def unit_weights(model: nn.Module) -> dict[str, float]:
+    """Flat ``{"mix/<path>/<name>": softmax weight, "raw/<path>/<name>": logit}`` for every unit.
+
+    Per-channel units report the channel mean of each.
+    """
+    out: dict[str, float] = {}
+    for path, unit in adact_units(model):
+        mix, raw = unit.mixture(), unit.raw_weights()
+        if mix.dim() == 2:
+            mix, raw = mix.mean(0), raw.mean(0)
+        for name, m, r in zip(unit.candidates, mix.tolist(), raw.tolist()):
+            out[f"mix/{path}/{name}"] = m
+            out[f"raw/{path}/{name}"] = r
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, bf16: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``loader``."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    device_type = next(model.parameters()).device.type
+    for x, y in loader:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += y.numel()
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def _write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _checkpoint(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, mkw: dict[str, Any],
+                epoch: int, metrics: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "config": asdict(config),
+        "model_kwargs": mkw,
+        "epoch": epoch,  # epochs finished
+        "metrics": metrics,
+        "best": best,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "format": "adact-checkpoint-1",
+    }
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ConvNet, dict[str, Any]]:
+    """Rebuild the model of a checkpoint from the file alone; returns ``(model, checkpoint)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; expected a best.pt or last.pt written by `adact train`")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "adact-checkpoint-1":
+        raise ValueError(f"{path} is not an adact checkpoint (missing format tag 'adact-checkpoint-1')")
+    model = build_model(ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+def _summary(config: TrainConfig, metrics: list[dict[str, Any]], model: nn.Module, status: str,
+             message: str, wall_s: float) -> dict[str, Any]:
+    best = max(metrics, key=lambda r: r["test_acc"]) if metrics else None
+    has_val = bool(metrics) and metrics[0].get("val_acc") is not None
+    val_best = max(metrics, key=lambda r: r["val_acc"]) if has_val else None
+    units = adact_units(model)
+    return {
+        "status": status,  # "done" or "diverged"
+        "message": message,
+        "dataset": config.dataset,
+        "activation": config.activation,
+        "seed": config.seed,
+        "epochs_run": len(metrics),
+        "best_test_acc": best["test_acc"] if best else None,  # the paper's number (optimistic)
+        "best_epoch": best["epoch"] if best else None,
+        "final_test_acc": metrics[-1]["test_acc"] if metrics else None,
+        "val_selected_test_acc": val_best["test_acc"] if val_best else None,  # honest selection
+        "val_best_epoch": val_best["epoch"] if val_best else None,
+        "dominant": {k: [n, w] for k, (n, w) in dominant_activations(model).items()},
+        "weights": unit_weights(model),
+        "n_adact_units": len(units),
+        "n_adact_params": sum(p.numel() for _, u in units for p in u.parameters()),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "wall_s": wall_s,
+    }
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
+          quiet: bool = False) -> dict[str, Any]:
+    """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
+
+    A finished run (result.json with status "done") is returned without training. An
+    interrupted one resumes from last.pt and ends with the same numbers as an uninterrupted
+    run on CPU. A NaN/inf loss stops the run, keeps the last good checkpoint, writes
+    result.json with status "diverged" and raises :class:`DivergedError`.
+    """
+    out = Path(out_dir)
+    result_path = out / "result.json"
+    if result_path.is_file():
+        prev = read_json(result_path)
+        if prev.get("status") == "done" and prev.get("config") == asdict(config):
+            return prev
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction,
+                            seed=config.split_seed, fer_split=config.fer_split,
+                            test_from_train=config.test_from_train)
+    train_set = data.train
+    if config.max_train_samples is not None and config.max_train_samples < len(train_set):
+        g = torch.Generator().manual_seed(config.split_seed)
+        keep = torch.randperm(len(train_set), generator=g)[: config.max_train_samples].sort().values
+        train_set = type(train_set)(train_set.x[keep], train_set.y[keep])
+
+    torch.manual_seed(config.seed)
+    mkw = model_kwargs(config, data)
+    model = build_model(mkw).to(device)
+    opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
+                                hflip=config.hflip, crop_padding=config.crop_padding)
+    test_loader = DeviceLoader(data.test, config.test_batch_size, device=device)
+    val_loader = DeviceLoader(data.val, config.test_batch_size, device=device) if data.val is not None else None
+
+    metrics: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"test_acc": -1.0, "epoch": 0}
+    start_epoch = 0
+    last_path = out / "last.pt"
+    if last_path.is_file():  # resume
+        ckpt = torch.load(last_path, map_location=device, weights_only=False)
+        if ckpt.get("config") != asdict(config):
+            raise ValueError(f"{out} holds a run with a different config; use another --out folder")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        metrics, best, start_epoch = ckpt["metrics"], ckpt["best"], ckpt["epoch"]
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", asdict(config))
+
+    step_model = torch.compile(model) if config.compile else model
+    wall0 = time.perf_counter() - sum(r["seconds"] for r in metrics)
+    status, message = "done", ""
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        model.train()
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = _progress(len(train_loader), f"{config.dataset} {_act_label(config)} ep {epoch}/{config.epochs}", quiet)
+        for x, y in train_loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits = step_model(x)  # (B, num_classes)
+            loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                status = "diverged"
+                message = f"loss became {float(loss)} in epoch {epoch}; kept the checkpoint of epoch {epoch - 1}"
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss) * y.numel()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(_postfix(model, seen, time.perf_counter() - t0), refresh=False)
+        if bar is not None:
+            bar.close()
+        if status == "diverged":
+            break
+        seconds = time.perf_counter() - t0
+        test_loss, test_acc = evaluate(step_model, test_loader, config.bf16)
+        val_loss, val_acc = evaluate(step_model, val_loader, config.bf16) if val_loader else (None, None)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "seconds": seconds,  # training time of this epoch, evaluation excluded
+            "images_per_s": seen / seconds,
+            **unit_weights(model),
+        }
+        metrics.append(row)
+        if not quiet:
+            val = f" val {val_acc:.4f}" if val_acc is not None else ""
+            print(f"epoch {epoch:>2}: loss {row['train_loss']:.4f} test {test_acc:.4f}{val} "
+                  f"({row['images_per_s']:.0f} img/s)", flush=True)
+        ckpt = _checkpoint(model, opt, config, mkw, epoch, metrics, best)
+        if test_acc > best["test_acc"]:
+            best = {"test_acc": test_acc, "epoch": epoch}
+            ckpt["best"] = best
+            atomic_save(ckpt, out / "best.pt")
+        # last.pt is the resume point, so it is written after metrics and best are consistent.
+        _write_metrics_csv(out / "metrics.csv", metrics)
+        atomic_save(ckpt, last_path)
+
+    result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0)
+    result["config"] = asdict(config)
+    atomic_write_json(result_path, result)
+    if status == "diverged":
+        raise DivergedError(f"{out}: {message}")
+    return result
+
+
+def _act_label(config: TrainConfig) -> str:
+    a = config.activation
+    return a if isinstance(a, str) else "optimized"
+
+
+def _progress(total: int, desc: str, quiet: bool) -> Any:
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _postfix(model: nn.Module, seen: int, seconds: float) -> str:
+    chosen = [u.dominant() for _, u in adact_units(model)]
+    short = " ".join(c if isinstance(c, str) else "per-ch" for c in chosen)
+    return f"{seen / max(seconds, 1e-9):.0f} img/s" + (f" | {short}" if short else "")
+
