@@ -12,7 +12,7 @@ from adact.activations import (
     list_activations,
 )
 from adact.models import ConvNet
-from adact.surgery import adactify, dominant_activations, optimize
+from adact.surgery import DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, dominant_activations, optimize
 from adact.unit import AdAct, adact_reference
 
 __version__ = "0.1.0"
@@ -20,10 +20,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "DEFAULT_CANDIDATES",
+    "DEFAULT_TARGETS",
     "AdAct",
+    "AdactifyReport",
     "ConvNet",
     "__version__",
     "adact_reference",
+    "adact_units",
     "adactify",
     "create_act",
     "dominant_activations",

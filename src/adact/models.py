@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.fx
 from torch import Tensor, nn
 
 from adact.activations import ActLayer, get_act_layer
@@ -18,6 +19,19 @@ from adact.unit import AdAct
 __all__ = ["ConvNet", "DEFAULT_CHANNELS", "convnet_from_choices"]
 
 DEFAULT_CHANNELS: tuple[int, ...] = (32, 64, 128, 256)
+
+
+def _check_input(x: Tensor, in_channels: int, image_size: tuple[int, int]) -> None:
+    if x.dim() != 4 or x.shape[1] != in_channels or tuple(x.shape[2:]) != tuple(image_size):
+        raise ValueError(
+            f"ConvNet(in_channels={in_channels}, image_size={tuple(image_size)}) expects input of shape "
+            f"(N, {in_channels}, {image_size[0]}, {image_size[1]}), got {tuple(x.shape)}"
+        )
+
+
+# A leaf for torch.fx: the check runs at call time instead of being traced, so adactify can
+# trace a ConvNet to find shared activation call sites.
+torch.fx.wrap("_check_input")
 
 
 def _act_kwargs(act_cls: object, channels: int, adact_kwargs: dict[str, object]) -> dict[str, object]:
@@ -129,12 +143,7 @@ class ConvNet(nn.Module):
                 m.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.image_size:
-            raise ValueError(
-                f"ConvNet(in_channels={self.in_channels}, image_size={self.image_size}) expects "
-                f"input of shape (N, {self.in_channels}, {self.image_size[0]}, {self.image_size[1]}), "
-                f"got {tuple(x.shape)}"
-            )
+        _check_input(x, self.in_channels, self.image_size)
         x = self.features(x)  # (N, C_last, H/16, W/16)
         return self.classifier(self.flatten(x))  # (N, num_classes)
 
