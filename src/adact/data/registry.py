@@ -1,0 +1,157 @@
+"""``load_dataset``: every supported dataset by name, with the split options applied uniformly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, stratified_split
+
+__all__ = ["DATASETS", "FER_SPLITS", "load_dataset"]
+
+DATASETS: tuple[str, ...] = ("fmnist", "cifar10", "svhn", "fer2013", "digits")
+"""Named datasets; any ``.npz`` file is also accepted as ``"npz:PATH"``."""
+
+FER_SPLITS: tuple[str, ...] = ("paper", "official")
+
+PAPER_FER_TEST_FRACTION = 0.2
+
+def _raw_loader(name: str, root: Path, download: bool) -> Callable[[], RawSplits]:
+    if name == "fmnist":
+        from adact.data.torchvision_sets import load_fmnist
+        return lambda: load_fmnist(root, download)
+    if name == "cifar10":
+        from adact.data.torchvision_sets import load_cifar10
+        return lambda: load_cifar10(root, download)
+    if name == "svhn":
+        from adact.data.torchvision_sets import load_svhn
+        return lambda: load_svhn(root, download)
+    if name == "fer2013":
+        from adact.data.fer2013 import load_fer2013
+        return lambda: load_fer2013(root, download)
+    if name == "digits":
+        from adact.data.digits import load_digits
+        return load_digits
+    raise AssertionError(name)  # callers validate the name first
+
+
+def _check_fraction(value: float | None, what: str) -> None:
+    if value is not None and not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{what} must be in (0, 1), got {value}")
+
+
+def load_dataset(name: str, root: str | Path = "data", download: bool = False, *, val_fraction: float = 0.0,
+                 seed: int = 0, fer_split: str = "paper", test_from_train: float | None = None) -> DataSplits:
+    r"""Load a dataset's splits into memory as uint8 tensors.
+
+    Args:
+        name: one of :data:`DATASETS` or ``"npz:PATH"``:
+
+            - ``"fmnist"``, ``"cifar10"``, ``"svhn"``: through torchvision's FashionMNIST / CIFAR10 /
+              SVHN classes, from their usual places under ``root`` (``FashionMNIST/raw/``,
+              ``cifar-10-batches-py/``, ``train_32x32.mat`` + ``test_32x32.mat``), official splits.
+            - ``"fer2013"``: Kaggle's ``fer2013.csv`` at ``root/fer2013.csv`` or
+              ``root/fer2013/fer2013.csv``, or the image-folder export ``root[/fer2013]/train/<emotion>/``
+              and ``test/<emotion>/`` (classes: angry, disgust, fear, happy, sad, surprise, neutral).
+              48x48 grayscale. Split by ``fer_split``.
+            - ``"digits"``: scikit-learn's bundled 8x8 digits (1,797 images), scaled to 0..255 and
+              resized to 16x16; fixed stratified 80/20 split (seed 0): 1,437 train / 360 test. Needs
+              no files: the offline default.
+            - ``"npz:PATH"``: arrays ``x_train``, ``y_train``, ``x_test``, ``y_test`` (uint8 images
+              ``(N, H, W)`` or ``(N, H, W, C)``, integer labels) and optional ``classes``; a relative
+              PATH not found from the working directory is also tried under ``root``. See
+              :mod:`adact.data.npz`.
+        root: data folder (the CLI's ``--data-dir``). Default: ``"data"``.
+        download: let torchvision fetch fmnist / cifar10 / svhn when they are not already there
+            with matching checksums (a no-op when they are). FER2013 cannot be downloaded (Kaggle
+            login); a missing copy raises an error that says where to get it. Default: False.
+        val_fraction: hold out this stratified fraction of the (final) training split as ``val``;
+            0 means no validation split. Default: 0.0.
+        seed: seed of every carved split (FER paper protocol, ``test_from_train``, ``val``); the
+            same seed always gives the same split. A carve is scikit-learn's
+            ``train_test_split(test_size=fraction, stratify=labels, random_state=seed)``, so it can be
+            reproduced outside adact. Default: 0.
+        fer_split: FER2013 only. ``"paper"``: the paper's protocol, train on a stratified 80% of
+            the 28,709 Training images and evaluate on the other 20% (5,742); PublicTest and
+            PrivateTest are unused. ``"official"``: train = Training, test = PublicTest +
+            PrivateTest (image folders: train/ and test/). Default: ``"paper"``.
+        test_from_train: replace the test split by a stratified holdout of this fraction of the
+            training split (the source's test split is then unused; ``info`` says so). Works for
+            every dataset; e.g. ``load_dataset("npz:fer2013.npz", test_from_train=0.2)`` applies the
+            paper's FER protocol to an npz holding the official splits. For ``"fer2013"`` with
+            ``fer_split="paper"`` it overrides the 0.2. Default: None (keep the source's test split).
+
+    Returns:
+        :class:`DataSplits` with ``info`` recording source, protocol, seed and counts.
+
+    Raises:
+        ValueError: unknown name, bad option value, or malformed data (message says which).
+        FileNotFoundError: FER2013 or the npz file is missing (message says where to put it).
+        RuntimeError: torchvision's files are missing, corrupted, or could not be downloaded.
+
+    Example::
+
+        >>> data = load_dataset("fer2013", "data")  # paper protocol: 22,967 train / 5,742 test
+        >>> data.in_channels, data.image_size, data.num_classes
+        (1, (48, 48), 7)
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {type(name).__name__}")
+    if fer_split not in FER_SPLITS:
+        raise ValueError(f"fer_split must be one of {', '.join(FER_SPLITS)}, got {fer_split!r}")
+    _check_fraction(test_from_train, "test_from_train")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    root = Path(root).expanduser()
+    key = name.strip()
+
+    if key.lower().startswith("npz:"):
+        from adact.data.npz import load_npz, resolve_npz_path
+
+        path = resolve_npz_path(key[4:], root)
+        train, test, classes, info = load_npz(path)
+        display = f"npz:{path.stem}"
+    elif key.lower() in DATASETS:
+        key = key.lower()
+        train, test, classes, info = _raw_loader(key, root, download)()
+        display = key
+    else:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, npz:PATH "
+                         f"(a .npz file with x_train, y_train, x_test, y_test)")
+
+    info = dict(info)
+    notes = list(info.pop("notes", []))  # type: ignore[call-overload]
+    carve = test_from_train
+    if key == "fer2013":
+        if fer_split == "official":
+            if test_from_train is not None:
+                raise ValueError("fer_split='official' keeps the official test set, so it cannot be combined with "
+                                 "test_from_train; use fer_split='paper' (optionally with test_from_train) instead")
+            info["protocol"] = f"official: train = Training, test = {info.get('official_test')}"
+        else:
+            carve = PAPER_FER_TEST_FRACTION if test_from_train is None else test_from_train
+            info["protocol"] = f"paper: stratified {1 - carve:.0%}/{carve:.0%} split of Training, seed {seed}"
+        info.pop("official_test", None)
+
+    if carve is not None:
+        keep, hold = stratified_split(train.y, float(carve), seed, what="test split")
+        notes.append(f"test = stratified {carve:g} of the source's training split (seed {seed}); the source's "
+                     f"test split ({len(test)} images) is unused")
+        if key != "fer2013":
+            info["protocol"] = f"test carved from train: stratified {1 - carve:.0%}/{carve:.0%} split, seed {seed}"
+        info["unused_source_test"] = len(test)
+        train, test = train.subset(keep), train.subset(hold)
+
+    val: ArrayDataset | None = None
+    if val_fraction > 0:
+        keep, hold = stratified_split(train.y, float(val_fraction), seed,
+                                      what="validation split")
+        train, val = train.subset(keep), train.subset(hold)
+        notes.append(f"val = stratified {val_fraction:g} of the training split (seed {seed})")
+
+    for split_name, split in (("train", train), ("test", test), ("val", val)):
+        if split is not None and len(split) and int(split.y.max()) >= len(classes):
+            raise ValueError(f"{display}: {split_name} label {int(split.y.max())} exceeds the {len(classes)} classes")
+    info.update(seed=seed, counts={"train": len(train), "val": len(val) if val is not None else 0,
+                                   "test": len(test)}, notes=notes)
+    return DataSplits(name=display, train=train, test=test, val=val, classes=classes, info=info)
