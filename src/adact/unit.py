@@ -23,10 +23,16 @@ def _broadcast_weight(p: Tensor, x: Tensor) -> Tensor:
     return p.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _softmax(logits: Tensor) -> Tensor:
+    # At least float32 (bf16 logits would round the weights) but float64 stays float64, so a
+    # float64 model is float64-accurate and passes gradcheck.
+    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
 def adact_reference(
     x: Tensor,
     logits: Tensor,
-    prelu_weight: Tensor,
+    prelu_weight: Tensor | None,
     candidates: Sequence[str] = DEFAULT_CANDIDATES,
     training: bool = False,
 ) -> Tensor:
@@ -37,11 +43,11 @@ def adact_reference(
     Args:
         x: input, any shape; ``(N, C, *)`` when ``logits`` is per channel.
         logits: ``(K,)`` for one mixture per unit, or ``(C, K)`` for one per channel (dim 1).
-        prelu_weight: PReLU slope, ``(1,)`` or ``(C,)``.
+        prelu_weight: PReLU slope, ``(1,)`` or ``(C,)``; may be None when "prelu" is not a candidate.
         candidates: the K activation names, in the order of the last dim of ``logits``.
         training: RReLU draws a random slope per element when True, uses the mean slope otherwise.
     """
-    p = torch.softmax(logits.float(), dim=-1).to(x.dtype)  # (K,) or (C, K)
+    p = _softmax(logits).to(x.dtype)  # (K,) or (C, K)
     out: Tensor | None = None
     for k, name in enumerate(candidates):
         term = _broadcast_weight(p[..., k], x) * activation_functional(name)(x, prelu_weight, training)
@@ -86,7 +92,8 @@ class AdAct(nn.Module):
 
     Attributes:
         logits: the raw mixture weights :math:`w`, shape :math:`(K,)` or :math:`(C, K)`.
-        prelu_weight: the PReLU slope, shape :math:`(1,)` or :math:`(C,)`.
+        prelu_weight: the PReLU slope, shape :math:`(1,)` or :math:`(C,)`; ``None`` when the
+            pool has no PReLU (a pool of K such candidates has K parameters per mixture).
 
     Examples::
 
@@ -119,12 +126,14 @@ class AdAct(nn.Module):
         if granularity == "channel":
             if num_channels is None:
                 raise ValueError('granularity="channel" needs num_channels (the size of dim 1)')
-            if not isinstance(num_channels, int) or num_channels < 1:
+            if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 1:
                 raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
         if init not in LOGIT_INITS:
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(LOGIT_INITS)}")
         if not math.isfinite(init_scale) or init_scale < 0:
             raise ValueError(f"init_scale must be finite and >= 0, got {init_scale}")
+        if not math.isfinite(prelu_init):
+            raise ValueError(f"prelu_init must be finite, got {prelu_init}")
         super().__init__()
         self.candidates: tuple[str, ...] = names
         self.granularity = granularity
@@ -135,7 +144,13 @@ class AdAct(nn.Module):
         self.fused = bool(fused)
         rows = () if self.num_channels is None else (self.num_channels,)
         self.logits = nn.Parameter(torch.empty(*rows, len(names)))
-        self.prelu_weight = nn.Parameter(torch.empty(self.num_channels or 1))
+        # Only a pool with PReLU has a slope: an unused parameter would inflate the count and
+        # never receive a gradient (which DistributedDataParallel treats as an error).
+        self.prelu_weight: nn.Parameter | None
+        if "prelu" in names:
+            self.prelu_weight = nn.Parameter(torch.empty(self.num_channels or 1))
+        else:
+            self.register_parameter("prelu_weight", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -146,7 +161,8 @@ class AdAct(nn.Module):
                 self.logits.normal_(0.0, self.init_scale)
             else:
                 self.logits.uniform_(-self.init_scale, self.init_scale)
-            self.prelu_weight.fill_(self.prelu_init)
+            if self.prelu_weight is not None:
+                self.prelu_weight.fill_(self.prelu_init)
 
     def _check_input(self, x: Tensor) -> None:
         if self.num_channels is not None and (x.dim() < 2 or x.shape[1] != self.num_channels):
@@ -162,14 +178,17 @@ class AdAct(nn.Module):
             from adact import fused as _fused
 
             if _fused.fused_supported(self.candidates, x):
-                return _fused.adact_fused(x, self.logits, self.prelu_weight, self.candidates, self.training)
+                slope = self.prelu_weight
+                if slope is None:  # the kernel's signature always takes a slope; it is unused here
+                    slope = self.logits.new_zeros(self.num_channels or 1).detach()
+                return _fused.adact_fused(x, self.logits, slope, self.candidates, self.training)
         return adact_reference(x, self.logits, self.prelu_weight, self.candidates, self.training)
 
     # --- reading the choice -------------------------------------------------------------
 
     def mixture(self) -> Tensor:
         """The softmax weights, shape ``(K,)`` or ``(C, K)``, detached, float32."""
-        return torch.softmax(self.logits.detach().float(), dim=-1)
+        return _softmax(self.logits.detach()).float()
 
     def raw_weights(self) -> Tensor:
         """The raw logits :math:`w`, detached, float32."""
