@@ -326,7 +326,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * y.numel()
+            loss_sum += loss.item() * y.numel()
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
             if bar is not None:
