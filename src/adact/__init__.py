@@ -11,6 +11,7 @@ from adact.activations import (
     get_act_layer,
     list_activations,
 )
+from adact import data
 from adact.models import ConvNet
 from adact.surgery import DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, dominant_activations, optimize
 from adact.unit import AdAct, adact_reference
@@ -29,6 +30,7 @@ __all__ = [
     "adact_units",
     "adactify",
     "create_act",
+    "data",
     "dominant_activations",
     "get_act_layer",
     "list_activations",
