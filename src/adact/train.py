@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -219,7 +220,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; expected a best.pt or last.pt written by `adact train`")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # truncated or not a torch file at all
+        raise ValueError(f"{path} is not a readable adact checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != "adact-checkpoint-1":
         raise ValueError(f"{path} is not an adact checkpoint (missing format tag 'adact-checkpoint-1')")
     model = build_model(ckpt["model_kwargs"])
@@ -321,7 +325,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
             loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
                 status = "diverged"
-                message = f"loss became {float(loss)} in epoch {epoch}; kept the checkpoint of epoch {epoch - 1}"
+                kept = (f"kept the checkpoint of epoch {epoch - 1}" if epoch > 1
+                        else "no checkpoint kept (it diverged before finishing an epoch)")
+                message = f"loss became {loss.item()} in epoch {epoch}; {kept}"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()

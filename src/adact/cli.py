@@ -1,0 +1,282 @@
+"""The ``adact`` command: ``reproduce`` the paper, ``train`` one model, ``analyze`` a run.
+
+User mistakes (bad arguments, unknown names, missing files) end with one line
+``adact: error: ...`` and exit status 2; a diverged training run exits with 1. Anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from adact.activations import list_activations
+from adact.data import DATASETS, FER_SPLITS
+from adact.models import DEFAULT_CHANNELS
+from adact.train import DEVICES, TrainConfig
+
+__all__ = ["build_parser", "main"]
+
+_DATASET_HELP = f"{', '.join(DATASETS)}, or npz:PATH (arrays x_train, y_train, x_test, y_test)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``adact: error: ...`` (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"adact: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+def _fraction(lo_inclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = (0.0 <= v < 1.0) if lo_inclusive else (0.0 < v < 1.0)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be in {'[0' if lo_inclusive else '(0'}, 1), got {v}")
+        return v
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def _dataset(text: str) -> str:
+    if text.lower().startswith("npz:") or text.lower() in DATASETS:
+        return text if text.lower().startswith("npz:") else text.lower()
+    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; valid: {_DATASET_HELP}")
+
+
+def _activation(text: str) -> str:
+    key = text.lower().replace("-", "_")  # the registry's spelling rule: "Leaky-ReLU" is leaky_relu
+    if key == "adact" or key in list_activations():
+        return key
+    raise argparse.ArgumentTypeError(f"unknown activation {text!r}; valid: adact, {', '.join(list_activations())}")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default="data", metavar="DIR", help="root folder of the datasets (default: data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download fmnist / cifar10 / svhn")
+    g.add_argument("--val-fraction", type=_fraction(True), default=0.0, metavar="F",
+                   help="hold out this stratified fraction of train for validation-based selection (default: 0)")
+    g.add_argument("--fer-split", choices=FER_SPLITS, default="paper",
+                   help="fer2013: 'paper' = stratified 80/20 split of Training (default), 'official' = "
+                        "Training vs PublicTest+PrivateTest")
+    g.add_argument("--test-from-train", type=_fraction(False), default=None, metavar="F",
+                   help="carve the test set as a stratified fraction F of train (e.g. 0.2 for an npz FER copy)")
+    g.add_argument("--max-train-samples", type=_int_at_least(1), default=None, metavar="N",
+                   help="train on a fixed random subset of N images (smoke tests)")
+
+
+def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=_int_at_least(1), default=epochs_default,
+                   help=f"passes over the training set (default: {epochs_default}, the paper's)")
+    g.add_argument("--granularity", choices=("layer", "channel"), default="layer",
+                   help="AdAct weights per layer (the paper) or per channel (default: layer)")
+    g.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda, then mps, then cpu")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (GPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--reference", action="store_true",
+                   help="AdAct's reference sum (one op per candidate) instead of the fused kernel")
+    a = p.add_argument_group("model (our assumptions: the paper's layer table is missing)")
+    a.add_argument("--channels", type=_int_at_least(1), nargs="+", default=None, metavar="C",
+                   help=f"conv widths, one per block (default: {' '.join(map(str, DEFAULT_CHANNELS))})")
+    a.add_argument("--kernel-size", type=_int_at_least(1), default=3, metavar="K", help="conv kernel (default: 3)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="adact",
+        description="Learn which activation each layer should use (AdAct, ICLR 2024 Tiny Papers).",
+        epilog="Start with `adact reproduce` (offline, digits, ~2 minutes on CPU), then `adact analyze runs/reproduce`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser(
+        "reproduce", help="the paper's experiment: AdAct -> choices -> ReLU and Optimized, Table 1 and figures",
+        description="Per dataset and seed: train ConvNet-AdAct, read each layer's dominant activation from its "
+                    "best checkpoint, train ConvNet-ReLU and ConvNet-Optimized from scratch with the same seed; "
+                    "then write Table 1 (mean ± sd over seeds, paired differences with 95% CIs, the paper's values), "
+                    "the choices, figures and a report. Rerunning the same command skips finished runs and resumes "
+                    "interrupted ones.",
+        epilog="Example: adact reproduce --datasets fmnist cifar10 svhn --download --seeds 0 1 2 --jobs 3",
+    )
+    r.add_argument("--datasets", type=_dataset, nargs="+", default=["digits"], metavar="NAME",
+                   help=f"datasets to run (default: digits, offline). Valid: {_DATASET_HELP}")
+    r.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="training seeds; the three models share each seed (default: 0 1 2)")
+    r.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: runs/reproduce)")
+    r.add_argument("--jobs", type=_int_at_least(1), default=1, metavar="N",
+                   help="runs trained in parallel processes, each with cores/N threads (default: 1)")
+    _add_run_args(r)
+    _add_data_args(r)
+    r.set_defaults(func=_cmd_reproduce)
+
+    t = sub.add_parser("train", help="train one model into a run folder",
+                       description="Train one ConvNet with the paper's protocol (AdamW, lr 1e-3, batch 64, best "
+                                   "epoch on test kept). Rerunning resumes an interrupted run.",
+                       epilog="Example: adact train --dataset digits --activation elu mish mish silu --epochs 5")
+    t.add_argument("--dataset", type=_dataset, default="digits", metavar="NAME", help=f"default: digits. {_DATASET_HELP}")
+    t.add_argument("--activation", type=_activation, nargs="+", default=["adact"], metavar="NAME",
+                   help="'adact', one activation name for every block, or one name per block "
+                        f"(default: adact). Names: {', '.join(list_activations())}")
+    t.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of init, shuffling and RReLU noise")
+    t.add_argument("--out", default=None, metavar="DIR",
+                   help="run folder (default: runs/train/<dataset>_<activation>_seed<k>)")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N", help="default: 64")
+    t.add_argument("--test-batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    t.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    t.add_argument("--no-decay-adact", action="store_true",
+                   help="exempt AdAct logits and PReLU slopes from weight decay (plain AdamW decays them)")
+    t.add_argument("--hflip", action="store_true", help="random horizontal flips (the paper: none)")
+    t.add_argument("--crop-padding", type=_int_at_least(0), default=0, metavar="P",
+                   help="random crops with P pixels of padding (default: 0 = off)")
+    _add_run_args(t)
+    _add_data_args(t)
+    t.set_defaults(func=_cmd_train)
+
+    a = sub.add_parser("analyze", help="weight table and figures of a run folder, checkpoint or reproduce folder",
+                       description="For a run folder (read from best.pt) or a checkpoint: print each layer's raw and "
+                                   "softmax weights with the dominant activation, and draw its figures. For an "
+                                   "`adact reproduce` output folder: re-render tables, figures and report from its "
+                                   "run folders without training.")
+    a.add_argument("path", metavar="PATH", help="run folder, best.pt/last.pt, or reproduce output folder")
+    a.add_argument("--out", default=None, metavar="DIR", help="figure folder (default: next to the run)")
+    a.set_defaults(func=_cmd_analyze)
+    return parser
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from adact.reproduce import ReproduceConfig, reproduce
+
+    cfg = ReproduceConfig(
+        datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out, epochs=args.epochs,
+        data_dir=args.data_dir, download=args.download, val_fraction=args.val_fraction, jobs=args.jobs,
+        device=args.device, quiet=args.quiet, granularity=args.granularity, fer_split=args.fer_split,
+        test_from_train=args.test_from_train, max_train_samples=args.max_train_samples, bf16=args.bf16,
+        compile=args.compile, channels=args.channels, kernel_size=args.kernel_size, fused=not args.reference,
+    )
+    reproduce(cfg)
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    acts: list[str] = args.activation
+    n_blocks = len(args.channels) if args.channels else len(DEFAULT_CHANNELS)
+    if len(acts) not in (1, n_blocks):
+        raise ValueError(f"--activation got {len(acts)} names but the net has {n_blocks} blocks; "
+                         f"give one name, or one per block")
+    extra: dict[str, Any] = {"channels": list(args.channels)} if args.channels else {}
+    return TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, download=args.download, fer_split=args.fer_split,
+        test_from_train=args.test_from_train, val_fraction=args.val_fraction,
+        activation=acts[0] if len(acts) == 1 else acts, granularity=args.granularity,
+        kernel_size=args.kernel_size, epochs=args.epochs, batch_size=args.batch_size,
+        test_batch_size=args.test_batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        decay_adact=not args.no_decay_adact, hflip=args.hflip, crop_padding=args.crop_padding, seed=args.seed,
+        device=args.device, bf16=args.bf16, compile=args.compile, fused=not args.reference,
+        max_train_samples=args.max_train_samples, **extra,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from adact.reproduce import check_dataset, dataset_slug, load_data
+    from adact.train import DivergedError, train
+
+    config = _train_config(args)
+    check_dataset(config.dataset, config.data_dir)
+    act = config.activation if isinstance(config.activation, str) else "-".join(config.activation)
+    out = Path(args.out or f"runs/train/{dataset_slug(config.dataset)}_{act}_seed{config.seed}")
+    data = load_data(config)
+    if not args.quiet:
+        print(f"{data} -> {out}")
+    try:
+        result = train(config, out, data=data, quiet=args.quiet)
+    except DivergedError as e:
+        print(f"adact: training diverged: {e}", file=sys.stderr)
+        return 1
+    val = result["val_selected_test_acc"]
+    print(f"best test acc {result['best_test_acc']:.4f} (epoch {result['best_epoch']}), "
+          f"final {result['final_test_acc']:.4f}" + (f", val-selected {val:.4f}" if val is not None else ""))
+    if result["dominant"]:
+        chosen = ", ".join(f"{p}: {n} ({w:.3f})" for p, (n, w) in result["dominant"].items())
+        print(f"dominant activations (final model): {chosen}")
+    print(f"run folder: {out}")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from adact.reproduce import analyze_run, is_reproduce_dir, render
+
+    path = Path(args.path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run folder, checkpoint or reproduce folder: {path}")
+    if is_reproduce_dir(path):
+        if args.out is not None:
+            raise ValueError("--out applies to a single run; a reproduce folder is re-rendered in place")
+        results = render(path)
+        print(results["table_text"])
+        for ds, figs in results["figures"].items():
+            for files in figs.values():
+                print(f"figure: {path / files[0]}")
+        print(f"wrote {path / 'report.md'}")
+        return 0
+    text, files = analyze_run(path, args.out)
+    print(text)
+    for f in files:
+        print(f"figure: {f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``adact`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"adact: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adact: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

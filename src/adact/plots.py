@@ -1,0 +1,180 @@
+"""Figures in the style of the paper's Figures 1-4, plus weight trajectories over epochs.
+
+Figures are drawn on a bare :class:`matplotlib.figure.Figure` (Agg canvas), never through
+pyplot, so nothing depends on a display or on global pyplot state (safe in worker processes
+and tests). Every activation has one fixed colour in every figure (:data:`ACT_COLORS`), so a
+reader can compare datasets at a glance.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from adact.activations import ACTIVATIONS
+from adact.analysis import consensus
+
+__all__ = ["ACT_COLORS", "act_color", "plot_trajectories", "plot_weights", "save_figure"]
+
+# The paper's seven candidates get the most distinct colours (tab10 order); other registry names
+# follow. Keyed by registry name so a colour never depends on the candidate order of a model.
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2",
+]
+ACT_COLORS: dict[str, str] = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(ACTIVATIONS)}
+
+
+def act_color(name: str) -> str:
+    return ACT_COLORS.get(name, "#333333")
+
+
+def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Write ``stem.<fmt>`` for each format through a temporary file and a rename (never half a file)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        written.append(path)
+    return written
+
+
+def _layer_labels(n: int, choices: Sequence[str] | None) -> list[str]:
+    if choices is None:
+        return [f"layer {i + 1}" for i in range(n)]
+    return [f"layer {i + 1}\n→ {c}" for i, c in enumerate(choices)]
+
+
+def _consensus_labels(mix: np.ndarray, candidates: Sequence[str]) -> list[str]:
+    if mix.shape[0] == 1:
+        return [c for c, _, _ in consensus(mix, candidates)]
+    return [f"{c} ({k}/{n})" for c, k, n in consensus(mix, candidates)]
+
+
+def _bars(ax: object, values: np.ndarray, candidates: Sequence[str], labels: Sequence[str],
+          baseline: float = 0.0) -> None:
+    """Grouped bars: one group per layer, one bar per candidate; mean, ±1 sd, a dot per seed.
+
+    Bars start at ``baseline``: for softmax weights that is the uniform 1/K, so a bar shows how
+    far training moved a candidate away from the start (differences of 0.001 are visible).
+    """
+    n_seeds, n_layers, k = values.shape
+    width = 0.8 / k
+    x = np.arange(n_layers)
+    for j, name in enumerate(candidates):
+        pos = x - 0.4 + width * (j + 0.5)
+        mean = values[:, :, j].mean(0)
+        err = values[:, :, j].std(0, ddof=1) if n_seeds > 1 else None
+        ax.bar(pos, mean - baseline, width * 0.92, bottom=baseline, color=act_color(name),  # type: ignore[attr-defined]
+               label=name, yerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#222222"}, zorder=2)
+        if n_seeds > 1:
+            jitter = np.linspace(-width * 0.2, width * 0.2, n_seeds)
+            for s in range(n_seeds):
+                ax.scatter(pos + jitter[s], values[s, :, j], s=6, color="#111111", zorder=3,  # type: ignore[attr-defined]
+                           linewidths=0)
+    ax.set_xticks(x, labels)  # type: ignore[attr-defined]
+    ax.grid(axis="y", alpha=0.3, zorder=0)  # type: ignore[attr-defined]
+    ax.set_axisbelow(True)  # type: ignore[attr-defined]
+
+
+def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], title: str,
+                 stem: str | Path, note: str = "") -> list[Path]:
+    """The paper's Figures 1-4 for one dataset: raw weights (top) and softmax weights (bottom).
+
+    Args:
+        raw, mix: ``(seeds, layers, candidates)`` logits and softmax weights.
+        candidates: names along the last axis.
+        title: figure title (e.g. the dataset).
+        stem: output path without suffix; writes ``stem.png`` and ``stem.svg``.
+        note: a line under the title (e.g. which checkpoint the weights come from).
+    """
+    raw, mix = np.asarray(raw, dtype=float), np.asarray(mix, dtype=float)
+    if raw.ndim != 3 or raw.shape != mix.shape or raw.shape[2] != len(candidates):
+        raise ValueError(f"raw and mix must both be (seeds, layers, {len(candidates)}); got {raw.shape}, {mix.shape}")
+    n_seeds, n_layers, k = raw.shape
+    fig = Figure(figsize=(max(7.0, 1.9 * n_layers + 2.5), 7.2), layout="constrained")
+    ax_raw, ax_mix = fig.subplots(2, 1)
+    _bars(ax_raw, raw, candidates, _layer_labels(n_layers, None))
+    ax_raw.axhline(0.0, color="#444444", linewidth=0.8)
+    ax_raw.set_ylabel("raw weight (logit)")
+    ax_raw.set_title("Raw weights", loc="left", fontsize=10)
+    uniform = 1.0 / k
+    _bars(ax_mix, mix, candidates, _layer_labels(n_layers, _consensus_labels(mix, candidates)), baseline=uniform)
+    ax_mix.axhline(uniform, color="#444444", linewidth=0.8, linestyle="--", label=f"uniform 1/{k}", zorder=1)
+    lo, hi = min(float(mix.min()), uniform), max(float(mix.max()), uniform)
+    pad = max(hi - lo, 1e-3) * 0.12
+    ax_mix.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    ax_mix.set_ylabel("softmax weight")
+    ax_mix.set_title(f"Softmax weights (bars start at the uniform 1/{k}; → the layer's chosen activation)",
+                     loc="left", fontsize=10)
+    spread = "bars: mean, whiskers: ± sd, dots: single seeds" if n_seeds > 1 else "one run"
+    fig.suptitle(f"{title}\n" + (f"{note}; " if note else "") + spread, fontsize=11)
+    handles, labels = ax_mix.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(k + 1, 8), frameon=False, fontsize=9)
+    return save_figure(fig, stem)
+
+
+def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]], candidates: Sequence[str],
+                      title: str, stem: str | Path, note: str = "") -> list[Path]:
+    """Softmax weight of every candidate vs epoch, one panel per layer.
+
+    Args:
+        histories: per seed, an ``(epochs, layers, candidates)`` array of softmax weights.
+        epochs: per seed, the epoch numbers of the rows.
+        candidates: names along the last axis.
+        title, stem, note: as in :func:`plot_weights`.
+
+    Lines are the mean over seeds, the band spans the seeds' min to max.
+    """
+    if not histories:
+        raise ValueError("plot_trajectories needs at least one run's history")
+    all_epochs = sorted({int(e) for es in epochs for e in es})
+    n_layers, k = histories[0].shape[1:]
+    # Seeds may have run different numbers of epochs (a diverged or interrupted run): pad with NaN.
+    grid = np.full((len(histories), len(all_epochs), n_layers, k), np.nan)
+    col = {e: i for i, e in enumerate(all_epochs)}
+    for s, (h, es) in enumerate(zip(histories, epochs)):
+        if h.shape[1:] != (n_layers, k):
+            raise ValueError(f"history {s} has shape {h.shape}, expected (epochs, {n_layers}, {k})")
+        for row, e in zip(h, es):
+            grid[s, col[int(e)]] = row
+    with np.errstate(all="ignore"):
+        mean, lo, hi = np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
+    fig = Figure(figsize=(max(7.0, 3.0 * n_layers), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n_layers, sharey=True))
+    x = np.array(all_epochs)
+    marker = "o" if len(x) <= 20 else None
+    for layer, ax in enumerate(axes):
+        for j, name in enumerate(candidates):
+            c = act_color(name)
+            ax.plot(x, mean[:, layer, j], color=c, label=name, marker=marker, markersize=3, linewidth=1.4)
+            if len(histories) > 1:
+                ax.fill_between(x, lo[:, layer, j], hi[:, layer, j], color=c, alpha=0.12, linewidth=0)
+        ax.axhline(1.0 / k, color="#444444", linewidth=0.8, linestyle="--", label=f"uniform 1/{k}")
+        ax.set_title(f"layer {layer + 1}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if len(x) <= 20:
+            ax.set_xticks(x if len(x) <= 10 else x[::2])
+    axes[0].set_ylabel("softmax weight")
+    spread = f"mean over {len(histories)} seeds, band: min–max" if len(histories) > 1 else "one run"
+    fig.suptitle(f"{title}\n{spread}" + (f"; {note}" if note else ""), fontsize=11)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(k + 1, 8), frameon=False, fontsize=9)
+    return save_figure(fig, stem)

@@ -1,0 +1,624 @@
+"""The paper's experiment end to end: AdAct -> choices -> ReLU and Optimized, per dataset and seed.
+
+Per dataset and seed (same seed for all three models):
+
+1. train ConvNet-AdAct;
+2. read each layer's dominant activation from the AdAct run's **best checkpoint** (best.pt, the
+   epoch with the best test accuracy). The paper reads "the trained model" and reports its best
+   epoch, so the checkpoint whose accuracy is reported is the one whose choices we use; the
+   final model's choices are in its result.json (``dominant``) for comparison;
+3. train ConvNet-ReLU and ConvNet-Optimized (block i uses choice i) from scratch.
+
+Layout of the output folder::
+
+    OUT/reproduce.json                          settings of the latest invocation
+    OUT/<dataset>/seed<k>/<adact|relu|optimized>/   one adact.train run folder each
+    OUT/table1.md, table1.csv, choices.md, choices.json, results.json, report.md
+    OUT/figures/<dataset>_weights.{png,svg}, <dataset>_trajectories.{png,svg}
+
+Everything is resumable: finished runs are skipped (adact.train compares configs), an
+interrupted run resumes from its last.pt, a diverged run is not retried (same config, same
+outcome), and the summary files are re-rendered from the run folders each time
+(:func:`render`, also ``adact analyze OUT``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adact.analysis import (
+    METRICS,
+    MODEL_LABELS,
+    MODELS,
+    PAPER_TABLE1,
+    RunRecord,
+    build_summary,
+    fmt_acc,
+    read_weight_history,
+    render_choices_md,
+    render_table_csv,
+    render_table_md,
+    render_weights_text,
+)
+from adact.data import DATASETS, DataSplits, load_dataset
+from adact.data.npz import resolve_npz_path
+from adact.io import atomic_write_json, atomic_write_text, read_json
+from adact.plots import plot_trajectories, plot_weights
+from adact.surgery import adact_units, dominant_activations
+from adact.train import DivergedError, TrainConfig, load_checkpoint, train
+
+__all__ = [
+    "ReproduceConfig",
+    "analyze_run",
+    "check_dataset",
+    "checkpoint_weights",
+    "collect",
+    "dataset_slug",
+    "is_reproduce_dir",
+    "load_data",
+    "render",
+    "reproduce",
+]
+
+MANIFEST = "reproduce.json"
+MANIFEST_FORMAT = "adact-reproduce-1"
+
+Log = Callable[[str], None]
+
+
+def dataset_slug(dataset: str) -> str:
+    """Folder name of a dataset argument: the name, or ``npz-<file stem>`` for ``npz:PATH``."""
+    if dataset.lower().startswith("npz:"):
+        stem = Path(dataset[4:]).stem or "data"
+        return "npz-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+    return dataset.lower()
+
+
+def check_dataset(dataset: str, data_dir: str | Path) -> None:
+    """Raise ValueError for an unknown name and FileNotFoundError for a missing ``npz:`` file."""
+    if dataset.lower().startswith("npz:"):
+        resolve_npz_path(dataset[4:], Path(data_dir))  # raises with the paths it tried
+    elif dataset.lower() not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}, npz:PATH")
+
+
+def load_data(config: TrainConfig) -> DataSplits:
+    """The dataset of a run (cached per process: every run of a dataset uses the same splits).
+
+    torchvision reports missing or corrupt files as RuntimeError; they are user errors here,
+    so they become ValueError (the CLI prints those as one line, not a traceback).
+    """
+    key = (config.dataset, config.data_dir, config.val_fraction, config.split_seed, config.fer_split,
+           config.test_from_train)
+    if key not in _DATA_CACHE:
+        try:
+            _DATA_CACHE[key] = load_dataset(config.dataset, config.data_dir, config.download,
+                                            val_fraction=config.val_fraction, seed=config.split_seed,
+                                            fer_split=config.fer_split, test_from_train=config.test_from_train)
+        except RuntimeError as e:
+            raise ValueError(f"cannot load dataset {config.dataset!r} from {config.data_dir!r}: {e}") from e
+    return _DATA_CACHE[key]
+
+
+_DATA_CACHE: dict[tuple[Any, ...], DataSplits] = {}
+
+
+@dataclass
+class ReproduceConfig:
+    """Settings of ``adact reproduce``; the defaults run offline on digits."""
+
+    datasets: list[str] = field(default_factory=lambda: ["digits"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = "runs/reproduce"
+    epochs: int = 15  # the paper's
+    data_dir: str = "data"
+    download: bool = False
+    val_fraction: float = 0.0
+    jobs: int = 1
+    device: str = "auto"
+    quiet: bool = False
+    granularity: str = "layer"
+    fer_split: str = "paper"
+    test_from_train: float | None = None
+    max_train_samples: int | None = None
+    bf16: bool = False
+    compile: bool = False
+    channels: list[int] | None = None  # None: the ConvNet default (32, 64, 128, 256)
+    kernel_size: int = 3
+    fused: bool = True  # AdAct's fused kernel (False: the reference sum)
+
+    def validate(self) -> None:
+        """Raise ValueError / FileNotFoundError for settings that cannot work, before any training."""
+        if not self.datasets:
+            raise ValueError("no datasets given")
+        slugs: dict[str, str] = {}
+        for ds in self.datasets:
+            check_dataset(ds, self.data_dir)
+            slug = dataset_slug(ds)
+            if slug in slugs:
+                raise ValueError(f"datasets {slugs[slug]!r} and {ds!r} would share the folder {slug!r}; "
+                                 f"rename one of the files")
+            slugs[slug] = ds
+        if not self.seeds:
+            raise ValueError("no seeds given")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
+        self.train_config(self.datasets[0], self.seeds[0], "adact")  # TrainConfig checks the rest
+
+    def train_config(self, dataset: str, seed: int, activation: str | list[str]) -> TrainConfig:
+        extra: dict[str, Any] = {} if self.channels is None else {"channels": list(self.channels)}
+        return TrainConfig(
+            dataset=dataset, data_dir=self.data_dir, download=self.download, fer_split=self.fer_split,
+            test_from_train=self.test_from_train, val_fraction=self.val_fraction, activation=activation,
+            granularity=self.granularity, kernel_size=self.kernel_size, epochs=self.epochs, seed=seed,
+            device=self.device, bf16=self.bf16, compile=self.compile, fused=self.fused,
+            max_train_samples=self.max_train_samples, **extra,
+        )
+
+    def run_dir(self, dataset: str, seed: int, model: str) -> Path:
+        return Path(self.out) / dataset_slug(dataset) / f"seed{seed}" / model
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One training run, picklable for a worker process."""
+
+    dataset: str
+    seed: int
+    model: str
+    run_dir: str
+    config: dict[str, Any]
+    quiet: bool
+
+
+def _run_task(task: _Task) -> dict[str, Any]:
+    """Train one run; a divergence is an outcome, not an error, so the other runs go on."""
+    config = TrainConfig.from_dict(task.config)
+    t0 = time.perf_counter()
+    try:
+        result = train(config, task.run_dir, data=load_data(config), quiet=task.quiet)
+    except DivergedError as e:
+        return {"status": "diverged", "message": str(e), "seconds": time.perf_counter() - t0}
+    return {"status": "done", "message": "", "seconds": time.perf_counter() - t0,
+            "best_test_acc": result["best_test_acc"]}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _previous(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The result.json of an earlier identical run that ended (done or diverged), else None."""
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    prev = read_json(path)
+    if prev.get("config") == asdict(config) and prev.get("status") in ("done", "diverged"):
+        return prev
+    return None
+
+
+def checkpoint_weights(path: str | Path) -> dict[str, Any]:
+    """Choices and weights of a checkpoint's AdAct units (layer order).
+
+    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights`` and ``raw`` / ``mix``
+    (``layers x candidates``; channel means for per-channel units). Choices come from
+    :func:`adact.surgery.dominant_activations`.
+    """
+    model, _ = load_checkpoint(path)
+    units = adact_units(model)
+    dom = dominant_activations(model)
+    raw, mix = [], []
+    for _, unit in units:
+        r, m = unit.raw_weights(), unit.mixture()
+        if m.dim() == 2:
+            r, m = r.mean(0), m.mean(0)
+        raw.append(r.tolist())
+        mix.append(m.tolist())
+    candidates = list(units[0][1].candidates) if units else []
+    return {"paths": [p for p, _ in units], "candidates": candidates,
+            "choices": [n for n, _ in dom.values()], "choice_weights": [w for _, w in dom.values()],
+            "raw": raw, "mix": mix}
+
+
+def _optimized_task(cfg: ReproduceConfig, dataset: str, seed: int) -> _Task | None:
+    adact_dir = cfg.run_dir(dataset, seed, "adact")
+    res_path = adact_dir / "result.json"
+    if not res_path.is_file() or read_json(res_path).get("status") != "done":
+        return None  # AdAct diverged: no trustworthy choices, the Optimized run is skipped (noted in the report)
+    choices = checkpoint_weights(adact_dir / "best.pt")["choices"]
+    config = cfg.train_config(dataset, seed, choices)
+    return _Task(dataset, seed, "optimized", str(cfg.run_dir(dataset, seed, "optimized")), asdict(config), cfg.quiet)
+
+
+def _describe(task: _Task, outcome: dict[str, Any]) -> str:
+    what = f"{task.dataset} seed {task.seed} {MODEL_LABELS[task.model]}"
+    if outcome.get("skipped"):
+        return f"{what}: already {outcome['status']}, skipped" + (f" ({outcome['message']})" if outcome["message"] else "")
+    if outcome["status"] == "diverged":
+        return f"{what}: DIVERGED -- {outcome['message']}"
+    acc = outcome.get("best_test_acc")
+    return f"{what}: done, best test acc {fmt_acc(acc)} ({outcome['seconds']:.0f} s)"
+
+
+def _run_all(cfg: ReproduceConfig, log: Log) -> None:
+    """Run every AdAct and ReLU run, and each Optimized run once its AdAct run has ended."""
+    first: list[_Task] = []
+    for ds in cfg.datasets:
+        for seed in cfg.seeds:
+            for model in ("adact", "relu"):
+                c = cfg.train_config(ds, seed, model)
+                first.append(_Task(ds, seed, model, str(cfg.run_dir(ds, seed, model)), asdict(c), cfg.quiet))
+
+    def start(task: _Task) -> dict[str, Any] | None:
+        prev = _previous(Path(task.run_dir), TrainConfig.from_dict(task.config))
+        if prev is not None:  # also diverged ones: the same config would diverge the same way
+            return {"status": prev["status"], "message": prev.get("message", ""), "skipped": True,
+                    "best_test_acc": prev.get("best_test_acc"), "seconds": 0.0}
+        return None
+
+    def note_skip(ds: str, seed: int) -> None:
+        log(f"{ds} seed {seed} Optimized: skipped -- the AdAct run did not finish (see its result.json)")
+
+    if cfg.jobs == 1:
+        for ds in cfg.datasets:
+            for seed in cfg.seeds:
+                for task in [t for t in first if t.dataset == ds and t.seed == seed]:
+                    _run_logged(task, start, log)
+                opt = _optimized_task(cfg, ds, seed)
+                if opt is None:
+                    note_skip(ds, seed)
+                else:
+                    _run_logged(opt, start, log)
+        return
+
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx, initializer=_worker_init,
+                                initargs=(threads,)) as pool:
+        pending: dict[cf.Future[dict[str, Any]], _Task] = {}
+
+        def submit(task: _Task) -> None:
+            done = start(task)
+            if done is not None:
+                log(_describe(task, done))
+                after(task)
+            else:
+                # Workers always train quietly: interleaved progress bars from N processes are unreadable.
+                quiet_task = _Task(task.dataset, task.seed, task.model, task.run_dir, task.config, True)
+                pending[pool.submit(_run_task, quiet_task)] = task
+
+        def after(task: _Task) -> None:
+            if task.model != "adact":
+                return
+            opt = _optimized_task(cfg, task.dataset, task.seed)
+            if opt is None:
+                note_skip(task.dataset, task.seed)
+            else:
+                submit(opt)
+
+        # AdAct runs go in first so that Optimized runs can start while ReLU runs are still queued.
+        for task in sorted(first, key=lambda t: t.model != "adact"):
+            submit(task)
+        while pending:
+            finished, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                task = pending.pop(fut)
+                try:
+                    outcome = fut.result()
+                except BaseException:
+                    for f in pending:
+                        f.cancel()
+                    raise
+                log(_describe(task, outcome))
+                after(task)
+
+
+def _run_logged(task: _Task, start: Callable[[_Task], dict[str, Any] | None], log: Log) -> None:
+    outcome = start(task)
+    if outcome is None:
+        if not task.quiet:
+            log(f"== {task.dataset} seed {task.seed} {MODEL_LABELS[task.model]} -> {task.run_dir}")
+        outcome = _run_task(task)
+    log(_describe(task, outcome))
+
+
+def reproduce(cfg: ReproduceConfig, log: Log = print) -> dict[str, Any]:
+    """Run (or resume) the whole experiment into ``cfg.out`` and write all summary files.
+
+    Returns the content of results.json. Raises ValueError / FileNotFoundError for unusable
+    settings or missing data before training anything.
+    """
+    cfg.validate()
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    # Load every dataset up front: a missing file fails now, not after hours of other runs, and
+    # with --download the files are fetched once, before worker processes look for them.
+    for ds in cfg.datasets:
+        data = load_data(cfg.train_config(ds, cfg.seeds[0], "adact"))
+        log(f"{ds}: {data}")
+    atomic_write_json(out / MANIFEST, {"format": MANIFEST_FORMAT, "config": asdict(cfg)})
+    _run_all(cfg, log)
+    results = render(out)
+    results["wall_s_this_invocation"] = time.perf_counter() - t0
+    atomic_write_json(out / "results.json", results)
+    log("")
+    log(results["table_text"])
+    log(f"Wrote {out / 'report.md'} ({results['wall_s_this_invocation']:.0f} s)")
+    return results
+
+
+# --- reading the run folders back -------------------------------------------------------------
+
+
+def is_reproduce_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _load_manifest(out: Path) -> ReproduceConfig:
+    path = out / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} is not an `adact reproduce` output folder (no {MANIFEST})")
+    m = read_json(path)
+    if m.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} has an unknown format {m.get('format')!r}; expected {MANIFEST_FORMAT!r}")
+    known = {f.name for f in fields(ReproduceConfig)}
+    cfg = ReproduceConfig(**{k: v for k, v in m["config"].items() if k in known})
+    cfg.out = str(out)  # the folder may have moved since it was written
+    return cfg
+
+
+def collect(out: str | Path) -> tuple[ReproduceConfig, list[RunRecord]]:
+    """Read every run of a reproduction's output folder into :class:`RunRecord` s."""
+    out = Path(out)
+    cfg = _load_manifest(out)
+    records: list[RunRecord] = []
+    for ds in cfg.datasets:
+        for seed in cfg.seeds:
+            adact_status = None
+            for model in MODELS:
+                d = cfg.run_dir(ds, seed, model)
+                rec = RunRecord(ds, dataset_slug(ds), seed, model, "missing", path=str(d.relative_to(out)))
+                if (d / "result.json").is_file():
+                    rec.result = read_json(d / "result.json")
+                    rec.status, rec.message = rec.result["status"], rec.result.get("message", "")
+                elif (d / "last.pt").is_file() or (d / "config.json").is_file():
+                    rec.status, rec.message = "incomplete", "interrupted; rerun the same command to resume it"
+                if model == "adact":
+                    adact_status = rec.status
+                    if rec.status == "done" and (d / "best.pt").is_file():
+                        w = checkpoint_weights(d / "best.pt")
+                        rec.choices, rec.choice_weights = w["choices"], w["choice_weights"]
+                        rec.layer_paths, rec.candidates, rec.raw, rec.mix = w["paths"], w["candidates"], w["raw"], w["mix"]
+                elif model == "optimized" and rec.status == "missing" and adact_status not in ("done", None):
+                    rec.status = "skipped"
+                    rec.message = f"the AdAct run is {adact_status}, so there are no choices to train it with"
+                records.append(rec)
+    return cfg, records
+
+
+def _figures(cfg: ReproduceConfig, records: list[RunRecord], out: Path) -> dict[str, dict[str, list[str]]]:
+    figs: dict[str, dict[str, list[str]]] = {}
+    for ds in cfg.datasets:
+        slug = dataset_slug(ds)
+        runs = [r for r in records if r.dataset == ds and r.model == "adact" and r.status == "done" and r.mix]
+        if not runs:
+            continue
+        cands = runs[0].candidates or []
+        n = len(runs)
+        seeds = ", ".join(str(r.seed) for r in runs)
+        entry: dict[str, list[str]] = {}
+        paths = plot_weights(np.array([r.raw for r in runs]), np.array([r.mix for r in runs]), cands,
+                             f"{ds}: AdAct weights per layer", out / "figures" / f"{slug}_weights",
+                             note=f"best checkpoint of seed{'s' if n > 1 else ''} {seeds}")
+        entry["weights"] = [str(p.relative_to(out)) for p in paths]
+        hists = [h for r in runs if (h := read_weight_history(out / r.path / "metrics.csv")) is not None]
+        if hists:
+            paths = plot_trajectories([h.mix for h in hists], [h.epochs for h in hists], hists[0].candidates,
+                                      f"{ds}: AdAct softmax weights during training",
+                                      out / "figures" / f"{slug}_trajectories")
+            entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
+        figs[ds] = entry
+    return figs
+
+
+def render(out: str | Path) -> dict[str, Any]:
+    """(Re)write table1.md/.csv, choices.md/.json, figures, report.md and results.json from the runs."""
+    out = Path(out)
+    cfg, records = collect(out)
+    summary = build_summary(records, cfg.datasets)
+    figures = _figures(cfg, records, out)
+    tables = {m: render_table_md(summary, m) for m in METRICS}
+    choices = _choices_json(cfg, records)
+
+    table1_md = (f"# Table 1: test accuracy over seeds {cfg.seeds}, {cfg.epochs} epochs\n\n"
+                 + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" for m in METRICS)
+                 + _TABLE_NOTES)
+    atomic_write_text(out / "table1.md", table1_md)
+    atomic_write_text(out / "table1.csv", render_table_csv(summary))
+    choices_md = "# Chosen activations per layer\n\n" + render_choices_md(records, cfg.datasets)
+    atomic_write_text(out / "choices.md", choices_md)
+    atomic_write_json(out / "choices.json", choices)
+    atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures))
+
+    table_text = "Table 1 -- " + METRICS["best"][1] + "\n" + tables["best"] + _status_lines(records)
+    results = {
+        "format": "adact-results-1",
+        "settings": asdict(cfg),
+        "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "paper_table1": PAPER_TABLE1,
+        "summary": summary,
+        "choices": choices,
+        "runs": [r.to_json() for r in records],
+        "figures": figures,
+        "files": ["table1.md", "table1.csv", "choices.md", "choices.json", "report.md", "results.json"],
+        "table_text": table_text,
+    }
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _choices_json(cfg: ReproduceConfig, records: list[RunRecord]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for ds in cfg.datasets:
+        recs = [r for r in records if r.dataset == ds]
+        params = {r.model: (r.result or {}).get("n_params") for r in recs if r.result}
+        adact = next((r.result for r in recs if r.model == "adact" and r.result), None)
+        out[ds] = {
+            "per_seed": {str(r.seed): {"status": r.status, "choices": r.choices, "weights": r.choice_weights,
+                                       "paths": r.layer_paths}
+                         for r in recs if r.model == "adact"},
+            "n_adact_units": adact["n_adact_units"] if adact else None,
+            "n_adact_params": adact["n_adact_params"] if adact else None,  # 8 * units for per-layer units
+            "n_params": params,
+        }
+    return out
+
+
+_TABLE_NOTES = """\
+Cells: mean ± sample sd over seeds (n = finished runs); runs that diverged, were skipped or are
+incomplete are counted beside the cell and left out of the mean. Differences are paired by seed:
+mean of (model − ReLU) with a 95% paired t interval (n = 1: no interval). "paper" is the paper's
+Table 1, which is best-on-test.
+
+Best-on-test picks the epoch by its test accuracy, so it is optimistic: the test set is used for
+model selection. Final-epoch uses no selection; validation-selected picks the epoch on a held-out
+part of the training set (`--val-fraction`) and is the honest estimate.
+"""
+
+
+def _status_lines(records: list[RunRecord]) -> str:
+    bad = [r for r in records if r.status != "done"]
+    return "".join(f"  {r.dataset} seed {r.seed} {MODEL_LABELS[r.model]}: {r.status}"
+                   + (f" -- {r.message}" if r.message else "") + "\n" for r in bad)
+
+
+def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, str], choices_md: str,
+            figures: dict[str, dict[str, list[str]]]) -> str:
+    lines = [
+        "# AdAct reproduction report",
+        "",
+        f"Datasets: {', '.join(f'`{d}`' for d in cfg.datasets)}; seeds {cfg.seeds}; {cfg.epochs} epochs; "
+        f"AdAct granularity `{cfg.granularity}`; channels {cfg.channels or 'default (32, 64, 128, 256)'}; "
+        f"validation fraction {cfg.val_fraction}"
+        + (f"; training subsampled to {cfg.max_train_samples} images" if cfg.max_train_samples else "") + ".",
+        "",
+        "Protocol (the paper's): per dataset and seed, train ConvNet-AdAct; read each layer's dominant "
+        "activation (largest softmax weight) from its best checkpoint; train ConvNet-ReLU and "
+        "ConvNet-Optimized (layer i uses choice i) from scratch with the same seed. AdamW, lr 1e-3, "
+        "batch 64, test accuracy after every epoch.",
+        "",
+        "Files: [table1.md](table1.md), [table1.csv](table1.csv), [choices.md](choices.md), "
+        "[choices.json](choices.json), [results.json](results.json).",
+        "",
+        "## Table 1: best-on-test accuracy (the paper's number)",
+        "",
+        tables["best"],
+        "This selection uses the test set to pick the epoch and is optimistic; the two tables below do not.",
+        "",
+        "## Final-epoch accuracy",
+        "",
+        tables["final"],
+        "## Validation-selected accuracy",
+        "",
+    ]
+    if cfg.val_fraction > 0:
+        lines += [tables["val"]]
+    else:
+        lines += ["No validation split in this run (rerun with `--val-fraction 0.1` to get this table).", ""]
+    lines += ["## Chosen activations", ""]
+    lines += [("\n" + choices_md.split("\n", 2)[2]).replace("\n## ", "\n### ").strip(), ""]
+    lines += ["## Figures", "",
+              "Per dataset, the AdAct weights of each layer at the best checkpoint (raw logits and softmax "
+              "weights, as in the paper's Figures 1-4; every activation has the same colour in every figure), "
+              "and the softmax weights over the epochs.", ""]
+    if not figures:
+        lines += ["No finished AdAct run, so no figures.", ""]
+    for ds, entry in figures.items():
+        lines += [f"### `{ds}`", ""]
+        for kind, caption in (("weights", "weights per layer"), ("trajectories", "softmax weights over epochs")):
+            if kind in entry:
+                png = entry[kind][0]
+                svg = next((p for p in entry[kind] if p.endswith(".svg")), None)
+                lines += [f"![{ds} {caption}]({png})", ""]
+                if svg:
+                    lines += [f"({caption}: [SVG]({svg}))", ""]
+    lines += ["## Runs", "", "| dataset | seed | model | status | best | final | epochs | time (s) | folder |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        res = r.result or {}
+        wall = f"{res['wall_s']:.0f}" if res.get("wall_s") is not None else "—"
+        lines.append(f"| `{r.dataset}` | {r.seed} | {MODEL_LABELS[r.model]} | {r.status} | "
+                     f"{fmt_acc(res.get('best_test_acc'))} | {fmt_acc(res.get('final_test_acc'))} | "
+                     f"{res.get('epochs_run', '—')} | {wall} | [{r.path}]({r.path}) |")
+    notes = [r for r in records if r.status != "done"]
+    if notes:
+        lines += ["", "### Runs that did not finish", ""]
+        lines += [f"- `{r.dataset}` seed {r.seed} {MODEL_LABELS[r.model]}: **{r.status}**"
+                  + (f" — {r.message}" if r.message else "") for r in notes]
+    lines += ["", "## Notes", "",
+              "- Choices come from the AdAct run's best checkpoint (the epoch whose accuracy Table 1 "
+              "reports); the final model's choices are in each run's result.json (`dominant`).",
+              "- The ConvNet's layer sizes are not in the paper's text; ours are an assumption "
+              "(see `adact.models`).",
+              "- The paper has no `digits` row: it is scikit-learn's bundled 8x8 digits upsampled to 16x16, "
+              "the offline smoke test of this pipeline.", ""]
+    return "\n".join(lines)
+
+
+# --- one run or checkpoint -------------------------------------------------------------------
+
+
+def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
+    """Weight table and figures of one run folder or checkpoint.
+
+    A run folder is read from its best.pt (last.pt when there is no best.pt), matching the
+    checkpoint :func:`reproduce` takes its choices from. Figures go to ``out`` (default: the
+    run folder). Returns the text table and the figure paths.
+    """
+    path = Path(path)
+    if path.is_dir():
+        ckpt = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), None)
+        if ckpt is None:
+            raise FileNotFoundError(f"{path} holds no best.pt or last.pt: not a run folder of `adact train`")
+        run_dir = path
+    elif path.is_file():
+        ckpt, run_dir = path, path.parent
+    else:
+        raise FileNotFoundError(f"no such run folder or checkpoint: {path}")
+    model, meta = load_checkpoint(ckpt)
+    w = checkpoint_weights(ckpt)
+    config = meta["config"]
+    head = f"{ckpt} (epoch {meta['epoch']}, dataset {config['dataset']}, activation {config['activation']})"
+    if not w["paths"]:
+        return head + "\nno AdAct units in this model: nothing to analyze\n", []
+    text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
+    fig_dir = Path(out) if out is not None else run_dir
+    title = f"{config['dataset']}: AdAct weights per layer"
+    files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"], title,
+                         fig_dir / "weights", note=f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}")
+    hist = read_weight_history(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else None
+    if hist is not None:
+        files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
+                                   f"{config['dataset']}: AdAct softmax weights during training",
+                                   fig_dir / "trajectories", note=f"seed {config['seed']}")
+    return text, files

@@ -1,0 +1,224 @@
+"""`adact reproduce` end to end on digits: every output file, rerun skips, resume, divergence, parallel jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adact.reproduce
+import adact.train
+from adact.activations import DEFAULT_CANDIDATES
+from adact.io import read_json
+from adact.reproduce import ReproduceConfig, checkpoint_weights, collect, render, reproduce
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny(out: Path, **kw: Any) -> ReproduceConfig:
+    """Digits, 128 training images, narrow convs, the reference AdAct: seconds per run."""
+    base: dict[str, Any] = {"datasets": ["digits"], "seeds": [0, 1], "epochs": 2, "out": str(out),
+                            "max_train_samples": 128, "channels": [4, 8, 8, 8], "device": "cpu",
+                            "quiet": True, "fused": False}
+    base.update(kw)
+    return ReproduceConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReproduceConfig, dict[str, Any], list[str]]:
+    cfg = tiny(tmp_path_factory.mktemp("reproduce") / "out")
+    log: list[str] = []
+    results = reproduce(cfg, log=log.append)
+    return cfg, results, log
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+
+
+def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list[str]]) -> None:
+    cfg, results, log = done_run
+    out = Path(cfg.out)
+    for seed in (0, 1):
+        for model in ("adact", "relu", "optimized"):
+            run = out / "digits" / f"seed{seed}" / model
+            assert read_json(run / "result.json")["status"] == "done"
+            assert {"config.json", "metrics.csv", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
+
+    # table1.md: one row per table, with n=2 in every model cell
+    md = (out / "table1.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| `digits`")]
+    assert len(rows) == 3
+    best = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert len(best) == 9 and all("(n=2)" in best[i] for i in (1, 3, 5)) and best[2] == "—"
+    assert re.fullmatch(r"[+−]\d\.\d{4} \[[+−]\d\.\d{4}, [+−]\d\.\d{4}\] \(n=2\)", best[7])
+
+    table = list(csv.DictReader(open(out / "table1.csv", newline="")))
+    assert [r["dataset"] for r in table] == ["digits"] * 3
+    runs = {(r["seed"], r["model"]): r for r in results["runs"]}
+    accs = [runs[(s, "adact")]["best_test_acc"] for s in (0, 1)]
+    assert float(table[0]["adact_mean"]) == pytest.approx(sum(accs) / 2)
+    assert table[0]["adact_n"] == "2" and table[2]["adact_n"] == "0"  # no validation split
+
+    choices = read_json(out / "choices.json")["digits"]
+    for seed in ("0", "1"):
+        entry = choices["per_seed"][seed]
+        assert len(entry["choices"]) == 4 and set(entry["choices"]) <= set(DEFAULT_CANDIDATES)
+        # The Optimized run trained exactly the choices of the AdAct run's best checkpoint.
+        opt = read_json(out / "digits" / f"seed{seed}" / "optimized" / "config.json")
+        assert opt["activation"] == entry["choices"]
+        assert checkpoint_weights(out / "digits" / f"seed{seed}" / "adact" / "best.pt")["choices"] == entry["choices"]
+    assert choices["n_adact_units"] == 4 and choices["n_adact_params"] == 8 * 4
+    assert choices["n_params"]["adact"] == choices["n_params"]["relu"] + 32
+    assert "most common" in (out / "choices.md").read_text()
+
+    for kind in ("weights", "trajectories"):
+        files = results["figures"]["digits"][kind]
+        assert sorted(Path(f).suffix for f in files) == [".png", ".svg"]
+        png = out / next(f for f in files if f.endswith(".png"))
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+        assert (out / next(f for f in files if f.endswith(".svg"))).read_text().lstrip().startswith("<?xml")
+
+    report = (out / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert any(link.endswith("_weights.png") for link in links) and any("trajectories" in link for link in links)
+    for link in links:
+        assert (out / link).exists(), link
+    assert json.loads((out / "results.json").read_text())["summary"]["digits"]["models"]["relu"]["best"]["n"] == 2
+    assert not list(out.rglob(".*.tmp"))
+    assert any(line.startswith("Table 1 -- best-on-test") for line in log)  # printed at the end
+
+
+def test_rerun_skips_finished_runs(done_run: tuple[ReproduceConfig, dict[str, Any], list[str]],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, results, _ = done_run
+    before = _mtimes(Path(cfg.out))
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(adact.reproduce, "train", no_training)
+    log: list[str] = []
+    again = reproduce(cfg, log=log.append)
+    assert _mtimes(Path(cfg.out)) == before
+    assert sum("already done, skipped" in line for line in log) == 6
+    assert again["summary"] == results["summary"]
+
+
+def test_killed_run_resumes_and_missing_run_is_redone_identically(
+        done_run: tuple[ReproduceConfig, dict[str, Any], list[str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, results, _ = done_run
+    out = tmp_path / "copy"
+    shutil.copytree(cfg.out, out)
+    seed1 = out / "digits" / "seed1"
+    shutil.rmtree(seed1 / "relu")
+    shutil.rmtree(seed1 / "optimized")
+    untouched = {k: v for k, v in _mtimes(out).items() if "seed0" in k or "adact" in k}
+    copy_cfg = ReproduceConfig(**{**cfg.__dict__, "out": str(out)})
+
+    real_build = adact.train.build_model
+    steps = {"n": 0}
+
+    def build_with_kill(kwargs: dict[str, Any]) -> torch.nn.Module:
+        model = real_build(kwargs)
+
+        def hook(module: torch.nn.Module, _inp: Any) -> None:
+            if module.training:
+                steps["n"] += 1
+                if steps["n"] == 3:  # 128 images / batch 64: the first step of epoch 2
+                    raise KeyboardInterrupt
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(adact.train, "build_model", build_with_kill)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(copy_cfg, log=lambda _: None)
+    assert torch.load(seed1 / "relu" / "last.pt", weights_only=False)["epoch"] == 1
+    assert not (seed1 / "relu" / "result.json").exists()
+
+    monkeypatch.setattr(adact.train, "build_model", real_build)
+    again = reproduce(copy_cfg, log=lambda _: None)
+    assert {k: v for k, v in _mtimes(out).items() if k in untouched} == untouched
+    old = {(r["seed"], r["model"]): r for r in results["runs"]}
+    new = {(r["seed"], r["model"]): r for r in again["runs"]}
+    for key in ((1, "relu"), (1, "optimized")):
+        for field in ("status", "best_test_acc", "final_test_acc", "best_epoch", "activation"):
+            assert new[key][field] == old[key][field], (key, field)
+    assert again["summary"] == results["summary"]
+
+
+def test_diverged_adact_run_is_reported_and_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_train, real_ce = adact.reproduce.train, torch.nn.functional.cross_entropy
+
+    def flaky_train(config: Any, out: Any, **kwargs: Any) -> Any:
+        if config.activation == "adact" and config.seed == 1:
+            with monkeypatch.context() as m:
+                m.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
+                return real_train(config, out, **kwargs)
+        return real_train(config, out, **kwargs)
+
+    monkeypatch.setattr(adact.reproduce, "train", flaky_train)
+    cfg = tiny(tmp_path / "out", epochs=1)
+    log: list[str] = []
+    results = reproduce(cfg, log=log.append)
+    status = {(r["seed"], r["model"]): r["status"] for r in results["runs"]}
+    assert status == {(0, "adact"): "done", (0, "relu"): "done", (0, "optimized"): "done",
+                      (1, "adact"): "diverged", (1, "relu"): "done", (1, "optimized"): "skipped"}
+    assert any("DIVERGED" in line and "epoch 1" in line for line in log)
+    assert any("seed 1 Optimized: skipped" in line for line in log)
+    row = next(line for line in (tmp_path / "out" / "table1.md").read_text().splitlines() if "`digits`" in line)
+    assert "(n=1); 1 diverged" in row and "(n=1); 1 skipped" in row
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**diverged** — " in report and "loss became nan in epoch 1" in report and "**skipped**" in report
+    assert "diverged" in (tmp_path / "out" / "choices.md").read_text()
+
+    # A rerun does not retry the diverged run (same config, same outcome) and still reports it.
+    monkeypatch.setattr(adact.reproduce, "train", real_train)
+    log.clear()
+    again = reproduce(cfg, log=log.append)
+    assert {(r["seed"], r["model"]): r["status"] for r in again["runs"]} == status
+    assert any("already diverged, skipped" in line for line in log)
+
+
+def test_parallel_jobs(tmp_path: Path) -> None:
+    results = reproduce(tiny(tmp_path / "out", seeds=[3], epochs=1, jobs=2), log=lambda _: None)
+    assert [r["status"] for r in results["runs"]] == ["done"] * 3
+    opt = read_json(tmp_path / "out" / "digits" / "seed3" / "optimized" / "config.json")
+    assert opt["activation"] == results["choices"]["digits"]["per_seed"]["3"]["choices"]
+
+
+def test_render_rebuilds_outputs_without_training(done_run: tuple[ReproduceConfig, dict[str, Any], list[str]],
+                                                  tmp_path: Path) -> None:
+    cfg, _, _ = done_run
+    out = tmp_path / "copy"
+    shutil.copytree(cfg.out, out)
+    table = (out / "table1.md").read_text()
+    for name in ("table1.md", "table1.csv", "report.md", "choices.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "figures")
+    render(out)
+    assert (out / "table1.md").read_text() == table
+    assert (out / "figures" / "digits_weights.png").is_file() and (out / "report.md").is_file()
+    _, records = collect(out)
+    assert len(records) == 6 and all(r.status == "done" for r in records)
+
+
+def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        tiny(tmp_path, datasets=["mnist"]).validate()
+    with pytest.raises(FileNotFoundError, match="npz file not found"):
+        tiny(tmp_path, datasets=["npz:nowhere/fmnist.npz"]).validate()
+    with pytest.raises(ValueError, match="distinct"):
+        tiny(tmp_path, seeds=[1, 1]).validate()
+    with pytest.raises(ValueError, match="epochs"):
+        tiny(tmp_path, epochs=0).validate()
+    with pytest.raises(FileNotFoundError, match="not an `adact reproduce` output folder"):
+        render(tmp_path)

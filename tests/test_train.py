@@ -1,0 +1,183 @@
+"""The training loop's guarantees: resume == uninterrupted, atomic files, NaN guard, rebuildable checkpoints."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adact.io
+import adact.train
+from adact.data import DataSplits, DeviceLoader, load_dataset
+from adact.io import read_json
+from adact.train import DivergedError, TrainConfig, evaluate, load_checkpoint, train
+
+# 256 images in batches of 64: 4 steps per epoch; small widths keep each run around a second.
+TINY = {"dataset": "digits", "channels": [4, 8, 8, 8], "max_train_samples": 256, "device": "cpu", "fused": False}
+STEPS_PER_EPOCH = 4
+TIMING = ("seconds", "images_per_s")
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return load_dataset("digits")
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def _state(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return torch.load(run / name, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    assert _rows(a) == _rows(b)
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    ra, rb = read_json(a / "result.json"), read_json(b / "result.json")
+    for k in ("best_test_acc", "best_epoch", "final_test_acc", "dominant", "weights"):
+        assert ra[k] == rb[k], k
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, digits: DataSplits,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainConfig(activation="adact", epochs=3, seed=5, **TINY)  # AdAct: RReLU noise needs the RNG state
+    train(config, tmp_path / "straight", data=digits, quiet=True)
+
+    real_build = adact.train.build_model
+    calls = {"n": 0}
+
+    def build_with_kill(kwargs: dict[str, Any]) -> torch.nn.Module:
+        model = real_build(kwargs)
+
+        def hook(module: torch.nn.Module, _inp: Any) -> None:
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == STEPS_PER_EPOCH + 2:  # the 2nd step of epoch 2
+                    raise KeyboardInterrupt
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(adact.train, "build_model", build_with_kill)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, killed, data=digits, quiet=True)
+    assert not (killed / "result.json").exists()
+    assert torch.load(killed / "last.pt", weights_only=False)["epoch"] == 1
+    assert len(_rows(killed)) == 1
+
+    monkeypatch.setattr(adact.train, "build_model", real_build)
+    result = train(config, killed, data=digits, quiet=True)
+    assert result["status"] == "done" and result["epochs_run"] == 3
+    _assert_same_run(tmp_path / "straight", killed)
+
+
+def test_same_seed_same_run_on_cpu(tmp_path: Path, digits: DataSplits) -> None:
+    config = TrainConfig(activation="adact", epochs=2, seed=3, **TINY)
+    train(config, tmp_path / "a", data=digits, quiet=True)
+    train(config, tmp_path / "b", data=digits, quiet=True)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+    other = train(TrainConfig(activation="adact", epochs=2, seed=4, **TINY), tmp_path / "c", data=digits, quiet=True)
+    assert other["weights"] != read_json(tmp_path / "a" / "result.json")["weights"]
+
+
+def test_finished_run_is_skipped_and_other_config_refused(tmp_path: Path, digits: DataSplits) -> None:
+    config = TrainConfig(activation="relu", epochs=1, **TINY)
+    first = train(config, tmp_path, data=digits, quiet=True)
+    stamp = (tmp_path / "last.pt").stat().st_mtime_ns
+    again = train(config, tmp_path, data=digits, quiet=True)
+    assert again == first
+    assert (tmp_path / "last.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="different config"):
+        train(TrainConfig(activation="relu", epochs=2, lr=2e-3, **TINY), tmp_path, data=digits, quiet=True)
+
+
+def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(tmp_path: Path, digits: DataSplits,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_ce = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def ce(logits: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = real_ce(logits, y, *args, **kwargs)
+        if kwargs.get("reduction", "mean") == "mean":  # training steps; evaluation sums
+            calls["n"] += 1
+            if calls["n"] > STEPS_PER_EPOCH + 1:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(adact.train.F, "cross_entropy", ce)
+    with pytest.raises(DivergedError, match="epoch 2"):
+        train(TrainConfig(activation="adact", epochs=3, **TINY), tmp_path, data=digits, quiet=True)
+    result = read_json(tmp_path / "result.json")
+    assert result["status"] == "diverged"
+    assert "in epoch 2" in result["message"] and "epoch 1" in result["message"]
+    assert result["epochs_run"] == 1
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / name, weights_only=False)
+        assert ckpt["epoch"] == 1
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert len(_rows(tmp_path)) == 1
+
+
+def test_huge_learning_rate_diverges_in_first_epoch(tmp_path: Path, digits: DataSplits) -> None:
+    with pytest.raises(DivergedError, match="epoch 1"):
+        train(TrainConfig(activation="relu", epochs=2, lr=1e30, **TINY), tmp_path, data=digits, quiet=True)
+    result = read_json(tmp_path / "result.json")
+    assert result["status"] == "diverged" and "no checkpoint kept" in result["message"]
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, digits: DataSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainConfig(activation="relu", epochs=2, **TINY)
+    real_save = torch.save
+
+    def crashing_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            f.write(b"half a checkpoint")
+            raise OSError("disk full")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(adact.io.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(config, tmp_path, data=digits, quiet=True)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1  # the old file, intact
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+    monkeypatch.setattr(adact.io.torch, "save", real_save)
+    assert train(config, tmp_path, data=digits, quiet=True)["epochs_run"] == 2
+
+
+def test_load_checkpoint_rebuilds_the_model(tmp_path: Path, digits: DataSplits) -> None:
+    config = TrainConfig(activation=["elu", "mish", "adact", "relu"], epochs=2, **TINY)
+    result = train(config, tmp_path, data=digits, quiet=True)
+    model, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["epoch"] == result["best_epoch"]
+    loader = DeviceLoader(digits.test, 1000)
+    _, acc = evaluate(model, loader)
+    assert acc == result["best_test_acc"]
+    assert [type(m).__name__ for m in model.activations()] == ["ELU", "Mish", "AdAct", "ReLU"]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable adact checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"x": 1}, tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="not an adact checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_validation_split_is_reported(tmp_path: Path) -> None:
+    data = load_dataset("digits", val_fraction=0.2)
+    result = train(TrainConfig(activation="relu", epochs=2, val_fraction=0.2, **TINY), tmp_path, data=data, quiet=True)
+    rows = _rows(tmp_path)
+    assert all(r["val_acc"] not in ("", None) for r in rows)
+    best_val = max(rows, key=lambda r: float(r["val_acc"]))
+    assert result["val_best_epoch"] == int(best_val["epoch"])
+    assert result["val_selected_test_acc"] == pytest.approx(float(best_val["test_acc"]))
