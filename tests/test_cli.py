@@ -41,6 +41,7 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     (["reproduce", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
     (["reproduce", "--seeds", "x"], "argument --seeds: expected an integer"),
     (["reproduce", "--val-fraction", "1.5"], "argument --val-fraction: must be in [0, 1)"),
+    (["reproduce", "--jobs", "0"], "argument --jobs: must be >= 1, got 0"),
     (["analyze", "/nonexistent/run"], "no such run folder, checkpoint or reproduce folder"),
     (["reproduce", "--datasets", "npz:/nonexistent/fmnist.npz"], "npz file not found"),
     (["train", "--dataset", "npz:/nonexistent/x.npz"], "npz file not found"),
@@ -102,7 +103,7 @@ def test_train_fixed_activations_and_divergence(tmp_path: Path, capsys: pytest.C
 
 def test_reproduce_and_analyze_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rep"
-    argv = ["reproduce", "--out", str(out), "--seeds", "0", *TINY]
+    argv = ["reproduce", "--out", str(out), "--seeds", "0", "--jobs", "1", *TINY]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Table 1 -- best-on-test" in printed and "(n=1, CI n/a)" in printed

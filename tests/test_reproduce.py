@@ -25,7 +25,7 @@ def tiny(out: Path, **kw: Any) -> ReproduceConfig:
     """Digits, 128 training images, narrow convs, the reference AdAct: seconds per run."""
     base: dict[str, Any] = {"datasets": ["digits"], "seeds": [0, 1], "epochs": 2, "out": str(out),
                             "max_train_samples": 128, "channels": [4, 8, 8, 8], "device": "cpu",
-                            "quiet": True, "fused": False}
+                            "quiet": True, "fused": False, "jobs": 1}
     base.update(kw)
     return ReproduceConfig(**base)
 
@@ -211,6 +211,15 @@ def test_render_rebuilds_outputs_without_training(done_run: tuple[ReproduceConfi
     assert len(records) == 6 and all(r.status == "done" for r in records)
 
 
+def test_default_jobs_use_the_cores_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adact.reproduce.os, "cpu_count", lambda: 16)
+    assert tiny(tmp_path, jobs=None, seeds=[0, 1, 2]).resolved_jobs() == 6  # 3 AdAct + 3 ReLU runs can start
+    assert tiny(tmp_path, jobs=None, seeds=list(range(10))).resolved_jobs() == 16
+    assert tiny(tmp_path, jobs=3).resolved_jobs() == 3
+    monkeypatch.setattr(adact.reproduce.os, "cpu_count", lambda: None)
+    assert tiny(tmp_path, jobs=None).resolved_jobs() == 1
+
+
 def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         tiny(tmp_path, datasets=["mnist"]).validate()
@@ -220,5 +229,7 @@ def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
         tiny(tmp_path, seeds=[1, 1]).validate()
     with pytest.raises(ValueError, match="epochs"):
         tiny(tmp_path, epochs=0).validate()
+    with pytest.raises(ValueError, match="jobs"):
+        tiny(tmp_path, jobs=0).validate()
     with pytest.raises(FileNotFoundError, match="not an `adact reproduce` output folder"):
         render(tmp_path)

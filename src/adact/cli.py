@@ -67,6 +67,10 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _jobs(text: str) -> int | None:
+    return None if text == "auto" else _int_at_least(1)(text)
+
+
 def _dataset(text: str) -> str:
     if text.lower().startswith("npz:") or text.lower() in DATASETS:
         return text if text.lower().startswith("npz:") else text.lower()
@@ -135,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="training seeds; the three models share each seed (default: 0 1 2)")
     r.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: runs/reproduce)")
-    r.add_argument("--jobs", type=_int_at_least(1), default=1, metavar="N",
-                   help="runs trained in parallel processes, each with cores/N threads (default: 1)")
+    r.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="runs trained in parallel processes, each with cores/N threads (default: auto = one "
+                        "per CPU core on a CPU, 1 on a GPU)")
     _add_run_args(r)
     _add_data_args(r)
     r.set_defaults(func=_cmd_reproduce)
@@ -149,13 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--activation", type=_activation, nargs="+", default=["adact"], metavar="NAME",
                    help="'adact', one activation name for every block, or one name per block "
                         f"(default: adact). Names: {', '.join(list_activations())}")
-    t.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of init, shuffling and RReLU noise")
+    t.add_argument("--seed", type=_int_at_least(0), default=0,
+                   help="seed of init, shuffling and RReLU noise (default: 0)")
     t.add_argument("--out", default=None, metavar="DIR",
                    help="run folder (default: runs/train/<dataset>_<activation>_seed<k>)")
     t.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N", help="default: 64")
     t.add_argument("--test-batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
     t.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    t.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    t.add_argument("--weight-decay", type=float, default=0.01, metavar="WD", help="AdamW weight decay (default: 0.01)")
     t.add_argument("--no-decay-adact", action="store_true",
                    help="exempt AdAct logits and PReLU slopes from weight decay (plain AdamW decays them)")
     t.add_argument("--hflip", action="store_true", help="random horizontal flips (the paper: none)")

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from adact.activations import ACTIVATIONS
 from adact.analysis import consensus
 
-__all__ = ["ACT_COLORS", "act_color", "plot_trajectories", "plot_weights", "save_figure"]
+__all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_trajectories", "plot_weights", "save_figure"]
 
 # The paper's seven candidates get the most distinct colours (tab10 order); other registry names
 # follow. Keyed by registry name so a colour never depends on the candidate order of a model.
@@ -29,6 +29,10 @@ _PALETTE = [
     "#f7b6d2",
 ]
 ACT_COLORS: dict[str, str] = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(ACTIVATIONS)}
+
+
+#: Near-twins (leaky_relu ~ relu, silu ~ mish) get dashed lines so one does not hide the other.
+ACT_LINESTYLES: dict[str, str] = {"leaky_relu": "--", "silu": "--", "rrelu": "-."}
 
 
 def act_color(name: str) -> str:
@@ -163,7 +167,8 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
     for layer, ax in enumerate(axes):
         for j, name in enumerate(candidates):
             c = act_color(name)
-            ax.plot(x, mean[:, layer, j], color=c, label=name, marker=marker, markersize=3, linewidth=1.4)
+            ax.plot(x, mean[:, layer, j], color=c, label=name, marker=marker, markersize=3, linewidth=1.4,
+                    linestyle=ACT_LINESTYLES.get(name, "-"))
             if len(histories) > 1:
                 ax.fill_between(x, lo[:, layer, j], hi[:, layer, j], color=c, alpha=0.12, linewidth=0)
         ax.axhline(1.0 / k, color="#444444", linewidth=0.8, linestyle="--", label=f"uniform 1/{k}")

@@ -56,7 +56,7 @@ from adact.data.npz import resolve_npz_path
 from adact.io import atomic_write_json, atomic_write_text, read_json
 from adact.plots import plot_trajectories, plot_weights
 from adact.surgery import adact_units, dominant_activations
-from adact.train import DivergedError, TrainConfig, load_checkpoint, train
+from adact.train import DivergedError, TrainConfig, load_checkpoint, resolve_device, train
 
 __all__ = [
     "ReproduceConfig",
@@ -125,7 +125,7 @@ class ReproduceConfig:
     data_dir: str = "data"
     download: bool = False
     val_fraction: float = 0.0
-    jobs: int = 1
+    jobs: int | None = None  # parallel training processes; None = auto (see resolved_jobs)
     device: str = "auto"
     quiet: bool = False
     granularity: str = "layer"
@@ -154,7 +154,7 @@ class ReproduceConfig:
             raise ValueError("no seeds given")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds}")
-        if self.jobs < 1:
+        if self.jobs is not None and self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
@@ -169,6 +169,20 @@ class ReproduceConfig:
             device=self.device, bf16=self.bf16, compile=self.compile, fused=self.fused,
             max_train_samples=self.max_train_samples, **extra,
         )
+
+    def resolved_jobs(self) -> int:
+        """``jobs``, or by default: one process per CPU core on a CPU, one process on a GPU.
+
+        The paper's ConvNet is small, so on a CPU separate single-threaded runs use the cores far
+        better than one run with several threads (and degrade less when the cores are shared).
+        There are only ``2 * datasets * seeds`` runs free to start at once (Optimized waits for
+        AdAct), so more processes would sit idle.
+        """
+        if self.jobs is not None:
+            return self.jobs
+        if resolve_device(self.device).type != "cpu":
+            return 1
+        return max(1, min(os.cpu_count() or 1, 2 * len(self.datasets) * len(self.seeds)))
 
     def run_dir(self, dataset: str, seed: int, model: str) -> Path:
         return Path(self.out) / dataset_slug(dataset) / f"seed{seed}" / model
@@ -278,7 +292,8 @@ def _run_all(cfg: ReproduceConfig, log: Log) -> None:
     def note_skip(ds: str, seed: int) -> None:
         log(f"{ds} seed {seed} Optimized: skipped -- the AdAct run did not finish (see its result.json)")
 
-    if cfg.jobs == 1:
+    jobs = cfg.resolved_jobs()
+    if jobs == 1:
         for ds in cfg.datasets:
             for seed in cfg.seeds:
                 for task in [t for t in first if t.dataset == ds and t.seed == seed]:
@@ -290,9 +305,11 @@ def _run_all(cfg: ReproduceConfig, log: Log) -> None:
                     _run_logged(opt, start, log)
         return
 
-    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log(f"training in {jobs} processes with {threads} thread{'s' if threads > 1 else ''} each; an Optimized run "
+        f"starts when its AdAct run ends")
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx, initializer=_worker_init,
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
                                 initargs=(threads,)) as pool:
         pending: dict[cf.Future[dict[str, Any]], _Task] = {}
 
@@ -578,6 +595,8 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
     lines += ["", "## Notes", "",
               "- Choices come from the AdAct run's best checkpoint (the epoch whose accuracy Table 1 "
               "reports); the final model's choices are in each run's result.json (`dominant`).",
+              "- On a CPU a run is bit-reproducible for a fixed number of torch threads; `--jobs` sets "
+              "cores // jobs threads per run, so changing it changes float rounding and the last digits.",
               "- The ConvNet's layer sizes are not in the paper's text; ours are an assumption "
               "(see `adact.models`).",
               "- The paper has no `digits` row: it is scikit-learn's bundled 8x8 digits upsampled to 16x16, "
