@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -211,6 +212,21 @@ def test_render_rebuilds_outputs_without_training(done_run: tuple[ReproduceConfi
     assert len(records) == 6 and all(r.status == "done" for r in records)
 
 
+def test_npz_named_after_a_paper_dataset_gets_its_paper_row(tmp_path: Path) -> None:
+    from adact.data import load_dataset
+
+    d = load_dataset("digits")
+    np.savez(tmp_path / "fmnist.npz", x_train=d.train.x[:, 0].numpy(), y_train=d.train.y.numpy(),
+             x_test=d.test.x[:, 0].numpy(), y_test=d.test.y.numpy())
+    spec = f"npz:{tmp_path / 'fmnist.npz'}"
+    results = reproduce(tiny(tmp_path / "out", datasets=[spec], seeds=[0], epochs=1), log=lambda _: None)
+    assert (tmp_path / "out" / "npz-fmnist" / "seed0" / "optimized" / "result.json").is_file()
+    row = next(line for line in (tmp_path / "out" / "table1.md").read_text().splitlines() if "npz:" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "0.921" and cells[4] == "0.918" and cells[6] == "0.922"
+    assert results["summary"][spec]["paper_key"] == "fmnist"
+
+
 def test_default_jobs_use_the_cores_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(adact.reproduce.os, "cpu_count", lambda: 16)
     assert tiny(tmp_path, jobs=None, seeds=[0, 1, 2]).resolved_jobs() == 6  # 3 AdAct + 3 ReLU runs can start
@@ -233,3 +249,12 @@ def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
         tiny(tmp_path, jobs=0).validate()
     with pytest.raises(FileNotFoundError, match="not an `adact reproduce` output folder"):
         render(tmp_path)
+
+
+def test_other_settings_in_the_same_folder_are_refused(
+        done_run: tuple[ReproduceConfig, dict[str, Any], list[str]]) -> None:
+    cfg, _, _ = done_run
+    manifest = (Path(cfg.out) / "reproduce.json").read_text()
+    with pytest.raises(ValueError, match=r"other settings \(epochs 2 -> 3\)"):
+        reproduce(ReproduceConfig(**{**cfg.__dict__, "epochs": 3}), log=lambda _: None)
+    assert (Path(cfg.out) / "reproduce.json").read_text() == manifest

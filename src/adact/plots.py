@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from adact.activations import ACTIVATIONS
@@ -71,7 +72,7 @@ def _consensus_labels(mix: np.ndarray, candidates: Sequence[str]) -> list[str]:
     return [f"{c} ({k}/{n})" for c, k, n in consensus(mix, candidates)]
 
 
-def _bars(ax: object, values: np.ndarray, candidates: Sequence[str], labels: Sequence[str],
+def _bars(ax: Axes, values: np.ndarray, candidates: Sequence[str], labels: Sequence[str],
           baseline: float = 0.0) -> None:
     """Grouped bars: one group per layer, one bar per candidate; mean, ±1 sd, a dot per seed.
 
@@ -85,16 +86,16 @@ def _bars(ax: object, values: np.ndarray, candidates: Sequence[str], labels: Seq
         pos = x - 0.4 + width * (j + 0.5)
         mean = values[:, :, j].mean(0)
         err = values[:, :, j].std(0, ddof=1) if n_seeds > 1 else None
-        ax.bar(pos, mean - baseline, width * 0.92, bottom=baseline, color=act_color(name),  # type: ignore[attr-defined]
+        ax.bar(pos, mean - baseline, width * 0.92, bottom=baseline, color=act_color(name),
                label=name, yerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#222222"}, zorder=2)
         if n_seeds > 1:
             jitter = np.linspace(-width * 0.2, width * 0.2, n_seeds)
             for s in range(n_seeds):
-                ax.scatter(pos + jitter[s], values[s, :, j], s=6, color="#111111", zorder=3,  # type: ignore[attr-defined]
+                ax.scatter(pos + jitter[s], values[s, :, j], s=6, color="#111111", zorder=3,
                            linewidths=0)
-    ax.set_xticks(x, labels)  # type: ignore[attr-defined]
-    ax.grid(axis="y", alpha=0.3, zorder=0)  # type: ignore[attr-defined]
-    ax.set_axisbelow(True)  # type: ignore[attr-defined]
+    ax.set_xticks(x, labels)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.set_axisbelow(True)
 
 
 def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], title: str,

@@ -358,6 +358,21 @@ def _run_logged(task: _Task, start: Callable[[_Task], dict[str, Any] | None], lo
     log(_describe(task, outcome))
 
 
+def _check_existing_runs(cfg: ReproduceConfig) -> None:
+    """Refuse, before touching anything, an output folder whose runs were made with other settings."""
+    for ds in cfg.datasets:
+        for seed in cfg.seeds:
+            for model in ("adact", "relu"):
+                path = cfg.run_dir(ds, seed, model) / "config.json"
+                if not path.is_file():
+                    continue
+                old, new = read_json(path), asdict(cfg.train_config(ds, seed, model))
+                diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+                if diff:
+                    raise ValueError(f"{path.parent} holds a run made with other settings ({'; '.join(diff)}); "
+                                     f"use another --out folder or the original settings")
+
+
 def reproduce(cfg: ReproduceConfig, log: Log = print) -> dict[str, Any]:
     """Run (or resume) the whole experiment into ``cfg.out`` and write all summary files.
 
@@ -365,6 +380,7 @@ def reproduce(cfg: ReproduceConfig, log: Log = print) -> dict[str, Any]:
     settings or missing data before training anything.
     """
     cfg.validate()
+    _check_existing_runs(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     # Load every dataset up front: a missing file fails now, not after hours of other runs, and
