@@ -74,7 +74,15 @@ def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list
         # The Optimized run trained exactly the choices of the AdAct run's best checkpoint.
         opt = read_json(out / "digits" / f"seed{seed}" / "optimized" / "config.json")
         assert opt["activation"] == entry["choices"]
-        assert checkpoint_weights(out / "digits" / f"seed{seed}" / "adact" / "best.pt")["choices"] == entry["choices"]
+        adact_dir = out / "digits" / f"seed{seed}" / "adact"
+        from_ckpt = checkpoint_weights(adact_dir / "best.pt")
+        assert from_ckpt["choices"] == entry["choices"]
+        # result.json carries the same best-epoch weights, so published runs need no checkpoints.
+        from_json = read_json(adact_dir / "result.json")["best_weights"]
+        for key in ("paths", "candidates", "choices"):
+            assert from_json[key] == from_ckpt[key]
+        for key in ("raw", "mix"):
+            assert np.allclose(from_json[key], from_ckpt[key], rtol=1e-6, atol=0)
     assert choices["n_adact_units"] == 4 and choices["n_adact_params"] == 8 * 4
     assert choices["n_params"]["adact"] == choices["n_params"]["relu"] + 32
     assert "most common" in (out / "choices.md").read_text()

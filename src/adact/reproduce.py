@@ -55,14 +55,14 @@ from adact.data import DATASETS, DataSplits, load_dataset
 from adact.data.npz import resolve_npz_path
 from adact.io import atomic_write_json, atomic_write_text, read_json
 from adact.plots import plot_trajectories, plot_weights
-from adact.surgery import adact_units, dominant_activations
-from adact.train import DivergedError, TrainConfig, load_checkpoint, resolve_device, train
+from adact.train import DivergedError, TrainConfig, adact_weights, load_checkpoint, resolve_device, train
 
 __all__ = [
     "ReproduceConfig",
     "analyze_run",
     "check_dataset",
     "checkpoint_weights",
+    "run_weights",
     "collect",
     "dataset_slug",
     "is_reproduce_dir",
@@ -231,26 +231,22 @@ def _previous(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
 
 
 def checkpoint_weights(path: str | Path) -> dict[str, Any]:
-    """Choices and weights of a checkpoint's AdAct units (layer order).
-
-    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights`` and ``raw`` / ``mix``
-    (``layers x candidates``; channel means for per-channel units). Choices come from
-    :func:`adact.surgery.dominant_activations`.
-    """
+    """Choices and weights of a checkpoint's AdAct units (see :func:`adact.train.adact_weights`)."""
     model, _ = load_checkpoint(path)
-    units = adact_units(model)
-    dom = dominant_activations(model)
-    raw, mix = [], []
-    for _, unit in units:
-        r, m = unit.raw_weights(), unit.mixture()
-        if m.dim() == 2:
-            r, m = r.mean(0), m.mean(0)
-        raw.append(r.tolist())
-        mix.append(m.tolist())
-    candidates = list(units[0][1].candidates) if units else []
-    return {"paths": [p for p, _ in units], "candidates": candidates,
-            "choices": [n for n, _ in dom.values()], "choice_weights": [w for _, w in dom.values()],
-            "raw": raw, "mix": mix}
+    return adact_weights(model)
+
+
+def run_weights(run_dir: Path) -> dict[str, Any]:
+    """The best epoch's choices and weights of a finished run: from result.json, else best.pt.
+
+    result.json is enough, so published run folders need not ship their checkpoints.
+    """
+    res_path = run_dir / "result.json"
+    if res_path.is_file():
+        best = read_json(res_path).get("best_weights")
+        if best:
+            return best
+    return checkpoint_weights(run_dir / "best.pt")
 
 
 def _optimized_task(cfg: ReproduceConfig, dataset: str, seed: int) -> _Task | None:
@@ -258,7 +254,7 @@ def _optimized_task(cfg: ReproduceConfig, dataset: str, seed: int) -> _Task | No
     res_path = adact_dir / "result.json"
     if not res_path.is_file() or read_json(res_path).get("status") != "done":
         return None  # AdAct diverged: no trustworthy choices, the Optimized run is skipped (noted in the report)
-    choices = checkpoint_weights(adact_dir / "best.pt")["choices"]
+    choices = run_weights(adact_dir)["choices"]
     config = cfg.train_config(dataset, seed, choices)
     return _Task(dataset, seed, "optimized", str(cfg.run_dir(dataset, seed, "optimized")), asdict(config), cfg.quiet)
 
@@ -437,8 +433,8 @@ def collect(out: str | Path) -> tuple[ReproduceConfig, list[RunRecord]]:
                     rec.status, rec.message = "incomplete", "interrupted; rerun the same command to resume it"
                 if model == "adact":
                     adact_status = rec.status
-                    if rec.status == "done" and (d / "best.pt").is_file():
-                        w = checkpoint_weights(d / "best.pt")
+                    if rec.status == "done" and ((d / "best.pt").is_file() or (d / "result.json").is_file()):
+                        w = run_weights(d)
                         rec.choices, rec.choice_weights = w["choices"], w["choice_weights"]
                         rec.layer_paths, rec.candidates, rec.raw, rec.mix = w["paths"], w["candidates"], w["raw"], w["mix"]
                 elif model == "optimized" and rec.status == "missing" and adact_status not in ("done", None):

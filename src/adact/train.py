@@ -41,6 +41,7 @@ from adact.unit import AdAct
 __all__ = [
     "DivergedError",
     "TrainConfig",
+    "adact_weights",
     "build_model",
     "evaluate",
     "load_checkpoint",
@@ -157,6 +158,27 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]
     ]
 
 
+def adact_weights(model: nn.Module) -> dict[str, Any]:
+    """Choices and weights of a model's AdAct units, in layer order.
+
+    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights`` and ``raw`` / ``mix``
+    (``layers x candidates``; channel means for per-channel units). Choices come from
+    :func:`adact.surgery.dominant_activations`.
+    """
+    units = adact_units(model)
+    dom = dominant_activations(model)
+    raw, mix = [], []
+    for _, unit in units:
+        r, m = unit.raw_weights(), unit.mixture()
+        if m.dim() == 2:
+            r, m = r.mean(0), m.mean(0)
+        raw.append(r.tolist())
+        mix.append(m.tolist())
+    return {"paths": [p for p, _ in units], "candidates": list(units[0][1].candidates) if units else [],
+            "choices": [n for n, _ in dom.values()], "choice_weights": [w for _, w in dom.values()],
+            "raw": raw, "mix": mix}
+
+
 def unit_weights(model: nn.Module) -> dict[str, float]:
     """Flat ``{"mix/<path>/<name>": softmax weight, "raw/<path>/<name>": logit}`` for every unit.
 
@@ -232,7 +254,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _summary(config: TrainConfig, metrics: list[dict[str, Any]], model: nn.Module, status: str,
-             message: str, wall_s: float) -> dict[str, Any]:
+             message: str, wall_s: float, best_weights: dict[str, Any] | None) -> dict[str, Any]:
     best = max(metrics, key=lambda r: r["test_acc"]) if metrics else None
     has_val = bool(metrics) and metrics[0].get("val_acc") is not None
     val_best = max(metrics, key=lambda r: r["val_acc"]) if has_val else None
@@ -249,7 +271,8 @@ def _summary(config: TrainConfig, metrics: list[dict[str, Any]], model: nn.Modul
         "final_test_acc": metrics[-1]["test_acc"] if metrics else None,
         "val_selected_test_acc": val_best["test_acc"] if val_best else None,  # honest selection
         "val_best_epoch": val_best["epoch"] if val_best else None,
-        "dominant": {k: [n, w] for k, (n, w) in dominant_activations(model).items()},
+        "dominant": {k: [n, w] for k, (n, w) in dominant_activations(model).items()},  # last epoch
+        "best_weights": best_weights,  # choices and weights at the best epoch (see adact_weights)
         "weights": unit_weights(model),
         "n_adact_units": len(units),
         "n_adact_params": sum(p.numel() for _, u in units for p in u.parameters()),
@@ -364,14 +387,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
                   f"({row['images_per_s']:.0f} img/s)", flush=True)
         ckpt = _checkpoint(model, opt, config, mkw, epoch, metrics, best)
         if test_acc > best["test_acc"]:
-            best = {"test_acc": test_acc, "epoch": epoch}
+            # The weights of the best epoch travel in result.json too, so the choices can be read
+            # (and ConvNet-Optimized built) from a run folder whose checkpoints were not kept.
+            best = {"test_acc": test_acc, "epoch": epoch, "weights": adact_weights(model)}
             ckpt["best"] = best
             atomic_save(ckpt, out / "best.pt")
         # last.pt is the resume point, so it is written after metrics and best are consistent.
         _write_metrics_csv(out / "metrics.csv", metrics)
         atomic_save(ckpt, last_path)
 
-    result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0)
+    result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best.get("weights"))
     result["config"] = asdict(config)
     atomic_write_json(result_path, result)
     if status == "diverged":
