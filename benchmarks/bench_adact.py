@@ -1,0 +1,197 @@
+"""Benchmark of the fused AdAct against SiLU, the naive reference sum, and a ReLU ConvNet.
+
+Prints, in one run, the four ratios of GitHub issue #4 (targets in brackets):
+
+1. AdAct fwd+bwd time / SiLU fwd+bwd time, 64x64x32x32 fp32, CPU         [<= 2.0]
+2. bytes saved for backward by one AdAct unit / input bytes (training)    [<= 1.25]
+3. ConvNet-AdAct training images/s / ConvNet-ReLU images/s (batch 64)     [>= 0.8]
+4. on CUDA, AdAct fwd+bwd / SiLU fwd+bwd at 64M elements, fp32 and bf16   [<= 1.3]
+
+with the naive reference (``AdAct(fused=False)``) side by side. Timings are medians over
+interleaved rounds (the candidates alternate, so background load hits them alike), after warm-up
+(which includes compiling the fused kernels). This is a benchmark, not a test: nothing here
+asserts speed.
+
+Usage::
+
+    python benchmarks/bench_adact.py            # full run (a few minutes on 2 cores)
+    python benchmarks/bench_adact.py --quick    # fewer rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adact import AdAct, ConvNet
+from adact.fused import fused_backend
+
+__all__ = ["main"]
+
+
+def _median_times(fns: dict[str, Callable[[], object]], rounds: int, inner: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _fwd_bwd(module: nn.Module, x: Tensor, g: Tensor) -> Callable[[], object]:
+    inputs = [x, *module.parameters()]
+
+    def step() -> object:
+        return torch.autograd.grad(module(x), inputs, g)
+
+    return step
+
+
+def unit_speed(device: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: int, inner: int) -> dict[str, float]:
+    """Seconds per fwd+bwd of SiLU, the fused AdAct (train and eval) and the reference (train)."""
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn_like(x)
+    fns = {
+        "silu": _fwd_bwd(nn.SiLU(), x, g),
+        "fused_train": _fwd_bwd(AdAct().to(device).train(), x, g),
+        "fused_eval": _fwd_bwd(AdAct().to(device).eval(), x, g),
+        "reference_train": _fwd_bwd(AdAct(fused=False).to(device).train(), x, g),
+    }
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for fn in fns.values():  # warm-up: compiles the fused kernels, fills allocator caches
+        for _ in range(3):
+            fn()
+    return _median_times(fns, rounds, inner, sync)
+
+
+def saved_bytes_ratio(fused: bool, training: bool = True) -> float:
+    """Bytes kept for backward by one AdAct unit over the input's bytes (distinct storages)."""
+    x = torch.randn(64, 64, 32, 32, requires_grad=True)
+    unit = AdAct(fused=fused).train(training)
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        # The same tensor saved by several ops is stored once: count each storage once.
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = unit(x)
+    del y
+    return sum(storages.values()) / (x.numel() * x.element_size())
+
+
+def convnet_images_per_s(rounds: int, steps: int, with_reference: bool) -> dict[str, float]:
+    """Training images/s of ConvNet(3, 10, 32) with ReLU, fused AdAct and (optionally) reference AdAct."""
+    batch = 64
+    data = torch.randn(batch, 3, 32, 32)
+    target = torch.randint(0, 10, (batch,))
+    models = {
+        "relu": ConvNet(3, 10, 32, activation="relu"),
+        "adact_fused": ConvNet(3, 10, 32, activation="adact"),
+    }
+    if with_reference:
+        models["adact_reference"] = ConvNet(3, 10, 32, activation="adact", adact_kwargs={"fused": False})
+    steps_fns = {}
+    for name, model in models.items():
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(data), target).backward()
+            opt.step()
+
+        for _ in range(3):  # warm-up (and compile)
+            step()
+        steps_fns[name] = step
+    seconds = _median_times(steps_fns, rounds, steps, lambda: None)
+    return {name: batch / s for name, s in seconds.items()}
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--no-reference-convnet", action="store_true", help="skip the slow naive ConvNet")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    unit_rounds, conv_rounds = (5, 3) if args.quick else (15, 7)
+
+    print("# AdAct fused-kernel benchmark")
+    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"cpu: {_cpu_model()} ({os.cpu_count()} logical cores visible), torch threads: {args.threads}")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, ADACT_FUSED={fused_backend()}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "")
+    print()
+
+    t = unit_speed("cpu", (64, 64, 32, 32), torch.float32, unit_rounds, 3)
+    print("## 1. one unit, fwd+bwd, 64x64x32x32 fp32, CPU (ms, median)")
+    for name, s in t.items():
+        print(f"  {name:16s} {s * 1e3:9.2f} ms   x{s / t['silu']:.2f} SiLU")
+    print()
+
+    fused_bytes, ref_bytes = saved_bytes_ratio(True), saved_bytes_ratio(False)
+    eval_bytes = saved_bytes_ratio(True, training=False)
+    print("## 2. bytes saved for backward / input bytes (one unit, 64x64x32x32 fp32)")
+    print(f"  fused train {fused_bytes:.4f}   fused eval {eval_bytes:.4f}   reference train {ref_bytes:.2f}")
+    print()
+
+    ips = convnet_images_per_s(conv_rounds, 3, with_reference=not args.no_reference_convnet)
+    print("## 3. ConvNet(3, 10, 32) training, batch 64, AdamW (images/s, median)")
+    for name, v in ips.items():
+        print(f"  {name:16s} {v:9.1f} img/s   x{v / ips['relu']:.2f} ReLU")
+    print()
+
+    print("## 4. CUDA, fwd+bwd at 64M elements")
+    cuda_rows: list[tuple[str, str]] = []
+    if torch.cuda.is_available():
+        for dtype in (torch.float32, torch.bfloat16):
+            tc = unit_speed("cuda", (64 * 1024 * 1024,), dtype, unit_rounds, 5)
+            name = str(dtype).split(".")[-1]
+            cuda_rows.append((name, f"x{tc['fused_train'] / tc['silu']:.2f}"))
+            print(f"  {name}: fused train x{tc['fused_train'] / tc['silu']:.2f} SiLU, "
+                  f"eval x{tc['fused_eval'] / tc['silu']:.2f}, reference x{tc['reference_train'] / tc['silu']:.2f}")
+    else:
+        print("  not measured (no CUDA device)")
+    print()
+
+    print("## summary (target)")
+    print(f"  AdAct/SiLU fwd+bwd, CPU, training      x{t['fused_train'] / t['silu']:.2f}   (<= 2.0; naive x{t['reference_train'] / t['silu']:.1f})")
+    print(f"  AdAct/SiLU fwd+bwd, CPU, eval          x{t['fused_eval'] / t['silu']:.2f}")
+    print(f"  saved bytes / input bytes, training    {fused_bytes:.4f}   (<= 1.25; naive {ref_bytes:.2f})")
+    naive_ips = f"; naive x{ips['adact_reference'] / ips['relu']:.2f}" if "adact_reference" in ips else ""
+    print(f"  ConvNet AdAct/ReLU images/s            x{ips['adact_fused'] / ips['relu']:.2f}   (>= 0.8{naive_ips})")
+    cuda = ", ".join(f"{n} {r}" for n, r in cuda_rows) if cuda_rows else "not measured (no CUDA device)"
+    print(f"  CUDA AdAct/SiLU fwd+bwd, 64M elements  {cuda}   (<= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,492 @@
+"""Tests of the fused AdAct kernel (src/adact/fused*.py) against the plain reference sum.
+
+The reference is :func:`adact.adact_reference` (one PyTorch op per candidate). The fused path
+must give the same values and gradients (float64: 1e-6 relative, float32: 1e-5 relative plus a
+tiny absolute tolerance), propagate NaN/inf the same way, save only the input for backward, and
+keep working under ``torch.compile``, autocast and channel granularity. Speed is benchmarked in
+benchmarks/bench_adact.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adact import AdAct, DEFAULT_CANDIDATES, adact_reference
+from adact import fused, fused_kernels, fused_math, fused_ops
+
+RRELU_LOWER, RRELU_UPPER = 1.0 / 8.0, 1.0 / 3.0
+TOL = {torch.float64: dict(rtol=1e-6, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts on the default backend (compiled, eager fallback on compile failure)."""
+    monkeypatch.delenv(fused_kernels.ENV_VAR, raising=False)
+
+
+def extreme_values(dtype: torch.dtype) -> Tensor:
+    tiny = 1e-40 if dtype == torch.float32 else 1e-310  # denormals
+    vals = [1e4, -1e4, 88.0, -88.0, 89.0, -89.0, 0.0, -0.0, tiny, -tiny, 1e-3, -1e-3, 0.3, -0.3, 20.0, -20.0]
+    return torch.tensor(vals, dtype=torch.float64).to(dtype)
+
+
+def make_input(dtype: torch.dtype, shape: tuple[int, ...] = (4, 6, 50)) -> Tensor:
+    x = torch.randn(shape, dtype=torch.float64) * 3
+    ext = extreme_values(dtype).to(torch.float64)
+    x.view(-1)[: ext.numel()] = ext
+    return x.to(dtype)
+
+
+def randomize(m: AdAct) -> AdAct:
+    with torch.no_grad():
+        m.logits.normal_(0.0, 1.5)
+        if m.prelu_weight is not None:
+            m.prelu_weight.uniform_(-0.5, 0.8)
+    return m
+
+
+def unit(granularity: str = "layer", c: int = 6, **kw: object) -> AdAct:
+    extra = dict(granularity="channel", num_channels=c) if granularity == "channel" else {}
+    return randomize(AdAct(**extra, **kw))  # type: ignore[arg-type]
+
+
+def grads(y: Tensor, inputs: list[Tensor], g: Tensor) -> tuple[Tensor, ...]:
+    return torch.autograd.grad(y, inputs, g)
+
+
+def reference_of(m: AdAct, x: Tensor, training: bool = False) -> Tensor:
+    return adact_reference(x, m.logits, m.prelu_weight, m.candidates, training)
+
+
+# --------------------------------------------------------------------------------------------
+# values and gradients against the reference
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_matches_reference_values_and_grads(dtype: torch.dtype, granularity: str) -> None:
+    m = unit(granularity).to(dtype).eval()
+    x = make_input(dtype).requires_grad_()
+    g = torch.randn_like(x)
+    params = [x, m.logits, m.prelu_weight]
+    y = m(x)
+    y_ref = reference_of(m, x)
+    torch.testing.assert_close(y, y_ref, **TOL[dtype])
+    got, want = grads(y, params, g), grads(y_ref, params, g)
+    torch.testing.assert_close(got[0], want[0], **TOL[dtype])
+    # Parameter gradients are sums over 1200 elements in another order: compare at the sum's scale.
+    for a, b in zip(got[1:], want[1:]):
+        scale = float(b.abs().max())
+        torch.testing.assert_close(a, b, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["rtol"] * scale)
+
+
+def test_float32_grads_match_float64_truth() -> None:
+    """float32 fused gradients are as close to the float64 truth as float32 allows."""
+    m = unit().eval()
+    x = torch.randn(64, 32, 8, 8) * 3
+    g = torch.randn_like(x)
+    xs = x.clone().requires_grad_()
+    got = grads(m(xs), [xs, m.logits, m.prelu_weight], g)
+    m64 = AdAct(fused=False).double().eval()
+    m64.load_state_dict(m.state_dict())
+    xd = x.double().requires_grad_()
+    want = grads(m64(xd), [xd, m64.logits, m64.prelu_weight], g.double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_extreme_inputs_each_candidate(dtype: torch.dtype) -> None:
+    """One-hot pools: every candidate alone matches its torch.nn.functional form on extreme inputs."""
+    x = extreme_values(dtype)
+    for name in DEFAULT_CANDIDATES:
+        m = AdAct(candidates=[name]).to(dtype).eval()
+        torch.testing.assert_close(m(x), reference_of(m, x), **TOL[dtype], msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_nan_and_inf_propagate_as_in_reference(dtype: torch.dtype) -> None:
+    special = torch.tensor([float("inf"), -float("inf"), float("nan"), 1.0, -1.0], dtype=dtype)
+    m = unit().to(dtype).eval()
+    x, x_ref = special.clone().requires_grad_(), special.clone().requires_grad_()
+    y, y_ref = m(x), reference_of(m, x_ref)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    (gx_ref,) = torch.autograd.grad(y_ref.sum(), x_ref)
+    for a, b in ((y, y_ref), (gx, gx_ref)):
+        assert torch.equal(a.isnan(), b.isnan()), (a, b)
+        assert torch.equal(a.isinf(), b.isinf()) and torch.equal(a[a.isinf()], b[b.isinf()]), (a, b)
+        finite = a.isfinite()
+        torch.testing.assert_close(a[finite], b[finite], **TOL[dtype])
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [("relu",), ("mish", "elu"), ("silu", "relu", "prelu"), ("rrelu", "leaky_relu"), DEFAULT_CANDIDATES[::-1]],
+    ids=["relu", "mish-elu", "silu-relu-prelu", "rrelu-leaky", "reversed"],
+)
+def test_subsets_and_orders(candidates: tuple[str, ...]) -> None:
+    m = randomize(AdAct(candidates=candidates)).double().eval()
+    x = make_input(torch.float64).requires_grad_()
+    assert fused.fused_supported(m.candidates, x)
+    y, y_ref = m(x), reference_of(m, x)
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
+    params = [x, m.logits] + ([m.prelu_weight] if m.prelu_weight is not None else [])
+    for a, b in zip(grads(y, params, torch.ones_like(y)), grads(y_ref, params, torch.ones_like(y))):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_unsupported_candidates_fall_back_to_reference() -> None:
+    x = torch.randn(10)
+    assert not fused.fused_supported(("relu", "gelu"), x)
+    assert not fused.fused_supported(DEFAULT_CANDIDATES, x.to(torch.int64))
+    m = AdAct(candidates=["relu", "gelu"]).eval()
+    torch.testing.assert_close(m(x), reference_of(m, x))
+
+
+# --------------------------------------------------------------------------------------------
+# gradcheck (float64: the eager kernels, the same math the compiler gets)
+# --------------------------------------------------------------------------------------------
+
+
+def away_from_kinks(shape: tuple[int, ...]) -> Tensor:
+    x = torch.randn(shape, dtype=torch.float64)
+    return x + 0.2 * torch.where(x >= 0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_gradcheck(granularity: str, training: bool) -> None:
+    """Training mode uses a fixed seed, so the noise is a fixed function and gradcheck applies."""
+    c = 3
+    logits = torch.randn((c, 7) if granularity == "channel" else (7,), dtype=torch.float64, requires_grad=True)
+    w = torch.rand(c if granularity == "channel" else 1, dtype=torch.float64, requires_grad=True)
+    x = away_from_kinks((2, c, 5)).requires_grad_()
+    seed = torch.tensor(12345, dtype=torch.int32)
+
+    def f(x_: Tensor, l_: Tensor, w_: Tensor) -> Tensor:
+        return fused_ops.fused_adact(x_, l_, w_, seed, DEFAULT_CANDIDATES, training)
+
+    assert torch.autograd.gradcheck(f, (x, logits, w))
+
+
+def test_gradcheck_custom_op_route() -> None:
+    """The custom op (what torch.compile sees) has the same autograd formula."""
+    x = away_from_kinks((3, 4)).requires_grad_()
+    logits = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(1, dtype=torch.float64, requires_grad=True)
+    seed = torch.tensor(7, dtype=torch.int32)
+    names = ",".join(DEFAULT_CANDIDATES)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: torch.ops.adact.fused_forward(a, b, c, seed, names, True), (x, logits, w)
+    )
+    torch.library.opcheck(torch.ops.adact.fused_forward.default, (x, logits, w, seed, names, True))
+
+
+# --------------------------------------------------------------------------------------------
+# RReLU noise
+# --------------------------------------------------------------------------------------------
+
+
+def rrelu_only() -> AdAct:
+    return AdAct(candidates=["rrelu"]).train()
+
+
+def test_training_slopes_are_uniform_in_rrelu_range() -> None:
+    x = -(torch.rand(200_000) + 0.1)
+    with torch.no_grad():
+        slope = (rrelu_only()(x) / x).double()
+    assert float(slope.min()) >= RRELU_LOWER - 1e-6 and float(slope.max()) <= RRELU_UPPER + 1e-6
+    assert abs(float(slope.mean()) - (RRELU_LOWER + RRELU_UPPER) / 2) < 2e-3
+    # Kolmogorov-Smirnov distance to U(1/8, 1/3): ~0.003 expected for 2e5 draws.
+    u = ((slope - RRELU_LOWER) / (RRELU_UPPER - RRELU_LOWER)).sort().values
+    ecdf = torch.arange(1, u.numel() + 1, dtype=torch.float64) / u.numel()
+    assert float((ecdf - u).abs().max()) < 0.01
+    # Neighbours are not correlated.
+    centred = slope - slope.mean()
+    assert abs(float((centred[1:] * centred[:-1]).mean() / centred.var())) < 0.01
+
+
+def test_backward_uses_the_forwards_noise() -> None:
+    m = rrelu_only()
+    x = torch.cat([-(torch.rand(5000) + 0.01), torch.rand(100)]).requires_grad_()
+    y = m(x)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    neg = x.detach() < 0
+    # y = slope * x with slope the noise, so dy/dx must be y / x element by element.
+    torch.testing.assert_close(gx[neg], (y / x).detach()[neg], rtol=1e-6, atol=0.0)
+    assert torch.equal(gx[~neg], torch.ones(int((~neg).sum())))
+    assert gx[neg].unique().numel() > 1000
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_same_seed_same_results(granularity: str) -> None:
+    m = unit(granularity).train()
+    x = torch.randn(3, 6, 7, 5, requires_grad=True)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        y = m(x)
+        runs.append((y, *grads(y, [x, m.logits, m.prelu_weight], torch.ones_like(y))))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    torch.manual_seed(124)
+    assert not torch.equal(m(x), runs[0][0])  # a fresh seed is a fresh draw
+
+
+def test_noise_hash_matches_uint32_spec() -> None:
+    """rrelu_uniform is the documented 31-bit hash: check it against numpy, eager and compiled."""
+    index = torch.arange(0, 3000, dtype=torch.int32) * 9973
+    seed = torch.tensor(0x5EED1234, dtype=torch.int32)
+    h = (index.numpy().astype(np.uint64) ^ np.uint64(0x5EED1234)) & np.uint64(0x7FFFFFFF)
+    for shift_a, mul, shift_b in ((16, 0x7FEB352D, 15), (None, 0x2C1B3C6D, 16)):
+        if shift_a is not None:
+            h ^= h >> np.uint64(shift_a)
+        h = (h * np.uint64(mul)) & np.uint64(0x7FFFFFFF)
+        h ^= h >> np.uint64(shift_b)
+    expected = torch.from_numpy((h >> np.uint64(7)).astype(np.float32) * np.float32(2.0**-24))
+    assert torch.equal(fused_math.rrelu_uniform(index, seed), expected)
+    compiled = torch.compile(fused_math.rrelu_uniform, dynamic=True, fullgraph=True)
+    assert torch.equal(compiled(index, seed), expected)
+
+
+def test_lane_layout_gives_flat_index() -> None:
+    x = torch.empty(5, 3, 16)
+    lanes = torch.arange(16, dtype=torch.int32)
+    assert torch.equal(fused_math.flat_index(x, lanes), fused_math.flat_index(x, None))
+
+
+def test_eval_mode_rrelu_uses_mean_slope() -> None:
+    m = rrelu_only().eval()
+    x = -torch.rand(100) - 0.1
+    torch.testing.assert_close(m(x), x * (RRELU_LOWER + RRELU_UPPER) / 2, rtol=1e-6, atol=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# memory: only the input is saved
+# --------------------------------------------------------------------------------------------
+
+
+def saved_bytes(fn: object, x: Tensor) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)  # type: ignore[operator]
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_saves_only_the_input(granularity: str, training: bool) -> None:
+    m = unit(granularity, c=16).train(training)
+    x = torch.randn(8, 16, 16, 16, requires_grad=True)
+    input_bytes = x.numel() * x.element_size()
+    assert saved_bytes(m, x) <= 1.25 * input_bytes
+    assert saved_bytes(m, x) < input_bytes + 1024  # the input, the parameters and an int32 seed
+    ref = AdAct(fused=False).train(training)
+    assert saved_bytes(ref, x) > 4 * input_bytes  # what the fusion saves
+
+
+def test_custom_op_saves_only_the_input() -> None:
+    x = torch.randn(4, 8, 32, requires_grad=True)
+    logits = torch.zeros(7, requires_grad=True)
+    w = torch.full((1,), 0.25, requires_grad=True)
+    seed = torch.tensor(3, dtype=torch.int32)
+
+    def op(t: Tensor) -> Tensor:
+        return torch.ops.adact.fused_forward(t, logits, w, seed, ",".join(DEFAULT_CANDIDATES), True)
+
+    assert saved_bytes(op, x) < x.numel() * x.element_size() + 1024
+
+
+# --------------------------------------------------------------------------------------------
+# layouts, dtypes, autocast
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_channels_last_and_strided_inputs(granularity: str) -> None:
+    m = unit(granularity).eval()
+    base = torch.randn(2, 6, 8, 10)
+    for x in (base.to(memory_format=torch.channels_last), base[..., ::2], base.transpose(2, 3)):
+        xg = x.clone().requires_grad_() if x.is_contiguous() else x.detach().requires_grad_()
+        y = m(xg)
+        assert y.stride() == torch.empty_like(xg).stride()
+        torch.testing.assert_close(y, reference_of(m, xg), **TOL[torch.float32])
+        (gx,) = torch.autograd.grad(y.sum(), xg)
+        (gx_ref,) = torch.autograd.grad(reference_of(m, xg).sum(), xg)
+        torch.testing.assert_close(gx, gx_ref, **TOL[torch.float32])
+
+
+def test_channels_last_training_noise_is_consistent() -> None:
+    m = rrelu_only()
+    x = -(torch.rand(2, 3, 4, 5) + 0.1).to(memory_format=torch.channels_last).requires_grad_()
+    y = m(x)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    torch.testing.assert_close(gx, (y / x).detach(), rtol=1e-6, atol=0.0)
+
+
+def test_empty_and_scalar_inputs() -> None:
+    m = unit().train()
+    empty = torch.empty(0, 3, requires_grad=True)
+    y = m(empty)
+    assert y.shape == (0, 3)
+    y.sum().backward()
+    scalar = torch.tensor(-2.0, requires_grad=True)
+    m.eval()
+    torch.testing.assert_close(m(scalar), reference_of(m, scalar))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_low_precision_inputs_compute_in_float32(dtype: torch.dtype) -> None:
+    m = unit().eval()
+    x = (torch.randn(4, 6, 20) * 3).to(dtype).requires_grad_()
+    y = m(x)
+    assert y.dtype == dtype
+    expected = reference_of(m, x.detach().float())
+    torch.testing.assert_close(y.float(), expected, rtol=1e-2, atol=1e-2)
+    (gx,) = torch.autograd.grad(y.float().sum(), x)
+    assert gx.dtype == dtype and torch.isfinite(gx).all()
+
+
+def test_bfloat16_autocast_after_conv() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), unit())
+    x = torch.randn(2, 3, 10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    assert y.dtype == torch.bfloat16  # the conv's output is bf16 under autocast, and so is AdAct's
+    y.float().sum().backward()
+    for p in net.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    net[1].fused = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref = net(x)
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=3e-2, atol=3e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile, backends
+# --------------------------------------------------------------------------------------------
+
+
+def test_torch_compile_of_a_model_with_adact() -> None:
+    """fullgraph compile: the custom op is one opaque node, with its autograd formula."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), unit(), nn.Linear(16, 8), unit("channel", c=8), nn.Linear(8, 2)).train()
+    compiled = torch.compile(net, fullgraph=True)
+    x = torch.randn(32, 6)
+    with torch._inductor.config.patch(fallback_random=True):  # the seeds come from eager's RNG stream
+        runs = []
+        for model in (compiled, net):
+            torch.manual_seed(5)
+            xi = x.clone().requires_grad_()
+            y = model(xi)
+            runs.append((y, *torch.autograd.grad(y.square().sum(), [xi, *net.parameters()])))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_eager_backend_equals_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = unit().train()
+    x = torch.randn(5, 6, 33, requires_grad=True)
+    results = {}
+    for backend in ("compile", "eager"):
+        monkeypatch.setenv(fused_kernels.ENV_VAR, backend)
+        torch.manual_seed(9)
+        y = m(x)
+        results[backend] = (y, *grads(y, [x, m.logits, m.prelu_weight], torch.ones_like(y)))
+    for a, b in zip(results["compile"], results["eager"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.detach().abs().max()))
+
+
+def test_backend_off_uses_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fused_kernels.ENV_VAR, "off")
+    assert not fused.fused_supported(DEFAULT_CANDIDATES, torch.randn(3))
+    monkeypatch.setenv(fused_kernels.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match="ADACT_FUSED"):
+        fused.fused_supported(DEFAULT_CANDIDATES, torch.randn(3))
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(key: fused_kernels.FusedKernelKey) -> object:
+        def kernel(*args: object) -> object:
+            raise RuntimeError("no C++ compiler")
+
+        return kernel
+
+    monkeypatch.setattr(fused_kernels, "_compile", broken_compile)
+    fused_kernels.reset_kernels()
+    try:
+        m = unit().eval()
+        x = torch.randn(40, requires_grad=True)
+        with pytest.warns(RuntimeWarning, match="eager fused kernel") as record:
+            y = m(x)
+            (gx,) = torch.autograd.grad(y.sum(), x)
+        assert len(record) == 2  # once for the forward variant, once for the backward one
+        torch.testing.assert_close(y, reference_of(m, x), **TOL[torch.float32])
+        (gx_ref,) = torch.autograd.grad(reference_of(m, x).sum(), x)
+        torch.testing.assert_close(gx, gx_ref, **TOL[torch.float32])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # both variants are eager now: no more attempts
+            m(x).sum().backward()
+    finally:
+        fused_kernels.reset_kernels()
+    monkeypatch.setenv(fused_kernels.ENV_VAR, "compile")
+    monkeypatch.setattr(fused_kernels, "_compile", broken_compile)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        unit().eval()(torch.randn(40))
+    fused_kernels.reset_kernels()
+
+
+def test_adact_uses_fused_path_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = fused_ops.forward_impl
+    monkeypatch.setattr(fused_ops, "forward_impl", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(10)
+    AdAct()(x)
+    assert calls
+    calls.clear()
+    AdAct(fused=False)(x)
+    assert not calls
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA (skipped without a device)
+# --------------------------------------------------------------------------------------------
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_cuda_matches_reference(dtype: torch.dtype, granularity: str) -> None:
+    m = unit(granularity).cuda().eval()
+    x = make_input(torch.float32).cuda().to(dtype).requires_grad_()
+    y = m(x)
+    y_ref = reference_of(m, x.detach().float())
+    tol = TOL[torch.float32] if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(y.float(), y_ref, **tol)
+    y.float().sum().backward()
+    assert torch.isfinite(m.logits.grad).all()
+
+
+@CUDA
+def test_cuda_training_noise_is_consistent() -> None:
+    m = rrelu_only().cuda()
+    x = -(torch.rand(10_000, device="cuda") + 0.1).requires_grad_()
+    y = m(x)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(gx, (y / x).detach(), rtol=1e-6, atol=0.0)
+    slope = (y / x).detach()
+    assert float(slope.min()) >= RRELU_LOWER - 1e-6 and float(slope.max()) <= RRELU_UPPER + 1e-6
