@@ -92,7 +92,7 @@ def _compile(key: FusedKernelKey) -> Callable[..., Any]:
         for t in args[:n_data]:
             torch._dynamo.maybe_mark_dynamic(t, list(range(t.dim() - lane_dim)))
         if flags.channel:
-            torch._dynamo.maybe_mark_dynamic(args[n_data], 0)  # coef: (C, 7)
+            torch._dynamo.maybe_mark_dynamic(args[n_data], 0)  # coef: (C, 7) or (N * C, 7)
         return compiled(*args, flags)
 
     return kernel

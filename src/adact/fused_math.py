@@ -101,7 +101,8 @@ class KernelFlags(NamedTuple):
     mish: bool
 
 
-def kernel_flags(candidates: Sequence[str], training: bool, channel: bool) -> KernelFlags:
+@functools.lru_cache(maxsize=256)
+def kernel_flags(candidates: tuple[str, ...], training: bool, channel: bool) -> KernelFlags:
     """The :class:`KernelFlags` of a pool (only training-mode RReLU depends on ``training``)."""
     c = set(candidates)
     noisy = training and "rrelu" in c
@@ -135,16 +136,23 @@ def _slope(prelu_weight: Tensor, p: Tensor) -> Tensor:
     return w.reshape(()) if p.dim() == 1 else w
 
 
-@functools.lru_cache(maxsize=64)
-def _mixing_matrix(candidates: tuple[str, ...], training: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(K, 7)``: coefficient ``j`` of the kernel is ``sum_k p_k * M[k, j]`` (PReLU's slope term aside).
+class _Mixing(NamedTuple):
+    to_coef: Tensor  # (K, 7): coef_j = sum_k p_k * to_coef[k, j], PReLU's slope term aside
+    from_sums: Tensor  # (6, K): G_k = sum(g * f_k(x)) = sum_j sums_j * from_sums[j, k], likewise
+    a_neg: Tensor  # (7,) one-hot: where PReLU's w * p_prelu goes
+    prelu: Tensor | None  # (K,) one-hot: where w * S_NEG goes; None without PReLU
 
-    The same matrix, read as ``(7, K)`` on the sum slots, maps the backward's sums to the
-    per-candidate sums ``sum(g * f_k(x))``: row ``A_POS`` <-> ``S_POS``, ``A_NEG`` <-> ``S_NEG``, etc.
-    """
-    rows = []
-    for name in candidates:
-        row = [0.0] * N_COEF
+
+# The backward's sum slot that pairs with each coefficient slot.
+_SUM_OF_COEF = (S_POS, S_NEG, S_NEG, S_NOISE, S_ELU, S_SILU, S_MISH)
+
+
+@functools.lru_cache(maxsize=64)
+def _mixing(candidates: tuple[str, ...], training: bool, dtype: torch.dtype, device: torch.device) -> _Mixing:
+    """Constant matrices of the mixture algebra for one pool (cached: built once per pool)."""
+    to_coef = torch.zeros(len(candidates), N_COEF, dtype=torch.float64)
+    for k, name in enumerate(candidates):
+        row = to_coef[k]
         if name in _LINEAR:
             row[A_POS] = 1.0
         if name == "leaky_relu":
@@ -155,12 +163,19 @@ def _mixing_matrix(candidates: tuple[str, ...], training: bool, dtype: torch.dty
             row[A_NEG] = _RRELU_MEAN
         elif name in ("elu", "silu", "mish"):
             row[{"elu": P_ELU, "silu": P_SILU, "mish": P_MISH}[name]] = 1.0
-        rows.append(row)
-    return torch.tensor(rows, dtype=dtype, device=device)
-
-
-# The backward's sum slots, in the order of the coefficient slots they pair with (see _mixing_matrix).
-_SUM_OF_COEF = (S_POS, S_NEG, S_NEG, S_NOISE, S_ELU, S_SILU, S_MISH)
+    # Each coefficient multiplies a basis function whose g-weighted sum is one sum slot, so the
+    # backward's map is the transpose, with coefficient rows gathered onto their sum slots.
+    from_sums = torch.zeros(N_SUMS, len(candidates), dtype=torch.float64)
+    for j, slot in enumerate(_SUM_OF_COEF):
+        from_sums[slot] += to_coef[:, j]
+    a_neg = torch.zeros(N_COEF, dtype=torch.float64)
+    a_neg[A_NEG] = 1.0
+    prelu = None
+    if "prelu" in candidates:
+        prelu = torch.zeros(len(candidates), dtype=torch.float64)
+        prelu[candidates.index("prelu")] = 1.0
+    put = functools.partial(torch.Tensor.to, dtype=dtype, device=device)
+    return _Mixing(put(to_coef), put(from_sums), put(a_neg), None if prelu is None else put(prelu))
 
 
 def mixture_coefficients(
@@ -168,12 +183,11 @@ def mixture_coefficients(
 ) -> Tensor:
     """The kernel's seven coefficients, ``(7,)`` or ``(C, 7)``, in ``dtype``."""
     p = mixture_weights(logits).to(dtype)
-    coef = p @ _mixing_matrix(candidates, training, dtype, p.device)
-    if "prelu" in candidates:
-        a_neg = torch.zeros(N_COEF, dtype=dtype, device=p.device)
-        a_neg[A_NEG] = 1.0
+    mix = _mixing(candidates, training, dtype, p.device)
+    coef = p @ mix.to_coef
+    if mix.prelu is not None:
         w_p = _slope(prelu_weight, p) * p[..., candidates.index("prelu")]
-        coef = coef + w_p.unsqueeze(-1) * a_neg
+        coef = torch.addcmul(coef, w_p.unsqueeze(-1), mix.a_neg)
     return coef
 
 
@@ -182,14 +196,13 @@ def parameter_grads(
 ) -> tuple[Tensor, Tensor]:
     """Logit and slope gradients from the backward kernel's six sums (``(6,)`` or ``(C, 6)``)."""
     p = mixture_weights(logits).to(sums.dtype)
-    # Per-candidate sums G_k = sum(g * f_k(x)): the transpose of the forward's mixing.
-    g_mix = sums[..., list(_SUM_OF_COEF)] @ _mixing_matrix(candidates, training, sums.dtype, sums.device).T
+    mix = _mixing(candidates, training, sums.dtype, sums.device)
+    g_mix = sums @ mix.from_sums  # per-candidate sums G_k = sum(g * f_k(x))
     grad_w = torch.zeros_like(prelu_weight)
-    if "prelu" in candidates:
-        k = candidates.index("prelu")
+    if mix.prelu is not None:
         s_neg = sums[..., S_NEG]
-        g_mix[..., k] += _slope(prelu_weight, p) * s_neg
-        grad_w = (p[..., k] * s_neg).reshape(-1)
+        g_mix = torch.addcmul(g_mix, (_slope(prelu_weight, p) * s_neg).unsqueeze(-1), mix.prelu)
+        grad_w = (p[..., candidates.index("prelu")] * s_neg).reshape(-1)
         if grad_w.numel() != prelu_weight.numel():  # one slope shared by all channels
             grad_w = grad_w.sum(0, keepdim=True)
     # Softmax backward: dL/dw_k = p_k * (G_k - sum_j p_j G_j).
@@ -270,11 +283,18 @@ class _Common(NamedTuple):
 def _common(
     x: Tensor, coef: Tensor, seed: Tensor, lanes: Tensor | None, flags: KernelFlags
 ) -> tuple[_Common, list[Tensor]]:
-    """Per-element quantities both passes need, from ``t = exp(-|x|)``; and the coefficients."""
+    """Per-element quantities both passes need, from ``t = exp(-|x|)``; and the coefficients.
+
+    Per channel, ``x`` is ``(N, C, R, [L])`` with ``coef`` ``(C, 7)``, or ``(N * C, R)`` rows with
+    ``coef`` ``(N * C, 7)``: either way ``coef`` row ``i`` goes with index ``i`` of ``x``'s dim
+    ``x.dim() - coef.dim() - ...``, i.e. the dim that has ``coef.shape[0]`` entries.
+    """
     cd = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(cd)
-    # Coefficients broadcast over x: scalars, or (C, 1, ...) per channel.
-    c = [v.view(-1, *[1] * (x.dim() - 2)) if flags.channel else v for v in coef.to(cd).unbind(-1)]
+    # Coefficients broadcast over x: scalars, or per channel (or row) with trailing unit dims.
+    cols = coef.to(cd).unbind(-1)
+    channel_dim = 0 if x.dim() == 2 else 1
+    c = [v.view(-1, *[1] * (x.dim() - 1 - channel_dim)) if flags.channel else v for v in cols]
     neg = xc <= 0
     t, u = _exp_expm1_nonpositive(-xc.abs())
     noise = rrelu_uniform(flat_index(x, lanes), seed) if flags.noisy else None
@@ -340,15 +360,18 @@ def kernel_forward(x: Tensor, coef: Tensor, seed: Tensor, lanes: Tensor | None, 
 def kernel_backward(grad: Tensor, x: Tensor, coef: Tensor, seed: Tensor, flags: KernelFlags) -> tuple[Tensor, Tensor]:
     """``(grad_x, sums)``: the input gradient and the six parameter sums, in one pass over ``x``.
 
-    ``grad`` has ``x``'s shape and memory order. ``x`` has no lane dim: the compiler would split
-    a reduction over (rows, lanes) into a pass of its own, which costs more than the flat index.
-    ``sums`` is ``(6,)`` or ``(C, 6)`` in the compute dtype; slots a pool does not need are 0.
+    ``grad`` has ``x``'s shape and memory order. The layouts keep the elementwise work and the
+    reductions in one loop nest (the compiler gives a differently ordered reduction a pass of
+    its own, storing ``t`` for it): ``x`` is 1-D for one mixture, and per channel it is
+    ``(N * C, R)`` rows with ``coef`` repeated per row, ``(N * C, 7)``, and ``sums`` per row (the
+    caller adds up the rows of each channel; a direct sum over (N, R) would run channel-major).
+    No lane dim either: a reduction over (rows, lanes) would get a pass of its own as well.
+    ``sums``: ``(6,)`` or ``(N * C, 6)`` in the compute dtype; slots a pool does not need are 0.
     """
     k, c = _common(x, coef, seed, None, flags)
     gc = grad.to(k.xc.dtype)
     gx = gc * k.xc
-    # Layer granularity reduces over everything, channel granularity over all dims but 1.
-    dims = [d for d in range(x.dim()) if not (flags.channel and d == 1)]
+    dims = [1] if flags.channel else [0]  # per row, or everything
 
     def total(v: Tensor) -> Tensor:
         return v.sum(dims)

@@ -17,6 +17,7 @@ keeps its memory order (no copy) for layer granularity; other non-contiguous inp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, NamedTuple
 
@@ -91,6 +92,14 @@ def _launch(direction: str, x: Tensor, logits: Tensor, names: tuple[str, ...], t
     return _Launch((direction, x.device.type, x.dtype, flags), lanes, width)
 
 
+def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager[object]:
+    # Autocast stays on inside a custom op without an autocast rule: switch it off so the kernel
+    # computes as specified (float32 for low-precision inputs) whatever the caller enabled.
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def forward_impl(
     x: Tensor, logits: Tensor, prelu_weight: Tensor, seed: Tensor, names: tuple[str, ...], training: bool
 ) -> tuple[Tensor, Tensor]:
@@ -98,9 +107,7 @@ def forward_impl(
 
     ``training`` means: RReLU draws noise keyed by ``seed`` (an int32 scalar).
     """
-    # Autocast stays on inside a custom op without an autocast rule: switch it off so the kernel
-    # computes as specified (float32 for low-precision inputs) whatever the caller enabled.
-    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    with torch.no_grad(), _no_autocast(x):
         coef = mixture_coefficients(logits, prelu_weight, names, training, compute_dtype(x.dtype))
         if x.numel() == 0:
             return torch.empty_like(x), coef
@@ -127,11 +134,18 @@ def backward_impl(
     if x.numel() == 0:
         return torch.zeros_like(x), torch.zeros_like(logits), torch.zeros_like(prelu_weight)
     channel = logits.dim() == 2
-    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    with torch.no_grad(), _no_autocast(x):
         if coef is None:
             coef = mixture_coefficients(logits, prelu_weight, names, training, compute_dtype(x.dtype))
         run = _launch("bwd", x, logits, names, training)
-        gx, sums = run_kernel(run.key, _flat_view(grad, x, channel, 0), _flat_view(x, x, channel, 0), coef, seed)
+        g_view, x_view, row_coef = _flat_view(grad, x, channel, 0), _flat_view(x, x, channel, 0), coef
+        if channel:  # (N * C, R) rows, coefficients per row (see kernel_backward)
+            n = x_view.shape[0]
+            g_view, x_view = g_view.flatten(0, 1), x_view.flatten(0, 1)
+            row_coef = coef.repeat(n, 1)
+        gx, sums = run_kernel(run.key, g_view, x_view, row_coef, seed)
+        if channel:
+            gx, sums = gx.view(x.shape[0], x.shape[1], -1), sums.view(n, -1, sums.shape[-1]).sum(0)
         glogits, gw = parameter_grads(sums, logits, prelu_weight, names, training)
     return _unflatten(gx, x, channel), glogits, gw
 
