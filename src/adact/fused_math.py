@@ -24,9 +24,10 @@ The work splits in two:
   recomputes everything from ``x`` and, in the same loop, reduces six sums from which all
   per-candidate sums ``sum(g * f_k(x))`` follow.
 
-Layouts: ``x`` is 1-D (one mixture per unit; coefficients ``(7,)``, sums ``(6,)``) or
-``(N, C, R)`` (one per channel; ``(C, 7)`` and ``(C, 6)``), contiguous; the forward with RReLU
-noise splits the last dim into ``(R / L, L)`` lanes (see :func:`flat_index`).
+Layouts (contiguous): one mixture per unit: ``x`` 1-D, coefficients ``(7,)``, sums ``(6,)``; one
+per channel: the forward takes ``(N, C, R)`` with ``(C, 7)``, the backward ``(N * C, R)`` rows with
+the coefficients repeated per row and sums per row (see :func:`kernel_backward`). The forward
+with RReLU noise splits the last dim into ``(R / L, L)`` lanes (see :func:`flat_index`).
 
 RReLU's training noise is never stored: :func:`rrelu_uniform` hashes ``(seed, flat index)``,
 so the backward regenerates the forward's draws bit for bit.
@@ -35,7 +36,6 @@ so the backward regenerates the forward's draws bit for bit.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -92,7 +92,7 @@ class KernelFlags(NamedTuple):
     turn the reference's ``inf`` or ``0`` into NaN.
     """
 
-    channel: bool  # one mixture per channel: x is (N, C, R) (or (N, C, R/L, L) when noisy)
+    channel: bool  # one mixture per channel (the layouts are in the module docstring)
     linear: bool  # any of relu/elu/leaky/prelu/rrelu: x * a_pos for x > 0
     neg_linear: bool  # leaky/prelu/eval-mode rrelu: x * a_neg for x <= 0 (also: S_NEG is needed)
     noisy: bool  # training-mode rrelu: x * p_rrelu * U(lower, upper) for x <= 0
@@ -253,7 +253,7 @@ def flat_index(x: Tensor, lanes: Tensor | None) -> Tensor:
 def _exp_expm1_nonpositive(z: Tensor) -> tuple[Tensor, Tensor]:
     """``(exp(z), expm1(z))`` for ``z <= 0`` (or NaN), with one transcendental call.
 
-    float32: ``expm1`` is a Taylor polynomial to ``z**7`` for ``z > -1/4`` (truncation < 6e-8
+    float32: ``expm1`` is its Taylor polynomial to ``z**6`` for ``z > -1/4`` (truncation < 5e-8
     relative) and ``exp(z) - 1`` below, where ``|exp(z) - 1| > 0.22`` loses at most ~2 bits.
     """
     t = torch.exp(z)
@@ -285,9 +285,8 @@ def _common(
 ) -> tuple[_Common, list[Tensor]]:
     """Per-element quantities both passes need, from ``t = exp(-|x|)``; and the coefficients.
 
-    Per channel, ``x`` is ``(N, C, R, [L])`` with ``coef`` ``(C, 7)``, or ``(N * C, R)`` rows with
-    ``coef`` ``(N * C, 7)``: either way ``coef`` row ``i`` goes with index ``i`` of ``x``'s dim
-    ``x.dim() - coef.dim() - ...``, i.e. the dim that has ``coef.shape[0]`` entries.
+    Per channel, ``coef`` row ``i`` goes with index ``i`` of dim 1 of an ``(N, C, R[, L])`` input,
+    or of dim 0 of ``(N * C, R)`` rows.
     """
     cd = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(cd)

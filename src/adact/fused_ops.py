@@ -1,8 +1,8 @@
 """The fused AdAct's autograd: ``torch.library`` custom ops for ``torch.compile``, a Function for eager.
 
 Both routes run the same two implementations, :func:`forward_impl` and :func:`backward_impl`,
-and save the same tensors: the input, the 8 parameters and an 8-byte seed; the backward
-recomputes everything else.
+and keep the same thing for the backward: the input, the 8 parameters and a 4-byte seed (the
+eager route also keeps the 7 kernel coefficients); the backward recomputes everything else.
 
 * ``torch.ops.adact.fused_forward`` / ``fused_backward`` are custom ops with fake (meta)
   implementations and a registered autograd formula. ``torch.compile`` of a whole model keeps each
@@ -11,8 +11,8 @@ recomputes everything else.
   dispatch layers, which cost ~0.1 ms per call, a lot for small activations.
 
 :func:`fused_adact` picks the route. Both hand the kernels contiguous flat views of the tensors'
-memory: 1-D for one mixture per unit, ``(N, C, R)`` for one per channel. A channels-last 4-D input
-keeps its memory order (no copy) for layer granularity; other non-contiguous inputs are copied.
+memory (layouts: :mod:`adact.fused_math`). A channels-last 4-D input keeps its memory order (no
+copy) for layer granularity; other non-contiguous inputs are copied.
 """
 
 from __future__ import annotations
