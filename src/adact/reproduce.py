@@ -85,6 +85,13 @@ def dataset_slug(dataset: str) -> str:
     return dataset.lower()
 
 
+def display_name(dataset: str) -> str:
+    """A short label for figures: ``npz:../data/fer2013.npz`` -> ``npz:fer2013``."""
+    if dataset.lower().startswith("npz:"):
+        return f"npz:{Path(dataset[4:]).stem}"
+    return dataset
+
+
 def check_dataset(dataset: str, data_dir: str | Path) -> None:
     """Raise ValueError for an unknown name and FileNotFoundError for a missing ``npz:`` file."""
     if dataset.lower().startswith("npz:"):
@@ -437,7 +444,7 @@ def collect(out: str | Path) -> tuple[ReproduceConfig, list[RunRecord]]:
                         w = run_weights(d)
                         rec.choices, rec.choice_weights = w["choices"], w["choice_weights"]
                         rec.layer_paths, rec.candidates, rec.raw, rec.mix = w["paths"], w["candidates"], w["raw"], w["mix"]
-                elif model == "optimized" and rec.status == "missing" and adact_status not in ("done", None):
+                elif model == "optimized" and rec.status == "missing" and adact_status == "diverged":
                     rec.status = "skipped"
                     rec.message = f"the AdAct run is {adact_status}, so there are no choices to train it with"
                 records.append(rec)
@@ -456,13 +463,13 @@ def _figures(cfg: ReproduceConfig, records: list[RunRecord], out: Path) -> dict[
         seeds = ", ".join(str(r.seed) for r in runs)
         entry: dict[str, list[str]] = {}
         paths = plot_weights(np.array([r.raw for r in runs]), np.array([r.mix for r in runs]), cands,
-                             f"{ds}: AdAct weights per layer", out / "figures" / f"{slug}_weights",
+                             f"{display_name(ds)}: AdAct weights per layer", out / "figures" / f"{slug}_weights",
                              note=f"best checkpoint of seed{'s' if n > 1 else ''} {seeds}")
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
         hists = [h for r in runs if (h := read_weight_history(out / r.path / "metrics.csv")) is not None]
         if hists:
             paths = plot_trajectories([h.mix for h in hists], [h.epochs for h in hists], hists[0].candidates,
-                                      f"{ds}: AdAct softmax weights during training",
+                                      f"{display_name(ds)}: AdAct softmax weights during training",
                                       out / "figures" / f"{slug}_trajectories")
             entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
         figs[ds] = entry
@@ -644,12 +651,12 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
         return head + "\nno AdAct units in this model: nothing to analyze\n", []
     text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
     fig_dir = Path(out) if out is not None else run_dir
-    title = f"{config['dataset']}: AdAct weights per layer"
+    title = f"{display_name(config['dataset'])}: AdAct weights per layer"
     files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"], title,
                          fig_dir / "weights", note=f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}")
     hist = read_weight_history(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else None
     if hist is not None:
         files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
-                                   f"{config['dataset']}: AdAct softmax weights during training",
+                                   f"{display_name(config['dataset'])}: AdAct softmax weights during training",
                                    fig_dir / "trajectories", note=f"seed {config['seed']}")
     return text, files
