@@ -18,6 +18,8 @@ The environment variable ``ADACT_FUSED`` selects the path, read at each call:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import types
@@ -125,13 +127,28 @@ def get_kernel(key: FusedKernelKey) -> tuple[Callable[..., Any], bool]:
     return kernel, True
 
 
+@contextlib.contextmanager
+def _no_cuda_home_warning(device: str) -> Any:
+    # Inductor's first compile imports torch.utils.cpp_extension, which warns "No CUDA runtime is
+    # found" on every CPU-only machine: irrelevant to a CPU kernel, and repeated by every worker.
+    log = logging.getLogger("torch.utils.cpp_extension")
+    old = log.level
+    if device == "cpu":
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def run_kernel(key: FusedKernelKey, *args: torch.Tensor) -> Any:
     """Run the kernel for ``key``; in ``auto`` mode a compile failing at first use falls back to eager."""
     kernel, compiled = get_kernel(key)
     if not compiled or key in _ran:
         return kernel(*args)
     try:
-        out = kernel(*args)
+        with _no_cuda_home_warning(str(key[1])):
+            out = kernel(*args)
     except Exception as err:  # noqa: BLE001 - whatever broke the compiler, the eager math still works
         if fused_backend() != "auto":
             raise
