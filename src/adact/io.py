@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_json", "atomic_write_text", "read_json"]
+__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "read_json"]
 
 
-def _atomic(path: Path, write: Any, binary: bool) -> None:
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: bool = True) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +33,7 @@ def _atomic(path: Path, write: Any, binary: bool) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda f: f.write(text), binary=False)
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -41,7 +43,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda f: torch.save(obj, f), binary=True)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_json(path: str | Path) -> Any:

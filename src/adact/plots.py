@@ -8,8 +8,6 @@ reader can compare datasets at a glance.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from matplotlib.figure import Figure
 
 from adact.activations import ACTIVATIONS
 from adact.analysis import consensus
+from adact.io import atomic_write
 
 __all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_trajectories", "plot_weights", "save_figure"]
 
@@ -47,15 +46,7 @@ def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", 
     written = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=150, bbox_inches="tight"))
         written.append(path)
     return written
 
