@@ -14,6 +14,10 @@ import torch
 __all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "read_json"]
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: bool = True) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
@@ -24,6 +28,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: b
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)  # atomic on POSIX within one file system
     except BaseException:
         if os.path.exists(tmp):
