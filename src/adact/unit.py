@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from adact import fused
 from adact.activations import DEFAULT_CANDIDATES, _check_name, activation_functional
 
 __all__ = ["AdAct", "GRANULARITIES", "LOGIT_INITS", "adact_reference"]
@@ -175,13 +176,11 @@ class AdAct(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if self.fused:
-            from adact import fused as _fused
-
-            if _fused.fused_supported(self.candidates, x):
+            if fused.fused_supported(self.candidates, x):
                 slope = self.prelu_weight
                 if slope is None:  # the kernel's signature always takes a slope; it is unused here
                     slope = self.logits.new_zeros(self.num_channels or 1).detach()
-                return _fused.adact_fused(x, self.logits, slope, self.candidates, self.training)
+                return fused.adact_fused(x, self.logits, slope, self.candidates, self.training)
         return adact_reference(x, self.logits, self.prelu_weight, self.candidates, self.training)
 
     # --- reading the choice -------------------------------------------------------------
