@@ -9,7 +9,9 @@ benchmarks/bench_adact.py, never asserted here.
 
 from __future__ import annotations
 
+import copy
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adact import AdAct, DEFAULT_CANDIDATES, adact_reference
-from adact import fused, fused_kernels, fused_math, fused_ops
+from adact import fused, fused_kernels, fused_math, fused_native, fused_ops
 
 RRELU_LOWER, RRELU_UPPER = 1.0 / 8.0, 1.0 / 3.0
 TOL = {torch.float64: dict(rtol=1e-6, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -27,8 +29,15 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.fixture(autouse=True)
 def _auto_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts on the default backend (compiled, eager fallback on compile failure)."""
+    """Every test starts on the default backend (native/compiled, with fallbacks)."""
     monkeypatch.delenv(fused_kernels.ENV_VAR, raising=False)
+
+
+def native_or_skip() -> None:
+    try:
+        fused_native.native_kernels()
+    except fused_native.NativeBuildError as err:
+        pytest.skip(f"native kernels unavailable here: {err}")
 
 
 def extreme_values(dtype: torch.dtype) -> Tensor:
@@ -241,20 +250,49 @@ def test_same_seed_same_results(granularity: str) -> None:
     assert not torch.equal(m(x), runs[0][0])  # a fresh seed is a fresh draw
 
 
+def _noise_spec(index: np.ndarray, seed: int) -> np.ndarray:
+    """rrelu_uniform's documented spec in numpy uint32: lowbias32, two 16-bit draws per hash."""
+    e = index.astype(np.uint32)
+    h = ((e >> np.uint32(5)) << np.uint32(4) | (e & np.uint32(15))) ^ np.uint32(seed)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x7FEB352D)
+    h ^= h >> np.uint32(15)
+    h *= np.uint32(0x846CA68B)
+    h ^= h >> np.uint32(16)
+    bits = np.where(e & np.uint32(16), h >> np.uint32(16), h & np.uint32(0xFFFF))
+    return (bits.astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-16)
+
+
 def test_noise_hash_matches_uint32_spec() -> None:
-    """rrelu_uniform is the documented 31-bit hash: check it against numpy, eager and compiled."""
-    index = torch.arange(0, 3000, dtype=torch.int32) * 9973
+    """rrelu_uniform is the documented hash: check it against numpy, eager and compiled."""
+    index = torch.arange(0, 3000, dtype=torch.int32) * 9973 - 2**31  # negative int32 = indices >= 2**31
     seed = torch.tensor(0x5EED1234, dtype=torch.int32)
-    h = (index.numpy().astype(np.uint64) ^ np.uint64(0x5EED1234)) & np.uint64(0x7FFFFFFF)
-    for shift_a, mul, shift_b in ((16, 0x7FEB352D, 15), (None, 0x2C1B3C6D, 16)):
-        if shift_a is not None:
-            h ^= h >> np.uint64(shift_a)
-        h = (h * np.uint64(mul)) & np.uint64(0x7FFFFFFF)
-        h ^= h >> np.uint64(shift_b)
-    expected = torch.from_numpy((h >> np.uint64(7)).astype(np.float32) * np.float32(2.0**-24))
+    with np.errstate(over="ignore"):
+        expected = torch.from_numpy(_noise_spec(index.numpy(), 0x5EED1234))
     assert torch.equal(fused_math.rrelu_uniform(index, seed), expected)
     compiled = torch.compile(fused_math.rrelu_uniform, dynamic=True, fullgraph=True)
     assert torch.equal(compiled(index, seed), expected)
+
+
+@pytest.mark.parametrize("backend", ["native", "compile", "eager"])
+@pytest.mark.parametrize("shape", [(4099,), (3, 5, 7, 11), (2, 4, 64)])
+def test_every_backend_draws_the_spec_noise(monkeypatch: pytest.MonkeyPatch, backend: str, shape: tuple[int, ...]) -> None:
+    """An RReLU-only unit's slopes are exactly the spec's draws, at any alignment (tails, rows)."""
+    if backend == "native":
+        native_or_skip()
+    monkeypatch.setenv(fused_kernels.ENV_VAR, backend)
+    for granularity in ("layer", "channel"):
+        if granularity == "channel" and len(shape) == 1:
+            continue
+        m = AdAct(candidates=["rrelu"], granularity=granularity, num_channels=shape[1] if len(shape) > 1 else None)
+        x = -(torch.rand(shape) + 0.5)
+        torch.manual_seed(11)
+        seed = int(torch.randint(0, 2**31, (), dtype=torch.int32))
+        torch.manual_seed(11)
+        with torch.no_grad():
+            slope = m.train()(x) / x
+        u = torch.from_numpy(_noise_spec(np.arange(x.numel()), seed)).view(shape)
+        torch.testing.assert_close(slope, RRELU_LOWER + (RRELU_UPPER - RRELU_LOWER) * u, rtol=5e-7, atol=0.0)  # a wrong draw is off by >= 1e-5
 
 
 def test_lane_layout_gives_flat_index() -> None:
@@ -411,6 +449,96 @@ def test_eager_backend_equals_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.detach().abs().max()))
 
 
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    "names",
+    [DEFAULT_CANDIDATES, ("rrelu",), ("silu",), ("mish",), ("elu",), ("silu", "mish"), ("relu", "rrelu", "mish"),
+     ("elu", "prelu"), ("leaky_relu", "silu")],
+    ids=lambda n: "+".join(n),
+)  # fmt: skip
+def test_native_equals_eager(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...], training: bool, granularity: str) -> None:
+    """Every term combination, both layouts, aligned and ragged rows, extreme values."""
+    native_or_skip()
+    for shape in ((4, 6, 7, 5), (2, 6, 32, 32), (3, 6, 64)):
+        m = unit(granularity, candidates=list(names)).train(training)
+        x = make_input(torch.float32, shape).requires_grad_()
+        g = torch.randn_like(x)
+        params = [x, *m.parameters()]
+        results = {}
+        for backend in ("native", "eager"):
+            monkeypatch.setenv(fused_kernels.ENV_VAR, backend)
+            torch.manual_seed(3)
+            y = m(x)
+            results[backend] = (y, *grads(y, params, g))
+        m64, x64 = copy.deepcopy(m).double(), x.detach().double().requires_grad_()
+        torch.manual_seed(3)  # same seed: float64 runs the eager kernels, same noise
+        y64 = m64(x64)
+        truth = (y64, *grads(y64, [x64, *list(m64.parameters())], g.double()))
+        for a, b in zip(results["native"][:2], results["eager"][:2]):  # y, grad_x: element by element
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+        # Parameter grads are sums with cancellation (the softmax's chain rule), so float32 kernels
+        # are off by 1e-5 to 3e-4 of their scale: native must be about as close to the float64
+        # truth as the eager float32 kernels are.
+        for a, b, t in zip(results["native"][2:], results["eager"][2:], truth[2:]):
+            scale = float(t.abs().max())
+            err_native, err_eager = float((a.double() - t).abs().max()), float((b.double() - t).abs().max())
+            assert err_native <= max(1e-4 * scale, 2 * err_eager), (err_native, err_eager, scale)
+
+
+def test_native_is_deterministic_across_thread_counts() -> None:
+    """Fixed work chunks, each summed on its own: the parameter sums do not depend on threads."""
+    native_or_skip()
+    m = unit("channel", c=6).train()
+    x = torch.randn(8, 6, 40, 40, requires_grad=True)
+    old = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            torch.manual_seed(1)
+            y = m(x)
+            runs.append((y, *grads(y, [x, m.logits, m.prelu_weight], torch.ones_like(y))))
+    finally:
+        torch.set_num_threads(old)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_native_build_is_cached_and_failures_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    native_or_skip()
+    first = fused_native.build_native(tmp_path)
+    assert first.parent == tmp_path and first.exists()
+    calls = []
+    monkeypatch.setattr(fused_native.subprocess, "run", lambda *a, **k: calls.append(a))
+    assert fused_native.build_native(tmp_path) == first and not calls  # cached: no compiler call
+    monkeypatch.undo()
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(fused_native.shutil, "which", lambda name: name if name.endswith("compiler") else None)
+    with pytest.raises(fused_native.NativeBuildError, match="no-such-compiler"):
+        fused_native.build_native(tmp_path / "other")
+
+
+def test_native_backend_raises_where_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_native() -> object:
+        raise fused_native.NativeBuildError("no C++ compiler found")
+
+    monkeypatch.setattr(fused_native, "native_kernels", no_native)
+    fused_kernels.reset_kernels()
+    try:
+        monkeypatch.setenv(fused_kernels.ENV_VAR, "native")
+        with pytest.raises(fused_native.NativeBuildError, match="no C\\+\\+ compiler"):
+            unit().eval()(torch.randn(40))
+        monkeypatch.setenv(fused_kernels.ENV_VAR, "auto")
+        m, x = unit().eval(), torch.randn(40)
+        with pytest.warns(RuntimeWarning, match="Inductor-compiled"):
+            y = m(x)
+        torch.testing.assert_close(y, reference_of(m, x), **TOL[torch.float32])
+    finally:
+        fused_kernels.reset_kernels()
+
+
 def test_backend_off_uses_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(fused_kernels.ENV_VAR, "off")
     assert not fused.fused_supported(DEFAULT_CANDIDATES, torch.randn(3))
@@ -426,15 +554,22 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.
 
         return kernel
 
+    def no_native() -> object:
+        raise fused_native.NativeBuildError("no C++ compiler found")
+
     monkeypatch.setattr(fused_kernels, "_compile", broken_compile)
+    monkeypatch.setattr(fused_native, "native_kernels", no_native)
     fused_kernels.reset_kernels()
     try:
         m = unit().eval()
         x = torch.randn(40, requires_grad=True)
-        with pytest.warns(RuntimeWarning, match="eager fused kernel") as record:
+        with pytest.warns(RuntimeWarning) as record:
             y = m(x)
             (gx,) = torch.autograd.grad(y.sum(), x)
-        assert len(record) == 2  # once for the forward variant, once for the backward one
+        messages = [str(r.message) for r in record]
+        # once that the native kernels are missing, then once per compiled variant (fwd, bwd)
+        assert len(messages) == 3 and "Inductor-compiled" in messages[0]
+        assert all("eager fused kernel" in msg for msg in messages[1:])
         torch.testing.assert_close(y, reference_of(m, x), **TOL[torch.float32])
         (gx_ref,) = torch.autograd.grad(reference_of(m, x).sum(), x)
         torch.testing.assert_close(gx, gx_ref, **TOL[torch.float32])

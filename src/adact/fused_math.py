@@ -30,7 +30,7 @@ the coefficients repeated per row and sums per row (see :func:`kernel_backward`)
 with RReLU noise splits the last dim into ``(R / L, L)`` lanes (see :func:`flat_index`).
 
 RReLU's training noise is never stored: :func:`rrelu_uniform` hashes ``(seed, flat index)``,
-so the backward regenerates the forward's draws bit for bit.
+so the backward regenerates the forward's draws bit for bit (16 bits per draw).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ __all__ = [
     "FUSED_CANDIDATES",
     "KernelFlags",
     "LEAKY_SLOPE",
+    "NOISE_BITS",
+    "N_SUMS",
     "SLOT_ORDER",
     "compute_dtype",
     "kernel_backward",
@@ -78,11 +80,12 @@ S_POS, S_NEG, S_NOISE, S_ELU, S_SILU, S_MISH = range(6)
 N_SUMS = 6
 
 _LINEAR = ("relu", "elu", "leaky_relu", "prelu", "rrelu")  # slope 1 for x > 0
-_LOW31 = 0x7FFFFFFF
-# A xorshift-multiply integer mix (the structure of Wellons' "lowbias32") on 31-bit values in
-# int32: odd multipliers are bijections mod 2**31, and masking after each product keeps every
-# shift a logical one. 32-bit lanes are half the work of 64-bit ones.
-_HASH_MUL = (0x7FEB352D, 0x2C1B3C6D)
+# Wellons' "lowbias32" integer mix, in int32 arithmetic: products wrap mod 2**32 like uint32
+# ones, and right shifts are made logical by masking (_shr). The second multiplier, 0x846CA68B,
+# is written as the int32 with the same bits.
+_HASH_MUL = (0x7FEB352D, 0x846CA68B - 2**32)
+#: Bits of RReLU noise per element: each 32-bit hash yields two draws.
+NOISE_BITS = 16
 
 
 class KernelFlags(NamedTuple):
@@ -213,27 +216,39 @@ def parameter_grads(
 # --- elementwise kernels (compiled) -----------------------------------------------------------
 
 
-def _hash31(h: Tensor) -> Tensor:
-    """One round of a 31-bit integer mix; ``h`` holds int32 values in ``[0, 2**31)``."""
-    h = h ^ (h >> 16)
-    h = (h * _HASH_MUL[0]) & _LOW31
-    h = h ^ (h >> 15)
-    h = (h * _HASH_MUL[1]) & _LOW31
-    return h ^ (h >> 16)
+def _shr(h: Tensor, s: int) -> Tensor:
+    """Logical right shift of int32 bit patterns (``>>`` on int32 is arithmetic)."""
+    return (h >> s) & ((1 << (32 - s)) - 1)
+
+
+def _lowbias32(h: Tensor) -> Tensor:
+    """Wellons' lowbias32 mix of int32 bit patterns (as uint32 arithmetic)."""
+    h = h ^ _shr(h, 16)
+    h = h * _HASH_MUL[0]
+    h = h ^ _shr(h, 15)
+    h = h * _HASH_MUL[1]
+    return h ^ _shr(h, 16)
 
 
 def rrelu_uniform(index: Tensor, seed: Tensor) -> Tensor:
-    """Uniform ``[0, 1)`` float32 draws, a pure function of ``(seed, index)``: ``hash(index ^ seed)``.
+    """Uniform ``(0, 1)`` float32 draws, a pure function of ``(seed, index)``: 16 bits of a hash each.
 
-    24 bits of the hash become the float (exactly representable). Counter-based, so the backward
-    regenerates the forward's noise from the seed alone, and it fuses into the elementwise loop.
+    Elements come in blocks of 32: element ``e`` takes half ``v = (e // 16) % 2`` of
+    ``lowbias32(p ^ seed)`` with ``p = (e // 32) * 16 + e % 16``, so that a vectorised kernel
+    hashes 16 lanes once for two 16-lane vectors (the hash is most of the noise's cost). The
+    draw is the centre of one of 2**16 equal bins, ``(bits + 1/2) / 2**16``: exactly uniform over
+    the bins, mean 1/2, in float32 exactly. Counter-based, so the backward regenerates the
+    forward's noise from the seed alone; the native kernels (:mod:`adact.fused_native`) compute
+    the same bits.
 
     Args:
-        index: int32 tensor of flat element indices (taken mod 2**31).
-        seed: int32 scalar tensor in ``[0, 2**31)``.
+        index: int32 tensor of flat element indices (mod 2**32).
+        seed: int32 scalar tensor.
     """
-    h = _hash31((index ^ seed) & _LOW31)
-    return (h >> 7).to(torch.float32) * (2.0**-24)
+    pair = (_shr(index, 5) << 4) | (index & 15)
+    h = _lowbias32(pair ^ seed)
+    bits = torch.where((index & 16) != 0, _shr(h, 16), h & 0xFFFF)
+    return bits.to(torch.float32) * (2.0**-NOISE_BITS) + (2.0 ** -(NOISE_BITS + 1))
 
 
 def flat_index(x: Tensor, lanes: Tensor | None) -> Tensor:

@@ -1,0 +1,311 @@
+/* Hand-vectorised fused AdAct kernels for float32 on CPU (see adact/fused_native.py).
+ *
+ * The math is adact/fused_math.py's, written once more with GCC vector extensions so that the
+ * compiler emits whatever SIMD the machine has (-march=native: AVX-512, AVX2, NEON) and so that
+ * the few places where Inductor's generic lowering is wasteful are not: the exponential is a
+ * Cephes-style polynomial with a power-of-two scale (its intermediate exp(r) - 1 doubles as ELU's
+ * expm1 near 0, so ELU needs no polynomial of its own), and each of the six parameter sums is one
+ * masked accumulate.
+ *
+ * Work is cut into fixed chunks of at most CHUNK elements within rows; every chunk writes its own
+ * partial sums, which are added up in chunk order afterwards, so the sums do not depend on the
+ * number of threads (no atomics, no thread-order effects).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define W 16 /* lanes per vector: 64 bytes */
+#define CHUNK 4096 /* elements per work item (a multiple of W) */
+
+typedef float vf __attribute__((vector_size(4 * W)));
+typedef int32_t vi __attribute__((vector_size(4 * W)));
+typedef uint32_t vu __attribute__((vector_size(4 * W)));
+
+enum { F_LINEAR = 1, F_NEG_LINEAR = 2, F_NOISY = 4, F_ELU = 8, F_SILU = 16, F_MISH = 32 };
+enum { A_POS, A_NEG, RR_LOWER, RR_SPAN, P_ELU, P_SILU, P_MISH, N_COEF };
+enum { S_POS, S_NEG, S_NOISE, S_ELU, S_SILU, S_MISH, N_SUMS };
+
+static inline vf splat(float v) { return (vf){0} + v; }
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf sel(vi m, vf a, vf b) { return m ? a : b; } /* a where m, else b */
+
+static inline vu iota(uint32_t base) {
+    vu v;
+    for (int i = 0; i < W; i++) v[i] = base + (uint32_t)i;
+    return v;
+}
+
+/* Per-element quantities both passes need (names as in fused_math._Common). */
+typedef struct {
+    vi neg; /* x <= 0 (false for NaN) */
+    vf t; /* exp(-|x|) */
+    vf u; /* expm1(-|x|) */
+    vf slope_neg; /* linear slope for x <= 0, noise included */
+    vf noise; /* RReLU's U(0, 1) draw */
+    vf sig, q, tsp, inv_den;
+} common_t;
+
+/* exp(a) and expm1(a) for a <= 0 or NaN. Cody-Waite reduction a = k ln2 + r, |r| <= ln2/2, and
+ * Cephes' expf polynomial: exp(r) - 1 = r + r^2 P(r) (about 1 ulp). For |a| < ln2/2, k = 0 and that
+ * is expm1(a) at full relative precision; beyond, exp(a) - 1 loses at most 2 bits (|result| > 0.29).
+ * The scale 2^k goes in two steps, 2^(k+64) then 2^-64, so that results down to the smallest
+ * denormal round once, correctly. */
+static inline void exp_expm1(vf a, vf *t, vf *u) {
+    a = a < -104.0f ? splat(-104.0f) : a; /* exp(-104) rounds to 0; NaN stays NaN */
+    vf fx = a * 1.44269504088896341f;
+#if defined(__AVX512F__) && W == 16
+    vf k = (vf)_mm512_roundscale_ps((__m512)fx, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    vf k = (fx + 12582912.0f) - 12582912.0f; /* round to nearest (|fx| < 2^22) */
+#endif
+    vf r = a - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    vf p = splat(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    vf em1 = p * (r * r) + r;
+#if defined(__AVX512F__) && W == 16
+    vf e = (vf)_mm512_scalef_ps((__m512)(em1 + 1.0f), (__m512)k);
+    *t = e;
+    *u = k == 0.0f ? em1 : e - 1.0f;
+#else
+    vi ki = __builtin_convertvector(k, vi);
+    vi bits = (ki + (127 + 64)) << 23;
+    vf scale;
+    memcpy(&scale, &bits, sizeof scale);
+    vf e = ((em1 + 1.0f) * scale) * 0x1p-64f;
+    *t = e;
+    *u = ki == 0 ? em1 : e - 1.0f;
+#endif
+}
+
+/* 1 / d for d in [1, 10] (or NaN): a reciprocal estimate and one Newton step where AVX-512 has one. */
+static inline vf recip(vf d) {
+#if defined(__AVX512F__) && W == 16
+    vf r = (vf)_mm512_rcp14_ps((__m512)d);
+    return r * (2.0f - d * r);
+#else
+    return 1.0f / d;
+#endif
+}
+
+#define PER_HASH 2 /* noise draws per 32-bit hash */
+#define NOISE_BITS (32 / PER_HASH)
+#define GROUP (W * PER_HASH) /* elements that share one vector of hashes */
+
+/* Wellons' lowbias32: a 32-bit integer mix. */
+static inline vu hash32(vu h) {
+    h ^= h >> 16;
+    h *= 0x7FEB352Du;
+    h ^= h >> 15;
+    h *= 0x846CA68Bu;
+    h ^= h >> 16;
+    return h;
+}
+
+static inline vf bits_to_uniform(vu bits) {
+    return __builtin_convertvector((vi)(bits & ((1u << NOISE_BITS) - 1u)), vf) * (1.0f / (1u << NOISE_BITS)) +
+           (0.5f / (1u << NOISE_BITS));
+}
+
+/* RReLU's U(0, 1) draws of elements e0 .. e0 + W - 1 (flat indices mod 2^32), any alignment:
+ * element e takes bits [NOISE_BITS * v, NOISE_BITS * (v + 1)) of hash32(p ^ seed), with
+ * p = (e / GROUP) * W + e % W and v = (e / W) % PER_HASH. */
+static inline vf noise_at(uint32_t e0, uint32_t seed) {
+    vu e = iota(e0);
+    vu p = (e / GROUP) * W + e % W;
+    vu v = (e / W) % PER_HASH;
+    return bits_to_uniform(hash32(p ^ seed) >> (v * NOISE_BITS));
+}
+
+static inline common_t common(vf x, const float *c, int flags, vf noise) {
+    common_t k;
+    k.neg = x <= 0.0f;
+    vf a;
+    {
+        vi bits;
+        memcpy(&bits, &x, sizeof bits);
+        bits |= (vi){0} + (int32_t)0x80000000; /* -|x| */
+        memcpy(&a, &bits, sizeof a);
+    }
+    exp_expm1(a, &k.t, &k.u);
+    k.slope_neg = splat(c[A_NEG]);
+    if (flags & F_NOISY) {
+        k.noise = noise;
+        k.slope_neg = k.slope_neg + (c[RR_LOWER] + c[RR_SPAN] * k.noise);
+    }
+    vf t = k.t, one_t = 1.0f + t, num = {0};
+    if (flags & F_MISH) {
+        /* (1 + 2t) / (1 + 2t + 2t^2) for x > 0, (2t + t^2) / (2 + 2t + t^2) otherwise */
+        num = sel(k.neg, t * (2.0f + t), 1.0f + 2.0f * t);
+        vf den = num + sel(k.neg, splat(2.0f), (2.0f * t) * t);
+        if (flags & F_SILU) {
+            vf inv = recip(one_t * den);
+            k.q = den * inv;
+            k.inv_den = one_t * inv;
+        } else {
+            k.inv_den = 1.0f / den;
+        }
+        k.tsp = num * k.inv_den;
+    } else if (flags & F_SILU) {
+        k.q = 1.0f / one_t;
+    }
+    if (flags & F_SILU) k.sig = sel(k.neg, t * k.q, k.q);
+    return k;
+}
+
+static inline vf forward_vec(vf x, const float *c, int flags, vf noise) {
+    common_t k = common(x, c, flags, noise);
+    vf y = {0};
+    int has_neg = flags & (F_NEG_LINEAR | F_NOISY | F_ELU);
+    vf if_neg = {0}, if_pos = {0};
+    if (flags & (F_NEG_LINEAR | F_NOISY)) if_neg = x * k.slope_neg;
+    if (flags & F_ELU) if_neg = (flags & (F_NEG_LINEAR | F_NOISY)) ? if_neg + c[P_ELU] * k.u : c[P_ELU] * k.u;
+    if (flags & F_LINEAR) if_pos = x * c[A_POS];
+    if (has_neg || (flags & F_LINEAR)) y = sel(k.neg, if_neg, if_pos);
+    /* x * (p_silu * sigmoid + p_mish * tanh(softplus)): at x = -inf, -inf * 0 = NaN as in F.silu */
+    if (flags & (F_SILU | F_MISH)) {
+        vf curved;
+        if ((flags & F_SILU) && (flags & F_MISH)) curved = c[P_SILU] * k.sig + c[P_MISH] * k.tsp;
+        else if (flags & F_SILU) curved = c[P_SILU] * k.sig;
+        else curved = c[P_MISH] * k.tsp;
+        y = (has_neg || (flags & F_LINEAR)) ? y + x * curved : x * curved;
+    }
+    return y;
+}
+
+/* One backward vector: returns grad_x, adds this vector's terms to the six sum accumulators. */
+static inline vf backward_vec(vf g, vf x, const float *c, int flags, vf noise, vf *acc) {
+    common_t k = common(x, c, flags, noise);
+    const vf zero = {0};
+    vf gx = g * x;
+    if (flags & F_LINEAR) acc[S_POS] += sel(k.neg, zero, gx);
+    if (flags & (F_NEG_LINEAR | F_NOISY)) acc[S_NEG] += sel(k.neg, gx, zero);
+    if (flags & F_NOISY) acc[S_NOISE] += sel(k.neg, gx * k.noise, zero);
+    if (flags & F_ELU) acc[S_ELU] += sel(k.neg, g * k.u, zero);
+    if (flags & F_SILU) acc[S_SILU] += gx * k.sig;
+    if (flags & F_MISH) acc[S_MISH] += gx * k.tsp;
+
+    vf if_neg = zero;
+    if (flags & (F_NEG_LINEAR | F_NOISY)) if_neg = k.slope_neg;
+    if (flags & F_ELU) if_neg = if_neg + c[P_ELU] * k.t;
+    vf dx = sel(k.neg, if_neg, (flags & F_LINEAR) ? splat(c[A_POS]) : zero);
+    vf times_x = zero;
+    if (flags & F_SILU) {
+        dx = dx + c[P_SILU] * k.sig;
+        times_x = c[P_SILU] * ((k.t * k.q) * k.q); /* sigmoid' = t / (1 + t)^2 */
+    }
+    if (flags & F_MISH) {
+        dx = dx + c[P_MISH] * k.tsp;
+        /* (1 - tanh(softplus)^2) * sigmoid = 4t(1 + t) * (t if x > 0 else 1) / den^2 */
+        vf s = (4.0f * k.t * (1.0f + k.t)) * sel(k.neg, splat(1.0f), k.t) * (k.inv_den * k.inv_den);
+        times_x = times_x + c[P_MISH] * s;
+    }
+    if (flags & (F_SILU | F_MISH)) dx = dx + x * times_x;
+    return g * dx;
+}
+
+/* Elements [off, off + n) of one row (coefficients c): the vector loop, with the noise of aligned
+ * GROUPs from one hash vector, then a zero-padded tail vector. */
+static inline void forward_span(const float *x, float *y, int64_t off, int64_t n, const float *c, int flags,
+                                uint32_t seed) {
+    const int noisy = flags & F_NOISY;
+    const vf none = {0};
+    int64_t j = 0;
+    if (noisy)
+        for (; j + GROUP <= n && (uint32_t)(off + j) % GROUP == 0; j += GROUP) {
+            vu h = hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed);
+            for (int v = 0; v < PER_HASH; v++)
+                store(y + off + j + v * W,
+                      forward_vec(load(x + off + j + v * W), c, flags, bits_to_uniform(h >> (v * NOISE_BITS))));
+        }
+    for (; j + W <= n; j += W)
+        store(y + off + j, forward_vec(load(x + off + j), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none));
+    if (j < n) {
+        float buf[W] = {0};
+        memcpy(buf, x + off + j, (size_t)(n - j) * sizeof(float));
+        store(buf, forward_vec(load(buf), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none));
+        memcpy(y + off + j, buf, (size_t)(n - j) * sizeof(float));
+    }
+}
+
+/* The backward of forward_span; adds to the float32 lane accumulators acc. */
+static inline void backward_span(const float *g, const float *x, float *gx, int64_t off, int64_t n, const float *c,
+                                 int flags, uint32_t seed, vf *acc) {
+    const int noisy = flags & F_NOISY;
+    const vf none = {0};
+    int64_t j = 0;
+    if (noisy)
+        for (; j + GROUP <= n && (uint32_t)(off + j) % GROUP == 0; j += GROUP) {
+            vu h = hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed);
+            for (int v = 0; v < PER_HASH; v++)
+                store(gx + off + j + v * W, backward_vec(load(g + off + j + v * W), load(x + off + j + v * W), c, flags,
+                                                         bits_to_uniform(h >> (v * NOISE_BITS)), acc));
+        }
+    for (; j + W <= n; j += W)
+        store(gx + off + j, backward_vec(load(g + off + j), load(x + off + j), c, flags,
+                                         noisy ? noise_at((uint32_t)(off + j), seed) : none, acc));
+    if (j < n) { /* zero-padded lanes add 0 * f(0) = 0 to every sum */
+        float gb[W] = {0}, xb[W] = {0};
+        memcpy(gb, g + off + j, (size_t)(n - j) * sizeof(float));
+        memcpy(xb, x + off + j, (size_t)(n - j) * sizeof(float));
+        store(gb, backward_vec(load(gb), load(xb), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none, acc));
+        memcpy(gx + off + j, gb, (size_t)(n - j) * sizeof(float));
+    }
+}
+
+/* y = AdAct(x) over `rows` rows of `len` elements; row r uses coefficients coef[(r % ncoef) * 7 ..]. */
+extern "C" void adact_native_forward(const float *x, float *y, int64_t rows, int64_t len, const float *coef,
+                                     int64_t ncoef, int32_t seed, int32_t flags, int32_t threads) {
+    int64_t per_row = (len + CHUNK - 1) / CHUNK, items = rows * per_row;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && items > 1)
+    for (int64_t it = 0; it < items; it++) {
+        int64_t row = it / per_row, start = (it % per_row) * CHUNK;
+        int64_t n = len - start < CHUNK ? len - start : CHUNK;
+        forward_span(x, y, row * len + start, n, coef + (row % ncoef) * N_COEF, flags, (uint32_t)seed);
+    }
+}
+
+/* grad_x and, per row, the six parameter sums (sums: rows x 6, float64). Lane sums run in float32
+ * over at most FLUSH elements and are then added into float64 ones: the sums stay accurate to
+ * about float64 precision of float32 terms, cheaply. */
+#define FLUSH 256
+extern "C" void adact_native_backward(const float *g, const float *x, float *gx, double *sums, int64_t rows,
+                                      int64_t len, const float *coef, int64_t ncoef, int32_t seed, int32_t flags,
+                                      int32_t threads) {
+    int64_t per_row = (len + CHUNK - 1) / CHUNK, items = rows * per_row;
+    double *part = (double *)malloc((size_t)items * N_SUMS * sizeof(double));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && items > 1)
+    for (int64_t it = 0; it < items; it++) {
+        int64_t row = it / per_row, start = (it % per_row) * CHUNK;
+        int64_t n = len - start < CHUNK ? len - start : CHUNK;
+        const float *c = coef + (row % ncoef) * N_COEF;
+        double wide[N_SUMS][W] = {{0}};
+        for (int64_t b = 0; b < n; b += FLUSH) {
+            vf acc[N_SUMS] = {{0}};
+            backward_span(g, x, gx, row * len + start + b, n - b < FLUSH ? n - b : FLUSH, c, flags, (uint32_t)seed, acc);
+            for (int s = 0; s < N_SUMS; s++)
+                for (int i = 0; i < W; i++) wide[s][i] += (double)acc[s][i];
+        }
+        for (int s = 0; s < N_SUMS; s++) {
+            double total = 0.0;
+            for (int i = 0; i < W; i++) total += wide[s][i];
+            part[it * N_SUMS + s] = total;
+        }
+    }
+    for (int64_t row = 0; row < rows; row++)
+        for (int s = 0; s < N_SUMS; s++) {
+            double total = 0.0;
+            for (int64_t i = 0; i < per_row; i++) total += part[(row * per_row + i) * N_SUMS + s];
+            sums[row * N_SUMS + s] = total;
+        }
+    free(part);
+}

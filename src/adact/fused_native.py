@@ -1,0 +1,175 @@
+"""The hand-vectorised float32 CPU kernels (``fused_native.cpp``): building, caching and calling them.
+
+Same math and layouts as :func:`adact.fused_math.kernel_forward` / ``kernel_backward`` (to float
+rounding: the exponential and reciprocal are computed differently) and the same RReLU noise, bit
+for bit. The C++ source ships with the package; at first use it is compiled with the system's
+C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``) for this CPU (``-march=native``) and
+OpenMP, into ``$ADACT_CACHE_DIR`` (default ``~/.cache/adact``), keyed by the source, the flags and
+the CPU, so later processes load it in milliseconds. It is called through :mod:`ctypes`, which
+releases the GIL for the call; threads: ``torch.get_num_threads()``.
+
+:func:`native_kernels` returns None when no compiler works; :mod:`adact.fused_kernels` then uses
+the Inductor-compiled kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from adact.fused_math import N_SUMS, KernelFlags
+
+__all__ = ["CACHE_ENV_VAR", "NativeBuildError", "NativeKernels", "build_native", "native_kernels"]
+
+CACHE_ENV_VAR = "ADACT_CACHE_DIR"
+_SOURCE = Path(__file__).with_name("fused_native.cpp")
+_FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC", "-std=c++17")
+_FLAG_BITS = {"linear": 1, "neg_linear": 2, "noisy": 4, "elu": 8, "silu": 16, "mish": 32}
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+
+
+class NativeBuildError(RuntimeError):
+    """The native kernels could not be compiled or loaded (the message has the compiler's output)."""
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV_VAR)
+    return Path(root) if root else Path.home() / ".cache" / "adact"
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise NativeBuildError("no C++ compiler found (set CXX, or install g++ or clang++)")
+
+
+def _cpu_id() -> str:
+    # -march=native code must not be loaded on another CPU sharing the cache (e.g. a home
+    # directory on NFS): the CPU's model and feature flags go into the cache key.
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build_native(cache_dir: Path | None = None) -> Path:
+    """Compile ``fused_native.cpp`` (or find it compiled) and return the shared library's path.
+
+    Tries with OpenMP first and without it (single-threaded) if that fails.
+
+    Raises:
+        NativeBuildError: no compiler, or it failed both ways.
+    """
+    cxx = _compiler()
+    source = _SOURCE.read_bytes()
+    cache = cache_dir if cache_dir is not None else _cache_dir()
+    errors = []
+    for extra in (("-fopenmp",), ()):
+        flags = (*_FLAGS, *extra)
+        key = hashlib.sha256(b"\0".join([source, cxx.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
+        target = cache / f"adact_native_{key.hexdigest()[:20]}.so"
+        if target.exists():
+            return target
+        cache.mkdir(parents=True, exist_ok=True)
+        # Compile to a private name, then rename: concurrent processes never load a partial file.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        cmd = [cxx, *flags, "-o", tmp, str(_SOURCE)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"$ {' '.join(cmd)}\n{proc.stderr.strip()}")
+        except (OSError, subprocess.SubprocessError) as err:
+            errors.append(f"$ {' '.join(cmd)}\n{err}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise NativeBuildError("compiling the native AdAct kernels failed:\n" + "\n".join(errors))
+
+
+def _flag_bits(flags: KernelFlags) -> int:
+    return sum(bit for name, bit in _FLAG_BITS.items() if getattr(flags, name))
+
+
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
+
+
+class NativeKernels(NamedTuple):
+    """The loaded library's two entry points, wrapped to take and return tensors."""
+
+    lib: ctypes.CDLL
+    path: Path
+
+    def forward(self, x: Tensor, coef: Tensor, seed: Tensor, flags: KernelFlags) -> Tensor:
+        """``kernel_forward`` for a contiguous float32 ``x``: 1-D, or ``(N, C, ...)`` per channel."""
+        assert x.dtype == torch.float32 and x.is_contiguous() and coef.dtype == torch.float32
+        rows = x.shape[0] * x.shape[1] if flags.channel else 1
+        coef = coef.contiguous()
+        y = torch.empty_like(x)
+        self.lib.adact_native_forward(
+            _ptr(x), _ptr(y), rows, x.numel() // rows, _ptr(coef), coef.numel() // 7,
+            int(seed), _flag_bits(flags), torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
+    def backward(self, grad: Tensor, x: Tensor, coef: Tensor, seed: Tensor, flags: KernelFlags) -> tuple[Tensor, Tensor]:
+        """``kernel_backward``: ``x`` 1-D, or ``(N * C, R)`` rows with ``coef`` ``(N * C, 7)`` per channel.
+
+        The sums come back in float64 (their cancellation in the softmax's chain rule then costs
+        nothing in float32 accuracy).
+        """
+        assert x.dtype == grad.dtype == torch.float32 and x.is_contiguous() and grad.is_contiguous()
+        rows = x.shape[0] if flags.channel else 1
+        coef = coef.contiguous()
+        gx = torch.empty_like(x)
+        sums = torch.empty((rows, N_SUMS) if flags.channel else (N_SUMS,), dtype=torch.float64)
+        self.lib.adact_native_backward(
+            _ptr(grad), _ptr(x), _ptr(gx), _ptr(sums), rows, x.numel() // rows,
+            _ptr(coef), coef.numel() // 7, int(seed), _flag_bits(flags), torch.get_num_threads(),
+        )  # fmt: skip
+        return gx, sums
+
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> NativeKernels:
+    path = build_native()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        raise NativeBuildError(f"loading {path} failed: {err}") from err
+    lib.adact_native_forward.argtypes = [_P, _P, _I64, _I64, _P, _I64, _I32, _I32, _I32]
+    lib.adact_native_forward.restype = None
+    lib.adact_native_backward.argtypes = [_P, _P, _P, _P, _I64, _I64, _P, _I64, _I32, _I32, _I32]
+    lib.adact_native_backward.restype = None
+    return NativeKernels(lib, path)
+
+
+def native_kernels() -> NativeKernels:
+    """The native kernels, built at the first call (a second or so) and cached on disk.
+
+    Raises:
+        NativeBuildError: they cannot be built or loaded here.
+    """
+    with _lock:
+        return _load()
