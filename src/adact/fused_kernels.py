@@ -35,7 +35,9 @@ import torch
 from adact import fused_native
 from adact.fused_math import KernelFlags, kernel_backward, kernel_forward
 
-__all__ = ["BACKENDS", "ENV_VAR", "FusedKernelKey", "fused_backend", "get_kernel", "reset_kernels", "run_kernel"]
+__all__ = [
+    "BACKENDS", "ENV_VAR", "FusedKernelKey", "fused_backend", "get_kernel", "native_for", "reset_kernels", "run_kernel",
+]  # fmt: skip
 
 ENV_VAR = "ADACT_FUSED"
 BACKENDS: tuple[str, ...] = ("auto", "native", "compile", "eager", "off")
@@ -117,22 +119,15 @@ def _eager(key: FusedKernelKey) -> Callable[..., Any]:
     return kernel
 
 
-def _native(key: FusedKernelKey, kernels: fused_native.NativeKernels) -> Callable[..., Any]:
-    direction, _device, _dtype, flags = key
+def native_for(key: FusedKernelKey) -> fused_native.NativeKernels | None:
+    """The native kernels if ``ADACT_FUSED`` and ``key`` call for them, else None.
 
-    def kernel(*args: Any) -> Any:
-        if direction == "fwd":  # (x, coef, seed, lanes): the lane split is Inductor's business
-            x, coef, seed, _lanes = args
-            flat = x.view(x.shape[0], x.shape[1], -1) if flags.channel else x.view(-1)
-            return kernels.forward(flat, coef, seed, flags).view(x.shape)
-        grad, x, coef, seed = args
-        return kernels.backward(grad, x, coef, seed, flags)
-
-    return kernel
-
-
-def _native_available(backend: str) -> fused_native.NativeKernels | None:
-    """The native kernels, or None where ``auto`` falls back (``native`` raises instead)."""
+    They serve float32 on CPU under ``auto`` and ``native``. Under ``auto`` a failed build warns
+    once and returns None from then on (the caller uses :func:`run_kernel`); ``native`` raises.
+    """
+    backend = fused_backend()
+    if backend not in ("auto", "native") or key[1] != "cpu" or key[2] != torch.float32:
+        return None
     if _native_error and backend == "auto":
         return None
     try:
@@ -145,7 +140,7 @@ def _native_available(backend: str) -> fused_native.NativeKernels | None:
         warnings.warn(
             f"adact: {err}\nUsing the Inductor-compiled fused kernels instead (same results, slower).",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
         return None
 
@@ -154,16 +149,11 @@ def get_kernel(key: FusedKernelKey) -> tuple[Callable[..., Any], bool]:
     """The kernel for ``key`` and whether it is compiled; call it as ``kernel(*tensors)``.
 
     Compiled kernels compile lazily at their first call, so compile errors surface there;
-    :func:`run_kernel` handles them. The native kernels are built here, so their build errors
-    surface here (and their flag is False: nothing is left to fail at the first call).
+    :func:`run_kernel` handles them. (The native kernels are not among these: see :func:`native_for`.)
     """
     backend = fused_backend()
     if backend == "eager" or key[2] == torch.float64 or (backend == "auto" and key in _failed):
         return _eager(key), False
-    if backend in ("auto", "native") and key[1] == "cpu" and key[2] == torch.float32:
-        kernels = _native_available(backend)
-        if kernels is not None:
-            return _native(key, kernels), False
     kernel = _compiled.get(key)
     if kernel is None:
         with _lock:

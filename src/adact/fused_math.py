@@ -47,6 +47,7 @@ __all__ = [
     "FUSED_CANDIDATES",
     "KernelFlags",
     "LEAKY_SLOPE",
+    "Mixing",
     "NOISE_BITS",
     "N_SUMS",
     "SLOT_ORDER",
@@ -55,6 +56,7 @@ __all__ = [
     "kernel_flags",
     "kernel_forward",
     "flat_index",
+    "mixing_matrices",
     "mixture_coefficients",
     "parameter_grads",
     "rrelu_uniform",
@@ -139,7 +141,7 @@ def _slope(prelu_weight: Tensor, p: Tensor) -> Tensor:
     return w.reshape(()) if p.dim() == 1 else w
 
 
-class _Mixing(NamedTuple):
+class Mixing(NamedTuple):
     to_coef: Tensor  # (K, 7): coef_j = sum_k p_k * to_coef[k, j], PReLU's slope term aside
     from_sums: Tensor  # (6, K): G_k = sum(g * f_k(x)) = sum_j sums_j * from_sums[j, k], likewise
     a_neg: Tensor  # (7,) one-hot: where PReLU's w * p_prelu goes
@@ -151,7 +153,7 @@ _SUM_OF_COEF = (S_POS, S_NEG, S_NEG, S_NOISE, S_ELU, S_SILU, S_MISH)
 
 
 @functools.lru_cache(maxsize=64)
-def _mixing(candidates: tuple[str, ...], training: bool, dtype: torch.dtype, device: torch.device) -> _Mixing:
+def mixing_matrices(candidates: tuple[str, ...], training: bool, dtype: torch.dtype, device: torch.device) -> Mixing:
     """Constant matrices of the mixture algebra for one pool (cached: built once per pool)."""
     to_coef = torch.zeros(len(candidates), N_COEF, dtype=torch.float64)
     for k, name in enumerate(candidates):
@@ -178,7 +180,7 @@ def _mixing(candidates: tuple[str, ...], training: bool, dtype: torch.dtype, dev
         prelu = torch.zeros(len(candidates), dtype=torch.float64)
         prelu[candidates.index("prelu")] = 1.0
     put = functools.partial(torch.Tensor.to, dtype=dtype, device=device)
-    return _Mixing(put(to_coef), put(from_sums), put(a_neg), None if prelu is None else put(prelu))
+    return Mixing(put(to_coef), put(from_sums), put(a_neg), None if prelu is None else put(prelu))
 
 
 def mixture_coefficients(
@@ -186,7 +188,7 @@ def mixture_coefficients(
 ) -> Tensor:
     """The kernel's seven coefficients, ``(7,)`` or ``(C, 7)``, in ``dtype``."""
     p = mixture_weights(logits).to(dtype)
-    mix = _mixing(candidates, training, dtype, p.device)
+    mix = mixing_matrices(candidates, training, dtype, p.device)
     coef = p @ mix.to_coef
     if mix.prelu is not None:
         w_p = _slope(prelu_weight, p) * p[..., candidates.index("prelu")]
@@ -199,7 +201,7 @@ def parameter_grads(
 ) -> tuple[Tensor, Tensor]:
     """Logit and slope gradients from the backward kernel's six sums (``(6,)`` or ``(C, 6)``)."""
     p = mixture_weights(logits).to(sums.dtype)
-    mix = _mixing(candidates, training, sums.dtype, sums.device)
+    mix = mixing_matrices(candidates, training, sums.dtype, sums.device)
     g_mix = sums @ mix.from_sums  # per-candidate sums G_k = sum(g * f_k(x))
     grad_w = torch.zeros_like(prelu_weight)
     if mix.prelu is not None:

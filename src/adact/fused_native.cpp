@@ -3,7 +3,7 @@
  * The math is adact/fused_math.py's, written once more with GCC vector extensions so that the
  * compiler emits whatever SIMD the machine has (-march=native: AVX-512, AVX2, NEON) and so that
  * the few places where Inductor's generic lowering is wasteful are not: the exponential is a
- * Cephes-style polynomial with a power-of-two scale (its intermediate exp(r) - 1 doubles as ELU's
+ * cubic polynomial with a power-of-two scale (its intermediate exp(r) - 1 doubles as ELU's
  * expm1 near 0, so ELU needs no polynomial of its own), and each of the six parameter sums is one
  * masked accumulate.
  *
@@ -11,6 +11,7 @@
  * partial sums, which are added up in chunk order afterwards, so the sums do not depend on the
  * number of threads (no atomics, no thread-order effects).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,7 @@ typedef struct {
 } common_t;
 
 /* exp(a) and expm1(a) for a <= 0 or NaN. Cody-Waite reduction a = k ln2 + r, |r| <= ln2/2, and
- * Cephes' expf polynomial: exp(r) - 1 = r + r^2 P(r) (about 1 ulp). For |a| < ln2/2, k = 0 and that
+ * exp(r) - 1 = r + r^2 P(r) with a cubic P (within 2 ulp). For |a| < ln2/2, k = 0 and that
  * is expm1(a) at full relative precision; beyond, exp(a) - 1 loses at most 2 bits (|result| > 0.29).
  * The scale 2^k goes in two steps, 2^(k+64) then 2^-64, so that results down to the smallest
  * denormal round once, correctly. */
@@ -65,12 +66,11 @@ static inline void exp_expm1(vf a, vf *t, vf *u) {
 #endif
     vf r = a - k * 0.693359375f;
     r = r - k * -2.12194440e-4f;
-    vf p = splat(1.9875691500E-4f);
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
+    /* P fitted to (e^r - 1 - r) / r^2 for the relative error of e^r: at most 1.2e-7 (2 ulp) */
+    vf p = splat(8.333837613463402e-3f);
+    p = p * r + 4.189857840538025e-2f;
+    p = p * r + 1.666688621044159e-1f;
+    p = p * r + 4.9999141693115234e-1f;
     vf em1 = p * (r * r) + r;
 #if defined(__AVX512F__) && W == 16
     vf e = (vf)_mm512_scalef_ps((__m512)(em1 + 1.0f), (__m512)k);
@@ -262,9 +262,70 @@ static inline void backward_span(const float *g, const float *x, float *gx, int6
     }
 }
 
+/* The mixture algebra of fused_math (mixture_coefficients, parameter_grads) in float64.
+ * A pool of K candidates maps its softmax weights p to the kernel's 7 coefficients through the
+ * constant K x 7 matrix to_coef, plus PReLU's slope w times p[prelu] on A_NEG; the 6 sums map back
+ * to per-candidate sums through the 6 x K matrix from_sums. mix_t holds one problem's constants. */
+typedef struct {
+    int64_t nmix, K; /* mixtures (1, or C channels) and candidates */
+    const float *logits; /* nmix x K */
+    const double *to_coef; /* K x 7 */
+    const double *from_sums; /* 6 x K */
+    int64_t prelu; /* slot of "prelu" in the pool, -1 if absent */
+    const float *slope; /* PReLU slope: nslope = 1 (shared) or nmix values */
+    int64_t nslope;
+} mix_t;
+
+static void softmax_row(const float *l, int64_t K, double *p) {
+    double top = -INFINITY, total = 0.0;
+    for (int64_t k = 0; k < K; k++) top = l[k] > top ? l[k] : top;
+    for (int64_t k = 0; k < K; k++) total += p[k] = exp((double)l[k] - top);
+    for (int64_t k = 0; k < K; k++) p[k] /= total;
+}
+
+/* coef (nmix x 7, float32) and p (nmix x K, float64) */
+static void mixture_coefficients(const mix_t *m, float *coef, double *p) {
+    for (int64_t r = 0; r < m->nmix; r++) {
+        double *pr = p + r * m->K;
+        softmax_row(m->logits + r * m->K, m->K, pr);
+        for (int j = 0; j < N_COEF; j++) {
+            double v = 0.0;
+            for (int64_t k = 0; k < m->K; k++) v += pr[k] * m->to_coef[k * N_COEF + j];
+            if (j == A_NEG && m->prelu >= 0) v += (double)m->slope[m->nslope == 1 ? 0 : r] * pr[m->prelu];
+            coef[r * N_COEF + j] = (float)v;
+        }
+    }
+}
+
+/* dL/dlogits = p * (G - p.G) with G_k = sum(g * f_k(x)), and dL/dslope = p[prelu] * S_NEG. */
+static void parameter_grads(const mix_t *m, const double *sums, const double *p, float *grad_logits, float *grad_slope) {
+    double *gm = (double *)malloc((size_t)m->K * sizeof(double));
+    for (int64_t i = 0; i < m->nslope; i++) grad_slope[i] = 0.0f;
+    double shared = 0.0;
+    for (int64_t r = 0; r < m->nmix; r++) {
+        const double *sr = sums + r * N_SUMS, *pr = p + r * m->K;
+        double dot = 0.0;
+        for (int64_t k = 0; k < m->K; k++) {
+            double v = 0.0;
+            for (int s = 0; s < N_SUMS; s++) v += sr[s] * m->from_sums[s * m->K + k];
+            if (k == m->prelu) v += (double)m->slope[m->nslope == 1 ? 0 : r] * sr[S_NEG];
+            gm[k] = v;
+            dot += pr[k] * v;
+        }
+        for (int64_t k = 0; k < m->K; k++) grad_logits[r * m->K + k] = (float)(pr[k] * (gm[k] - dot));
+        if (m->prelu >= 0) {
+            double gw = pr[m->prelu] * sr[S_NEG];
+            if (m->nslope == 1) shared += gw;
+            else grad_slope[r] = (float)gw;
+        }
+    }
+    if (m->prelu >= 0 && m->nslope == 1) grad_slope[0] = (float)shared;
+    free(gm);
+}
+
 /* y = AdAct(x) over `rows` rows of `len` elements; row r uses coefficients coef[(r % ncoef) * 7 ..]. */
-extern "C" void adact_native_forward(const float *x, float *y, int64_t rows, int64_t len, const float *coef,
-                                     int64_t ncoef, int32_t seed, int32_t flags, int32_t threads) {
+static void forward_rows(const float *x, float *y, int64_t rows, int64_t len, const float *coef, int64_t ncoef,
+                         int32_t seed, int32_t flags, int32_t threads) {
     int64_t per_row = (len + CHUNK - 1) / CHUNK, items = rows * per_row;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && items > 1)
     for (int64_t it = 0; it < items; it++) {
@@ -277,10 +338,9 @@ extern "C" void adact_native_forward(const float *x, float *y, int64_t rows, int
 /* grad_x and, per row, the six parameter sums (sums: rows x 6, float64). Lane sums run in float32
  * over at most FLUSH elements and are then added into float64 ones: the sums stay accurate to
  * about float64 precision of float32 terms, cheaply. */
-#define FLUSH 256
-extern "C" void adact_native_backward(const float *g, const float *x, float *gx, double *sums, int64_t rows,
-                                      int64_t len, const float *coef, int64_t ncoef, int32_t seed, int32_t flags,
-                                      int32_t threads) {
+#define FLUSH 1024
+static void backward_rows(const float *g, const float *x, float *gx, double *sums, int64_t rows, int64_t len,
+                          const float *coef, int64_t ncoef, int32_t seed, int32_t flags, int32_t threads) {
     int64_t per_row = (len + CHUNK - 1) / CHUNK, items = rows * per_row;
     double *part = (double *)malloc((size_t)items * N_SUMS * sizeof(double));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && items > 1)
@@ -301,11 +361,43 @@ extern "C" void adact_native_backward(const float *g, const float *x, float *gx,
             part[it * N_SUMS + s] = total;
         }
     }
+    /* row r belongs to mixture r % ncoef; rows in order, chunks in order: deterministic */
+    memset(sums, 0, (size_t)ncoef * N_SUMS * sizeof(double));
     for (int64_t row = 0; row < rows; row++)
         for (int s = 0; s < N_SUMS; s++) {
             double total = 0.0;
             for (int64_t i = 0; i < per_row; i++) total += part[(row * per_row + i) * N_SUMS + s];
-            sums[row * N_SUMS + s] = total;
+            sums[(row % ncoef) * N_SUMS + s] += total;
         }
     free(part);
+}
+
+/* Entry points. x: `rows` rows of `len` contiguous float32 elements; row r uses mixture r % nmix.
+ * The forward also returns the coefficients it used (coef: nmix x 7). */
+extern "C" void adact_native_forward(const float *x, float *y, float *coef, int64_t rows, int64_t len, int64_t nmix,
+                                     int64_t K, const float *logits, const double *to_coef, const double *from_sums,
+                                     int64_t prelu, const float *slope, int64_t nslope, int32_t seed, int32_t flags,
+                                     int32_t threads) {
+    mix_t m = {nmix, K, logits, to_coef, from_sums, prelu, slope, nslope};
+    double *p = (double *)malloc((size_t)(nmix * K) * sizeof(double));
+    mixture_coefficients(&m, coef, p);
+    free(p);
+    forward_rows(x, y, rows, len, coef, nmix, seed, flags, threads);
+}
+
+extern "C" void adact_native_backward(const float *g, const float *x, float *gx, float *grad_logits,
+                                      float *grad_slope, int64_t rows, int64_t len, int64_t nmix, int64_t K,
+                                      const float *logits, const double *to_coef, const double *from_sums,
+                                      int64_t prelu, const float *slope, int64_t nslope, int32_t seed, int32_t flags,
+                                      int32_t threads) {
+    mix_t m = {nmix, K, logits, to_coef, from_sums, prelu, slope, nslope};
+    float *coef = (float *)malloc((size_t)nmix * N_COEF * sizeof(float));
+    double *p = (double *)malloc((size_t)(nmix * K) * sizeof(double));
+    double *sums = (double *)malloc((size_t)nmix * N_SUMS * sizeof(double));
+    mixture_coefficients(&m, coef, p);
+    backward_rows(g, x, gx, sums, rows, len, coef, nmix, seed, flags, threads);
+    parameter_grads(&m, sums, p, grad_logits, grad_slope);
+    free(coef);
+    free(p);
+    free(sums);
 }

@@ -29,7 +29,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from adact.fused_math import N_SUMS, KernelFlags
+from adact import fused_math
+from adact.fused_math import KernelFlags
 
 __all__ = ["CACHE_ENV_VAR", "NativeBuildError", "NativeKernels", "build_native", "native_kernels"]
 
@@ -113,39 +114,57 @@ def _ptr(t: Tensor) -> int:
 
 
 class NativeKernels(NamedTuple):
-    """The loaded library's two entry points, wrapped to take and return tensors."""
+    """The loaded library's two entry points, wrapped to take and return tensors.
+
+    Each runs a whole direction in one call: the mixture algebra (softmax, coefficients; on the
+    way back the logit and slope gradients, in float64) and the pass over ``x``.
+    """
 
     lib: ctypes.CDLL
     path: Path
 
-    def forward(self, x: Tensor, coef: Tensor, seed: Tensor, flags: KernelFlags) -> Tensor:
-        """``kernel_forward`` for a contiguous float32 ``x``: 1-D, or ``(N, C, ...)`` per channel."""
-        assert x.dtype == torch.float32 and x.is_contiguous() and coef.dtype == torch.float32
-        rows = x.shape[0] * x.shape[1] if flags.channel else 1
-        coef = coef.contiguous()
+    def forward(
+        self, x: Tensor, logits: Tensor, slope: Tensor, seed: Tensor, names: tuple[str, ...], flags: KernelFlags
+    ) -> tuple[Tensor, Tensor]:
+        """``(y, coef)`` for contiguous float32 ``x``: any shape, or ``(N, C, *)`` per channel."""
+        rows, nmix, to_coef, from_sums, prelu = _problem(x, logits, names, flags)
+        assert x.dtype == logits.dtype == slope.dtype == torch.float32 and x.is_contiguous()
+        logits, slope = logits.detach().contiguous(), slope.detach().contiguous()
         y = torch.empty_like(x)
+        coef = torch.empty((nmix, 7) if flags.channel else (7,), dtype=torch.float32)
         self.lib.adact_native_forward(
-            _ptr(x), _ptr(y), rows, x.numel() // rows, _ptr(coef), coef.numel() // 7,
+            _ptr(x), _ptr(y), _ptr(coef), rows, x.numel() // rows, nmix, len(names), _ptr(logits),
+            _ptr(to_coef), _ptr(from_sums), prelu, _ptr(slope), slope.numel(), int(seed), _flag_bits(flags),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return y, coef
+
+    def backward(
+        self, grad: Tensor, x: Tensor, logits: Tensor, slope: Tensor, seed: Tensor, names: tuple[str, ...],
+        flags: KernelFlags,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """``(grad_x, grad_logits, grad_slope)``; ``grad`` contiguous float32 like ``x``."""
+        rows, nmix, to_coef, from_sums, prelu = _problem(x, logits, names, flags)
+        assert x.dtype == grad.dtype == logits.dtype == slope.dtype == torch.float32
+        assert x.is_contiguous() and grad.is_contiguous()
+        logits, slope = logits.detach().contiguous(), slope.detach().contiguous()
+        gx = torch.empty_like(x)
+        grad_logits, grad_slope = torch.empty_like(logits), torch.empty_like(slope)
+        self.lib.adact_native_backward(
+            _ptr(grad), _ptr(x), _ptr(gx), _ptr(grad_logits), _ptr(grad_slope), rows, x.numel() // rows, nmix,
+            len(names), _ptr(logits), _ptr(to_coef), _ptr(from_sums), prelu, _ptr(slope), slope.numel(),
             int(seed), _flag_bits(flags), torch.get_num_threads(),
         )  # fmt: skip
-        return y
+        return gx, grad_logits, grad_slope
 
-    def backward(self, grad: Tensor, x: Tensor, coef: Tensor, seed: Tensor, flags: KernelFlags) -> tuple[Tensor, Tensor]:
-        """``kernel_backward``: ``x`` 1-D, or ``(N * C, R)`` rows with ``coef`` ``(N * C, 7)`` per channel.
 
-        The sums come back in float64 (their cancellation in the softmax's chain rule then costs
-        nothing in float32 accuracy).
-        """
-        assert x.dtype == grad.dtype == torch.float32 and x.is_contiguous() and grad.is_contiguous()
-        rows = x.shape[0] if flags.channel else 1
-        coef = coef.contiguous()
-        gx = torch.empty_like(x)
-        sums = torch.empty((rows, N_SUMS) if flags.channel else (N_SUMS,), dtype=torch.float64)
-        self.lib.adact_native_backward(
-            _ptr(grad), _ptr(x), _ptr(gx), _ptr(sums), rows, x.numel() // rows,
-            _ptr(coef), coef.numel() // 7, int(seed), _flag_bits(flags), torch.get_num_threads(),
-        )  # fmt: skip
-        return gx, sums
+def _problem(x: Tensor, logits: Tensor, names: tuple[str, ...], flags: KernelFlags) -> tuple[int, int, Tensor, Tensor, int]:
+    """Rows of ``x``, mixtures, the mixing matrices (float64) and PReLU's slot (-1: none)."""
+    mixing = fused_math.mixing_matrices(names, flags.noisy, torch.float64, x.device)
+    nmix = logits.shape[0] if flags.channel else 1
+    rows = x.shape[0] * x.shape[1] if flags.channel else 1
+    prelu = names.index("prelu") if "prelu" in names else -1
+    return rows, nmix, mixing.to_coef, mixing.from_sums, prelu
 
 
 _lock = threading.Lock()
@@ -158,9 +177,11 @@ def _load() -> NativeKernels:
         lib = ctypes.CDLL(str(path))
     except OSError as err:
         raise NativeBuildError(f"loading {path} failed: {err}") from err
-    lib.adact_native_forward.argtypes = [_P, _P, _I64, _I64, _P, _I64, _I32, _I32, _I32]
+    lib.adact_native_forward.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _I64, _I32, _I32, _I32]
     lib.adact_native_forward.restype = None
-    lib.adact_native_backward.argtypes = [_P, _P, _P, _P, _I64, _I64, _P, _I64, _I32, _I32, _I32]
+    lib.adact_native_backward.argtypes = [
+        _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _I64, _I32, _I32, _I32,
+    ]  # fmt: skip
     lib.adact_native_backward.restype = None
     return NativeKernels(lib, path)
 

@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from adact.fused_kernels import FusedKernelKey, run_kernel
+from adact import fused_native
+from adact.fused_kernels import FusedKernelKey, native_for, run_kernel
 from adact.fused_math import compute_dtype, kernel_flags, mixture_coefficients, parameter_grads
 
 __all__ = ["FusedAdActFunction", "backward_impl", "forward_impl", "fused_adact", "fused_backward", "fused_forward"]
@@ -100,6 +101,13 @@ def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
+def _native(key: FusedKernelKey, logits: Tensor, prelu_weight: Tensor) -> fused_native.NativeKernels | None:
+    """The native kernels where they serve: float32 CPU input and float32 parameters."""
+    if logits.dtype != torch.float32 or prelu_weight.dtype != torch.float32:
+        return None
+    return native_for(key)
+
+
 def forward_impl(
     x: Tensor, logits: Tensor, prelu_weight: Tensor, seed: Tensor, names: tuple[str, ...], training: bool
 ) -> tuple[Tensor, Tensor]:
@@ -108,12 +116,16 @@ def forward_impl(
     ``training`` means: RReLU draws noise keyed by ``seed`` (an int32 scalar).
     """
     with torch.no_grad(), _no_autocast(x):
-        coef = mixture_coefficients(logits, prelu_weight, names, training, compute_dtype(x.dtype))
         if x.numel() == 0:
-            return torch.empty_like(x), coef
+            return torch.empty_like(x), mixture_coefficients(logits, prelu_weight, names, training, compute_dtype(x.dtype))
         channel = logits.dim() == 2
         run = _launch("fwd", x, logits, names, training)
-        y = run_kernel(run.key, _flat_view(x, x, channel, run.width), coef, seed, run.lanes)
+        native = _native(run.key, logits, prelu_weight)
+        if native is not None:
+            y, coef = native.forward(_flat_view(x, x, channel, 0), logits, prelu_weight, seed, names, run.key[3])
+        else:
+            coef = mixture_coefficients(logits, prelu_weight, names, training, compute_dtype(x.dtype))
+            y = run_kernel(run.key, _flat_view(x, x, channel, run.width), coef, seed, run.lanes)
     return _unflatten(y, x, channel), coef
 
 
@@ -135,9 +147,16 @@ def backward_impl(
         return torch.zeros_like(x), torch.zeros_like(logits), torch.zeros_like(prelu_weight)
     channel = logits.dim() == 2
     with torch.no_grad(), _no_autocast(x):
+        run = _launch("bwd", x, logits, names, training)
+        native = _native(run.key, logits, prelu_weight)
+        if native is not None:  # the whole backward, algebra included, in one call
+            gx, glogits, gw = native.backward(
+                _flat_view(grad, x, channel, 0), _flat_view(x, x, channel, 0), logits, prelu_weight, seed, names,
+                run.key[3],
+            )  # fmt: skip
+            return _unflatten(gx, x, channel), glogits, gw
         if coef is None:
             coef = mixture_coefficients(logits, prelu_weight, names, training, compute_dtype(x.dtype))
-        run = _launch("bwd", x, logits, names, training)
         g_view, x_view, row_coef = _flat_view(grad, x, channel, 0), _flat_view(x, x, channel, 0), coef
         if channel:  # (N * C, R) rows, coefficients per row (see kernel_backward)
             n = x_view.shape[0]
