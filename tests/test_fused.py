@@ -518,6 +518,11 @@ def test_native_build_is_cached_and_failures_are_clear(tmp_path: Path, monkeypat
     monkeypatch.setattr(fused_native.shutil, "which", lambda name: name if name.endswith("compiler") else None)
     with pytest.raises(fused_native.NativeBuildError, match="no-such-compiler"):
         fused_native.build_native(tmp_path / "other")
+    monkeypatch.undo()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(fused_native.NativeBuildError, match=fused_native.CACHE_ENV_VAR):
+        fused_native.build_native(blocker / "cache")  # not a directory
 
 
 def test_native_backend_raises_where_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,15 +6,17 @@ cost of a single activation, and keeps only ``x`` for the backward instead of on
 candidate.
 
 * Math: :mod:`adact.fused_math` (one exponential per element, finite for any input).
-* Kernels: :mod:`adact.fused_kernels` (``torch.compile``/Inductor, eager fallback, the
-  ``ADACT_FUSED=auto|compile|eager|off`` switch).
+* Kernels: :mod:`adact.fused_native` (hand-vectorised C++, float32 on CPU) and
+  :mod:`adact.fused_kernels` (``torch.compile``/Inductor elsewhere, eager fallback, the
+  ``ADACT_FUSED=auto|native|compile|eager|off`` switch).
 * Ops: :mod:`adact.fused_ops` (``torch.ops.adact.fused_forward`` / ``fused_backward`` with
   autograd, so ``torch.compile`` of a whole model keeps working).
 
 RReLU's training-mode noise is a hash of a per-call seed and the element index: the seed is drawn
 from torch's default generator of ``x``'s device, so ``torch.manual_seed`` makes runs
 reproducible, and the backward regenerates the forward's noise instead of storing it. The noise
-is U(1/8, 1/3) like ``nn.RReLU``'s but not bit-identical to it.
+is U(1/8, 1/3) like ``nn.RReLU``'s (to 16 bits: each draw is the centre of one of 2**16 equal
+bins) but not bit-identical to it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = ["FUSED_CANDIDATES", "FUSED_DTYPES", "adact_fused", "fused_backend", "
 #: Input dtypes the kernel takes (float16/bfloat16 compute in float32, float64 in float64).
 FUSED_DTYPES: frozenset[torch.dtype] = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 _DEVICES = ("cpu", "cuda")
-_SEED_RANGE = 2**31  # the hash mixes 31-bit seeds
+_SEED_RANGE = 2**31  # seeds are non-negative int32
 
 
 def fused_supported(candidates: Sequence[str], x: Tensor) -> bool:

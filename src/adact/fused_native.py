@@ -86,10 +86,13 @@ def build_native(cache_dir: Path | None = None) -> Path:
         target = cache / f"adact_native_{key.hexdigest()[:20]}.so"
         if target.exists():
             return target
-        cache.mkdir(parents=True, exist_ok=True)
-        # Compile to a private name, then rename: concurrent processes never load a partial file.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            # Compile to a private name, then rename: concurrent processes never load a partial file.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+            os.close(fd)
+        except OSError as err:
+            raise NativeBuildError(f"cannot write the kernel cache {cache} ({err}); set {CACHE_ENV_VAR}") from err
         cmd = [cxx, *flags, "-o", tmp, str(_SOURCE)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
