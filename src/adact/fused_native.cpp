@@ -220,13 +220,13 @@ static inline void forward_span(const float *x, float *y, int64_t off, int64_t n
     const int noisy = flags & F_NOISY;
     const vf none = {0};
     int64_t j = 0;
-    if (noisy)
-        for (; j + GROUP <= n && (uint32_t)(off + j) % GROUP == 0; j += GROUP) {
-            vu h = hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed);
-            for (int v = 0; v < PER_HASH; v++)
-                store(y + off + j + v * W,
-                      forward_vec(load(x + off + j + v * W), c, flags, bits_to_uniform(h >> (v * NOISE_BITS))));
-        }
+    /* GROUP elements per step (also without noise: two independent vectors per step schedule better) */
+    for (; j + GROUP <= n && (!noisy || (uint32_t)(off + j) % GROUP == 0); j += GROUP) {
+        vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
+        for (int v = 0; v < PER_HASH; v++)
+            store(y + off + j + v * W,
+                  forward_vec(load(x + off + j + v * W), c, flags, noisy ? bits_to_uniform(h >> (v * NOISE_BITS)) : none));
+    }
     for (; j + W <= n; j += W)
         store(y + off + j, forward_vec(load(x + off + j), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none));
     if (j < n) {
@@ -243,13 +243,12 @@ static inline void backward_span(const float *g, const float *x, float *gx, int6
     const int noisy = flags & F_NOISY;
     const vf none = {0};
     int64_t j = 0;
-    if (noisy)
-        for (; j + GROUP <= n && (uint32_t)(off + j) % GROUP == 0; j += GROUP) {
-            vu h = hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed);
-            for (int v = 0; v < PER_HASH; v++)
-                store(gx + off + j + v * W, backward_vec(load(g + off + j + v * W), load(x + off + j + v * W), c, flags,
-                                                         bits_to_uniform(h >> (v * NOISE_BITS)), acc));
-        }
+    for (; j + GROUP <= n && (!noisy || (uint32_t)(off + j) % GROUP == 0); j += GROUP) {
+        vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
+        for (int v = 0; v < PER_HASH; v++)
+            store(gx + off + j + v * W, backward_vec(load(g + off + j + v * W), load(x + off + j + v * W), c, flags,
+                                                     noisy ? bits_to_uniform(h >> (v * NOISE_BITS)) : none, acc));
+    }
     for (; j + W <= n; j += W)
         store(gx + off + j, backward_vec(load(g + off + j), load(x + off + j), c, flags,
                                          noisy ? noise_at((uint32_t)(off + j), seed) : none, acc));
