@@ -47,7 +47,7 @@ typedef struct {
     vf t; /* exp(-|x|) */
     vf u; /* expm1(-|x|) */
     vf slope_neg; /* linear slope for x <= 0, noise included */
-    vf noise; /* RReLU's U(0, 1) draw */
+    vf noise; /* RReLU's draw as its 16 bits, 0 .. 65535 (see fold_noise) */
     vf sig, q, tsp, inv_den;
 } common_t;
 
@@ -111,19 +111,20 @@ static inline vu hash32(vu h) {
     return h;
 }
 
-static inline vf bits_to_uniform(vu bits) {
-    return __builtin_convertvector((vi)(bits & ((1u << NOISE_BITS) - 1u)), vf) * (1.0f / (1u << NOISE_BITS)) +
-           (0.5f / (1u << NOISE_BITS));
+/* The draw is u = (bits + 1/2) / 2^16; the kernels carry the bits as a float and fold the scale
+ * into the coefficients (fold_noise) and, for the sum, into the epilogue (backward_rows). */
+static inline vf bits_to_float(vu bits) {
+    return __builtin_convertvector((vi)(bits & ((1u << NOISE_BITS) - 1u)), vf);
 }
 
-/* RReLU's U(0, 1) draws of elements e0 .. e0 + W - 1 (flat indices mod 2^32), any alignment:
+/* The 16 bits of RReLU's draws for elements e0 .. e0 + W - 1 (flat indices mod 2^32), any alignment:
  * element e takes bits [NOISE_BITS * v, NOISE_BITS * (v + 1)) of hash32(p ^ seed), with
  * p = (e / GROUP) * W + e % W and v = (e / W) % PER_HASH. */
 static inline vf noise_at(uint32_t e0, uint32_t seed) {
     vu e = iota(e0);
     vu p = (e / GROUP) * W + e % W;
     vu v = (e / W) % PER_HASH;
-    return bits_to_uniform(hash32(p ^ seed) >> (v * NOISE_BITS));
+    return bits_to_float(hash32(p ^ seed) >> (v * NOISE_BITS));
 }
 
 static inline common_t common(vf x, const float *c, int flags, vf noise) {
@@ -140,7 +141,7 @@ static inline common_t common(vf x, const float *c, int flags, vf noise) {
     k.slope_neg = splat(c[A_NEG]);
     if (flags & F_NOISY) {
         k.noise = noise;
-        k.slope_neg = k.slope_neg + (c[RR_LOWER] + c[RR_SPAN] * k.noise);
+        k.slope_neg = k.slope_neg + c[RR_SPAN] * k.noise; /* coefficients folded: fold_noise */
     }
     vf t = k.t, one_t = 1.0f + t, num = {0};
     if (flags & F_MISH) {
@@ -189,7 +190,7 @@ static inline vf backward_vec(vf g, vf x, const float *c, int flags, vf noise, v
     vf gx = g * x;
     if (flags & F_LINEAR) acc[S_POS] += sel(k.neg, zero, gx);
     if (flags & (F_NEG_LINEAR | F_NOISY)) acc[S_NEG] += sel(k.neg, gx, zero);
-    if (flags & F_NOISY) acc[S_NOISE] += sel(k.neg, gx * k.noise, zero);
+    if (flags & F_NOISY) acc[S_NOISE] += sel(k.neg, gx * k.noise, zero); /* bits: see backward_rows */
     if (flags & F_ELU) acc[S_ELU] += sel(k.neg, g * k.u, zero);
     if (flags & F_SILU) acc[S_SILU] += gx * k.sig;
     if (flags & F_MISH) acc[S_MISH] += gx * k.tsp;
@@ -215,8 +216,21 @@ static inline vf backward_vec(vf g, vf x, const float *c, int flags, vf noise, v
 
 /* Elements [off, off + n) of one row (coefficients c): the vector loop, with the noise of aligned
  * GROUPs from one hash vector, then a zero-padded tail vector. */
-static inline void forward_span(const float *x, float *y, int64_t off, int64_t n, const float *c, int flags,
+/* A private copy of one mixture's coefficients (a local the compiler knows the outputs cannot
+ * overwrite, so they stay in registers), with RReLU's noise scale folded in: the slope for x <= 0
+ * is a_neg + lower + span * (bits + 1/2) / 2^16 = c[A_NEG] + c[RR_SPAN] * bits after folding. */
+static inline void fold_noise(const float *c, int flags, float *cl) {
+    memcpy(cl, c, N_COEF * sizeof(float));
+    if (flags & F_NOISY) {
+        cl[A_NEG] = c[A_NEG] + c[RR_LOWER] + c[RR_SPAN] * (0.5f / (1u << NOISE_BITS));
+        cl[RR_SPAN] = c[RR_SPAN] * (1.0f / (1u << NOISE_BITS));
+    }
+}
+
+static inline void forward_span(const float *x, float *y, int64_t off, int64_t n, const float *coef, int flags,
                                 uint32_t seed) {
+    float c[N_COEF];
+    fold_noise(coef, flags, c);
     const int noisy = flags & F_NOISY;
     const vf none = {0};
     int64_t j = 0;
@@ -225,7 +239,7 @@ static inline void forward_span(const float *x, float *y, int64_t off, int64_t n
         vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
         for (int v = 0; v < PER_HASH; v++)
             store(y + off + j + v * W,
-                  forward_vec(load(x + off + j + v * W), c, flags, noisy ? bits_to_uniform(h >> (v * NOISE_BITS)) : none));
+                  forward_vec(load(x + off + j + v * W), c, flags, noisy ? bits_to_float(h >> (v * NOISE_BITS)) : none));
     }
     for (; j + W <= n; j += W)
         store(y + off + j, forward_vec(load(x + off + j), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none));
@@ -238,8 +252,10 @@ static inline void forward_span(const float *x, float *y, int64_t off, int64_t n
 }
 
 /* The backward of forward_span; adds to the float32 lane accumulators acc. */
-static inline void backward_span(const float *g, const float *x, float *gx, int64_t off, int64_t n, const float *c,
-                                 int flags, uint32_t seed, vf *acc) {
+static inline void backward_span(const float *g, const float *x, float *gx, int64_t off, int64_t n,
+                                 const float *coef, int flags, uint32_t seed, vf *acc) {
+    float c[N_COEF];
+    fold_noise(coef, flags, c);
     const int noisy = flags & F_NOISY;
     const vf none = {0};
     int64_t j = 0;
@@ -247,7 +263,7 @@ static inline void backward_span(const float *g, const float *x, float *gx, int6
         vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
         for (int v = 0; v < PER_HASH; v++)
             store(gx + off + j + v * W, backward_vec(load(g + off + j + v * W), load(x + off + j + v * W), c, flags,
-                                                     noisy ? bits_to_uniform(h >> (v * NOISE_BITS)) : none, acc));
+                                                     noisy ? bits_to_float(h >> (v * NOISE_BITS)) : none, acc));
     }
     for (; j + W <= n; j += W)
         store(gx + off + j, backward_vec(load(g + off + j), load(x + off + j), c, flags,
@@ -368,6 +384,10 @@ static void backward_rows(const float *g, const float *x, float *gx, double *sum
             for (int64_t i = 0; i < per_row; i++) total += part[(row * per_row + i) * N_SUMS + s];
             sums[(row % ncoef) * N_SUMS + s] += total;
         }
+    if (flags & F_NOISY) /* the kernel summed g x bits; the draw is (bits + 1/2) / 2^16 */
+        for (int64_t m = 0; m < ncoef; m++)
+            sums[m * N_SUMS + S_NOISE] =
+                sums[m * N_SUMS + S_NOISE] / (1u << NOISE_BITS) + sums[m * N_SUMS + S_NEG] / (2u << NOISE_BITS);
     free(part);
 }
 
