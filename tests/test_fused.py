@@ -525,6 +525,39 @@ def test_native_build_is_cached_and_failures_are_clear(tmp_path: Path, monkeypat
         fused_native.build_native(blocker / "cache")  # not a directory
 
 
+def test_native_build_falls_back_through_its_attempts(tmp_path: Path) -> None:
+    native_or_skip()
+    path = fused_native.build_native(tmp_path, attempts=[("-fno-such-flag-anywhere",), ()])
+    assert path.exists()
+    with pytest.raises(fused_native.NativeBuildError, match="no-such-flag"):
+        fused_native.build_native(tmp_path / "b", attempts=[("-fno-such-flag-anywhere",)])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_native_portable_build_equals_native(tmp_path: Path, training: bool, granularity: str) -> None:
+    """The baseline-ISA build (no -march=native: no AVX-512 intrinsics, plain vector code) agrees."""
+    native_or_skip()
+    fast = fused_native.native_kernels()
+    portable = fused_native.load_native(fused_native.build_native(tmp_path, attempts=[()]))
+    assert portable.path != fast.path
+    m = unit(granularity).train(training)
+    names = m.candidates
+    flags = fused_math.kernel_flags(names, training, granularity == "channel")
+    x = make_input(torch.float32, (3, 6, 70))
+    x.view(-1)[-4:] = torch.tensor([float("inf"), -float("inf"), float("nan"), -1e-40])
+    g = torch.randn_like(x)
+    view = x if granularity == "channel" else x.view(-1)
+    seed = torch.tensor(77, dtype=torch.int32)
+    outs = []
+    for kernels in (fast, portable):
+        y, _ = kernels.forward(view, m.logits, m.prelu_weight, seed, names, flags)
+        outs.append((y, *kernels.backward(g.view_as(view), view, m.logits, m.prelu_weight, seed, names, flags)))
+    for a, b in zip(*outs):
+        scale = float(b.nan_to_num(0.0, 0.0, 0.0).abs().max()) or 1.0  # NaN/inf parameter grads: equal_nan
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-6 * scale, equal_nan=True)
+
+
 def test_native_backend_raises_where_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_native() -> object:
         raise fused_native.NativeBuildError("no C++ compiler found")

@@ -8,8 +8,9 @@ OpenMP, into ``$ADACT_CACHE_DIR`` (default ``~/.cache/adact``), keyed by the sou
 the CPU, so later processes load it in milliseconds. It is called through :mod:`ctypes`, which
 releases the GIL for the call; threads: ``torch.get_num_threads()``.
 
-:func:`native_kernels` returns None when no compiler works; :mod:`adact.fused_kernels` then uses
-the Inductor-compiled kernels.
+:func:`native_kernels` raises :class:`NativeBuildError` when no compiler works; under
+``ADACT_FUSED=auto`` :mod:`adact.fused_kernels` then warns once and uses the Inductor-compiled
+kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,11 +34,14 @@ from torch import Tensor
 from adact import fused_math
 from adact.fused_math import KernelFlags
 
-__all__ = ["CACHE_ENV_VAR", "NativeBuildError", "NativeKernels", "build_native", "native_kernels"]
+__all__ = ["CACHE_ENV_VAR", "NativeBuildError", "NativeKernels", "build_native", "load_native", "native_kernels"]
 
 CACHE_ENV_VAR = "ADACT_CACHE_DIR"
 _SOURCE = Path(__file__).with_name("fused_native.cpp")
-_FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC", "-std=c++17")
+_FLAGS = ("-O3", "-ffp-contract=fast", "-shared", "-fPIC", "-std=c++17")
+# Tried in order: compilers without OpenMP (Apple's clang) or without -march=native (some ARM
+# gccs spell it -mcpu) still get a kernel, single-threaded or for the baseline ISA.
+_ATTEMPTS = (("-march=native", "-fopenmp"), ("-march=native",), ("-fopenmp",), ())
 _FLAG_BITS = {"linear": 1, "neg_linear": 2, "noisy": 4, "elu": 8, "silu": 16, "mish": 32}
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 
@@ -68,19 +73,23 @@ def _cpu_id() -> str:
         return platform.processor() or platform.machine()
 
 
-def build_native(cache_dir: Path | None = None) -> Path:
+def build_native(cache_dir: Path | None = None, attempts: Sequence[tuple[str, ...]] = _ATTEMPTS) -> Path:
     """Compile ``fused_native.cpp`` (or find it compiled) and return the shared library's path.
 
-    Tries with OpenMP first and without it (single-threaded) if that fails.
+    Args:
+        cache_dir: where the library goes (default ``$ADACT_CACHE_DIR`` or ``~/.cache/adact``).
+        attempts: extra compiler flags to try, in order, until one compiles: by default
+            ``-march=native`` with OpenMP, then without OpenMP (single-threaded), then OpenMP
+            for the baseline ISA, then neither.
 
     Raises:
-        NativeBuildError: no compiler, or it failed both ways.
+        NativeBuildError: no compiler, or every attempt failed (the message has their output).
     """
     cxx = _compiler()
     source = _SOURCE.read_bytes()
     cache = cache_dir if cache_dir is not None else _cache_dir()
     errors = []
-    for extra in (("-fopenmp",), ()):
+    for extra in attempts:
         flags = (*_FLAGS, *extra)
         key = hashlib.sha256(b"\0".join([source, cxx.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
         target = cache / f"adact_native_{key.hexdigest()[:20]}.so"
@@ -105,7 +114,7 @@ def build_native(cache_dir: Path | None = None) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise NativeBuildError("compiling the native AdAct kernels failed:\n" + "\n".join(errors))
+    raise NativeBuildError("compiling the native AdAct kernels failed:\n" + "\n\n".join(errors))
 
 
 def _flag_bits(flags: KernelFlags) -> int:
@@ -173,9 +182,8 @@ def _problem(x: Tensor, logits: Tensor, names: tuple[str, ...], flags: KernelFla
 _lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=1)
-def _load() -> NativeKernels:
-    path = build_native()
+def load_native(path: Path) -> NativeKernels:
+    """Load a library that :func:`build_native` built (any variant)."""
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as err:
@@ -187,6 +195,11 @@ def _load() -> NativeKernels:
     ]  # fmt: skip
     lib.adact_native_backward.restype = None
     return NativeKernels(lib, path)
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> NativeKernels:
+    return load_native(build_native())
 
 
 def native_kernels() -> NativeKernels:
