@@ -3,10 +3,10 @@
 The kernels are :func:`adact.fused_math.kernel_forward` and :func:`~adact.fused_math.kernel_backward`.
 For float32 on CPU they also exist hand-vectorised in C++ (:mod:`adact.fused_native`, about 1.5x
 faster than Inductor's code; :func:`native_for`). Elsewhere "compiled" means ``torch.compile``
-(Inductor: C++/OpenMP on CPU, Triton on CUDA) with dynamic shapes, so every layer and batch size of a model shares one kernel per variant. A variant is
-(direction, device type, input dtype, :class:`~adact.fused_math.KernelFlags`), compiled at its
-first use (a few seconds each; Inductor's on-disk cache makes later processes start fast).
-float64 always runs eagerly: it exists for checking, and the eager math is the same code.
+(Inductor: C++/OpenMP on CPU, Triton on CUDA) with dynamic shapes, so every layer and batch size
+of a model shares one kernel per variant. A variant is (direction, device type, input dtype,
+:class:`~adact.fused_math.KernelFlags`), compiled at its first use (a few seconds each;
+Inductor's on-disk cache makes later processes start fast). float64 always runs eagerly: it exists for checking, and the eager math is the same code.
 
 The environment variable ``ADACT_FUSED`` selects the path, read at each call:
 

@@ -214,8 +214,6 @@ static inline vf backward_vec(vf g, vf x, const float *c, int flags, vf noise, v
     return g * dx;
 }
 
-/* Elements [off, off + n) of one row (coefficients c): the vector loop, with the noise of aligned
- * GROUPs from one hash vector, then a zero-padded tail vector. */
 /* A private copy of one mixture's coefficients (a local the compiler knows the outputs cannot
  * overwrite, so they stay in registers), with RReLU's noise scale folded in: the slope for x <= 0
  * is a_neg + lower + span * (bits + 1/2) / 2^16 = c[A_NEG] + c[RR_SPAN] * bits after folding. */
@@ -227,54 +225,56 @@ static inline void fold_noise(const float *c, int flags, float *cl) {
     }
 }
 
+/* cnt <= W elements at p as a vector, zero-padded; and back (only the cnt elements). */
+static inline vf load_n(const float *p, int64_t cnt) {
+    if (cnt == W) return load(p);
+    float buf[W] = {0};
+    memcpy(buf, p, (size_t)cnt * sizeof(float));
+    return load(buf);
+}
+static inline void store_n(float *p, vf v, int64_t cnt) {
+    if (cnt == W) return store(p, v);
+    float buf[W];
+    store(buf, v);
+    memcpy(p, buf, (size_t)cnt * sizeof(float));
+}
+
+/* Elements [off, off + n) of one row, a vector at a time: body(at, cnt, noise) handles the cnt
+ * (W, or fewer for the tail) elements from flat index `at`, with their RReLU draws (bits) when
+ * noisy. GROUP elements per step where possible, the noise of a GROUP from one hash vector (also
+ * without noise: two independent vectors per step schedule better). */
+template <class Body>
+static inline void for_each_vector(int64_t off, int64_t n, int flags, uint32_t seed, Body body) {
+    const int noisy = flags & F_NOISY;
+    const vf none = {0};
+    int64_t j = 0;
+    for (; j + GROUP <= n && (!noisy || (uint32_t)(off + j) % GROUP == 0); j += GROUP) {
+        vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
+        for (int v = 0; v < PER_HASH; v++)
+            body(off + j + v * W, W, noisy ? bits_to_float(h >> (v * NOISE_BITS)) : none);
+    }
+    for (; j < n; j += W) /* unaligned start, remaining vectors, zero-padded tail */
+        body(off + j, n - j < W ? n - j : W, noisy ? noise_at((uint32_t)(off + j), seed) : none);
+}
+
 static inline void forward_span(const float *x, float *y, int64_t off, int64_t n, const float *coef, int flags,
                                 uint32_t seed) {
     float c[N_COEF];
     fold_noise(coef, flags, c);
-    const int noisy = flags & F_NOISY;
-    const vf none = {0};
-    int64_t j = 0;
-    /* GROUP elements per step (also without noise: two independent vectors per step schedule better) */
-    for (; j + GROUP <= n && (!noisy || (uint32_t)(off + j) % GROUP == 0); j += GROUP) {
-        vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
-        for (int v = 0; v < PER_HASH; v++)
-            store(y + off + j + v * W,
-                  forward_vec(load(x + off + j + v * W), c, flags, noisy ? bits_to_float(h >> (v * NOISE_BITS)) : none));
-    }
-    for (; j + W <= n; j += W)
-        store(y + off + j, forward_vec(load(x + off + j), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none));
-    if (j < n) {
-        float buf[W] = {0};
-        memcpy(buf, x + off + j, (size_t)(n - j) * sizeof(float));
-        store(buf, forward_vec(load(buf), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none));
-        memcpy(y + off + j, buf, (size_t)(n - j) * sizeof(float));
-    }
+    for_each_vector(off, n, flags, seed, [&](int64_t at, int64_t cnt, vf noise) {
+        store_n(y + at, forward_vec(load_n(x + at, cnt), c, flags, noise), cnt);
+    });
 }
 
-/* The backward of forward_span; adds to the float32 lane accumulators acc. */
+/* The backward of forward_span; adds to the float32 lane accumulators acc (zero-padded tail
+ * lanes add 0 * f(0) = 0 to every sum). */
 static inline void backward_span(const float *g, const float *x, float *gx, int64_t off, int64_t n,
                                  const float *coef, int flags, uint32_t seed, vf *acc) {
     float c[N_COEF];
     fold_noise(coef, flags, c);
-    const int noisy = flags & F_NOISY;
-    const vf none = {0};
-    int64_t j = 0;
-    for (; j + GROUP <= n && (!noisy || (uint32_t)(off + j) % GROUP == 0); j += GROUP) {
-        vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
-        for (int v = 0; v < PER_HASH; v++)
-            store(gx + off + j + v * W, backward_vec(load(g + off + j + v * W), load(x + off + j + v * W), c, flags,
-                                                     noisy ? bits_to_float(h >> (v * NOISE_BITS)) : none, acc));
-    }
-    for (; j + W <= n; j += W)
-        store(gx + off + j, backward_vec(load(g + off + j), load(x + off + j), c, flags,
-                                         noisy ? noise_at((uint32_t)(off + j), seed) : none, acc));
-    if (j < n) { /* zero-padded lanes add 0 * f(0) = 0 to every sum */
-        float gb[W] = {0}, xb[W] = {0};
-        memcpy(gb, g + off + j, (size_t)(n - j) * sizeof(float));
-        memcpy(xb, x + off + j, (size_t)(n - j) * sizeof(float));
-        store(gb, backward_vec(load(gb), load(xb), c, flags, noisy ? noise_at((uint32_t)(off + j), seed) : none, acc));
-        memcpy(gx + off + j, gb, (size_t)(n - j) * sizeof(float));
-    }
+    for_each_vector(off, n, flags, seed, [&](int64_t at, int64_t cnt, vf noise) {
+        store_n(gx + at, backward_vec(load_n(g + at, cnt), load_n(x + at, cnt), c, flags, noise, acc), cnt);
+    });
 }
 
 /* The mixture algebra of fused_math (mixture_coefficients, parameter_grads) in float64.
