@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adact import AdAct, DEFAULT_CANDIDATES, adact_reference
-from adact import fused, fused_kernels, fused_math, fused_native, fused_ops
+from adact import fused
+from adact.fused import autograd as fused_autograd
+from adact.fused import dispatch, inductor, native
 
 RRELU_LOWER, RRELU_UPPER = 1.0 / 8.0, 1.0 / 3.0
 TOL = {torch.float64: dict(rtol=1e-6, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -30,14 +32,18 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.fixture(autouse=True)
 def _auto_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts on the default backend (native/compiled, with fallbacks)."""
-    monkeypatch.delenv(fused_kernels.ENV_VAR, raising=False)
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
 
 
 def native_or_skip() -> None:
     try:
-        fused_native.native_kernels()
-    except fused_native.NativeBuildError as err:
+        native.native_kernels()
+    except native.NativeBuildError as err:
         pytest.skip(f"native kernels unavailable here: {err}")
+
+
+#: ISA levels this CPU can run besides "native" (each builds its own library: vector widths differ).
+LEVELS = [level for level in native.runnable_levels() if level != "native"]
 
 
 def extreme_values(dtype: torch.dtype) -> Tensor:
@@ -181,7 +187,7 @@ def test_gradcheck(granularity: str, training: bool) -> None:
     seed = torch.tensor(12345, dtype=torch.int32)
 
     def f(x_: Tensor, l_: Tensor, w_: Tensor) -> Tensor:
-        return fused_ops.fused_adact(x_, l_, w_, seed, DEFAULT_CANDIDATES, training)
+        return fused_autograd.fused_adact(x_, l_, w_, seed, DEFAULT_CANDIDATES, training)
 
     assert torch.autograd.gradcheck(f, (x, logits, w))
 
@@ -269,18 +275,21 @@ def test_noise_hash_matches_uint32_spec() -> None:
     seed = torch.tensor(0x5EED1234, dtype=torch.int32)
     with np.errstate(over="ignore"):
         expected = torch.from_numpy(_noise_spec(index.numpy(), 0x5EED1234))
-    assert torch.equal(fused_math.rrelu_uniform(index, seed), expected)
-    compiled = torch.compile(fused_math.rrelu_uniform, dynamic=True, fullgraph=True)
+    assert torch.equal(inductor.rrelu_uniform(index, seed), expected)
+    compiled = torch.compile(inductor.rrelu_uniform, dynamic=True, fullgraph=True)
     assert torch.equal(compiled(index, seed), expected)
 
 
-@pytest.mark.parametrize("backend", ["native", "compile", "eager"])
+@pytest.mark.parametrize("backend", ["native", "compile", "eager", *(f"native:{level}" for level in LEVELS)])
 @pytest.mark.parametrize("shape", [(4099,), (3, 5, 7, 11), (2, 4, 64)])
 def test_every_backend_draws_the_spec_noise(monkeypatch: pytest.MonkeyPatch, backend: str, shape: tuple[int, ...]) -> None:
-    """An RReLU-only unit's slopes are exactly the spec's draws, at any alignment (tails, rows)."""
+    """An RReLU-only unit's slopes are exactly the spec's draws, at any alignment (tails, rows), on every ISA."""
+    backend, _, level = backend.partition(":")
+    if level:
+        monkeypatch.setenv(native.ISA_ENV_VAR, level)
     if backend == "native":
         native_or_skip()
-    monkeypatch.setenv(fused_kernels.ENV_VAR, backend)
+    monkeypatch.setenv(dispatch.ENV_VAR, backend)
     for granularity in ("layer", "channel"):
         if granularity == "channel" and len(shape) == 1:
             continue
@@ -298,7 +307,7 @@ def test_every_backend_draws_the_spec_noise(monkeypatch: pytest.MonkeyPatch, bac
 def test_lane_layout_gives_flat_index() -> None:
     x = torch.empty(5, 3, 16)
     lanes = torch.arange(16, dtype=torch.int32)
-    assert torch.equal(fused_math.flat_index(x, lanes), fused_math.flat_index(x, None))
+    assert torch.equal(inductor.flat_index(x, lanes), inductor.flat_index(x, None))
 
 
 def test_eval_mode_rrelu_uses_mean_slope() -> None:
@@ -441,7 +450,7 @@ def test_eager_backend_equals_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(5, 6, 33, requires_grad=True)
     results = {}
     for backend in ("compile", "eager"):
-        monkeypatch.setenv(fused_kernels.ENV_VAR, backend)
+        monkeypatch.setenv(dispatch.ENV_VAR, backend)
         torch.manual_seed(9)
         y = m(x)
         results[backend] = (y, *grads(y, [x, m.logits, m.prelu_weight], torch.ones_like(y)))
@@ -457,8 +466,12 @@ def test_eager_backend_equals_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
      ("elu", "prelu"), ("leaky_relu", "silu")],
     ids=lambda n: "+".join(n),
 )  # fmt: skip
-def test_native_equals_eager(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...], training: bool, granularity: str) -> None:
-    """Every term combination, both layouts, aligned and ragged rows, extreme values."""
+@pytest.mark.parametrize("isa", ["native", *LEVELS])
+def test_native_equals_eager(
+    monkeypatch: pytest.MonkeyPatch, isa: str, names: tuple[str, ...], training: bool, granularity: str
+) -> None:
+    """Every term combination, both layouts, aligned and ragged rows, extreme values, every ISA level."""
+    monkeypatch.setenv(native.ISA_ENV_VAR, isa)
     native_or_skip()
     for shape in ((4, 6, 7, 5), (2, 6, 32, 32), (3, 6, 64)):
         m = unit(granularity, candidates=list(names)).train(training)
@@ -467,7 +480,7 @@ def test_native_equals_eager(monkeypatch: pytest.MonkeyPatch, names: tuple[str, 
         params = [x, *m.parameters()]
         results = {}
         for backend in ("native", "eager"):
-            monkeypatch.setenv(fused_kernels.ENV_VAR, backend)
+            monkeypatch.setenv(dispatch.ENV_VAR, backend)
             torch.manual_seed(3)
             y = m(x)
             results[backend] = (y, *grads(y, params, g))
@@ -479,11 +492,14 @@ def test_native_equals_eager(monkeypatch: pytest.MonkeyPatch, names: tuple[str, 
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
         # Parameter grads are sums with cancellation (the softmax's chain rule), so float32 kernels
         # are off by 1e-5 to 3e-4 of their scale: native must be about as close to the float64
-        # truth as the eager float32 kernels are.
+        # truth as the eager float32 kernels are. The error is that of the extreme inputs' huge
+        # terms, rounded differently by each level (FMA contraction, summation order by vector
+        # width): measured up to 2.4x eager's at AVX2 (silu+mish), hence 3x for the fixed levels.
+        factor = 2 if isa == "native" else 3
         for a, b, t in zip(results["native"][2:], results["eager"][2:], truth[2:]):
             scale = float(t.abs().max())
             err_native, err_eager = float((a.double() - t).abs().max()), float((b.double() - t).abs().max())
-            assert err_native <= max(1e-4 * scale, 2 * err_eager), (err_native, err_eager, scale)
+            assert err_native <= max(1e-4 * scale, factor * err_eager), (err_native, err_eager, scale)
 
 
 def test_native_is_deterministic_across_thread_counts() -> None:
@@ -508,42 +524,48 @@ def test_native_is_deterministic_across_thread_counts() -> None:
 
 def test_native_build_is_cached_and_failures_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     native_or_skip()
-    first = fused_native.build_native(tmp_path)
+    first = native.build_native(tmp_path)
     assert first.parent == tmp_path and first.exists()
     calls = []
-    monkeypatch.setattr(fused_native.subprocess, "run", lambda *a, **k: calls.append(a))
-    assert fused_native.build_native(tmp_path) == first and not calls  # cached: no compiler call
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: calls.append(a))
+    assert native.build_native(tmp_path) == first and not calls  # cached: no compiler call
     monkeypatch.undo()
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setattr(fused_native.shutil, "which", lambda name: name if name.endswith("compiler") else None)
-    with pytest.raises(fused_native.NativeBuildError, match="no-such-compiler"):
-        fused_native.build_native(tmp_path / "other")
+    monkeypatch.setattr(native.shutil, "which", lambda name: name if name.endswith("compiler") else None)
+    with pytest.raises(native.NativeBuildError, match="no-such-compiler"):
+        native.build_native(tmp_path / "other")
     monkeypatch.undo()
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(fused_native.NativeBuildError, match=fused_native.CACHE_ENV_VAR):
-        fused_native.build_native(blocker / "cache")  # not a directory
+    with pytest.raises(native.NativeBuildError, match=native.CACHE_ENV_VAR):
+        native.build_native(blocker / "cache")  # not a directory
 
 
 def test_native_build_falls_back_through_its_attempts(tmp_path: Path) -> None:
     native_or_skip()
-    path = fused_native.build_native(tmp_path, attempts=[("-fno-such-flag-anywhere",), ()])
+    path = native.build_native(tmp_path, attempts=[("-fno-such-flag-anywhere",), ()])
     assert path.exists()
-    with pytest.raises(fused_native.NativeBuildError, match="no-such-flag"):
-        fused_native.build_native(tmp_path / "b", attempts=[("-fno-such-flag-anywhere",)])
+    with pytest.raises(native.NativeBuildError, match="no-such-flag"):
+        native.build_native(tmp_path / "b", attempts=[("-fno-such-flag-anywhere",)])
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
-def test_native_portable_build_equals_native(tmp_path: Path, training: bool, granularity: str) -> None:
-    """The baseline-ISA build (no -march=native: no AVX-512 intrinsics, plain vector code) agrees."""
+@pytest.mark.parametrize("isa", ["portable", *LEVELS])
+def test_native_isa_builds_equal_native(tmp_path: Path, isa: str, training: bool, granularity: str) -> None:
+    """Every ISA level's build (other vector widths and intrinsics), and one with no -march at all, agrees.
+
+    Outputs and grad_x element by element, inf/NaN included; the parameter grads are sums whose
+    lane order follows the vector width, so they agree to float32 summation error.
+    """
     native_or_skip()
-    fast = fused_native.native_kernels()
-    portable = fused_native.load_native(fused_native.build_native(tmp_path, attempts=[()]))
+    fast = native.native_kernels()
+    attempts = [()] if isa == "portable" else None
+    portable = native.load_native(native.build_native(tmp_path, attempts=attempts, isa="native" if attempts else isa))
     assert portable.path != fast.path
     m = unit(granularity).train(training)
     names = m.candidates
-    flags = fused_math.kernel_flags(names, training, granularity == "channel")
+    flags = inductor.kernel_flags(names, training, granularity == "channel")
     x = make_input(torch.float32, (3, 6, 70))
     x.view(-1)[-4:] = torch.tensor([float("inf"), -float("inf"), float("nan"), -1e-40])
     g = torch.randn_like(x)
@@ -553,51 +575,52 @@ def test_native_portable_build_equals_native(tmp_path: Path, training: bool, gra
     for kernels in (fast, portable):
         y, _ = kernels.forward(view, m.logits, m.prelu_weight, seed, names, flags)
         outs.append((y, *kernels.backward(g.view_as(view), view, m.logits, m.prelu_weight, seed, names, flags)))
-    for a, b in zip(*outs):
+    for i, (a, b) in enumerate(zip(*outs)):
         scale = float(b.nan_to_num(0.0, 0.0, 0.0).abs().max()) or 1.0  # NaN/inf parameter grads: equal_nan
-        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-6 * scale, equal_nan=True)
+        tol = 2e-6 if i < 2 else 2e-5  # y, grad_x | grad_logits, grad_slope
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol / 2 * scale, equal_nan=True)
 
 
 def test_native_backend_raises_where_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_native() -> object:
-        raise fused_native.NativeBuildError("no C++ compiler found")
+        raise native.NativeBuildError("no C++ compiler found")
 
-    monkeypatch.setattr(fused_native, "native_kernels", no_native)
-    fused_kernels.reset_kernels()
+    monkeypatch.setattr(native, "native_kernels", no_native)
+    dispatch.reset_kernels()
     try:
-        monkeypatch.setenv(fused_kernels.ENV_VAR, "native")
-        with pytest.raises(fused_native.NativeBuildError, match="no C\\+\\+ compiler"):
+        monkeypatch.setenv(dispatch.ENV_VAR, "native")
+        with pytest.raises(native.NativeBuildError, match="no C\\+\\+ compiler"):
             unit().eval()(torch.randn(40))
-        monkeypatch.setenv(fused_kernels.ENV_VAR, "auto")
+        monkeypatch.setenv(dispatch.ENV_VAR, "auto")
         m, x = unit().eval(), torch.randn(40)
         with pytest.warns(RuntimeWarning, match="Inductor-compiled"):
             y = m(x)
         torch.testing.assert_close(y, reference_of(m, x), **TOL[torch.float32])
     finally:
-        fused_kernels.reset_kernels()
+        dispatch.reset_kernels()
 
 
 def test_backend_off_uses_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(fused_kernels.ENV_VAR, "off")
+    monkeypatch.setenv(dispatch.ENV_VAR, "off")
     assert not fused.fused_supported(DEFAULT_CANDIDATES, torch.randn(3))
-    monkeypatch.setenv(fused_kernels.ENV_VAR, "bogus")
+    monkeypatch.setenv(dispatch.ENV_VAR, "bogus")
     with pytest.raises(ValueError, match="ADACT_FUSED"):
         fused.fused_supported(DEFAULT_CANDIDATES, torch.randn(3))
 
 
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_compile(key: fused_kernels.FusedKernelKey) -> object:
+    def broken_compile(key: dispatch.FusedKernelKey) -> object:
         def kernel(*args: object) -> object:
             raise RuntimeError("no C++ compiler")
 
         return kernel
 
     def no_native() -> object:
-        raise fused_native.NativeBuildError("no C++ compiler found")
+        raise native.NativeBuildError("no C++ compiler found")
 
-    monkeypatch.setattr(fused_kernels, "_compile", broken_compile)
-    monkeypatch.setattr(fused_native, "native_kernels", no_native)
-    fused_kernels.reset_kernels()
+    monkeypatch.setattr(dispatch, "_compile", broken_compile)
+    monkeypatch.setattr(native, "native_kernels", no_native)
+    dispatch.reset_kernels()
     try:
         m = unit().eval()
         x = torch.randn(40, requires_grad=True)
@@ -615,18 +638,18 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.
             warnings.simplefilter("error")  # both variants are eager now: no more attempts
             m(x).sum().backward()
     finally:
-        fused_kernels.reset_kernels()
-    monkeypatch.setenv(fused_kernels.ENV_VAR, "compile")
-    monkeypatch.setattr(fused_kernels, "_compile", broken_compile)
+        dispatch.reset_kernels()
+    monkeypatch.setenv(dispatch.ENV_VAR, "compile")
+    monkeypatch.setattr(dispatch, "_compile", broken_compile)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         unit().eval()(torch.randn(40))
-    fused_kernels.reset_kernels()
+    dispatch.reset_kernels()
 
 
 def test_adact_uses_fused_path_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = fused_ops.forward_impl
-    monkeypatch.setattr(fused_ops, "forward_impl", lambda *a: calls.append(1) or real(*a))
+    real = fused_autograd.forward_impl
+    monkeypatch.setattr(fused_autograd, "forward_impl", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(10)
     AdAct()(x)
     assert calls

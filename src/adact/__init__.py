@@ -4,17 +4,13 @@ Implements the AdAct unit of "Learning to optimize activation function choice th
 adaptive activation modules" (ICLR 2024 Tiny Papers) and the tools around it.
 """
 
-from adact.activations import (
-    ACTIVATIONS,
-    DEFAULT_CANDIDATES,
-    create_act,
-    get_act_layer,
-    list_activations,
-)
+from adact.activations import ACTIVATIONS, DEFAULT_CANDIDATES, list_activations
+from adact.create_act import create_act, get_act_layer
 from adact import data
 from adact.models import ConvNet
 from adact.surgery import DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, dominant_activations, optimize
-from adact.unit import AdAct, adact_reference
+from adact.reference import adact_reference
+from adact.unit import AdAct
 
 __version__ = "0.1.0"
 

@@ -8,8 +8,8 @@ Every activation is known by one lower-case name. Each name maps to
 * a functional form ``fn(x, prelu_weight, training)`` (used inside an AdAct unit, which
   owns the one learnable parameter any candidate has: PReLU's slope).
 
-The name ``"adact"`` resolves to :class:`adact.AdAct` in :func:`get_act_layer`, so models
-can take ``act_layer="adact"`` like any other activation.
+Resolving names for models (``act_layer="adact"`` included) is :mod:`adact.create_act`'s job:
+this module stays a leaf that the unit and the kernels import.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ __all__ = [
     "ActLayer",
     "activation_functional",
     "activation_name",
-    "create_act",
-    "get_act_layer",
     "list_activations",
 ]
 
@@ -111,32 +109,6 @@ def _check_name(name: str) -> str:
 def activation_functional(name: str) -> ActFn:
     """The functional form ``fn(x, prelu_weight, training)`` of activation ``name``."""
     return _FUNCTIONAL[_check_name(name)]
-
-
-def get_act_layer(act_layer: ActLayer) -> Callable[..., nn.Module]:
-    """Resolve a name or a class to a module constructor, once, like timm's ``get_act_layer``.
-
-    Args:
-        act_layer: ``"adact"``, a registry name (see :func:`list_activations`), or a callable
-            returning an ``nn.Module`` (returned unchanged).
-
-    Raises:
-        ValueError: unknown name; the message lists the valid names.
-    """
-    if isinstance(act_layer, str):
-        if act_layer.lower() == "adact":
-            from adact.unit import AdAct
-
-            return AdAct
-        return ACTIVATIONS[_check_name(act_layer)]
-    if callable(act_layer):
-        return act_layer
-    raise TypeError(f"act_layer must be a name or a callable returning nn.Module, got {act_layer!r}")
-
-
-def create_act(act_layer: ActLayer, **kwargs: object) -> nn.Module:
-    """Build one activation module from a name or class (one instance per call site)."""
-    return get_act_layer(act_layer)(**kwargs)
 
 
 def activation_name(module: nn.Module) -> str | None:

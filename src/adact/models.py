@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch.fx
 from torch import Tensor, nn
 
-from adact.activations import ActLayer, get_act_layer
+from adact.activations import ActLayer
+from adact.create_act import get_act_layer
 from adact.unit import AdAct
 
 __all__ = ["ConvNet", "DEFAULT_CHANNELS", "convnet_from_choices"]

@@ -9,52 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from adact import fused
-from adact.activations import DEFAULT_CANDIDATES, _check_name, activation_functional
+from adact.activations import DEFAULT_CANDIDATES, _check_name
+from adact.reference import adact_reference, mixture_weights
 
 __all__ = ["AdAct", "GRANULARITIES", "LOGIT_INITS", "adact_reference"]
 
 GRANULARITIES: tuple[str, ...] = ("layer", "channel")
 LOGIT_INITS: tuple[str, ...] = ("zeros", "normal", "uniform")
-
-
-def _broadcast_weight(p: Tensor, x: Tensor) -> Tensor:
-    """Shape a per-channel column ``(C,)`` to broadcast over ``x`` of shape ``(N, C, *)``."""
-    if p.dim() == 0:
-        return p
-    return p.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-def _softmax(logits: Tensor) -> Tensor:
-    # At least float32 (bf16 logits would round the weights) but float64 stays float64, so a
-    # float64 model is float64-accurate and passes gradcheck.
-    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-
-
-def adact_reference(
-    x: Tensor,
-    logits: Tensor,
-    prelu_weight: Tensor | None,
-    candidates: Sequence[str] = DEFAULT_CANDIDATES,
-    training: bool = False,
-) -> Tensor:
-    r"""The plain AdAct sum, one PyTorch op per candidate: :math:`\sum_k \mathrm{softmax}(w)_k\,f_k(x)`.
-
-    This is the definition every faster path is tested against.
-
-    Args:
-        x: input, any shape; ``(N, C, *)`` when ``logits`` is per channel.
-        logits: ``(K,)`` for one mixture per unit, or ``(C, K)`` for one per channel (dim 1).
-        prelu_weight: PReLU slope, ``(1,)`` or ``(C,)``; may be None when "prelu" is not a candidate.
-        candidates: the K activation names, in the order of the last dim of ``logits``.
-        training: RReLU draws a random slope per element when True, uses the mean slope otherwise.
-    """
-    p = _softmax(logits).to(x.dtype)  # (K,) or (C, K)
-    out: Tensor | None = None
-    for k, name in enumerate(candidates):
-        term = _broadcast_weight(p[..., k], x) * activation_functional(name)(x, prelu_weight, training)
-        out = term if out is None else out + term
-    assert out is not None
-    return out
 
 
 class AdAct(nn.Module):
@@ -187,7 +148,7 @@ class AdAct(nn.Module):
 
     def mixture(self) -> Tensor:
         """The softmax weights, shape ``(K,)`` or ``(C, K)``, detached, float32."""
-        return _softmax(self.logits.detach()).float()
+        return mixture_weights(self.logits.detach()).float()
 
     def raw_weights(self) -> Tensor:
         """The raw logits :math:`w`, detached, float32."""

@@ -5,11 +5,11 @@ it gives the values of :func:`adact.adact_reference` (to floating-point rounding
 cost of a single activation, and keeps only ``x`` for the backward instead of one tensor per
 candidate.
 
-* Math: :mod:`adact.fused_math` (one exponential per element, finite for any input).
-* Kernels: :mod:`adact.fused_native` (hand-vectorised C++, float32 on CPU) and
-  :mod:`adact.fused_kernels` (``torch.compile``/Inductor elsewhere, eager fallback, the
+* Math: :mod:`adact.fused.inductor` (one exponential per element, finite for any input).
+* Kernels: :mod:`adact.fused.native` (hand-vectorised C++, float32 on CPU) and
+  :mod:`adact.fused.dispatch` (``torch.compile``/Inductor elsewhere, eager fallback, the
   ``ADACT_FUSED=auto|native|compile|eager|off`` switch).
-* Ops: :mod:`adact.fused_ops` (``torch.ops.adact.fused_forward`` / ``fused_backward`` with
+* Ops: :mod:`adact.fused.autograd` (``torch.ops.adact.fused_forward`` / ``fused_backward`` with
   autograd, so ``torch.compile`` of a whole model keeps working).
 
 RReLU's training-mode noise is a hash of a per-call seed and the element index: the seed is drawn
@@ -26,9 +26,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from adact.fused_kernels import fused_backend
-from adact.fused_ops import fused_adact
-from adact.fused_math import FUSED_CANDIDATES
+from adact.fused.autograd import fused_adact
+from adact.fused.dispatch import fused_backend
+from adact.fused.inductor import FUSED_CANDIDATES
+from adact.reference import adact_reference
 
 __all__ = ["FUSED_CANDIDATES", "FUSED_DTYPES", "adact_fused", "fused_backend", "fused_supported"]
 
@@ -79,8 +80,6 @@ def adact_fused(
 
     Double backward is not supported (the backward is itself a fused kernel).
     """
-    from adact.unit import adact_reference
-
     names = tuple(candidates)
     if not _shapes_supported(x, logits, prelu_weight):
         return adact_reference(x, logits, prelu_weight, names, training)

@@ -11,7 +11,7 @@ eager route also keeps the 7 kernel coefficients); the backward recomputes every
   dispatch layers, which cost ~0.1 ms per call, a lot for small activations.
 
 :func:`fused_adact` picks the route. Both hand the kernels contiguous flat views of the tensors'
-memory (layouts: :mod:`adact.fused_math`). A channels-last 4-D input keeps its memory order (no
+memory (layouts: :mod:`adact.fused.inductor`). A channels-last 4-D input keeps its memory order (no
 copy) for layer granularity; other non-contiguous inputs are copied.
 """
 
@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from adact import fused_native
-from adact.fused_kernels import FusedKernelKey, native_for, run_kernel
-from adact.fused_math import compute_dtype, kernel_flags, mixture_coefficients, parameter_grads
+from adact.fused.dispatch import FusedKernelKey, native_for, run_kernel
+from adact.fused.native import NativeKernels
+from adact.fused.inductor import compute_dtype, kernel_flags, mixture_coefficients, parameter_grads
 
 __all__ = ["FusedAdActFunction", "backward_impl", "forward_impl", "fused_adact", "fused_backward", "fused_forward"]
 
@@ -54,7 +54,7 @@ def _flat_view(t: Tensor, like: Tensor, channel: bool, lanes: int) -> Tensor:
     """``t`` (shaped like ``like``) as the kernel sees ``like``: 1-D, or ``(N, C, R)`` for channels.
 
     With ``lanes > 1`` the last dim is split into ``(-1, lanes)`` (noisy kernels, see
-    :func:`adact.fused_math.flat_index`). The element order is ``like``'s memory order, so the
+    :func:`adact.fused.inductor.flat_index`). The element order is ``like``'s memory order, so the
     RReLU noise, which depends on the flat index, lines up between the forward (on ``x``) and the
     backward (on the gradient).
     """
@@ -101,7 +101,7 @@ def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
-def _native(key: FusedKernelKey, logits: Tensor, prelu_weight: Tensor) -> fused_native.NativeKernels | None:
+def _native(key: FusedKernelKey, logits: Tensor, prelu_weight: Tensor) -> NativeKernels | None:
     """The native kernels where they serve: float32 CPU input and float32 parameters."""
     if logits.dtype != torch.float32 or prelu_weight.dtype != torch.float32:
         return None

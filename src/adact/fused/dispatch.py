@@ -1,11 +1,11 @@
 """Choosing and caching the fused kernels: native, Inductor-compiled, or eager.
 
-The kernels are :func:`adact.fused_math.kernel_forward` and :func:`~adact.fused_math.kernel_backward`.
-For float32 on CPU they also exist hand-vectorised in C++ (:mod:`adact.fused_native`, about 1.5x
+The kernels are :func:`adact.fused.inductor.kernel_forward` and :func:`~adact.fused.inductor.kernel_backward`.
+For float32 on CPU they also exist hand-vectorised in C++ (:mod:`adact.fused.native`, about 1.5x
 faster than Inductor's code; :func:`native_for`). Elsewhere "compiled" means ``torch.compile``
 (Inductor: C++/OpenMP on CPU, Triton on CUDA) with dynamic shapes, so every layer and batch size
 of a model shares one kernel per variant. A variant is (direction, device type, input dtype,
-:class:`~adact.fused_math.KernelFlags`), compiled at its first use (a few seconds each;
+:class:`~adact.fused.inductor.KernelFlags`), compiled at its first use (a few seconds each;
 Inductor's on-disk cache makes later processes start fast). float64 always runs eagerly: it exists for checking, and the eager math is the same code.
 
 The environment variable ``ADACT_FUSED`` selects the path, read at each call:
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from adact import fused_native
-from adact.fused_math import KernelFlags, kernel_backward, kernel_forward
+from adact.fused import native
+from adact.fused.inductor import KernelFlags, kernel_backward, kernel_forward
 
 __all__ = [
     "BACKENDS", "ENV_VAR", "FusedKernelKey", "fused_backend", "get_kernel", "native_for", "reset_kernels", "run_kernel",
@@ -119,7 +119,7 @@ def _eager(key: FusedKernelKey) -> Callable[..., Any]:
     return kernel
 
 
-def native_for(key: FusedKernelKey) -> fused_native.NativeKernels | None:
+def native_for(key: FusedKernelKey) -> native.NativeKernels | None:
     """The native kernels if ``ADACT_FUSED`` and ``key`` call for them, else None.
 
     They serve float32 on CPU under ``auto`` and ``native``. Under ``auto`` a failed build warns
@@ -131,8 +131,8 @@ def native_for(key: FusedKernelKey) -> fused_native.NativeKernels | None:
     if _native_error and backend == "auto":
         return None
     try:
-        return fused_native.native_kernels()
-    except fused_native.NativeBuildError as err:
+        return native.native_kernels()
+    except native.NativeBuildError as err:
         if backend != "auto":
             raise
         with _lock:

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from adact.activations import RRELU_LOWER, RRELU_UPPER
+from adact.reference import mixture_weights
 
 __all__ = [
     "FUSED_CANDIDATES",
@@ -128,11 +129,6 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # --- mixture algebra (eager, on K or C x K numbers) ----------------------------------------------
-
-
-def mixture_weights(logits: Tensor) -> Tensor:
-    """``softmax(logits)`` exactly as :func:`adact.adact_reference` takes it (at least float32)."""
-    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
 def _slope(prelu_weight: Tensor, p: Tensor) -> Tensor:
@@ -240,7 +236,7 @@ def rrelu_uniform(index: Tensor, seed: Tensor) -> Tensor:
     hashes 16 lanes once for two 16-lane vectors (the hash is most of the noise's cost). The
     draw is the centre of one of 2**16 equal bins, ``(bits + 1/2) / 2**16``: exactly uniform over
     the bins, mean 1/2, in float32 exactly. Counter-based, so the backward regenerates the
-    forward's noise from the seed alone; the native kernels (:mod:`adact.fused_native`) compute
+    forward's noise from the seed alone; the native kernels (:mod:`adact.fused.native`) compute
     the same bits.
 
     Args:

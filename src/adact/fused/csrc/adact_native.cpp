@@ -1,6 +1,6 @@
-/* Hand-vectorised fused AdAct kernels for float32 on CPU (see adact/fused_native.py).
+/* Hand-vectorised fused AdAct kernels for float32 on CPU (see adact/fused/native.py).
  *
- * The math is adact/fused_math.py's, written once more with GCC vector extensions so that the
+ * The math is adact/fused/inductor.py's, written once more with GCC vector extensions so that the
  * compiler emits whatever SIMD the machine has (-march=native: AVX-512, AVX2, NEON) and so that
  * the few places where Inductor's generic lowering is wasteful are not: the exponential is a
  * cubic polynomial with a power-of-two scale (its intermediate exp(r) - 1 doubles as ELU's
@@ -19,8 +19,16 @@
 #include <immintrin.h>
 #endif
 
-#define W 16 /* lanes per vector: 64 bytes */
-#define CHUNK 4096 /* elements per work item (a multiple of W) */
+/* Lanes per vector: the target's native register width, so that every vector value is one register
+ * and no operation is split or done lane by lane (AVX-512: 16 floats, AVX/AVX2: 8, SSE2/NEON: 4). */
+#if defined(__AVX512F__)
+#define W 16
+#elif defined(__AVX__)
+#define W 8
+#else
+#define W 4
+#endif
+#define CHUNK 4096 /* elements per work item (a multiple of GROUP) */
 
 typedef float vf __attribute__((vector_size(4 * W)));
 typedef int32_t vi __attribute__((vector_size(4 * W)));
@@ -41,7 +49,7 @@ static inline vu iota(uint32_t base) {
     return v;
 }
 
-/* Per-element quantities both passes need (names as in fused_math._Common). */
+/* Per-element quantities both passes need (names as in fused/inductor.py: _Common). */
 typedef struct {
     vi neg; /* x <= 0 (false for NaN) */
     vf t; /* exp(-|x|) */
@@ -87,9 +95,12 @@ static inline void exp_expm1(vf a, vf *t, vf *u) {
 #endif
 }
 
-/* 1 / d for d in [1, 10] (or NaN): a reciprocal estimate and one Newton step where AVX-512 has one. */
+/* 1 / d for d in [1, 10] (or NaN). AVX-512's 14-bit estimate after one Newton step is within
+ * 2^-27 (a division costs several times more); the 12-bit estimates of SSE/AVX (and NEON's 8)
+ * would need two steps, since after one the result is always low by up to 2^-22, a bias that
+ * the parameter sums accumulate. There a division is as fast (one per vector) and exact. */
 static inline vf recip(vf d) {
-#if defined(__AVX512F__) && W == 16
+#if defined(__AVX512F__)
     vf r = (vf)_mm512_rcp14_ps((__m512)d);
     return r * (2.0f - d * r);
 #else
@@ -97,9 +108,13 @@ static inline vf recip(vf d) {
 #endif
 }
 
+/* RReLU's noise layout is fixed, whatever W is, so every ISA, Inductor and eager draw the same bits:
+ * hashes come in blocks of NW = 16 and each hash feeds PER_HASH draws. */
+#define NW 16
 #define PER_HASH 2 /* noise draws per 32-bit hash */
 #define NOISE_BITS (32 / PER_HASH)
-#define GROUP (W * PER_HASH) /* elements that share one vector of hashes */
+#define GROUP (NW * PER_HASH) /* elements that share one block of NW hashes */
+#define HV (NW / W) /* vectors per block of hashes */
 
 /* Wellons' lowbias32: a 32-bit integer mix. */
 static inline vu hash32(vu h) {
@@ -119,11 +134,11 @@ static inline vf bits_to_float(vu bits) {
 
 /* The 16 bits of RReLU's draws for elements e0 .. e0 + W - 1 (flat indices mod 2^32), any alignment:
  * element e takes bits [NOISE_BITS * v, NOISE_BITS * (v + 1)) of hash32(p ^ seed), with
- * p = (e / GROUP) * W + e % W and v = (e / W) % PER_HASH. */
+ * p = (e / GROUP) * NW + e % NW and v = (e / NW) % PER_HASH. */
 static inline vf noise_at(uint32_t e0, uint32_t seed) {
     vu e = iota(e0);
-    vu p = (e / GROUP) * W + e % W;
-    vu v = (e / W) % PER_HASH;
+    vu p = (e / GROUP) * NW + e % NW;
+    vu v = (e / NW) % PER_HASH;
     return bits_to_float(hash32(p ^ seed) >> (v * NOISE_BITS));
 }
 
@@ -153,11 +168,11 @@ static inline common_t common(vf x, const float *c, int flags, vf noise) {
             k.q = den * inv;
             k.inv_den = one_t * inv;
         } else {
-            k.inv_den = 1.0f / den;
+            k.inv_den = recip(den);
         }
         k.tsp = num * k.inv_den;
     } else if (flags & F_SILU) {
-        k.q = 1.0f / one_t;
+        k.q = recip(one_t);
     }
     if (flags & F_SILU) k.sig = sel(k.neg, t * k.q, k.q);
     return k;
@@ -241,17 +256,23 @@ static inline void store_n(float *p, vf v, int64_t cnt) {
 
 /* Elements [off, off + n) of one row, a vector at a time: body(at, cnt, noise) handles the cnt
  * (W, or fewer for the tail) elements from flat index `at`, with their RReLU draws (bits) when
- * noisy. GROUP elements per step where possible, the noise of a GROUP from one hash vector (also
- * without noise: two independent vectors per step schedule better). */
+ * noisy. GROUP elements per step where possible, their noise from one block of HV hash vectors
+ * (also without noise: independent vectors per step schedule better). */
 template <class Body>
 static inline void for_each_vector(int64_t off, int64_t n, int flags, uint32_t seed, Body body) {
     const int noisy = flags & F_NOISY;
     const vf none = {0};
     int64_t j = 0;
     for (; j + GROUP <= n && (!noisy || (uint32_t)(off + j) % GROUP == 0); j += GROUP) {
-        vu h = noisy ? hash32((((uint32_t)(off + j) / GROUP) * W + iota(0)) ^ seed) : (vu){0};
+        vu h[HV];
+        for (int i = 0; i < HV; i++)
+            h[i] = noisy ? hash32((((uint32_t)(off + j) / GROUP) * NW + i * W + iota(0)) ^ seed) : (vu){0};
+        /* one vector at a time: unrolled, the compiler interleaves them and spills (AVX2, SSE) */
+#pragma GCC unroll 1
         for (int v = 0; v < PER_HASH; v++)
-            body(off + j + v * W, W, noisy ? bits_to_float(h >> (v * NOISE_BITS)) : none);
+#pragma GCC unroll 1
+            for (int i = 0; i < HV; i++)
+                body(off + j + v * NW + i * W, W, noisy ? bits_to_float(h[i] >> (v * NOISE_BITS)) : none);
     }
     for (; j < n; j += W) /* unaligned start, remaining vectors, zero-padded tail */
         body(off + j, n - j < W ? n - j : W, noisy ? noise_at((uint32_t)(off + j), seed) : none);
@@ -277,7 +298,7 @@ static inline void backward_span(const float *g, const float *x, float *gx, int6
     });
 }
 
-/* The mixture algebra of fused_math (mixture_coefficients, parameter_grads) in float64.
+/* The mixture algebra of fused/inductor.py (mixture_coefficients, parameter_grads) in float64.
  * A pool of K candidates maps its softmax weights p to the kernel's 7 coefficients through the
  * constant K x 7 matrix to_coef, plus PReLU's slope w times p[prelu] on A_NEG; the 6 sums map back
  * to per-candidate sums through the 6 x K matrix from_sums. mix_t holds one problem's constants. */
@@ -338,9 +359,15 @@ static void parameter_grads(const mix_t *m, const double *sums, const double *p,
     free(gm);
 }
 
+/* Flags known at compile time (FIXED >= 0) fold every `flags & F_...` test in the hot loops away and
+ * free the registers of the terms a pool lacks; FIXED = -1 reads them at run time (see SPECIALISED). */
+#define FLAGS_OF(FIXED, runtime) ((FIXED) >= 0 ? (FIXED) : (runtime))
+
 /* y = AdAct(x) over `rows` rows of `len` elements; row r uses coefficients coef[(r % ncoef) * 7 ..]. */
+template <int FIXED>
 static void forward_rows(const float *x, float *y, int64_t rows, int64_t len, const float *coef, int64_t ncoef,
-                         int32_t seed, int32_t flags, int32_t threads) {
+                         int32_t seed, int32_t runtime_flags, int32_t threads) {
+    const int flags = FLAGS_OF(FIXED, runtime_flags);
     int64_t per_row = (len + CHUNK - 1) / CHUNK, items = rows * per_row;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && items > 1)
     for (int64_t it = 0; it < items; it++) {
@@ -351,11 +378,13 @@ static void forward_rows(const float *x, float *y, int64_t rows, int64_t len, co
 }
 
 /* grad_x and, per row, the six parameter sums (sums: rows x 6, float64). Lane sums run in float32
- * over at most FLUSH elements and are then added into float64 ones: the sums stay accurate to
- * about float64 precision of float32 terms, cheaply. */
-#define FLUSH 1024
+ * over at most FLUSH elements (64 per lane, whatever the vector width) and are then added into
+ * float64 ones: the sums stay accurate to about float64 precision of float32 terms, cheaply. */
+#define FLUSH (64 * W)
+template <int FIXED>
 static void backward_rows(const float *g, const float *x, float *gx, double *sums, int64_t rows, int64_t len,
-                          const float *coef, int64_t ncoef, int32_t seed, int32_t flags, int32_t threads) {
+                          const float *coef, int64_t ncoef, int32_t seed, int32_t runtime_flags, int32_t threads) {
+    const int flags = FLAGS_OF(FIXED, runtime_flags);
     int64_t per_row = (len + CHUNK - 1) / CHUNK, items = rows * per_row;
     double *part = (double *)malloc((size_t)items * N_SUMS * sizeof(double));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && items > 1)
@@ -391,6 +420,16 @@ static void backward_rows(const float *g, const float *x, float *gx, double *sum
     free(part);
 }
 
+/* The paper's pool in training (RReLU noisy) and in eval mode get their own compiled loops; any other
+ * pool runs the generic one. */
+#define ALL_FLAGS (F_LINEAR | F_NEG_LINEAR | F_NOISY | F_ELU | F_SILU | F_MISH)
+#define SPECIALISED(fn, flags, ...)                                                                  \
+    do {                                                                                             \
+        if ((flags) == ALL_FLAGS) fn<ALL_FLAGS>(__VA_ARGS__);                                        \
+        else if ((flags) == (ALL_FLAGS & ~F_NOISY)) fn<(ALL_FLAGS & ~F_NOISY)>(__VA_ARGS__);         \
+        else fn<-1>(__VA_ARGS__);                                                                    \
+    } while (0)
+
 /* Entry points. x: `rows` rows of `len` contiguous float32 elements; row r uses mixture r % nmix.
  * The forward also returns the coefficients it used (coef: nmix x 7). */
 extern "C" void adact_native_forward(const float *x, float *y, float *coef, int64_t rows, int64_t len, int64_t nmix,
@@ -401,7 +440,7 @@ extern "C" void adact_native_forward(const float *x, float *y, float *coef, int6
     double *p = (double *)malloc((size_t)(nmix * K) * sizeof(double));
     mixture_coefficients(&m, coef, p);
     free(p);
-    forward_rows(x, y, rows, len, coef, nmix, seed, flags, threads);
+    SPECIALISED(forward_rows, flags, x, y, rows, len, coef, nmix, seed, flags, threads);
 }
 
 extern "C" void adact_native_backward(const float *g, const float *x, float *gx, float *grad_logits,
@@ -414,7 +453,7 @@ extern "C" void adact_native_backward(const float *g, const float *x, float *gx,
     double *p = (double *)malloc((size_t)(nmix * K) * sizeof(double));
     double *sums = (double *)malloc((size_t)nmix * N_SUMS * sizeof(double));
     mixture_coefficients(&m, coef, p);
-    backward_rows(g, x, gx, sums, rows, len, coef, nmix, seed, flags, threads);
+    SPECIALISED(backward_rows, flags, g, x, gx, sums, rows, len, coef, nmix, seed, flags, threads);
     parameter_grads(&m, sums, p, grad_logits, grad_slope);
     free(coef);
     free(p);
