@@ -10,6 +10,8 @@ benchmarks/bench_adact.py, never asserted here.
 from __future__ import annotations
 
 import copy
+import json
+import time
 import warnings
 from pathlib import Path
 
@@ -596,6 +598,67 @@ def test_native_backend_raises_where_auto_falls_back(monkeypatch: pytest.MonkeyP
         with pytest.warns(RuntimeWarning, match="Inductor-compiled"):
             y = m(x)
         torch.testing.assert_close(y, reference_of(m, x), **TOL[torch.float32])
+    finally:
+        dispatch.reset_kernels()
+
+
+class _SlowKernels(native.NativeKernels):
+    """A deliberately slow native build: the real kernels behind a sleep."""
+
+    def forward(self, *args: object) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        time.sleep(0.01)
+        return super().forward(*args)  # type: ignore[arg-type]
+
+
+def test_auto_picks_compile_over_a_slower_native_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """auto calibrates native against Inductor once, keeps the verdict beside the library, obeys it."""
+    native_or_skip()
+    real = native.native_kernels()
+    slow = _SlowKernels(real.lib, tmp_path / "adact_native_slow.so", real.flags)
+    monkeypatch.setattr(native, "native_kernels", lambda isa=None: slow)
+    monkeypatch.setenv(dispatch.ENV_VAR, "auto")
+    dispatch.reset_kernels()
+    try:
+        backend, why = dispatch.explain("cpu", torch.float32)
+        assert backend == "compile" and "Inductor is faster" in why, why
+        key = dispatch.FusedKernelKey("fwd", "cpu", torch.float32, inductor.kernel_flags(DEFAULT_CANDIDATES, True, False))
+        assert dispatch.native_for(key) is None
+        verdict = json.loads(next(tmp_path.glob("adact_native_slow.calibration-*.json")).read_text())
+        assert verdict["winner"] == "compile" and verdict["native_ms"] > verdict["compiled_ms"] > 0
+        calls = []
+        monkeypatch.setattr(fused_autograd.NativeKernels, "forward", lambda *a: calls.append(a))
+        m, x = unit().train(), torch.randn(4, 6, 10)
+        torch.manual_seed(5)
+        y = m(x)  # through Inductor: the native forward is never called
+        assert not calls
+        monkeypatch.undo()
+        monkeypatch.setattr(native, "native_kernels", lambda isa=None: slow)
+        # A new process reads the verdict instead of measuring again.
+        dispatch.reset_kernels()
+        monkeypatch.setattr(dispatch, "_measure", lambda k: pytest.fail("measured again"))
+        assert dispatch.calibrate(slow).winner == "compile"
+        # ADACT_FUSED=native forces the native build, verdict or not.
+        monkeypatch.setenv(dispatch.ENV_VAR, "native")
+        assert dispatch.native_for(key) is slow
+        assert dispatch.explain("cpu", torch.float32) == ("native", "ADACT_FUSED=native")
+        torch.manual_seed(5)
+        torch.testing.assert_close(m(x), y, **TOL[torch.float32])
+    finally:
+        dispatch.reset_kernels()
+
+
+def test_auto_keeps_a_faster_native_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    native_or_skip()
+    real = native.native_kernels()
+    fast = native.NativeKernels(real.lib, tmp_path / "adact_native_fast.so", real.flags)
+    monkeypatch.setattr(dispatch, "_measure", lambda k: dispatch.Calibration(1.0, 2.0, "native", 1, 1))
+    monkeypatch.setattr(native, "native_kernels", lambda isa=None: fast)
+    monkeypatch.setenv(dispatch.ENV_VAR, "auto")
+    dispatch.reset_kernels()
+    try:
+        assert dispatch.explain("cpu", torch.float32) == (
+            "native", "calibrated faster (native 1.00 ms vs Inductor 2.00 ms)"
+        )
     finally:
         dispatch.reset_kernels()
 

@@ -90,7 +90,7 @@ def _launch(direction: str, x: Tensor, logits: Tensor, names: tuple[str, ...], t
     flags = kernel_flags(names, training, channel)
     width = _lane_width(x, channel) if flags.noisy and direction == "fwd" else 0
     lanes = _lanes(width, x.device) if width else None
-    return _Launch((direction, x.device.type, x.dtype, flags), lanes, width)
+    return _Launch(FusedKernelKey(direction, x.device.type, x.dtype, flags), lanes, width)
 
 
 def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager[object]:
@@ -122,7 +122,7 @@ def forward_impl(
         run = _launch("fwd", x, logits, names, training)
         native = _native(run.key, logits, prelu_weight)
         if native is not None:
-            y, coef = native.forward(_flat_view(x, x, channel, 0), logits, prelu_weight, seed, names, run.key[3])
+            y, coef = native.forward(_flat_view(x, x, channel, 0), logits, prelu_weight, seed, names, run.key.flags)
         else:
             coef = mixture_coefficients(logits, prelu_weight, names, training, compute_dtype(x.dtype))
             y = run_kernel(run.key, _flat_view(x, x, channel, run.width), coef, seed, run.lanes)
@@ -152,7 +152,7 @@ def backward_impl(
         if native is not None:  # the whole backward, algebra included, in one call
             gx, glogits, gw = native.backward(
                 _flat_view(grad, x, channel, 0), _flat_view(x, x, channel, 0), logits, prelu_weight, seed, names,
-                run.key[3],
+                run.key.flags,
             )  # fmt: skip
             return _unflatten(gx, x, channel), glogits, gw
         if coef is None:

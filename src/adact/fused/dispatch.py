@@ -12,7 +12,9 @@ The environment variable ``ADACT_FUSED`` selects the path, read at each call:
 
 * ``auto`` (default): native for float32 on CPU, compiled otherwise; if building the native
   kernels fails, use the compiled ones; if compiling fails (no C++ compiler, no Triton,
-  unsupported platform), warn once and use the eager kernels from then on.
+  unsupported platform), warn once and use the eager kernels from then on. The native kernels
+  are used only where they are the faster: at first use a calibration (:func:`calibrate`) times
+  both on this CPU, and its verdict is cached beside the native library.
 * ``native``: like ``auto``, but failures raise instead of falling back.
 * ``compile``: compiled (Inductor) everywhere, the native kernels unused; failures raise.
 * ``eager``: the same math as plain PyTorch ops (no compiler needed; slower, same memory use).
@@ -22,34 +24,60 @@ The environment variable ``ADACT_FUSED`` selects the path, read at each call:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import statistics
 import threading
+import time
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
+from adact.activations import DEFAULT_CANDIDATES
 from adact.fused import native
-from adact.fused.inductor import KernelFlags, kernel_backward, kernel_forward
+from adact.fused.inductor import KernelFlags, kernel_backward, kernel_flags, kernel_forward, mixture_coefficients
 
 __all__ = [
-    "BACKENDS", "ENV_VAR", "FusedKernelKey", "fused_backend", "get_kernel", "native_for", "reset_kernels", "run_kernel",
+    "BACKENDS", "ENV_VAR", "Calibration", "FusedKernelKey", "calibrate", "explain", "fused_backend", "get_kernel",
+    "native_for", "reset_kernels", "run_kernel",
 ]  # fmt: skip
 
 ENV_VAR = "ADACT_FUSED"
 BACKENDS: tuple[str, ...] = ("auto", "native", "compile", "eager", "off")
 
-#: (direction "fwd"/"bwd", device type, input dtype, layout and terms)
-FusedKernelKey = tuple[str, str, torch.dtype, KernelFlags]
+
+
+class FusedKernelKey(NamedTuple):
+    """One kernel variant: what it computes and for which inputs."""
+
+    direction: str  # "fwd" or "bwd"
+    device: str  # device type: "cpu", "cuda"
+    dtype: torch.dtype  # input dtype
+    flags: KernelFlags  # layout and terms
+
+
+class Calibration(NamedTuple):
+    """Native against Inductor on this CPU: median fwd+bwd milliseconds, and the faster one."""
+
+    native_ms: float
+    compiled_ms: float | None  # None: the compiled kernels failed here
+    winner: str  # "native" or "compile"
+    elements: int  # the input size timed
+    threads: int
+
 
 _MATH: dict[str, Callable[..., Any]] = {"fwd": kernel_forward, "bwd": kernel_backward}
 _compiled: dict[FusedKernelKey, Callable[..., Any]] = {}
 _failed: set[FusedKernelKey] = set()
 _ran: set[FusedKernelKey] = set()  # compiled kernels that ran once: later errors are not compile errors
 _native_error: list[Exception] = []  # why the native kernels could not be built (auto mode remembers)
+_calibrations: dict[Path, Calibration] = {}  # per native library
+_calibration_lock = threading.Lock()  # not _lock: calibrating compiles kernels, which takes _lock
 _lock = threading.Lock()
 # Let the C++ compiler contract a*b+c into FMAs (polynomials, Horner steps): fewer instructions,
 # and each contraction rounds once instead of twice.
@@ -71,6 +99,7 @@ def reset_kernels() -> None:
         _failed.clear()
         _ran.clear()
         _native_error.clear()
+        _calibrations.clear()
 
 
 def _own_code_copy(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -110,8 +139,8 @@ def _compile(key: FusedKernelKey) -> Callable[..., Any]:
 
 
 def _eager(key: FusedKernelKey) -> Callable[..., Any]:
-    flags = key[3]
-    math = _MATH[key[0]]
+    flags = key.flags
+    math = _MATH[key.direction]
 
     def kernel(*args: Any) -> Any:
         return math(*args, flags)
@@ -126,12 +155,15 @@ def native_for(key: FusedKernelKey) -> native.NativeKernels | None:
     once and returns None from then on (the caller uses :func:`run_kernel`); ``native`` raises.
     """
     backend = fused_backend()
-    if backend not in ("auto", "native") or key[1] != "cpu" or key[2] != torch.float32:
+    if backend not in ("auto", "native") or key.device != "cpu" or key.dtype != torch.float32:
         return None
     if _native_error and backend == "auto":
         return None
     try:
-        return native.native_kernels()
+        kernels = native.native_kernels()
+        if backend == "auto" and calibrate(kernels).winner != "native":
+            return None
+        return kernels
     except native.NativeBuildError as err:
         if backend != "auto":
             raise
@@ -152,7 +184,7 @@ def get_kernel(key: FusedKernelKey) -> tuple[Callable[..., Any], bool]:
     :func:`run_kernel` handles them. (The native kernels are not among these: see :func:`native_for`.)
     """
     backend = fused_backend()
-    if backend == "eager" or key[2] == torch.float64 or (backend == "auto" and key in _failed):
+    if backend == "eager" or key.dtype == torch.float64 or (backend == "auto" and key in _failed):
         return _eager(key), False
     kernel = _compiled.get(key)
     if kernel is None:
@@ -181,7 +213,7 @@ def run_kernel(key: FusedKernelKey, *args: torch.Tensor) -> Any:
     if not compiled or key in _ran:
         return kernel(*args)
     try:
-        with _no_cuda_home_warning(str(key[1])):
+        with _no_cuda_home_warning(key.device):
             out = kernel(*args)
     except Exception as err:  # noqa: BLE001 - whatever broke the compiler, the eager math still works
         if fused_backend() != "auto":
@@ -198,3 +230,132 @@ def run_kernel(key: FusedKernelKey, *args: torch.Tensor) -> Any:
         return _eager(key)(*args)
     _ran.add(key)
     return out
+
+
+# --- auto's calibration: is the native build faster than Inductor's on this CPU? -----------------
+
+_CALIBRATION_ELEMENTS = 1 << 18  # 1 MB of float32: a few ms per pass, past the per-call overheads
+_CALIBRATION_ROUNDS = 7
+
+
+def _median_ms(fn: Callable[[], object]) -> float:
+    fn()  # warm-up (the compiled kernels compile here)
+    times = []
+    for _ in range(_CALIBRATION_ROUNDS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _calibration_file(kernels: native.NativeKernels) -> Path:
+    return kernels.path.with_name(kernels.path.stem + f".calibration-{torch.__version__}.json")
+
+
+def calibrate(kernels: native.NativeKernels, refresh: bool = False) -> Calibration:
+    """Time the native kernels against the Inductor-compiled ones, once per library and torch version.
+
+    The paper's pool in training mode (the most common and the most expensive variant), one
+    mixture per unit, forward and backward over :data:`_CALIBRATION_ELEMENTS` float32 elements
+    at the current thread count. The verdict goes to a JSON file beside the native library, so
+    later processes read it instead of measuring (and compiling) again.
+
+    Args:
+        kernels: the native kernels to judge.
+        refresh: measure again even if a verdict is cached.
+    """
+    with _calibration_lock:
+        cached = None if refresh else _calibrations.get(kernels.path)
+        if cached is not None:
+            return cached
+        path = _calibration_file(kernels)
+        if not refresh:
+            try:
+                cached = Calibration(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                cached = None
+        if cached is None:
+            cached = _measure(kernels)
+            try:
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(cached._asdict(), indent=1))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only cache: measured again by the next process, no harm
+        _calibrations[kernels.path] = cached
+        return cached
+
+
+def _measure(kernels: native.NativeKernels) -> Calibration:
+    names = DEFAULT_CANDIDATES
+    flags = kernel_flags(names, True, False)
+    x = torch.randn(_CALIBRATION_ELEMENTS)
+    g = torch.randn_like(x)
+    logits, slope = torch.zeros(len(names)), torch.full((1,), 0.25)
+    seed = torch.tensor(12345, dtype=torch.int32)
+
+    def run_native() -> object:
+        kernels.forward(x, logits, slope, seed, names, flags)
+        return kernels.backward(g, x, logits, slope, seed, names, flags)
+
+    lanes = torch.arange(16, dtype=torch.int32)  # the noisy forward's lane dim (see autograd._flat_view)
+    fwd, bwd = FusedKernelKey("fwd", "cpu", torch.float32, flags), FusedKernelKey("bwd", "cpu", torch.float32, flags)
+
+    def run_compiled() -> object:
+        coef = mixture_coefficients(logits, slope, names, True, torch.float32)
+        run_kernel(fwd, x.view(-1, 16), coef, seed, lanes)
+        return run_kernel(bwd, g, x, coef, seed)
+
+    native_ms = _median_ms(run_native)
+    compiled_ms: float | None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a failed compile: judged below instead
+            if fwd in _failed or bwd in _failed:
+                raise RuntimeError("the compiled kernels failed")
+            compiled_ms = _median_ms(run_compiled)
+            if fwd in _failed or bwd in _failed:
+                raise RuntimeError("the compiled kernels failed")
+    except Exception:  # noqa: BLE001 - whatever broke the compiler, native is the answer
+        compiled_ms = None
+    winner = "native" if compiled_ms is None or native_ms <= compiled_ms else "compile"
+    return Calibration(native_ms, compiled_ms, winner, x.numel(), torch.get_num_threads())
+
+
+def explain(device: str | torch.device, dtype: torch.dtype) -> tuple[str, str]:
+    """The backend AdAct's fused path takes for inputs on ``device`` of ``dtype``, and why.
+
+    Returns ``(backend, reason)``, the backend one of ``"native"``, ``"compile"``, ``"eager"``,
+    ``"reference"`` (no fused path) or ``"error"`` (a forced backend that cannot run here). On a
+    float32 CPU input under ``auto`` this builds the native kernels and calibrates them if that
+    has not happened yet.
+    """
+    device = torch.device(device).type
+    backend = fused_backend()
+    if backend == "off":
+        return "reference", f"{ENV_VAR}=off"
+    if backend == "eager":
+        return "eager", f"{ENV_VAR}=eager"
+    if dtype == torch.float64:
+        return "eager", "float64 runs the eager kernels (they exist for checking)"
+    if device == "cpu" and dtype == torch.float32 and backend in ("auto", "native"):
+        try:
+            kernels = native.native_kernels()
+        except native.NativeBuildError as err:
+            first = str(err).splitlines()[0]
+            if backend == "native":
+                return "error", f"{ENV_VAR}=native but the build failed: {first}"
+            return "compile", f"the native build failed: {first}"
+        if backend == "native":
+            return "native", f"{ENV_VAR}=native"
+        cal = calibrate(kernels)
+        timing = f"native {cal.native_ms:.2f} ms vs Inductor " + (
+            "failed" if cal.compiled_ms is None else f"{cal.compiled_ms:.2f} ms"
+        )
+        if cal.winner == "native":
+            return "native", f"calibrated faster ({timing})"
+        return "compile", f"calibrated: Inductor is faster here ({timing})"
+    reason = f"{ENV_VAR}=compile" if backend == "compile" else f"Inductor ({'Triton' if device == 'cuda' else 'C++'})"
+    if backend == "auto" and any(k.device == device and k.dtype == dtype for k in _failed):
+        return "eager", "compiling failed earlier in this process"
+    return "compile", reason
