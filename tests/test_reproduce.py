@@ -150,7 +150,7 @@ def test_killed_run_resumes_and_missing_run_is_redone_identically(
     monkeypatch.setattr(adact.train, "build_model", build_with_kill)
     with pytest.raises(KeyboardInterrupt):
         reproduce(copy_cfg, log=lambda _: None)
-    assert torch.load(seed1 / "relu" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(seed1 / "relu" / "last.pt", weights_only=True)["epoch"] == 1
     assert not (seed1 / "relu" / "result.json").exists()
 
     monkeypatch.setattr(adact.train, "build_model", real_build)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
 
 
 def _state(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
-    return torch.load(run / name, map_location="cpu", weights_only=False)["model"]
+    return torch.load(run / name, map_location="cpu", weights_only=True)["model"]
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -71,7 +72,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, digits: Dat
     with pytest.raises(KeyboardInterrupt):
         train(config, killed, data=digits, quiet=True)
     assert not (killed / "result.json").exists()
-    assert torch.load(killed / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 1
     assert len(_rows(killed)) == 1
 
     monkeypatch.setattr(adact.train, "build_model", real_build)
@@ -96,7 +97,7 @@ def test_finished_run_is_skipped_and_other_config_refused(tmp_path: Path, digits
     again = train(config, tmp_path, data=digits, quiet=True)
     assert again == first
     assert (tmp_path / "last.pt").stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="other settings .*epochs 1 -> 2; lr 0.001 -> 0.002"):
         train(TrainConfig(activation="relu", epochs=2, lr=2e-3, **TINY), tmp_path, data=digits, quiet=True)
 
 
@@ -121,7 +122,7 @@ def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(tmp_path: Path
     assert "in epoch 2" in result["message"] and "epoch 1" in result["message"]
     assert result["epochs_run"] == 1
     for name in ("last.pt", "best.pt"):
-        ckpt = torch.load(tmp_path / name, weights_only=False)
+        ckpt = torch.load(tmp_path / name, weights_only=True)
         assert ckpt["epoch"] == 1
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert len(_rows(tmp_path)) == 1
@@ -135,22 +136,22 @@ def test_huge_learning_rate_diverges_in_first_epoch(tmp_path: Path, digits: Data
     assert not (tmp_path / "last.pt").exists()
 
 
-def test_checkpoint_write_is_atomic(tmp_path: Path, digits: DataSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_keeps_the_old_checkpoint_and_leaves_no_temp(tmp_path: Path, digits: DataSplits,
+                                                                full_disk: Any) -> None:
     config = TrainConfig(activation="relu", epochs=2, **TINY)
-    real_save = torch.save
+    writes = {"n": 0}
 
-    def crashing_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        if isinstance(obj, dict) and obj.get("epoch") == 2:
-            f.write(b"half a checkpoint")
-            raise OSError("disk full")
-        real_save(obj, f, *args, **kwargs)
+    def second_last_pt(name: str) -> bool:
+        writes["n"] += name == "last.pt"
+        return name == "last.pt" and writes["n"] == 2
 
-    monkeypatch.setattr(adact.io.torch, "save", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
+    full_disk(second_last_pt)
+    with pytest.raises(OSError) as info:
         train(config, tmp_path, data=digits, quiet=True)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1  # the old file, intact
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "last.pt")
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1  # the old file, intact
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
-    monkeypatch.setattr(adact.io.torch, "save", real_save)
+    full_disk(lambda name: False)
     assert train(config, tmp_path, data=digits, quiet=True)["epochs_run"] == 2
 
 
