@@ -14,12 +14,10 @@ import torch.fx
 from torch import Tensor, nn
 
 from adact.activations import ActLayer, get_act_layer
+from adact.defaults import DEFAULT_CHANNELS
 from adact.unit import AdAct
 
 __all__ = ["ConvNet", "DEFAULT_CHANNELS", "convnet_from_choices"]
-
-DEFAULT_CHANNELS: tuple[int, ...] = (32, 64, 128, 256)
-
 
 def _check_input(x: Tensor, in_channels: int, image_size: tuple[int, int]) -> None:
     if x.dim() != 4 or x.shape[1] != in_channels or tuple(x.shape[2:]) != tuple(image_size):

@@ -47,6 +47,7 @@ from torch import nn
 
 from adact.data import DataSplits, DeviceLoader, load_dataset
 from adact.data.arrays import check_splits
+from adact.defaults import DEVICES
 from adact.io import (
     WriteError,
     atomic_save,
@@ -79,7 +80,6 @@ __all__ = [
     "unit_weights",
 ]
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_FORMAT = "adact-checkpoint-1"
 _CHECKPOINT_KEYS = ("model", "optimizer", "config", "model_kwargs", "epoch", "metrics", "best", "rng")
 #: The files of a run folder that ``restart=True`` discards (figures of `adact analyze` stay).

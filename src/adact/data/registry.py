@@ -6,13 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, check_splits, stratified_split
+from adact.defaults import DATASETS, FER_SPLITS
 
 __all__ = ["DATASETS", "FER_SPLITS", "load_dataset"]
-
-DATASETS: tuple[str, ...] = ("fmnist", "cifar10", "svhn", "fer2013", "digits")
-"""Named datasets; any ``.npz`` file is also accepted as ``"npz:PATH"``."""
-
-FER_SPLITS: tuple[str, ...] = ("paper", "official")
 
 PAPER_FER_TEST_FRACTION = 0.2
 
