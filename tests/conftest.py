@@ -19,24 +19,23 @@ def _seed_torch() -> None:
     torch.manual_seed(0)
 
 
-FullDisk = Callable[[Callable[[str], bool]], None]
+FailWrites = Callable[..., None]
 
 
 @pytest.fixture
-def full_disk(monkeypatch: pytest.MonkeyPatch) -> FullDisk:
-    """``full_disk(when)``: atomic writes of files whose final name satisfies ``when`` fail with ENOSPC.
+def fail_writes(monkeypatch: pytest.MonkeyPatch) -> FailWrites:
+    """``fail_writes(when, err=ENOSPC)``: atomic writes of files whose final name satisfies ``when`` fail.
 
     The data has been written to the temporary file when its ``fsync`` fails, as on a real
-    full disk (where write or fsync report it).
+    full disk (where write or fsync report it). ``err`` picks the errno (ENOSPC, EROFS, ...).
     """
-
     real = os.fsync
 
-    def arm(when: Callable[[str], bool]) -> None:
+    def arm(when: Callable[[str], bool], err: int = errno.ENOSPC) -> None:
         def fsync(fd: int) -> None:
             temp = Path(os.readlink(f"/proc/self/fd/{fd}")).name  # ".<final name>.<8 chars>.tmp"
             if temp.startswith(".") and temp.endswith(".tmp") and when(temp[1:].rsplit(".", 2)[0]):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(err, os.strerror(err))
             real(fd)
 
         monkeypatch.setattr(adact.io.os, "fsync", fsync)

@@ -137,7 +137,7 @@ def test_huge_learning_rate_diverges_in_first_epoch(tmp_path: Path, digits: Data
 
 
 def test_full_disk_keeps_the_old_checkpoint_and_leaves_no_temp(tmp_path: Path, digits: DataSplits,
-                                                                full_disk: Any) -> None:
+                                                                fail_writes: Any) -> None:
     config = TrainConfig(activation="relu", epochs=2, **TINY)
     writes = {"n": 0}
 
@@ -145,13 +145,13 @@ def test_full_disk_keeps_the_old_checkpoint_and_leaves_no_temp(tmp_path: Path, d
         writes["n"] += name == "last.pt"
         return name == "last.pt" and writes["n"] == 2
 
-    full_disk(second_last_pt)
+    fail_writes(second_last_pt)
     with pytest.raises(OSError) as info:
         train(config, tmp_path, data=digits, quiet=True)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "last.pt")
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1  # the old file, intact
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
-    full_disk(lambda name: False)
+    fail_writes(lambda name: False)
     assert train(config, tmp_path, data=digits, quiet=True)["epochs_run"] == 2
 
 

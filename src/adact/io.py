@@ -69,7 +69,7 @@ def make_dir(path: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError as e:  # mkdir's EEXIST for an existing file says nothing useful
-        raise WriteError(errno.ENOTDIR, "exists and is not a folder", str(e.filename or path)) from None
+        raise WriteError(errno.EEXIST, "exists and is not a folder", str(e.filename or path)) from None
     except OSError as e:
         raise _write_error(e, path) from None
     return path
