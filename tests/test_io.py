@@ -104,3 +104,12 @@ def test_folder_lock_records_the_pid_and_is_released(tmp_path: Path) -> None:
         assert info.value.pid == os.getpid()
     with folder_lock(tmp_path / "run"):  # released: free again
         pass
+
+
+def test_errors_cross_process_boundaries(tmp_path: Path) -> None:
+    import pickle
+
+    locked = pickle.loads(pickle.dumps(FolderLockedError(tmp_path, 42)))
+    assert locked.pid == 42 and str(locked) == str(FolderLockedError(tmp_path, 42))
+    write = pickle.loads(pickle.dumps(WriteError(errno.ENOSPC, "No space left on device", str(tmp_path))))
+    assert (write.errno, write.filename) == (errno.ENOSPC, str(tmp_path))

@@ -259,7 +259,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from adact.reproduce import analyze_run, is_reproduce_dir, render
+    from adact.reproduce import analyze_run, is_reproduce_dir, rerender
 
     path = Path(args.path)
     if not path.exists():
@@ -267,7 +267,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if is_reproduce_dir(path):
         if args.out is not None:
             raise ValueError("--out applies to a single run; a reproduce folder is re-rendered in place")
-        results = render(path)
+        results = rerender(path)
         print(results["table_text"])
         for ds, figs in results["figures"].items():
             for files in figs.values():

@@ -58,6 +58,9 @@ class FolderLockedError(RuntimeError):
                          f"finish or stop it, or use another --out folder")
         self.folder, self.pid = folder, pid
 
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt from its fields when it crosses processes
+        return (type(self), (self.folder, self.pid))
+
 
 def _write_error(e: OSError, path: Path) -> WriteError:
     return WriteError(e.errno or errno.EIO, e.strerror or str(e), str(e.filename or path))

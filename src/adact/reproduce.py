@@ -60,7 +60,14 @@ from adact.analysis import (
 )
 from adact.data import DATASETS, DataSplits, load_dataset
 from adact.data.npz import resolve_npz_path
-from adact.io import atomic_write_json, atomic_write_text, folder_lock, one_line_warnings, read_json
+from adact.io import (
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    one_line_warnings,
+    read_json,
+    remove_stale_temps,
+)
 from adact.plots import plot_trajectories, plot_weights
 from adact.train import (
     RESULT_KEYS,
@@ -87,6 +94,8 @@ __all__ = [
     "load_data",
     "render",
     "reproduce",
+    "rerender",
+    "worker_pool",
 ]
 
 MANIFEST = "reproduce.json"
@@ -480,6 +489,8 @@ def reproduce(cfg: ReproduceConfig, log: Log = print, *, restart: bool = False) 
     with folder_lock(out):
         if not restart:
             _check_existing_runs(cfg)  # again, now that no other writer can change the folder
+        remove_stale_temps(out)
+        remove_stale_temps(out / "figures")
         atomic_write_json(out / MANIFEST, {"format": MANIFEST_FORMAT, "config": asdict(cfg)})
         _run_all(cfg, log, restart)
         results = render(out)
@@ -626,6 +637,16 @@ def _figures(cfg: ReproduceConfig, records: list[RunRecord], hists: dict[str, We
             entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
         figs[ds] = entry
     return figs
+
+
+def rerender(out: str | Path) -> dict[str, Any]:
+    """:func:`render` for ``adact analyze OUT``: under the folder's lock, after removing stale temp files."""
+    out = Path(out)
+    _load_manifest(out)  # not a reproduce folder: fail before the lock file is made
+    with folder_lock(out):
+        remove_stale_temps(out)
+        remove_stale_temps(out / "figures")
+        return render(out)
 
 
 def render(out: str | Path) -> dict[str, Any]:
