@@ -273,3 +273,56 @@ def test_progress_bars_only_on_a_terminal(tmp_path: Path, capsys: pytest.Capture
     assert "\r" not in captured.err and "it/s" not in captured.err  # stderr is not a terminal here
     assert [line.split(":")[0] for line in captured.out.splitlines() if line.startswith("epoch")] == \
         ["epoch  1", "epoch  2"]
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Child processes of ``pid`` with their command lines (Linux /proc)."""
+    kids = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                kids[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    workers: list[int] = []
+
+    argv = ["reproduce", "--out", str(tmp_path / "rep"), "--seeds", "0", "--jobs", "2",
+            *[a for a in TINY if a not in ("--epochs", "2")], "--epochs", "500"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    parent = subprocess.Popen([sys.executable, "-m", "adact", *argv], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.5)
+            workers = [p for p, cmd in _children(parent.pid).items() if "spawn_main" in cmd]
+        assert len(workers) == 2, "reproduce did not start two workers"
+        time.sleep(2)  # let them import torch and start training
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(w) for w in workers), "a worker outlived `kill -9` of adact reproduce"
+    finally:
+        parent.kill()
+        parent.wait()
+        for w in workers:  # a failed test must not leave orphans behind either
+            if _running(w):
+                os.kill(w, signal.SIGKILL)

@@ -329,6 +329,7 @@ def test_workers_die_when_the_main_process_is_killed(tmp_path: Path) -> None:
     import sys
     import time
 
+    workers: list[int] = []
     parent = subprocess.Popen([sys.executable, "-c", (
         "import time\n"
         "from adact.reproduce import worker_pool\n"
@@ -352,6 +353,9 @@ def test_workers_die_when_the_main_process_is_killed(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+        for w in workers:  # a failed test must not leave orphans behind either
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
 
 
 def test_analyze_reports_damaged_run_folders_and_writes_every_output(
