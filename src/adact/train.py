@@ -65,8 +65,9 @@ from adact.unit import AdAct
 __all__ = [
     "CheckpointError",
     "DivergedError",
-    "ResumeWarning",
+    "RESULT_KEYS",
     "RUN_FILES",
+    "ResumeWarning",
     "TrainConfig",
     "UnsafeCheckpointError",
     "adact_weights",
