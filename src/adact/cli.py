@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="adact",
         description="Learn which activation each layer should use (AdAct, ICLR 2024 Tiny Papers).",
-        epilog="Start with `adact reproduce` (offline, digits, seeds 0 1 2: about 3 minutes on 2 CPU cores), "
+        epilog="Start with `adact reproduce` (offline, digits, seeds 0 1 2: about 2 minutes on 2 CPU cores), "
                "then `adact analyze runs/reproduce`.",
     )
     parser.add_argument("--version", action="version", version=f"adact {__version__}")
