@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from adact.cli import main
 
@@ -111,3 +116,213 @@ def test_reproduce_and_analyze_its_folder(tmp_path: Path, capsys: pytest.Capture
     assert main(["analyze", str(out)]) == 0
     assert "Table 1" in capsys.readouterr().out and (out / "report.md").is_file()
     assert "a reproduce folder is re-rendered in place" in _error(capsys, ["analyze", str(out), "--out", "x"])
+
+
+# --- the issue-10 edges: every row is one line (or a recovery), never a traceback --------------
+
+
+def test_version_and_help_do_not_import_torch() -> None:
+    code = ("import sys\n"
+            "from adact.cli import main\n"
+            "assert main(['--help']) == 0\n"
+            "try:\n"
+            "    main(['--version'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print('torch loaded:', 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch loaded: False" in proc.stdout
+    from adact import __version__
+
+    assert f"adact {__version__}" in proc.stdout
+
+
+def test_option_names_match_the_registries() -> None:
+    from adact.activations import list_activations
+    from adact.defaults import ACTIVATION_NAMES
+
+    assert list(ACTIVATION_NAMES) == list_activations()
+
+
+def _digits_npz(path: Path, **override: Any) -> Path:
+    from adact.data import load_dataset
+
+    d = load_dataset("digits")
+    arrays = {"x_train": d.train.x[:, 0].numpy(), "y_train": d.train.y.numpy(),
+              "x_test": d.test.x[:, 0].numpy(), "y_test": d.test.y.numpy()}
+    np.savez(path, **{**arrays, **override})
+    return path
+
+
+def test_bad_data_fails_before_any_file_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    y = _digits_npz(tmp_path / "ok.npz")
+    with np.load(y) as z:
+        y_train = z["y_train"].copy()
+        x_test = z["x_test"]
+    y_train[0] = 10**9
+    huge = _digits_npz(tmp_path / "huge.npz", y_train=y_train)
+    empty = _digits_npz(tmp_path / "empty.npz", x_test=x_test[:0], y_test=np.zeros(0, dtype=np.int64))
+    out = tmp_path / "out"
+    assert "label 1000000000 would mean 1,000,000,001 classes" in _error(
+        capsys, ["train", "--dataset", f"npz:{huge}", "--out", str(out), *TINY])
+    assert "x_test is empty" in _error(capsys, ["train", "--dataset", f"npz:{empty}", "--out", str(out), *TINY])
+    assert "kernel_size 99 is larger than the 16x16 input images" in _error(
+        capsys, ["train", "--kernel-size", "99", "--out", str(out), *TINY])
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_reproduce_on_a_missing_device_leaves_nothing_behind(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rep"
+    argv = ["reproduce", "--out", str(out), "--seeds", "0", *TINY]
+    argv[argv.index("cpu")] = "cuda"
+    assert "CUDA is not available" in _error(capsys, argv)
+    assert not out.exists()
+
+
+def test_unwritable_out_folders_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    err = _error(capsys, ["train", "--out", str(a_file), *TINY])
+    assert err == f"adact: error: cannot write {a_file}: exists and is not a folder; a file is in the way; " \
+                  f"choose another --out folder, or move the file"
+    err = _error(capsys, ["train", "--out", str(a_file / "run"), *TINY])
+    assert f"cannot write {a_file / 'run'}: Not a directory; a part of the path is a file" in err
+    err = _error(capsys, ["train", "--out", "/proc/adact-test", *TINY])
+    assert "cannot write /proc/adact-test" in err and "only the kernel makes files under /proc" in err
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("err, hint", [
+    (errno.ENOSPC, "No space left on device; the disk is full; free some space"),
+    (errno.EROFS, "Read-only file system; the file system is read-only; choose an --out folder on a writable"),
+    (errno.EACCES, "Permission denied; choose an --out folder you may write to"),
+])
+def test_failed_writes_are_one_line_and_leave_no_half_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           fail_writes: Any, err: int, hint: str) -> None:
+    run = tmp_path / "run"
+    fail_writes(lambda name: name == "metrics.csv", err)
+    message = _error(capsys, ["train", "--out", str(run), *TINY])
+    assert message == f"adact: error: cannot write {run / 'metrics.csv'}: {hint}" + message.split(hint, 1)[1]
+    assert not (run / "metrics.csv").exists() and not list(run.glob(".*.tmp"))
+    fail_writes(lambda name: False)
+    assert main(["train", "--out", str(run), *TINY]) == 0  # the rerun finishes the run
+
+
+def test_second_writer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adact.io import folder_lock
+
+    with folder_lock(tmp_path):  # held by this process, through another open file: flock refuses it too
+        err = _error(capsys, ["train", "--out", str(tmp_path), *TINY])
+    assert f"{tmp_path} is being written by process {os.getpid()}" in err
+
+
+def test_analyze_refuses_a_checkpoint_with_a_payload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    marker = tmp_path / "payload-ran"
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["best"]["note"] = _Touch(marker)
+    torch.save(ckpt, run / "best.pt")
+    capsys.readouterr()
+    assert "best.pt was refused: it holds the Python object" in _error(capsys, ["analyze", str(run)])
+    assert "best.pt was refused" in _error(capsys, ["analyze", str(run / "best.pt")])
+    assert not marker.exists()
+
+
+class _Touch:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_from_a_truncated_last_pt_warns_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    (run / "result.json").unlink()
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    captured = capsys.readouterr()
+    assert "adact: warning: " in captured.err and "resuming from last.prev.pt (epoch 1)" in captured.err
+    assert "resumed from epoch 1 of 2" in captured.out and "Traceback" not in captured.err
+    (run / "result.json").unlink()
+    (run / "last.pt").write_bytes(b"")
+    (run / "last.prev.pt").write_bytes(b"")
+    err = _error(capsys, ["train", "--out", str(run), *TINY])
+    assert "cannot resume the run in" in err and "--restart" in err
+    assert main(["train", "--out", str(run), "--restart", *TINY]) == 0
+
+
+def test_damaged_json_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "reproduce.json").write_text('{"format": "adact-reproduce-1", "config": {')
+    err = _error(capsys, ["analyze", str(rep)])
+    assert f"{rep / 'reproduce.json'} is not valid JSON" in err
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--out", str(tmp_path / "run"), *[a for a in TINY if a != "--quiet"]]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "it/s" not in captured.err  # stderr is not a terminal here
+    assert [line.split(":")[0] for line in captured.out.splitlines() if line.startswith("epoch")] == \
+        ["epoch  1", "epoch  2"]
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Child processes of ``pid`` with their command lines (Linux /proc)."""
+    kids = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                kids[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    workers: list[int] = []
+
+    argv = ["reproduce", "--out", str(tmp_path / "rep"), "--seeds", "0", "--jobs", "2",
+            *[a for a in TINY if a not in ("--epochs", "2")], "--epochs", "500"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    parent = subprocess.Popen([sys.executable, "-m", "adact", *argv], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.5)
+            workers = [p for p, cmd in _children(parent.pid).items() if "spawn_main" in cmd]
+        assert len(workers) == 2, "reproduce did not start two workers"
+        time.sleep(2)  # let them import torch and start training
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(w) for w in workers), "a worker outlived `kill -9` of adact reproduce"
+    finally:
+        parent.kill()
+        parent.wait()
+        for w in workers:  # a failed test must not leave orphans behind either
+            if _running(w):
+                os.kill(w, signal.SIGKILL)

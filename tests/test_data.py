@@ -382,6 +382,9 @@ def test_npz_validation_errors(tmp_path: Path) -> None:
         (dict(x_test=tagged_images(2, (9, 9))), r"both splits need one image shape"),
         (dict(x_train=tagged_images(6, (3, 16, 16))), r"looks channels-first"),
         (dict(classes=np.array(["a", None], dtype=object)), r"pickled Python objects"),
+        # A stray huge label is an error, not a 10**9-way classifier that allocates until the OOM killer.
+        (dict(y_train=np.array([0, 1, 0, 1, 0, 10**9])), r"label 1000000000 would mean 1,000,000,001 classes"),
+        (dict(x_test=np.zeros((0, 8, 8), dtype=np.uint8), y_test=np.zeros(0, dtype=np.int64)), r"x_test is empty"),
     ]
     for i, (change, pattern) in enumerate(cases):
         path = write_npz(tmp_path / f"case{i}.npz", **{**good, **change})
@@ -392,6 +395,22 @@ def test_npz_validation_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(ValueError, match="cannot read"):
         load_dataset(f"npz:{tmp_path / 'junk.npz'}")
+
+
+def test_splits_are_checked_for_use() -> None:
+    from adact.data.arrays import MAX_CLASSES, check_splits
+
+    d = load_dataset("digits")
+    check_splits(d)
+    cases = [
+        (DataSplits("d", d.train, d.test.subset([]), None, d.classes), "the test split is empty"),
+        (DataSplits("d", d.train.subset([]), d.test, None, d.classes), "the training split is empty"),
+        (DataSplits("d", d.train, d.test, None, d.classes[:5]), r"train labels span 0..9, outside the 5 classes 0..4"),
+        (DataSplits("d", d.train, d.test, None, [str(i) for i in range(MAX_CLASSES + 1)]), "adact supports 1 to"),
+    ]
+    for splits, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            check_splits(splits)
 
 
 def test_npz_test_from_train_carves_the_paper_protocol(tmp_path: Path) -> None:

@@ -221,6 +221,14 @@ def test_too_small_image(image_size: object, channels: tuple[int, ...]) -> None:
         ConvNet(image_size=image_size, channels=channels)  # type: ignore[arg-type]
 
 
+def test_kernel_wider_than_the_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="kernel_size 99 is larger than the 16x16 input images allow; use at most 31"):
+        ConvNet(image_size=16, kernel_size=99)
+    with pytest.raises(ValueError, match="at most 31"):
+        ConvNet(image_size=16, kernel_size=33)
+    assert ConvNet(image_size=16, kernel_size=31).kernel_size == 31  # every tap still sees a pixel
+
+
 def test_smallest_allowed_image() -> None:
     net = ConvNet(image_size=16)  # 4 blocks: 16 -> 1
     assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import adact.io
 import adact.reproduce
 import adact.train
 from adact.activations import DEFAULT_CANDIDATES
@@ -150,7 +151,7 @@ def test_killed_run_resumes_and_missing_run_is_redone_identically(
     monkeypatch.setattr(adact.train, "build_model", build_with_kill)
     with pytest.raises(KeyboardInterrupt):
         reproduce(copy_cfg, log=lambda _: None)
-    assert torch.load(seed1 / "relu" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(seed1 / "relu" / "last.pt", weights_only=True)["epoch"] == 1
     assert not (seed1 / "relu" / "result.json").exists()
 
     monkeypatch.setattr(adact.train, "build_model", real_build)
@@ -263,6 +264,130 @@ def test_other_settings_in_the_same_folder_are_refused(
         done_run: tuple[ReproduceConfig, dict[str, Any], list[str]]) -> None:
     cfg, _, _ = done_run
     manifest = (Path(cfg.out) / "reproduce.json").read_text()
-    with pytest.raises(ValueError, match=r"other settings \(epochs 2 -> 3\)"):
+    with pytest.raises(ValueError, match=r"other settings \(epochs 2 -> 3; see its config.json\)"):
         reproduce(ReproduceConfig(**{**cfg.__dict__, "epochs": 3}), log=lambda _: None)
     assert (Path(cfg.out) / "reproduce.json").read_text() == manifest
+
+
+def test_published_folder_without_checkpoints_is_not_overwritten(
+        done_run: tuple[ReproduceConfig, dict[str, Any], list[str]], tmp_path: Path) -> None:
+    cfg, _, _ = done_run
+    out = tmp_path / "published"
+    shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns("*.pt", "config.json"))
+    results = {p: p.read_bytes() for p in out.rglob("result.json")}
+    with pytest.raises(ValueError, match=r"seed0/adact holds a run made with other settings \(epochs 2 -> 3; see its result.json\)"):
+        reproduce(tiny(out, epochs=3), log=lambda _: None)
+    assert {p: p.read_bytes() for p in out.rglob("result.json")} == results
+
+
+def test_unavailable_device_or_kernel_fails_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            reproduce(tiny(out, device="cuda"), log=lambda _: None)
+        assert not out.exists()
+    with pytest.raises(ValueError, match="kernel_size 99 is larger than the 16x16 input images"):
+        reproduce(tiny(out, kernel_size=99), log=lambda _: None)
+    assert not out.exists()
+
+
+def test_second_reproduce_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from adact.io import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(adact.io.FolderLockedError, match=f"being written by process {holder.pid}"):
+            reproduce(tiny(out, seeds=[0], epochs=1), log=lambda _: None)
+        assert not (out / "reproduce.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_workers_die_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workers: list[int] = []
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import time\n"
+        "from adact.reproduce import worker_pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = worker_pool(2, 1)\n"
+        "    futures = [pool.submit(time.sleep, 120) for _ in range(2)]\n"
+        "    while len(pool._processes) < 2 or not all(f.running() for f in futures):\n"
+        "        time.sleep(0.1)\n"
+        "    print(*pool._processes, flush=True)\n"
+        "    time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        os.kill(parent.pid, signal.SIGKILL)  # what `kill -9` of `adact reproduce` does
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        for w in workers:  # a failed test must not leave orphans behind either
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
+def test_analyze_reports_damaged_run_folders_and_writes_every_output(
+        done_run: tuple[ReproduceConfig, dict[str, Any], list[str]], tmp_path: Path) -> None:
+    cfg, _, _ = done_run
+    out = tmp_path / "damaged"
+    shutil.copytree(cfg.out, out)
+    relu = out / "digits" / "seed0" / "relu" / "result.json"
+    res = read_json(relu)
+    del res["n_params"]
+    relu.write_text(json.dumps(res))
+    metrics = out / "digits" / "seed1" / "adact" / "metrics.csv"
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # cut the last row in half
+    (out / "digits" / "seed1" / "optimized" / "result.json").write_text('{"status": "do')
+    for name in ("table1.md", "report.md"):
+        (out / name).unlink()
+
+    results = render(out)
+    problems = "\n".join(results["problems"])
+    assert "seed0/relu/result.json lacks n_params" in problems
+    assert "seed1/optimized/result.json is not valid JSON" in problems
+    assert "seed1/adact/metrics.csv line 3 is cut short" in problems
+    status = {(r["seed"], r["model"]): r["status"] for r in results["runs"]}
+    assert status[(0, "relu")] == status[(1, "optimized")] == "damaged" and status[(0, "adact")] == "done"
+    report = (out / "report.md").read_text()
+    assert "lacks n_params" in report and "1 damaged" in (out / "table1.md").read_text()
+
+
+def test_table1_says_how_to_fill_the_validation_row(done_run: tuple[ReproduceConfig, dict[str, Any], list[str]],
+                                                    ) -> None:
+    cfg, _, _ = done_run
+    md = (Path(cfg.out) / "table1.md").read_text()
+    val_section = md.split("## Validation-selected")[1].split("##")[0]
+    assert "run `adact reproduce` again with `--val-fraction 0.1`" in val_section

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
 
 
 def _state(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
-    return torch.load(run / name, map_location="cpu", weights_only=False)["model"]
+    return torch.load(run / name, map_location="cpu", weights_only=True)["model"]
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -71,7 +72,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, digits: Dat
     with pytest.raises(KeyboardInterrupt):
         train(config, killed, data=digits, quiet=True)
     assert not (killed / "result.json").exists()
-    assert torch.load(killed / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 1
     assert len(_rows(killed)) == 1
 
     monkeypatch.setattr(adact.train, "build_model", real_build)
@@ -96,7 +97,7 @@ def test_finished_run_is_skipped_and_other_config_refused(tmp_path: Path, digits
     again = train(config, tmp_path, data=digits, quiet=True)
     assert again == first
     assert (tmp_path / "last.pt").stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="other settings .*epochs 1 -> 2; lr 0.001 -> 0.002"):
         train(TrainConfig(activation="relu", epochs=2, lr=2e-3, **TINY), tmp_path, data=digits, quiet=True)
 
 
@@ -121,7 +122,7 @@ def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(tmp_path: Path
     assert "in epoch 2" in result["message"] and "epoch 1" in result["message"]
     assert result["epochs_run"] == 1
     for name in ("last.pt", "best.pt"):
-        ckpt = torch.load(tmp_path / name, weights_only=False)
+        ckpt = torch.load(tmp_path / name, weights_only=True)
         assert ckpt["epoch"] == 1
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert len(_rows(tmp_path)) == 1
@@ -135,22 +136,22 @@ def test_huge_learning_rate_diverges_in_first_epoch(tmp_path: Path, digits: Data
     assert not (tmp_path / "last.pt").exists()
 
 
-def test_checkpoint_write_is_atomic(tmp_path: Path, digits: DataSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_keeps_the_old_checkpoint_and_leaves_no_temp(tmp_path: Path, digits: DataSplits,
+                                                                fail_writes: Any) -> None:
     config = TrainConfig(activation="relu", epochs=2, **TINY)
-    real_save = torch.save
+    writes = {"n": 0}
 
-    def crashing_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        if isinstance(obj, dict) and obj.get("epoch") == 2:
-            f.write(b"half a checkpoint")
-            raise OSError("disk full")
-        real_save(obj, f, *args, **kwargs)
+    def second_last_pt(name: str) -> bool:
+        writes["n"] += name == "last.pt"
+        return name == "last.pt" and writes["n"] == 2
 
-    monkeypatch.setattr(adact.io.torch, "save", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
+    fail_writes(second_last_pt)
+    with pytest.raises(OSError) as info:
         train(config, tmp_path, data=digits, quiet=True)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1  # the old file, intact
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "last.pt")
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1  # the old file, intact
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
-    monkeypatch.setattr(adact.io.torch, "save", real_save)
+    fail_writes(lambda name: False)
     assert train(config, tmp_path, data=digits, quiet=True)["epochs_run"] == 2
 
 
@@ -181,3 +182,148 @@ def test_validation_split_is_reported(tmp_path: Path) -> None:
     best_val = max(rows, key=lambda r: float(r["val_acc"]))
     assert result["val_best_epoch"] == int(best_val["epoch"])
     assert result["val_selected_test_acc"] == pytest.approx(float(best_val["test_acc"]))
+
+
+class _Payload:
+    """Unpickling this runs ``Path(marker).touch()``: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def _plant_payload(path: Path, marker: Path) -> None:
+    """Overwrite a checkpoint with one whose pickle carries a payload, keeping everything else."""
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["metrics"].append({"note": _Payload(marker)})
+    torch.save(ckpt, path)
+
+
+def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path: Path, digits: DataSplits) -> None:
+    run = tmp_path / "run"
+    config = TrainConfig(activation="relu", epochs=2, **TINY)
+    train(config, run, data=digits, quiet=True)
+    marker = tmp_path / "payload-ran"
+    _plant_payload(run / "best.pt", marker)
+    with pytest.raises(adact.train.UnsafeCheckpointError, match=r"best.pt was refused: it holds the Python "
+                                                                r"object \S+, which loading would run"):
+        load_checkpoint(run / "best.pt")
+    assert not marker.exists()
+
+    # On resume: a folder with an unfinished run whose last.pt carries the payload.
+    (run / "result.json").unlink()
+    _plant_payload(run / "last.pt", marker)
+    with pytest.raises(adact.train.UnsafeCheckpointError, match="last.pt was refused.*--restart"):
+        train(config, run, data=digits, quiet=True)
+    assert not marker.exists()
+
+
+def _interrupted_run(path: Path, digits: DataSplits, epochs: int = 3) -> TrainConfig:
+    """A run folder that finished ``epochs`` epochs of a longer run: last.pt and last.prev.pt exist."""
+    train(TrainConfig(activation="relu", epochs=epochs, **TINY), path, data=digits, quiet=True)
+    (path / "result.json").unlink()
+    return TrainConfig(activation="relu", epochs=epochs, **TINY)
+
+
+def test_truncated_last_pt_falls_back_to_the_previous_one(tmp_path: Path, digits: DataSplits,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    config = _interrupted_run(tmp_path / "run", digits)
+    run = tmp_path / "run"
+    assert torch.load(run / "last.prev.pt", weights_only=True)["epoch"] == 2
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.warns(adact.train.ResumeWarning, match=r"last.pt is not a readable adact checkpoint \(truncated.*"
+                                                       r"resuming from last.prev.pt \(epoch 2\)"):
+        result = train(config, run, data=digits, quiet=True)
+    assert "resumed from epoch 2 of 3" in capsys.readouterr().out
+    assert result["epochs_run"] == 3 and len(_rows(run)) == 3
+    train(config, tmp_path / "clean", data=digits, quiet=True)
+    _assert_same_run(tmp_path / "clean", run)
+
+
+def test_no_usable_checkpoint_names_the_file_and_restart(tmp_path: Path, digits: DataSplits) -> None:
+    config = _interrupted_run(tmp_path, digits, epochs=2)
+    (tmp_path / "last.pt").write_bytes(b"")
+    (tmp_path / "last.prev.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(adact.train.CheckpointError, match=r"cannot resume the run in .*last.pt is not a readable "
+                                                          r".*last.prev.pt is not a readable.*--restart"):
+        train(config, tmp_path, data=digits, quiet=True)
+    result = train(config, tmp_path, data=digits, quiet=True, restart=True)
+    assert result["status"] == "done" and result["epochs_run"] == 2
+
+
+def test_stale_temp_files_are_removed_on_the_next_run(tmp_path: Path, digits: DataSplits) -> None:
+    config = TrainConfig(activation="relu", epochs=1, **TINY)
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / ".best.pt.k3j_x9q2.tmp", tmp_path / ".metrics.csv.abcdefgh.tmp",
+             tmp_path / ".result.json.0a1b2c3d.tmp", tmp_path / ".last.prev.pt.hardlink.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    mine = [tmp_path / ".notes.tmp", tmp_path / "keep.tmp", tmp_path / ".x.toolongname.tmp"]
+    for p in mine:
+        p.write_text("not ours")
+    train(config, tmp_path, data=digits, quiet=True)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in mine)
+
+
+def test_second_writer_is_refused_with_the_holders_pid(tmp_path: Path, digits: DataSplits) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from adact.io import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(adact.io.FolderLockedError, match=f"being written by process {holder.pid}"):
+            train(TrainConfig(activation="relu", epochs=1, **TINY), tmp_path, data=digits, quiet=True)
+        assert not (tmp_path / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel released the lock with the process: the folder is usable at once.
+    assert train(TrainConfig(activation="relu", epochs=1, **TINY), tmp_path, data=digits, quiet=True)["epochs_run"] == 1
+
+
+def test_finished_run_without_checkpoints_is_not_overwritten(tmp_path: Path, digits: DataSplits) -> None:
+    config = TrainConfig(activation="relu", epochs=1, **TINY)
+    first = train(config, tmp_path, data=digits, quiet=True)
+    for name in ("best.pt", "last.pt", "last.prev.pt", "config.json"):
+        (tmp_path / name).unlink(missing_ok=True)  # as published run folders are kept
+    with pytest.raises(ValueError, match=r"other settings \(lr 0.001 -> 0.002; see its result.json\).*--restart"):
+        train(TrainConfig(activation="relu", epochs=1, lr=2e-3, **TINY), tmp_path, data=digits, quiet=True)
+    assert read_json(tmp_path / "result.json") == first
+    redone = train(TrainConfig(activation="relu", epochs=1, lr=2e-3, **TINY), tmp_path, data=digits, quiet=True,
+                   restart=True)
+    assert redone["config"]["lr"] == 2e-3
+
+
+def test_result_json_without_its_fields_is_finished_again(tmp_path: Path, digits: DataSplits) -> None:
+    config = TrainConfig(activation="relu", epochs=1, **TINY)
+    first = train(config, tmp_path, data=digits, quiet=True)
+    broken = {k: v for k, v in first.items() if k != "n_params"}
+    adact.io.atomic_write_json(tmp_path / "result.json", broken)
+    again = train(config, tmp_path, data=digits, quiet=True)
+    assert again["n_params"] == first["n_params"] and again["best_test_acc"] == first["best_test_acc"]
+    (tmp_path / "result.json").write_text('{"status": "done", ')
+    with pytest.raises(ValueError, match=r"result.json is not valid JSON"):
+        train(config, tmp_path, data=digits, quiet=True)
+
+
+def test_unusable_inputs_fail_before_the_folder_is_made(tmp_path: Path, digits: DataSplits) -> None:
+    out = tmp_path / "never"
+    empty_test = DataSplits("digits", digits.train, digits.test.subset([]), None, digits.classes)
+    with pytest.raises(ValueError, match="the test split is empty"):
+        train(TrainConfig(activation="relu", epochs=1, **TINY), out, data=empty_test, quiet=True)
+    with pytest.raises(ValueError, match="kernel_size 99"):
+        train(TrainConfig(activation="relu", epochs=1, kernel_size=99, **TINY), out, data=digits, quiet=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train(TrainConfig(activation="relu", epochs=1, **{**TINY, "device": "cuda"}), out, data=digits)
+    assert not out.exists()

@@ -2,17 +2,35 @@
 
 Implements the AdAct unit of "Learning to optimize activation function choice through
 adaptive activation modules" (ICLR 2024 Tiny Papers) and the tools around it.
+
+The public names below load on first use (PEP 562), so ``import adact`` (and ``adact --help``)
+does not wait for torch until something needs it.
 """
 
-from adact.activations import ACTIVATIONS, DEFAULT_CANDIDATES, list_activations
-from adact.create_act import create_act, get_act_layer
-from adact import data
-from adact.models import ConvNet
-from adact.surgery import DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, dominant_activations, optimize
-from adact.reference import adact_reference
-from adact.unit import AdAct
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "ACTIVATIONS": "adact.activations",
+    "DEFAULT_CANDIDATES": "adact.activations",
+    "create_act": "adact.act_factory",
+    "get_act_layer": "adact.act_factory",
+    "list_activations": "adact.activations",
+    "ConvNet": "adact.models",
+    "DEFAULT_TARGETS": "adact.surgery",
+    "AdactifyReport": "adact.surgery",
+    "adact_units": "adact.surgery",
+    "adactify": "adact.surgery",
+    "dominant_activations": "adact.surgery",
+    "optimize": "adact.surgery",
+    "AdAct": "adact.unit",
+    "adact_reference": "adact.reference",
+}
 
 __all__ = [
     "ACTIVATIONS",
@@ -32,3 +50,26 @@ __all__ = [
     "list_activations",
     "optimize",
 ]
+
+if TYPE_CHECKING:
+    from adact import data
+    from adact.activations import ACTIVATIONS, DEFAULT_CANDIDATES, list_activations
+    from adact.act_factory import create_act, get_act_layer
+    from adact.models import ConvNet
+    from adact.surgery import DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, dominant_activations, optimize
+    from adact.reference import adact_reference
+    from adact.unit import AdAct
+
+
+def __getattr__(name: str) -> Any:
+    if name == "data":
+        return importlib.import_module("adact.data")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'adact' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,7 +8,7 @@ Every activation is known by one lower-case name. Each name maps to
 * a functional form ``fn(x, prelu_weight, training)`` (used inside an AdAct unit, which
   owns the one learnable parameter any candidate has: PReLU's slope).
 
-Resolving names for models (``act_layer="adact"`` included) is :mod:`adact.create_act`'s job:
+Resolving names for models (``act_layer="adact"`` included) is :mod:`adact.act_factory`'s job:
 this module stays a leaf that the unit and the kernels import.
 """
 

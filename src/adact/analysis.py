@@ -368,16 +368,21 @@ class WeightHistory:
 
 
 def read_weight_history(metrics_csv: str | Path) -> WeightHistory | None:
-    """The ``mix/<path>/<cand>`` and ``raw/...`` columns of metrics.csv as arrays; None if it has none."""
+    """The ``mix/<path>/<cand>`` and ``raw/...`` columns of metrics.csv as arrays; None if it has none.
+
+    Raises:
+        ValueError: the file is malformed (a row cut short, a value that is not a number); the
+            message names the file and line.
+    """
     path = Path(metrics_csv)
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return None
     paths: list[str] = []
     cands: list[str] = []
     for key in rows[0]:
-        kind, _, rest = key.partition("/")
+        kind, _, rest = (key or "").partition("/")
         if kind != "mix" or "/" not in rest:
             continue
         p, c = rest.rsplit("/", 1)
@@ -387,9 +392,16 @@ def read_weight_history(metrics_csv: str | Path) -> WeightHistory | None:
             cands.append(c)
     if not paths:
         return None
-    mix = np.array([[[float(r[f"mix/{p}/{c}"]) for c in cands] for p in paths] for r in rows])
-    raw = np.array([[[float(r[f"raw/{p}/{c}"]) for c in cands] for p in paths] for r in rows])
-    return WeightHistory([int(r["epoch"]) for r in rows], paths, cands, mix, raw)
+    epochs: list[int] = []
+    mix, raw = [], []
+    for line, r in enumerate(rows, start=2):
+        try:
+            epochs.append(int(r["epoch"]))
+            mix.append([[float(r[f"mix/{p}/{c}"]) for c in cands] for p in paths])
+            raw.append([[float(r[f"raw/{p}/{c}"]) for c in cands] for p in paths])
+        except (KeyError, TypeError, ValueError):  # DictReader gives None for the cells of a short row
+            raise ValueError(f"{path} line {line} is cut short or not numeric (a damaged metrics.csv)") from None
+    return WeightHistory(epochs, paths, cands, np.array(mix), np.array(raw))
 
 
 def render_weights_text(paths: Sequence[str], candidates: Sequence[str], raw: np.ndarray, mix: np.ndarray) -> str:

@@ -1,22 +1,29 @@
 """The ``adact`` command: ``reproduce`` the paper, ``train`` one model, ``analyze`` a run.
 
-User mistakes (bad arguments, unknown names, missing files) end with one line
-``adact: error: ...`` and exit status 2; a diverged training run exits with 1. Anything else
-is a bug and keeps its traceback.
+User mistakes (bad arguments, unknown names, missing or damaged files) and the file system's
+refusals (a full disk, a read-only or missing folder, no permission) end with one line
+``adact: error: ...`` and exit status 2, all decided in :func:`main`; a diverged training run
+exits with 1. Anything else is a bug and keeps its traceback.
+
+torch is imported only when a command runs, so ``adact --help`` and ``--version`` are fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from adact.activations import list_activations
-from adact.data import DATASETS, FER_SPLITS
-from adact.models import DEFAULT_CHANNELS
-from adact.train import DEVICES, TrainConfig
+from adact import __version__
+from adact.defaults import ACTIVATION_NAMES, DATASETS, DEFAULT_CHANNELS, DEVICES, FER_SPLITS
+from adact.io import FolderLockedError, WriteError, one_line_warnings
+
+if TYPE_CHECKING:
+    from adact.train import TrainConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -79,9 +86,9 @@ def _dataset(text: str) -> str:
 
 def _activation(text: str) -> str:
     key = text.lower().replace("-", "_")  # the registry's spelling rule: "Leaky-ReLU" is leaky_relu
-    if key == "adact" or key in list_activations():
+    if key == "adact" or key in ACTIVATION_NAMES:
         return key
-    raise argparse.ArgumentTypeError(f"unknown activation {text!r}; valid: adact, {', '.join(list_activations())}")
+    raise argparse.ArgumentTypeError(f"unknown activation {text!r}; valid: adact, {', '.join(ACTIVATION_NAMES)}")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -111,6 +118,9 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     g.add_argument("--reference", action="store_true",
                    help="AdAct's reference sum (one op per candidate) instead of the fused kernel")
+    g.add_argument("--restart", action="store_true",
+                   help="discard what the output folder holds (checkpoints, metrics, results) and train from "
+                        "scratch; without it a rerun resumes, and a folder of other settings is refused")
     a = p.add_argument_group("model (our assumptions: the paper's layer table is missing)")
     a.add_argument("--channels", type=_int_at_least(1), nargs="+", default=None, metavar="C",
                    help=f"conv widths, one per block (default: {' '.join(map(str, DEFAULT_CHANNELS))})")
@@ -121,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="adact",
         description="Learn which activation each layer should use (AdAct, ICLR 2024 Tiny Papers).",
-        epilog="Start with `adact reproduce` (offline, digits, ~2 minutes on CPU), then `adact analyze runs/reproduce`.",
+        epilog="Start with `adact reproduce` (offline, digits, seeds 0 1 2: about 2 minutes on 2 CPU cores), "
+               "then `adact analyze runs/reproduce`.",
     )
+    parser.add_argument("--version", action="version", version=f"adact {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser(
@@ -153,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", type=_dataset, default="digits", metavar="NAME", help=f"default: digits. {_DATASET_HELP}")
     t.add_argument("--activation", type=_activation, nargs="+", default=["adact"], metavar="NAME",
                    help="'adact', one activation name for every block, or one name per block "
-                        f"(default: adact). Names: {', '.join(list_activations())}")
+                        f"(default: adact). Names: {', '.join(ACTIVATION_NAMES)}")
     t.add_argument("--seed", type=_int_at_least(0), default=0,
                    help="seed of init, shuffling and RReLU noise (default: 0)")
     t.add_argument("--out", default=None, metavar="DIR",
@@ -195,11 +207,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         test_from_train=args.test_from_train, max_train_samples=args.max_train_samples, bf16=args.bf16,
         compile=args.compile, channels=args.channels, kernel_size=args.kernel_size, fused=not args.reference,
     )
-    reproduce(cfg)
+    reproduce(cfg, restart=args.restart)
     return 0
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from adact.train import TrainConfig
+
     acts: list[str] = args.activation
     n_blocks = len(args.channels) if args.channels else len(DEFAULT_CHANNELS)
     if len(acts) not in (1, n_blocks):
@@ -230,7 +244,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{data} -> {out}")
     try:
-        result = train(config, out, data=data, quiet=args.quiet)
+        result = train(config, out, data=data, quiet=args.quiet, restart=args.restart)
     except DivergedError as e:
         print(f"adact: training diverged: {e}", file=sys.stderr)
         return 1
@@ -245,7 +259,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from adact.reproduce import analyze_run, is_reproduce_dir, render
+    from adact.reproduce import analyze_run, is_reproduce_dir, rerender
 
     path = Path(args.path)
     if not path.exists():
@@ -253,11 +267,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if is_reproduce_dir(path):
         if args.out is not None:
             raise ValueError("--out applies to a single run; a reproduce folder is re-rendered in place")
-        results = render(path)
+        results = rerender(path)
         print(results["table_text"])
         for ds, figs in results["figures"].items():
             for files in figs.values():
                 print(f"figure: {path / files[0]}")
+        for problem in results["problems"]:
+            print(f"adact: warning: {problem}", file=sys.stderr)
         print(f"wrote {path / 'report.md'}")
         return 0
     text, files = analyze_run(path, args.out)
@@ -267,21 +283,65 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- errors at the edge -----------------------------------------------------------------------
+
+_OS_HINTS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full; free some space (or choose another --out) and rerun the same command to resume",
+    errno.EDQUOT: "the disk quota is used up; free some space (or choose another --out) and rerun the same command",
+    errno.EROFS: "the file system is read-only; choose an --out folder on a writable disk",
+    errno.EACCES: "choose an --out folder you may write to, or fix its permissions",
+    errno.EPERM: "choose an --out folder you may write to, or fix its permissions",
+    errno.EEXIST: "a file is in the way; choose another --out folder, or move the file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out folder",
+    errno.EISDIR: "a folder is in the way; choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def _os_error_line(e: OSError) -> str:
+    """``cannot write PATH: <reason>; <what to do>`` for an OSError from the file system."""
+    path = str(e.filename) if e.filename is not None else None
+    verb = "write" if isinstance(e, WriteError) else "access"
+    hint = _OS_HINTS.get(e.errno or 0, "check the path and the disk")
+    if path and Path(path).resolve().parts[1:2] in (("proc",), ("sys",), ("dev",)):
+        hint = f"only the kernel makes files under /{Path(path).resolve().parts[1]}; choose a folder on a normal disk"
+    reason = e.strerror or str(e)
+    return f"cannot {verb} {path}: {reason}; {hint}" if path else f"{reason}; {hint}"
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (keeps its traceback)."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return _os_error_line(e)
+    if isinstance(e, (ValueError, FileNotFoundError, FolderLockedError)):
+        return str(e)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``adact`` console script; returns the exit status."""
+    """Entry point of the ``adact`` console script; returns the exit status.
+
+    Every user error of every command becomes one line ``adact: error: ...`` here, exit status 2.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+    except SystemExit as e:  # --help / --version (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else 2
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"adact: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("adact: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        one_line_warnings()
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            print("adact: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+        except Exception as e:
+            message = _user_error(e)
+            if message is None:
+                raise
+            print(f"adact: error: {message}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ import torch.fx
 from torch import Tensor, nn
 
 from adact.activations import ActLayer
-from adact.create_act import get_act_layer
+from adact.act_factory import get_act_layer
+from adact.defaults import DEFAULT_CHANNELS
 from adact.unit import AdAct
 
 __all__ = ["ConvNet", "DEFAULT_CHANNELS", "convnet_from_choices"]
-
-DEFAULT_CHANNELS: tuple[int, ...] = (32, 64, 128, 256)
-
 
 def _check_input(x: Tensor, in_channels: int, image_size: tuple[int, int]) -> None:
     if x.dim() != 4 or x.shape[1] != in_channels or tuple(x.shape[2:]) != tuple(image_size):
@@ -56,7 +54,8 @@ class ConvNet(nn.Module):
             those per block (ConvNet-Optimized is built from a per-layer list). Default: ``"adact"``.
         channels: output channels of the conv blocks; its length is the number of blocks.
             Default: (32, 64, 128, 256) -- our assumption, see the module docstring.
-        kernel_size: conv kernel size (odd); padding keeps the spatial size. Default: 3.
+        kernel_size: conv kernel size (odd, at most ``2 * min(image_size) - 1``); padding keeps the
+            spatial size. Default: 3.
         adact_kwargs: keyword arguments for each :class:`adact.AdAct` unit (e.g.
             ``{"granularity": "channel"}``; ``num_channels`` is filled in per block).
 
@@ -94,6 +93,13 @@ class ConvNet(nn.Module):
             raise ValueError(
                 f"image_size {(h, w)} is too small for {len(channels)} max-pool 2x2 blocks; "
                 f"need at least {2 ** len(channels)} pixels per side"
+            )
+        if kernel_size > 2 * min(h, w) - 1:
+            # Padding keeps any kernel "valid", but taps beyond 2 * side - 1 only ever see zero
+            # padding while the cost grows with kernel_size**2: a typo, not a model.
+            raise ValueError(
+                f"kernel_size {kernel_size} is larger than the {h}x{w} input images allow; use at most "
+                f"{2 * min(h, w) - 1} (2 * side - 1; wider kernels only see zero padding; the default is 3)"
             )
         if isinstance(activation, (str, type)) or (callable(activation) and not isinstance(activation, Sequence)):
             acts: list[ActLayer] = [activation] * len(channels)  # type: ignore[list-item]

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from adact.activations import ACTIVATIONS
 from adact.analysis import consensus
-from adact.io import atomic_write
+from adact.io import atomic_write, make_dir
 
 __all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_trajectories", "plot_weights", "save_figure"]
 
@@ -42,7 +42,7 @@ def act_color(name: str) -> str:
 def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Write ``stem.<fmt>`` for each format through a temporary file and a rename (never half a file)."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(stem.parent)
     written = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")

@@ -19,18 +19,24 @@ Layout of the output folder::
 Everything is resumable: finished runs are skipped (adact.train compares configs), an
 interrupted run resumes from its last.pt, a diverged run is not retried (same config, same
 outcome), and the summary files are re-rendered from the run folders each time
-(:func:`render`, also ``adact analyze OUT``).
+(:func:`render`, also ``adact analyze OUT``). While it runs, ``OUT`` is locked against a
+second ``adact reproduce`` (see :func:`adact.io.folder_lock`), and the worker processes die
+with the main process, even when it is killed with ``kill -9``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,7 @@ from adact.analysis import (
     MODELS,
     PAPER_TABLE1,
     RunRecord,
+    WeightHistory,
     build_summary,
     fmt_acc,
     read_weight_history,
@@ -53,9 +60,27 @@ from adact.analysis import (
 )
 from adact.data import DATASETS, DataSplits, load_dataset
 from adact.data.npz import resolve_npz_path
-from adact.io import atomic_write_json, atomic_write_text, read_json
+from adact.io import (
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    one_line_warnings,
+    read_json,
+    remove_stale_temps,
+)
 from adact.plots import plot_trajectories, plot_weights
-from adact.train import DivergedError, TrainConfig, adact_weights, load_checkpoint, resolve_device, train
+from adact.train import (
+    RESULT_KEYS,
+    DivergedError,
+    TrainConfig,
+    adact_weights,
+    build_model,
+    config_diff,
+    load_checkpoint,
+    model_kwargs,
+    resolve_device,
+    train,
+)
 
 __all__ = [
     "ReproduceConfig",
@@ -69,6 +94,8 @@ __all__ = [
     "load_data",
     "render",
     "reproduce",
+    "rerender",
+    "worker_pool",
 ]
 
 MANIFEST = "reproduce.json"
@@ -166,6 +193,7 @@ class ReproduceConfig:
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
         self.train_config(self.datasets[0], self.seeds[0], "adact")  # TrainConfig checks the rest
+        resolve_device(self.device)  # an unavailable device fails here, before the output folder is made
 
     def train_config(self, dataset: str, seed: int, activation: str | list[str]) -> TrainConfig:
         extra: dict[str, Any] = {} if self.channels is None else {"channels": list(self.channels)}
@@ -208,6 +236,7 @@ class _Task:
     run_dir: str
     config: dict[str, Any]
     quiet: bool
+    restart: bool = False
 
 
 def _run_task(task: _Task) -> dict[str, Any]:
@@ -215,15 +244,57 @@ def _run_task(task: _Task) -> dict[str, Any]:
     config = TrainConfig.from_dict(task.config)
     t0 = time.perf_counter()
     try:
-        result = train(config, task.run_dir, data=load_data(config), quiet=task.quiet)
+        result = train(config, task.run_dir, data=load_data(config), quiet=task.quiet, restart=task.restart)
     except DivergedError as e:
         return {"status": "diverged", "message": str(e), "seconds": time.perf_counter() - t0}
     return {"status": "done", "message": "", "seconds": time.perf_counter() - t0,
             "best_test_acc": result["best_test_acc"]}
 
 
-def _worker_init(threads: int) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` ends, so a killed ``adact reproduce`` leaves no orphans.
+
+    On Linux the kernel does it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); elsewhere a daemon
+    thread polls the parent's PID. Either way, a parent that died before this call is caught
+    by comparing ``getppid()``. Work in progress is safe to lose: every file is written
+    atomically, and the next run resumes from the last checkpoint.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="adact-parent-watchdog", daemon=True).start()
+
+
+def _worker_init(threads: int, parent: int) -> None:
+    _die_with_parent(parent)
+    one_line_warnings()
     torch.set_num_threads(threads)
+
+
+def worker_pool(jobs: int, threads: int) -> cf.ProcessPoolExecutor:
+    """``jobs`` spawned worker processes with ``threads`` torch threads each, which die with this process.
+
+    The workers are started by this (the main) thread: Linux sends the parent-death signal
+    when the *thread* that forked a child ends, so they must not come from a helper thread.
+    """
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_worker_init, initargs=(threads, os.getpid()))
+    return pool
 
 
 def _previous(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
@@ -232,7 +303,9 @@ def _previous(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     prev = read_json(path)
-    if prev.get("config") == asdict(config) and prev.get("status") in ("done", "diverged"):
+    if not isinstance(prev, dict) or config_diff(prev.get("config") or {}, asdict(config)):
+        return None
+    if prev.get("status") == "diverged" or (prev.get("status") == "done" and all(k in prev for k in RESULT_KEYS)):
         return prev
     return None
 
@@ -256,14 +329,15 @@ def run_weights(run_dir: Path) -> dict[str, Any]:
     return checkpoint_weights(run_dir / "best.pt")
 
 
-def _optimized_task(cfg: ReproduceConfig, dataset: str, seed: int) -> _Task | None:
+def _optimized_task(cfg: ReproduceConfig, dataset: str, seed: int, restart: bool = False) -> _Task | None:
     adact_dir = cfg.run_dir(dataset, seed, "adact")
     res_path = adact_dir / "result.json"
     if not res_path.is_file() or read_json(res_path).get("status") != "done":
         return None  # AdAct diverged: no trustworthy choices, the Optimized run is skipped (noted in the report)
     choices = run_weights(adact_dir)["choices"]
     config = cfg.train_config(dataset, seed, choices)
-    return _Task(dataset, seed, "optimized", str(cfg.run_dir(dataset, seed, "optimized")), asdict(config), cfg.quiet)
+    return _Task(dataset, seed, "optimized", str(cfg.run_dir(dataset, seed, "optimized")), asdict(config), cfg.quiet,
+                 restart)
 
 
 def _describe(task: _Task, outcome: dict[str, Any]) -> str:
@@ -276,16 +350,22 @@ def _describe(task: _Task, outcome: dict[str, Any]) -> str:
     return f"{what}: done, best test acc {fmt_acc(acc)} ({outcome['seconds']:.0f} s)"
 
 
-def _run_all(cfg: ReproduceConfig, log: Log) -> None:
-    """Run every AdAct and ReLU run, and each Optimized run once its AdAct run has ended."""
+def _run_all(cfg: ReproduceConfig, log: Log, restart: bool = False) -> None:
+    """Run every AdAct and ReLU run, and each Optimized run once its AdAct run has ended.
+
+    ``restart`` trains every run from scratch, discarding what its folder held.
+    """
     first: list[_Task] = []
     for ds in cfg.datasets:
         for seed in cfg.seeds:
             for model in ("adact", "relu"):
                 c = cfg.train_config(ds, seed, model)
-                first.append(_Task(ds, seed, model, str(cfg.run_dir(ds, seed, model)), asdict(c), cfg.quiet))
+                first.append(_Task(ds, seed, model, str(cfg.run_dir(ds, seed, model)), asdict(c), cfg.quiet,
+                                   restart))
 
     def start(task: _Task) -> dict[str, Any] | None:
+        if task.restart:
+            return None
         prev = _previous(Path(task.run_dir), TrainConfig.from_dict(task.config))
         if prev is not None:  # also diverged ones: the same config would diverge the same way
             return {"status": prev["status"], "message": prev.get("message", ""), "skipped": True,
@@ -301,7 +381,7 @@ def _run_all(cfg: ReproduceConfig, log: Log) -> None:
             for seed in cfg.seeds:
                 for task in [t for t in first if t.dataset == ds and t.seed == seed]:
                     _run_logged(task, start, log)
-                opt = _optimized_task(cfg, ds, seed)
+                opt = _optimized_task(cfg, ds, seed, restart)
                 if opt is None:
                     note_skip(ds, seed)
                 else:
@@ -311,9 +391,7 @@ def _run_all(cfg: ReproduceConfig, log: Log) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"training in {jobs} processes with {threads} thread{'s' if threads > 1 else ''} each; an Optimized run "
         f"starts when its AdAct run ends")
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                initargs=(threads,)) as pool:
+    with worker_pool(jobs, threads) as pool:
         pending: dict[cf.Future[dict[str, Any]], _Task] = {}
 
         def submit(task: _Task) -> None:
@@ -323,13 +401,12 @@ def _run_all(cfg: ReproduceConfig, log: Log) -> None:
                 after(task)
             else:
                 # Workers always train quietly: interleaved progress bars from N processes are unreadable.
-                quiet_task = _Task(task.dataset, task.seed, task.model, task.run_dir, task.config, True)
-                pending[pool.submit(_run_task, quiet_task)] = task
+                pending[pool.submit(_run_task, replace(task, quiet=True))] = task
 
         def after(task: _Task) -> None:
             if task.model != "adact":
                 return
-            opt = _optimized_task(cfg, task.dataset, task.seed)
+            opt = _optimized_task(cfg, task.dataset, task.seed, restart)
             if opt is None:
                 note_skip(task.dataset, task.seed)
             else:
@@ -362,42 +439,67 @@ def _run_logged(task: _Task, start: Callable[[_Task], dict[str, Any] | None], lo
 
 
 def _check_existing_runs(cfg: ReproduceConfig) -> None:
-    """Refuse, before touching anything, an output folder whose runs were made with other settings."""
+    """Refuse, before touching anything, an output folder whose runs were made with other settings.
+
+    A run's settings are in its config.json, and in its result.json for run folders kept
+    without the rest (as published results are).
+    """
     for ds in cfg.datasets:
         for seed in cfg.seeds:
             for model in ("adact", "relu"):
-                path = cfg.run_dir(ds, seed, model) / "config.json"
-                if not path.is_file():
-                    continue
-                old, new = read_json(path), asdict(cfg.train_config(ds, seed, model))
-                diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
-                if diff:
-                    raise ValueError(f"{path.parent} holds a run made with other settings ({'; '.join(diff)}); "
-                                     f"use another --out folder or the original settings")
+                run = cfg.run_dir(ds, seed, model)
+                new = asdict(cfg.train_config(ds, seed, model))
+                for name in ("config.json", "result.json"):
+                    if not (run / name).is_file():
+                        continue
+                    saved = read_json(run / name)
+                    old = saved.get("config") if name == "result.json" and isinstance(saved, dict) else saved
+                    if isinstance(old, dict) and (diff := config_diff(old, new)):
+                        raise ValueError(f"{run} holds a run made with other settings ({'; '.join(diff)}; see its "
+                                         f"{name}); use another --out folder or the original settings, or rerun "
+                                         f"with --restart to discard every run in it")
 
 
-def reproduce(cfg: ReproduceConfig, log: Log = print) -> dict[str, Any]:
+def _check_models(cfg: ReproduceConfig, data: DataSplits, dataset: str) -> None:
+    """Build each dataset's model once on the CPU: impossible settings (a kernel wider than the
+    images) fail before anything is written, not in a worker hours later."""
+    build_model(model_kwargs(cfg.train_config(dataset, cfg.seeds[0], "adact"), data))
+
+
+def reproduce(cfg: ReproduceConfig, log: Log = print, *, restart: bool = False) -> dict[str, Any]:
     """Run (or resume) the whole experiment into ``cfg.out`` and write all summary files.
 
     Returns the content of results.json. Raises ValueError / FileNotFoundError for unusable
-    settings or missing data before training anything.
+    settings, missing or unusable data, or an unavailable device before anything is written.
+    ``restart=True`` trains every run from scratch, discarding what ``cfg.out`` held. While it
+    runs, ``cfg.out`` is locked: a second reproduce into it raises
+    :class:`adact.io.FolderLockedError`.
     """
     cfg.validate()
-    _check_existing_runs(cfg)
+    if not restart:
+        _check_existing_runs(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     # Load every dataset up front: a missing file fails now, not after hours of other runs, and
     # with --download the files are fetched once, before worker processes look for them.
     for ds in cfg.datasets:
         data = load_data(cfg.train_config(ds, cfg.seeds[0], "adact"))
+        _check_models(cfg, data, ds)
         log(f"{ds}: {data}")
-    atomic_write_json(out / MANIFEST, {"format": MANIFEST_FORMAT, "config": asdict(cfg)})
-    _run_all(cfg, log)
-    results = render(out)
-    results["wall_s_this_invocation"] = time.perf_counter() - t0
-    atomic_write_json(out / "results.json", results)
+    with folder_lock(out):
+        if not restart:
+            _check_existing_runs(cfg)  # again, now that no other writer can change the folder
+        remove_stale_temps(out)
+        remove_stale_temps(out / "figures")
+        atomic_write_json(out / MANIFEST, {"format": MANIFEST_FORMAT, "config": asdict(cfg)})
+        _run_all(cfg, log, restart)
+        results = render(out)
+        results["wall_s_this_invocation"] = time.perf_counter() - t0
+        atomic_write_json(out / "results.json", results)
     log("")
     log(results["table_text"])
+    for problem in results["problems"]:
+        log(f"warning: {problem}")
     log(f"Wrote {out / 'report.md'} ({results['wall_s_this_invocation']:.0f} s)")
     return results
 
@@ -414,16 +516,58 @@ def _load_manifest(out: Path) -> ReproduceConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{out} is not an `adact reproduce` output folder (no {MANIFEST})")
     m = read_json(path)
-    if m.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} has an unknown format {m.get('format')!r}; expected {MANIFEST_FORMAT!r}")
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        found = m.get("format") if isinstance(m, dict) else None
+        raise ValueError(f"{path} has an unknown format {found!r}; expected {MANIFEST_FORMAT!r}")
+    if not isinstance(m.get("config"), dict):
+        raise ValueError(f"{path} lacks its settings ('config'); rerun `adact reproduce` to rewrite it")
     known = {f.name for f in fields(ReproduceConfig)}
-    cfg = ReproduceConfig(**{k: v for k, v in m["config"].items() if k in known})
+    try:
+        cfg = ReproduceConfig(**{k: v for k, v in m["config"].items() if k in known})
+    except TypeError as e:
+        raise ValueError(f"{path} holds settings adact cannot read ({e})") from None
     cfg.out = str(out)  # the folder may have moved since it was written
     return cfg
 
 
+def _read_result(rec: RunRecord, run: Path) -> None:
+    """Fill ``rec`` from the run's result.json; a damaged one makes the record ``damaged``."""
+    path = run / "result.json"
+    try:
+        result = read_json(path)
+    except (ValueError, OSError) as e:
+        rec.status, rec.message = "damaged", f"{e}"
+        return
+    missing = [k for k in RESULT_KEYS if k not in result] if isinstance(result, dict) else list(RESULT_KEYS)
+    if missing or result["status"] not in ("done", "diverged"):
+        what = f"lacks {', '.join(missing)}" if missing else f"has an unknown status {result['status']!r}"
+        rec.status = "damaged"
+        rec.message = f"{path} {what}; rerun `adact reproduce` with the same settings to finish it again"
+        return
+    rec.result = result
+    rec.status, rec.message = result["status"], result.get("message", "")
+
+
+def _read_choices(rec: RunRecord, run: Path) -> None:
+    """The AdAct run's choices (result.json, else best.pt); a run without them becomes ``damaged``."""
+    try:
+        w = run_weights(run)
+        rec.choices, rec.choice_weights = list(w["choices"]), list(w["choice_weights"])
+        rec.layer_paths, rec.candidates, rec.raw, rec.mix = w["paths"], w["candidates"], w["raw"], w["mix"]
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no best.pt, a refused or damaged one
+        detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        rec.status, rec.result = "damaged", None
+        rec.message = f"no chosen activations in {run} ({detail})"
+        rec.choices = rec.choice_weights = rec.layer_paths = rec.candidates = rec.raw = rec.mix = None
+
+
 def collect(out: str | Path) -> tuple[ReproduceConfig, list[RunRecord]]:
-    """Read every run of a reproduction's output folder into :class:`RunRecord` s."""
+    """Read every run of a reproduction's output folder into :class:`RunRecord` s.
+
+    Nothing here raises for a damaged run folder: a result.json that cannot be parsed or lacks
+    fields, or an AdAct run whose choices cannot be read, gives a record with status
+    ``damaged`` and a message saying what is missing.
+    """
     out = Path(out)
     cfg = _load_manifest(out)
     records: list[RunRecord] = []
@@ -434,24 +578,43 @@ def collect(out: str | Path) -> tuple[ReproduceConfig, list[RunRecord]]:
                 d = cfg.run_dir(ds, seed, model)
                 rec = RunRecord(ds, dataset_slug(ds), seed, model, "missing", path=str(d.relative_to(out)))
                 if (d / "result.json").is_file():
-                    rec.result = read_json(d / "result.json")
-                    rec.status, rec.message = rec.result["status"], rec.result.get("message", "")
+                    _read_result(rec, d)
                 elif (d / "last.pt").is_file() or (d / "config.json").is_file():
                     rec.status, rec.message = "incomplete", "interrupted; rerun the same command to resume it"
                 if model == "adact":
+                    if rec.status == "done":
+                        _read_choices(rec, d)
                     adact_status = rec.status
-                    if rec.status == "done" and ((d / "best.pt").is_file() or (d / "result.json").is_file()):
-                        w = run_weights(d)
-                        rec.choices, rec.choice_weights = w["choices"], w["choice_weights"]
-                        rec.layer_paths, rec.candidates, rec.raw, rec.mix = w["paths"], w["candidates"], w["raw"], w["mix"]
-                elif model == "optimized" and rec.status == "missing" and adact_status == "diverged":
+                elif model == "optimized" and rec.status == "missing" and adact_status in ("diverged", "damaged"):
                     rec.status = "skipped"
                     rec.message = f"the AdAct run is {adact_status}, so there are no choices to train it with"
                 records.append(rec)
     return cfg, records
 
 
-def _figures(cfg: ReproduceConfig, records: list[RunRecord], out: Path) -> dict[str, dict[str, list[str]]]:
+def _histories(records: list[RunRecord], out: Path) -> tuple[dict[str, WeightHistory], list[str]]:
+    """The weight history of every finished AdAct run (by run path), and what could not be read."""
+    hists: dict[str, WeightHistory] = {}
+    problems: list[str] = []
+    for r in records:
+        if r.model != "adact" or r.status != "done" or not r.mix:
+            continue
+        path = out / r.path / "metrics.csv"
+        if not path.is_file():
+            problems.append(f"{path} is missing: no weight trajectories for {r.dataset} seed {r.seed}")
+            continue
+        try:
+            h = read_weight_history(path)
+        except (ValueError, OSError) as e:
+            problems.append(f"{e}: no weight trajectories for {r.dataset} seed {r.seed}")
+            continue
+        if h is not None:
+            hists[r.path] = h
+    return hists, problems
+
+
+def _figures(cfg: ReproduceConfig, records: list[RunRecord], hists: dict[str, WeightHistory],
+             out: Path) -> dict[str, dict[str, list[str]]]:
     figs: dict[str, dict[str, list[str]]] = {}
     for ds in cfg.datasets:
         slug = dataset_slug(ds)
@@ -466,9 +629,9 @@ def _figures(cfg: ReproduceConfig, records: list[RunRecord], out: Path) -> dict[
                              f"{display_name(ds)}: AdAct weights per layer", out / "figures" / f"{slug}_weights",
                              note=f"best checkpoint of seed{'s' if n > 1 else ''} {seeds}")
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
-        hists = [h for r in runs if (h := read_weight_history(out / r.path / "metrics.csv")) is not None]
-        if hists:
-            paths = plot_trajectories([h.mix for h in hists], [h.epochs for h in hists], hists[0].candidates,
+        found = [hists[r.path] for r in runs if r.path in hists]
+        if found:
+            paths = plot_trajectories([h.mix for h in found], [h.epochs for h in found], found[0].candidates,
                                       f"{display_name(ds)}: AdAct softmax weights during training",
                                       out / "figures" / f"{slug}_trajectories")
             entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
@@ -476,26 +639,44 @@ def _figures(cfg: ReproduceConfig, records: list[RunRecord], out: Path) -> dict[
     return figs
 
 
+def rerender(out: str | Path) -> dict[str, Any]:
+    """:func:`render` for ``adact analyze OUT``: under the folder's lock, after removing stale temp files."""
+    out = Path(out)
+    _load_manifest(out)  # not a reproduce folder: fail before the lock file is made
+    with folder_lock(out):
+        remove_stale_temps(out)
+        remove_stale_temps(out / "figures")
+        return render(out)
+
+
 def render(out: str | Path) -> dict[str, Any]:
-    """(Re)write table1.md/.csv, choices.md/.json, figures, report.md and results.json from the runs."""
+    """(Re)write table1.md/.csv, choices.md/.json, figures, report.md and results.json from the runs.
+
+    Every run folder is read, and every text composed, before the first file is written, so a
+    damaged run folder cannot leave table1.md rewritten and report.md not: it is reported in
+    ``problems`` (and in report.md) instead.
+    """
     out = Path(out)
     cfg, records = collect(out)
+    hists, problems = _histories(records, out)
+    problems = [f"{r.path}: {r.message}" for r in records if r.status == "damaged"] + problems
     summary = build_summary(records, cfg.datasets)
-    figures = _figures(cfg, records, out)
     tables = {m: render_table_md(summary, m) for m in METRICS}
     choices = _choices_json(cfg, records)
-
+    val_hint = "" if cfg.val_fraction > 0 else _NO_VAL_HINT
     table1_md = (f"# Table 1: test accuracy over seeds {cfg.seeds}, {cfg.epochs} epochs\n\n"
-                 + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" for m in METRICS)
+                 + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" + (val_hint if m == "val" else "")
+                           for m in METRICS)
                  + _TABLE_NOTES)
+    choices_md = "# Chosen activations per layer\n\n" + render_choices_md(records, cfg.datasets)
+    table_text = "Table 1 -- " + METRICS["best"][1] + "\n" + tables["best"] + _status_lines(records)
+
+    figures = _figures(cfg, records, hists, out)
     atomic_write_text(out / "table1.md", table1_md)
     atomic_write_text(out / "table1.csv", render_table_csv(summary))
-    choices_md = "# Chosen activations per layer\n\n" + render_choices_md(records, cfg.datasets)
     atomic_write_text(out / "choices.md", choices_md)
     atomic_write_json(out / "choices.json", choices)
-    atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures))
-
-    table_text = "Table 1 -- " + METRICS["best"][1] + "\n" + tables["best"] + _status_lines(records)
+    atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures, problems))
     results = {
         "format": "adact-results-1",
         "settings": asdict(cfg),
@@ -506,11 +687,16 @@ def render(out: str | Path) -> dict[str, Any]:
         "choices": choices,
         "runs": [r.to_json() for r in records],
         "figures": figures,
+        "problems": problems,
         "files": ["table1.md", "table1.csv", "choices.md", "choices.json", "report.md", "results.json"],
         "table_text": table_text,
     }
     atomic_write_json(out / "results.json", results)
     return results
+
+
+_NO_VAL_HINT = ("No validation split in these runs, so this table is empty: run `adact reproduce` again with "
+                "`--val-fraction 0.1` (into a new `--out` folder) to fill it.\n\n")
 
 
 def _choices_json(cfg: ReproduceConfig, records: list[RunRecord]) -> dict[str, Any]:
@@ -549,7 +735,7 @@ def _status_lines(records: list[RunRecord]) -> str:
 
 
 def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, str], choices_md: str,
-            figures: dict[str, dict[str, list[str]]]) -> str:
+            figures: dict[str, dict[str, list[str]]], problems: list[str]) -> str:
     lines = [
         "# AdAct reproduction report",
         "",
@@ -580,7 +766,7 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
     if cfg.val_fraction > 0:
         lines += [tables["val"]]
     else:
-        lines += ["No validation split in this run (rerun with `--val-fraction 0.1` to get this table).", ""]
+        lines += [_NO_VAL_HINT.strip(), ""]
     lines += ["## Chosen activations", ""]
     lines += [("\n" + choices_md.split("\n", 2)[2]).replace("\n## ", "\n### ").strip(), ""]
     lines += ["## Figures", "",
@@ -611,6 +797,8 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
         lines += ["", "### Runs that did not finish", ""]
         lines += [f"- `{r.dataset}` seed {r.seed} {MODEL_LABELS[r.model]}: **{r.status}**"
                   + (f" — {r.message}" if r.message else "") for r in notes]
+    if problems:
+        lines += ["", "### Damaged or missing files", ""] + [f"- {p}" for p in problems]
     lines += ["", "## Notes", "",
               "- Choices come from the AdAct run's best checkpoint (the epoch whose accuracy Table 1 "
               "reports); the final model's choices are in each run's result.json (`dominant`).",
@@ -644,19 +832,24 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     else:
         raise FileNotFoundError(f"no such run folder or checkpoint: {path}")
     model, meta = load_checkpoint(ckpt)
-    w = checkpoint_weights(ckpt)
+    w = adact_weights(model)
     config = meta["config"]
     head = f"{ckpt} (epoch {meta['epoch']}, dataset {config['dataset']}, activation {config['activation']})"
     if not w["paths"]:
         return head + "\nno AdAct units in this model: nothing to analyze\n", []
     text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
+    hist, note = None, ""
+    if (run_dir / "metrics.csv").is_file():
+        try:
+            hist = read_weight_history(run_dir / "metrics.csv")
+        except (ValueError, OSError) as e:
+            note = f"no weight trajectories: {e}\n"
     fig_dir = Path(out) if out is not None else run_dir
     title = f"{display_name(config['dataset'])}: AdAct weights per layer"
     files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"], title,
                          fig_dir / "weights", note=f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}")
-    hist = read_weight_history(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else None
     if hist is not None:
         files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
                                    f"{display_name(config['dataset'])}: AdAct softmax weights during training",
                                    fig_dir / "trajectories", note=f"seed {config['seed']}")
-    return text, files
+    return text + note, files

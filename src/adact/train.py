@@ -11,10 +11,19 @@ A run folder holds::
     metrics.csv     one row per epoch: losses, accuracies, seconds, images/s, every unit's weights
     best.pt         checkpoint of the best epoch by test accuracy (the paper's selection)
     last.pt         checkpoint after the last finished epoch (resume point)
+    last.prev.pt    the checkpoint before it (resume point if last.pt is damaged)
     result.json     summary: best / final / validation-selected accuracy, chosen activations
+    .adact.lock     held (``fcntl.flock``) while a process writes the folder
 
 Checkpoints are self-describing (model state, optimiser state, config, model kwargs, epoch,
-metrics, RNG state): :func:`load_checkpoint` rebuilds the model from the file alone.
+metrics, RNG state): :func:`load_checkpoint` rebuilds the model from the file alone. They hold
+only tensors and plain data, and are read with ``torch.load(weights_only=True)``: a file that
+holds any other Python object (which unpickling would run as code) is refused.
+
+A folder always recovers on a rerun: a damaged last.pt falls back to last.prev.pt (with a
+warning), temporary files of an interrupted write are removed, a second writer is refused
+while the first holds the lock, and a folder holding a run with other settings is refused
+rather than overwritten (``restart=True``, the CLI's ``--restart``, discards it).
 """
 
 from __future__ import annotations
@@ -22,8 +31,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import pickle
+import re
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,24 +46,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from adact.data import DataSplits, DeviceLoader, load_dataset
-from adact.io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from adact.data.arrays import check_splits
+from adact.defaults import DEVICES
+from adact.io import (
+    WriteError,
+    atomic_save,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    read_json,
+    remove_stale_temps,
+)
 from adact.models import DEFAULT_CHANNELS, ConvNet
 from adact.surgery import adact_units, dominant_activations
 from adact.unit import AdAct
 
 __all__ = [
+    "CheckpointError",
     "DivergedError",
+    "RESULT_KEYS",
+    "RUN_FILES",
+    "ResumeWarning",
     "TrainConfig",
+    "UnsafeCheckpointError",
     "adact_weights",
     "build_model",
+    "config_diff",
     "evaluate",
     "load_checkpoint",
+    "read_checkpoint",
     "resolve_device",
     "train",
     "unit_weights",
 ]
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+CHECKPOINT_FORMAT = "adact-checkpoint-1"
+_CHECKPOINT_KEYS = ("model", "optimizer", "config", "model_kwargs", "epoch", "metrics", "best", "rng")
+#: The files of a run folder that ``restart=True`` discards (figures of `adact analyze` stay).
+RUN_FILES: tuple[str, ...] = ("config.json", "metrics.csv", "best.pt", "last.pt", "last.prev.pt", "result.json")
+#: result.json keys a finished run must have; without them the run is finished again from last.pt.
+RESULT_KEYS: tuple[str, ...] = ("status", "best_test_acc", "best_epoch", "final_test_acc", "val_selected_test_acc",
+                                "epochs_run", "n_params", "n_adact_units", "n_adact_params", "config")
 
 
 @dataclass
@@ -108,6 +145,23 @@ class TrainConfig:
 
 class DivergedError(RuntimeError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: truncated, empty, not a torch file, or not adact's."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds Python objects that unpickling would run as code; it is never loaded."""
+
+
+class ResumeWarning(UserWarning):
+    """A run resumed from an older checkpoint because the newest one is damaged."""
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value."""
+    return [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,21 +287,52 @@ def _checkpoint(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfi
         "best": best,
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "format": "adact-checkpoint-1",
+        "format": CHECKPOINT_FORMAT,
     }
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ConvNet, dict[str, Any]]:
-    """Rebuild the model of a checkpoint from the file alone; returns ``(model, checkpoint)``."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read an adact checkpoint's contents safely (``torch.load(weights_only=True)``).
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        UnsafeCheckpointError: the file holds Python objects other than tensors and plain data;
+            they are not unpickled, so nothing in the file runs.
+        CheckpointError: the file is truncated, empty, not a torch file, or not an adact
+            checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; expected a best.pt or last.pt written by `adact train`")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # truncated or not a torch file at all
-        raise ValueError(f"{path} is not a readable adact checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "adact-checkpoint-1":
-        raise ValueError(f"{path} is not an adact checkpoint (missing format tag 'adact-checkpoint-1')")
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise UnsafeCheckpointError(
+                f"{path} was refused: it holds the Python object {found.group(1)}, which loading would run as "
+                f"code (adact checkpoints hold only tensors and plain data). Do not load it; delete it unless "
+                f"you know who made it and what it runs") from None
+        raise CheckpointError(f"{path} is not a readable adact checkpoint (not a torch file)") from None
+    except (EOFError, RuntimeError, OSError) as e:  # truncated, empty, or an unreadable zip archive
+        reason = str(e).split(". ")[0] or "the file is empty"
+        raise CheckpointError(f"{path} is not a readable adact checkpoint (truncated or damaged: "
+                              f"{type(e).__name__}: {reason})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an adact checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete adact checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ConvNet, dict[str, Any]]:
+    """Rebuild the model of a checkpoint from the file alone; returns ``(model, checkpoint)``.
+
+    The file is read with :func:`read_checkpoint`, so a checkpoint holding code is refused
+    (:class:`UnsafeCheckpointError`) without running it.
+    """
+    ckpt = read_checkpoint(path, map_location)
     model = build_model(ckpt["model_kwargs"])
     model.load_state_dict(ckpt["model"])
     return model, ckpt
@@ -281,35 +366,136 @@ def _summary(config: TrainConfig, metrics: list[dict[str, Any]], model: nn.Modul
     }
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
-          quiet: bool = False) -> dict[str, Any]:
-    """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
+def _check_folder(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The result of this very run if it finished, None if it did not; refuse another run's folder.
 
-    A finished run (result.json with status "done") is returned without training. An
-    interrupted one resumes from last.pt and ends with the same numbers as an uninterrupted
-    run on CPU. A NaN/inf loss stops the run, keeps the last good checkpoint, writes
-    result.json with status "diverged" and raises :class:`DivergedError`.
+    A folder whose config.json or result.json records other settings is never overwritten:
+    that would silently replace a finished run (run folders are often kept without their
+    checkpoints, so the checkpoints' own check cannot catch it).
     """
-    out = Path(out_dir)
-    result_path = out / "result.json"
-    if result_path.is_file():
-        prev = read_json(result_path)
-        if prev.get("status") == "done" and prev.get("config") == asdict(config):
-            return prev
-    device = resolve_device(config.device)
-    if data is None:
-        data = load_dataset(config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction,
-                            seed=config.split_seed, fer_split=config.fer_split,
-                            test_from_train=config.test_from_train)
+    new = asdict(config)
+    result = read_json(out / "result.json") if (out / "result.json").is_file() else None
+    saved = read_json(out / "config.json") if (out / "config.json").is_file() else None
+    for name, old in (("result.json", result.get("config") if isinstance(result, dict) else None),
+                      ("config.json", saved)):
+        if isinstance(old, dict) and (diff := config_diff(old, new)):
+            raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}; see its {name}); "
+                             f"use another --out folder, or rerun with --restart to discard that run")
+    if isinstance(result, dict) and result.get("status") == "done" and all(k in result for k in RESULT_KEYS):
+        return result
+    return None
+
+
+def _discard_run(out: Path) -> None:
+    for name in RUN_FILES:
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise WriteError(e.errno, e.strerror, str(out / name)) from None
+
+
+def _resume_point(out: Path, config: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+    """The newest usable checkpoint of last.pt and last.prev.pt; None when neither exists.
+
+    A damaged last.pt (a copy cut short, a full disk) falls back to last.prev.pt with a
+    :class:`ResumeWarning`, losing at most two epochs; the damaged file is removed so it never
+    becomes the fallback itself.
+    """
+    last, prev = out / "last.pt", out / "last.prev.pt"
+    problems: list[str] = []
+    for path in (last, prev):
+        if not path.is_file():
+            continue
+        try:
+            ckpt = read_checkpoint(path, device)
+        except UnsafeCheckpointError as e:
+            raise UnsafeCheckpointError(f"{e}; rerun with --restart to start this run over") from None
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if diff := config_diff(ckpt["config"], asdict(config)):
+            raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}; see its {path.name}); "
+                             f"use another --out folder, or rerun with --restart to discard that run")
+        if problems:
+            warnings.warn(f"{problems[0]}; resuming from {path.name} (epoch {ckpt['epoch']}) instead",
+                          ResumeWarning, stacklevel=3)
+            last.unlink(missing_ok=True)
+        return ckpt
+    if problems:
+        raise CheckpointError(f"cannot resume the run in {out}: {'; '.join(problems)}. To start it over, rerun "
+                              f"with --restart (or delete {last.name} and {prev.name})")
+    return None
+
+
+def _save_last(ckpt: dict[str, Any], out: Path) -> None:
+    """Write last.pt, keeping the one before it as last.prev.pt (the fallback of a damaged last.pt).
+
+    last.pt is replaced atomically and is never missing: the old one is first hard-linked
+    (copied where links are not supported) to last.prev.pt.
+    """
+    last, prev = out / "last.pt", out / "last.prev.pt"
+    if last.is_file():
+        link = prev.with_name(f".{prev.name}.hardlink.tmp")  # the temp-file pattern: removed if left behind
+        try:
+            link.unlink(missing_ok=True)
+            os.link(last, link)
+            os.replace(link, prev)
+        except OSError:
+            link.unlink(missing_ok=True)
+            atomic_write(prev, lambda f: f.write(last.read_bytes()))
+    atomic_save(ckpt, last)
+
+
+def _train_set(config: TrainConfig, data: DataSplits) -> Any:
     train_set = data.train
     if config.max_train_samples is not None and config.max_train_samples < len(train_set):
         g = torch.Generator().manual_seed(config.split_seed)
         keep = torch.randperm(len(train_set), generator=g)[: config.max_train_samples].sort().values
         train_set = type(train_set)(train_set.x[keep], train_set.y[keep])
+    return train_set
 
+
+def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
+          quiet: bool = False, restart: bool = False) -> dict[str, Any]:
+    """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
+
+    A finished run (result.json with status "done") is returned without training. An
+    interrupted one resumes from last.pt (or last.prev.pt, if last.pt is damaged) and ends
+    with the same numbers as an uninterrupted run on CPU. A NaN/inf loss stops the run, keeps
+    the last good checkpoint, writes result.json with status "diverged" and raises
+    :class:`DivergedError`.
+
+    Everything is checked before the folder is touched: the device, the data (non-empty
+    splits, labels within the classes) and the model (e.g. kernel size vs image size). The
+    folder is then locked for the whole run (a second writer gets an error naming this
+    process), and a folder holding a run with other settings is refused. ``restart=True``
+    discards the folder's run files (:data:`RUN_FILES`) and trains from scratch.
+    """
+    out = Path(out_dir)
+    if not restart and out.is_dir() and (prev := _check_folder(out, config)) is not None:
+        return prev
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction,
+                            seed=config.split_seed, fer_split=config.fer_split,
+                            test_from_train=config.test_from_train)
+    check_splits(data)
+    train_set = _train_set(config, data)
     torch.manual_seed(config.seed)
     mkw = model_kwargs(config, data)
-    model = build_model(mkw).to(device)
+    model = build_model(mkw).to(device)  # raises for impossible settings, before anything is written
+    with folder_lock(out):
+        remove_stale_temps(out)
+        if restart:
+            _discard_run(out)
+        elif (prev := _check_folder(out, config)) is not None:  # finished while we prepared
+            return prev
+        return _run(config, out, data, train_set, model, mkw, device, quiet)
+
+
+def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model: nn.Module, mkw: dict[str, Any],
+         device: torch.device, quiet: bool) -> dict[str, Any]:
+    result_path = out / "result.json"
     opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
                                 hflip=config.hflip, crop_padding=config.crop_padding)
@@ -319,18 +505,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
     metrics: list[dict[str, Any]] = []
     best: dict[str, Any] = {"test_acc": -1.0, "epoch": 0}
     start_epoch = 0
-    last_path = out / "last.pt"
-    if last_path.is_file():  # resume
-        ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        if ckpt.get("config") != asdict(config):
-            raise ValueError(f"{out} holds a run with a different config; use another --out folder")
+    ckpt = _resume_point(out, config, device)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         metrics, best, start_epoch = ckpt["metrics"], ckpt["best"], ckpt["epoch"]
         torch.set_rng_state(ckpt["rng"])
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    out.mkdir(parents=True, exist_ok=True)
+        print(f"{out}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
     atomic_write_json(out / "config.json", asdict(config))
 
     step_model = torch.compile(model) if config.compile else model
@@ -394,7 +577,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
             atomic_save(ckpt, out / "best.pt")
         # last.pt is the resume point, so it is written after metrics and best are consistent.
         _write_metrics_csv(out / "metrics.csv", metrics)
-        atomic_save(ckpt, last_path)
+        _save_last(ckpt, out)
 
     result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best.get("weights"))
     result["config"] = asdict(config)
@@ -410,7 +593,9 @@ def _act_label(config: TrainConfig) -> str:
 
 
 def _progress(total: int, desc: str, quiet: bool) -> Any:
-    if quiet:
+    # A bar redraws one line; in a redirected log it becomes one very long line per epoch,
+    # and the per-epoch summary line already says everything.
+    if quiet or not sys.stderr.isatty():
         return None
     from tqdm.auto import tqdm
 

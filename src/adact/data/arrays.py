@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["ArrayDataset", "DataSplits", "RawSplits", "as_split", "stratified_split"]
+__all__ = ["MAX_CLASSES", "ArrayDataset", "DataSplits", "RawSplits", "as_split", "check_splits", "stratified_split"]
+
+MAX_CLASSES = 100_000
+"""The most classes a dataset may have: a stray label of 10**9 is a mistake, not a 10**9-way
+classifier, and must not allocate memory for one."""
 
 
 @dataclass(repr=False)
@@ -86,6 +90,27 @@ class DataSplits:
         return (f"DataSplits(name={self.name!r}, train={len(self.train)}, val={val}, test={len(self.test)}, "
                 f"image=({self.in_channels}, {self.image_size[0]}, {self.image_size[1]}), "
                 f"classes={self.num_classes})")
+
+
+def check_splits(data: DataSplits) -> None:
+    """Raise ValueError unless ``data`` can be trained and evaluated on.
+
+    Checks: non-empty train and test splits, between 1 and :data:`MAX_CLASSES` classes, and
+    every label in ``0..num_classes-1``.
+    """
+    if len(data.train) == 0:
+        raise ValueError(f"{data.name}: the training split is empty")
+    if len(data.test) == 0:
+        raise ValueError(f"{data.name}: the test split is empty; a run is evaluated on it after every epoch")
+    if not 1 <= data.num_classes <= MAX_CLASSES:
+        raise ValueError(f"{data.name}: {data.num_classes} classes; adact supports 1 to {MAX_CLASSES:,}")
+    for split_name, split in (("train", data.train), ("test", data.test), ("val", data.val)):
+        if split is None or len(split) == 0:
+            continue
+        lo, hi = int(split.y.min()), int(split.y.max())
+        if lo < 0 or hi >= data.num_classes:
+            raise ValueError(f"{data.name}: {split_name} labels span {lo}..{hi}, outside the "
+                             f"{data.num_classes} classes 0..{data.num_classes - 1}")
 
 
 RawSplits = tuple[ArrayDataset, ArrayDataset, list[str], dict[str, object]]

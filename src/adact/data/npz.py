@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adact.data.arrays import RawSplits, as_split
+from adact.data.arrays import MAX_CLASSES, RawSplits, as_split
 
 __all__ = ["NPZ_KEYS", "load_npz", "resolve_npz_path"]
 
@@ -93,9 +93,15 @@ def load_npz(path: Path) -> RawSplits:
         raise ValueError(f"'{path}': x_train is empty")
     y_train = _labels(arrays["y_train"], "y_train", len(x_train), path)
     y_test = _labels(arrays["y_test"], "y_test", len(x_test), path)
+    if len(x_test) == 0:
+        raise ValueError(f"'{path}': x_test is empty; a run is evaluated on the test split after every epoch")
     all_y = np.concatenate([y_train, y_test])
     if all_y.min() < 0:
         raise ValueError(f"'{path}': labels must be >= 0, found {int(all_y.min())}")
+    if all_y.max() >= MAX_CLASSES:
+        # Checked before anything is sized by the label: K = max label + 1 class names would be built.
+        raise ValueError(f"'{path}': label {int(all_y.max())} would mean {int(all_y.max()) + 1:,} classes; adact "
+                         f"supports at most {MAX_CLASSES:,}. Labels must be 0..K-1")
     if "classes" in arrays:
         names = arrays["classes"]
         if names.ndim != 1:

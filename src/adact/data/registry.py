@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, stratified_split
+from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, check_splits, stratified_split
+from adact.defaults import DATASETS, FER_SPLITS
 
 __all__ = ["DATASETS", "FER_SPLITS", "load_dataset"]
-
-DATASETS: tuple[str, ...] = ("fmnist", "cifar10", "svhn", "fer2013", "digits")
-"""Named datasets; any ``.npz`` file is also accepted as ``"npz:PATH"``."""
-
-FER_SPLITS: tuple[str, ...] = ("paper", "official")
 
 PAPER_FER_TEST_FRACTION = 0.2
 
@@ -149,9 +145,8 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
         train, val = train.subset(keep), train.subset(hold)
         notes.append(f"val = stratified {val_fraction:g} of the training split (seed {seed})")
 
-    for split_name, split in (("train", train), ("test", test), ("val", val)):
-        if split is not None and len(split) and int(split.y.max()) >= len(classes):
-            raise ValueError(f"{display}: {split_name} label {int(split.y.max())} exceeds the {len(classes)} classes")
     info.update(seed=seed, counts={"train": len(train), "val": len(val) if val is not None else 0,
                                    "test": len(test)}, notes=notes)
-    return DataSplits(name=display, train=train, test=test, val=val, classes=classes, info=info)
+    splits = DataSplits(name=display, train=train, test=test, val=val, classes=classes, info=info)
+    check_splits(splits)
+    return splits
