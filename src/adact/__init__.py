@@ -13,7 +13,16 @@ from adact.activations import (
 )
 from adact import data
 from adact.models import ConvNet
-from adact.surgery import DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, dominant_activations, optimize
+from adact.surgery import (
+    DEFAULT_TARGETS,
+    AdactifyReport,
+    adact_units,
+    adactify,
+    apply_choices,
+    dominant_activations,
+    optimize,
+    save_choices,
+)
 from adact.unit import AdAct, adact_reference
 
 __version__ = "0.1.0"
@@ -29,10 +38,12 @@ __all__ = [
     "adact_reference",
     "adact_units",
     "adactify",
+    "apply_choices",
     "create_act",
     "data",
     "dominant_activations",
     "get_act_layer",
     "list_activations",
     "optimize",
+    "save_choices",
 ]
