@@ -184,7 +184,7 @@ def adactify(
     if example_inputs is not None:
         sites = _apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
     else:
-        unchecked = sorted({path for key, path in found.unchecked.items() if len(found.calls.get(key, [])) <= 1})
+        unchecked = sorted(set(found.unchecked.values()))
         if unchecked:
             why = "; ".join(f"{p or '<root>'!r}: {r}" for p, r in found.untraced if p in unchecked)
             warnings.warn(

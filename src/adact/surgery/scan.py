@@ -91,6 +91,8 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
                 out.lookalikes.append((path, type(m).__name__))
             continue
         children = OrderedDict((name, c) for name, c in m._modules.items() if c is not None)
+        if type(m) is nn.Module or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
+            continue  # namespaces without a forward: their owners' forwards make the calls
         if is_torch_builtin(m) or isinstance(m, nn.Sequential):
             # torch.nn's modules call each child at most once (Sequential: once per position).
             for c in children.values():
@@ -107,12 +109,12 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
             graph = shallow_trace(m)
         except Exception as e:  # noqa: BLE001 - any failure means "no graph", reported below
             reason = _reason(e)
-            owned = [c for c in children.values() if spec.module(c)]
+            owned = [c for c in m.modules() if spec.module(c)]
             calls = [k for k in source_activation_calls(type(m).forward) if spec.call(k)]
             if owned or calls:
                 out.untraced.append((path, reason))
             for c in owned:
-                out.unchecked.setdefault(id(c), path)
+                out.unchecked.setdefault(id(c), path)  # checked below unless a traced forward calls it
             for kind in calls:
                 out.missed.append(
                     MissedSite(path, f"{kind} call", f"torch.fx could not trace {type(m).__name__}.forward ({reason})")
@@ -128,4 +130,6 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
                 has_calls |= spec.call(function_kind(node.target, method=node.op == "call_method"))
         if has_calls:
             out.functional.append((path, m))
+    # A module some traced forward calls is accounted for, even below an untraceable ancestor.
+    out.unchecked = {k: p for k, p in out.unchecked.items() if k not in out.calls}
     return out

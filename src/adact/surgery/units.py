@@ -80,6 +80,14 @@ class CallSites(nn.Module):
             self.add_module(str(i), m)
         self.next_site = 0
 
+    def __getitem__(self, i: int) -> nn.Module:
+        module = self._modules[str(range(len(self._modules))[i])]
+        assert module is not None
+        return module
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         i = self.next_site
         if i >= len(self._modules):
