@@ -9,6 +9,8 @@ attributes and children.
 
 from __future__ import annotations
 
+import inspect
+from types import CodeType
 from typing import Any
 
 from torch import fx, nn
@@ -48,6 +50,17 @@ class TracedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._fns[self.owner.training](self.owner, *args, **kwargs)
+
+    # Tools that inspect a forward (torch.export reads __code__, others the signature) see the
+    # traced function's, which has the original forward's parameters.
+    @property
+    def __code__(self) -> CodeType:
+        return self._fns[self.owner.training].__code__
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        sig = inspect.signature(self._fns[self.owner.training])
+        return sig.replace(parameters=list(sig.parameters.values())[1:])  # without self
 
     def __getstate__(self) -> dict[str, Any]:
         return {"owner": self.owner, "_code": self._code}
