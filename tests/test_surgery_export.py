@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adact.surgery import ExportableRReLU, adact_units, adactify, optimize
+from adact.surgery import ExportableRReLU, adact_units, adactify, apply_choices, dominant_activations, optimize, save_choices
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -102,3 +102,45 @@ def test_exportable_rrelu_is_rrelu() -> None:
     a = m.train()(x)
     torch.manual_seed(0)
     torch.testing.assert_close(a, ref.train()(x))
+
+
+def test_readme_workflow_transformers_bert(tmp_path: pytest.TempPathFactory) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24
+    )
+    torch.manual_seed(0)
+    model = adactify(transformers.BertModel(config))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    for _ in range(3):  # "train"
+        opt.zero_grad()
+        model(torch.randint(0, 64, (2, 6))).last_hidden_state.square().mean().backward()
+        opt.step()
+    path = tmp_path / "choices.json"  # type: ignore[operator]
+    save_choices(model, path)
+
+    final = apply_choices(transformers.BertModel(config), path).eval()
+    assert [type(m).__name__ for _, m in adact_units(final)] == []
+    chosen = [final.get_submodule(p) for p in (f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(2))]
+    assert [type(m) for m in chosen] == [type(optimize(model).get_submodule(p)) for p in dominant_activations(model)]
+
+    class LastHidden(nn.Module):
+        def __init__(self, bert: nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.bert(ids).last_hidden_state
+
+    ids = torch.randint(0, 64, (1, 6))
+    wrapped = LastHidden(final).eval()
+    with torch.no_grad():
+        expected = wrapped(ids).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(wrapped, (ids,), dynamo=True, verbose=False)
+    buf = io.BytesIO()
+    program.save(buf)
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: ids.numpy()})
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -17,7 +17,7 @@ from torch import fx, nn
 from torch.fx.graph_module import _format_import_block, _forward_from_src, sys_importer
 
 from adact.surgery.report import MissedSite, Site
-from adact.surgery.scan import shallow_trace
+from adact.surgery.scan import module_graph
 from adact.surgery.targets import TargetSpec, function_kind, is_inplace_call
 from adact.surgery.units import UnitFactory
 
@@ -35,6 +35,8 @@ class TracedForward:
 
     def __init__(self, owner: nn.Module, train_graph: fx.Graph, eval_graph: fx.Graph) -> None:
         self.owner = owner
+        # Kept for a later adactify of the same model (not pickled; it then traces the class's forward).
+        self.graphs: dict[bool, fx.Graph] | None = {True: train_graph, False: eval_graph}
         self._code: dict[bool, tuple[str, str]] = {}
         for mode, graph in ((True, train_graph), (False, eval_graph)):
             code = graph.python_code(root_module="self")
@@ -67,6 +69,7 @@ class TracedForward:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.graphs = None
         self._compile()
 
 
@@ -111,7 +114,7 @@ def convert_calls(
     module: nn.Module, path: str, spec: TargetSpec, factory: UnitFactory
 ) -> tuple[list[Site], list[MissedSite]]:
     """Give each targeted activation call in ``module.forward`` its own unit; returns the sites."""
-    graphs = {mode: shallow_trace(module, training=mode) for mode in (True, False)}
+    graphs = {mode: module_graph(module, training=mode) for mode in (True, False)}
     nodes = {mode: _activation_nodes(g, spec) for mode, g in graphs.items()}
     labels = {mode: [_label(n) for n, _ in found] for mode, found in nodes.items()}
     if labels[True] != labels[False]:

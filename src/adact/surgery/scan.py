@@ -18,7 +18,7 @@ from adact.surgery.targets import TargetSpec, function_kind, looks_like_activati
 from adact.surgery.units import CallSites
 from adact.unit import AdAct
 
-__all__ = ["Scan", "TRANSFORMER_LAYERS", "is_torch_builtin", "scan", "shallow_trace"]
+__all__ = ["Scan", "TRANSFORMER_LAYERS", "is_torch_builtin", "module_graph", "scan", "shallow_trace"]
 
 #: torch.nn layers whose ``activation`` may be a function (``activation="gelu"``).
 TRANSFORMER_LAYERS: tuple[type[nn.Module], ...] = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -42,6 +42,18 @@ def shallow_trace(module: nn.Module, training: bool | None = None) -> fx.Graph:
             return _ShallowTracer().trace(module)
     finally:
         module.training = mode
+
+
+def module_graph(module: nn.Module, training: bool | None = None) -> fx.Graph:
+    """The graph of ``module``'s forward: a copy of the one an earlier adactify installed, else a new trace."""
+    traced = module.__dict__.get("forward")
+    graphs = getattr(traced, "graphs", None)
+    if isinstance(graphs, dict):
+        graph = fx.Graph()
+        out = graph.graph_copy(graphs[module.training if training is None else training], {})
+        graph.output(out)
+        return graph
+    return shallow_trace(module, training)
 
 
 def is_torch_builtin(m: nn.Module) -> bool:
@@ -106,7 +118,7 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
                     )
             continue
         try:
-            graph = shallow_trace(m)
+            graph = module_graph(m)
         except Exception as e:  # noqa: BLE001 - any failure means "no graph", reported below
             reason = _reason(e)
             owned = [c for c in m.modules() if spec.module(c)]
