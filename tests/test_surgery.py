@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from adact.activations import DEFAULT_CANDIDATES
 from adact.models import ConvNet

@@ -31,8 +31,11 @@ _OPS: dict[str, Callable[[], nn.Module]] = {
 
 
 def _model(after: str, fused: bool) -> nn.Module:
+    # The example: a unit followed by an in-place op; targets given as a class.
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardswish(), _OPS[after](), nn.Conv2d(8, 4, 1))
-    return adactify(model, targets=("hardswish",), adact_kwargs={"fused": fused})
+    net = adactify(model, targets=(nn.Hardswish,), adact_kwargs={"fused": fused})
+    assert isinstance(net[2], nn.ReLU) or after != "relu_inplace"  # the ReLU stays as it is
+    return net
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -74,7 +77,14 @@ def test_inplace_after_unit_in_ddp_gloo() -> None:
     assert net[1].logits.grad is not None
 
 
-def test_mobilenet_v3_trains_with_inplace_relus() -> None:
+def test_mobilenet_v3_hardswish_units_train_with_inplace_relus() -> None:
     torchvision = pytest.importorskip("torchvision")
-    net = adactify(torchvision.models.mobilenet_v3_small(weights=None, num_classes=5))
-    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    net, report = adactify(
+        torchvision.models.mobilenet_v3_small(weights=None, num_classes=5), targets=(nn.Hardswish,), return_report=True
+    )
+    assert report.n_units == 19
+    x = torch.randn(2, 3, 32, 32)
+    net(x).sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    out.float().sum().backward()

@@ -280,3 +280,49 @@ def test_torchvision_mobilenet_v3_hardswish_sites_and_gates_left() -> None:
     assert Counter(report.replaced) == {"Hardswish": counts["Hardswish"], "ReLU": counts["ReLU"]}
     assert counts["Hardswish"] == 19
     assert sum(isinstance(m, nn.Hardsigmoid) for m in net.modules()) == counts["Hardsigmoid"] > 0
+
+
+# --- the converted model still works with torch's tools ----------------------------------------
+
+
+class _SharedAndFunctional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.act(self.fc(self.act(x))))
+
+
+def test_converted_model_pickles_copies_compiles_and_exports() -> None:
+    import io
+    import pickle
+
+    net = adactify(_SharedAndFunctional()).eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        expected = net(x)
+        for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+            torch.testing.assert_close(twin(x), expected)
+            assert twin.forward.owner is twin  # the copy runs its own units
+        buf = io.BytesIO()
+        torch.save(net, buf)
+        buf.seek(0)
+        torch.testing.assert_close(torch.load(buf, weights_only=False)(x), expected)
+        torch.testing.assert_close(torch.compile(net)(x), expected)
+        program = torch.export.export(net, (x,))
+        torch.testing.assert_close(program.module()(x), expected)
+
+
+def test_unit_channel_dim_last() -> None:
+    from adact.unit import adact_reference
+
+    unit = AdAct(granularity="channel", num_channels=5, channel_dim=-1, init="normal", init_scale=1.0).eval()
+    x = torch.randn(2, 3, 5)
+    ref = adact_reference(x.transpose(1, 2), unit.logits, unit.prelu_weight).transpose(1, 2)
+    torch.testing.assert_close(unit(x), ref)
+    with pytest.raises(ValueError, match=r"expects input of shape \(\*, 5\)"):
+        unit(torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match="channel_dim must be 1"):
+        AdAct(granularity="channel", num_channels=5, channel_dim=2)
