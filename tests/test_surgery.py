@@ -338,3 +338,28 @@ def test_report_str_mentions_counts() -> None:
     _, report = adactify(nn.Sequential(nn.Linear(2, 2), nn.SiLU()), return_report=True)
     assert isinstance(report, AdactifyReport)
     assert "1 AdAct units (8 parameters)" in str(report)
+
+
+def test_example_pass_through_a_block_called_twice() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.act(self.fc(self.act(x)))
+
+    class Reuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.block(self.block(x))  # one module, so one set of units, used twice
+
+    x = torch.randn(2, 4)
+    net, report = adactify(Reuse(), example_inputs=x, granularity="channel", return_report=True)
+    assert report.sites == ("block.act.0", "block.act.1")
+    assert [u.num_channels for _, u in adact_units(net)] == [4, 4]
+    net(x).sum().backward()

@@ -259,13 +259,11 @@ def _apply_probe(
                 )
             first_calls += next(iter(invocations.values()))
         shapes[key] = first_calls[0].shape if first_calls else None
-        if len(first_calls) <= 1 or paths[0] not in by_path:
-            continue
+        callers = [c.caller for c in first_calls]
+        if len(first_calls) <= 1 or paths[0] not in by_path or any(c is None for c in callers):
+            continue  # one call site, a unit the model had before, or one served by CallSites
         # Several call sites the shallow traces could not see: one unit per call.
         clones: list[nn.Module] = [unit] + [copy.deepcopy(unit) for _ in first_calls[1:]]
-        callers = [c.caller for c in first_calls]
-        if any(c is None for c in callers):
-            raise ValueError(f"adactify: cannot tell apart the calls of the unit at {paths[0]!r}")
         new[key] = make_call_sites(clones, callers, unit.training)  # type: ignore[arg-type]
         old = by_path.pop(paths[0])
         for i, (clone, c) in enumerate(zip(clones, first_calls)):

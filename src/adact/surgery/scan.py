@@ -103,7 +103,7 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
                 out.lookalikes.append((path, type(m).__name__))
             continue
         children = OrderedDict((name, c) for name, c in m._modules.items() if c is not None)
-        if type(m) is nn.Module or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
+        if type(m).forward is nn.Module.forward or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
             continue  # namespaces without a forward: their owners' forwards make the calls
         if is_torch_builtin(m) or isinstance(m, nn.Sequential):
             # torch.nn's modules call each child at most once (Sequential: once per position).

@@ -72,6 +72,7 @@ _LIBRARY_CLASSES: dict[tuple[str, str, str], str] = {
             "MishActivation": "mish",
             "ReLUSquaredActivation": "relu_squared",
             "LaplaceActivation": "laplace",
+            "LinearActivation": "identity",  # known, so not warned about; never a target
         }.items()
     },
     **{
