@@ -363,3 +363,22 @@ def test_example_pass_through_a_block_called_twice() -> None:
     assert report.sites == ("block.act.0", "block.act.1")
     assert [u.num_channels for _, u in adact_units(net)] == [4, 4]
     net(x).sum().backward()
+
+
+def test_failed_adactify_leaves_the_model_as_it_was() -> None:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.relu(self.act(self.fc(self.act(x))).unsqueeze(1))  # (N, 1, 4) at the call
+
+    model = Mixed()
+    before = dict(model.__dict__)
+    with pytest.raises(ValueError, match="channel_dim"):
+        adactify(model, example_inputs=torch.randn(2, 4), granularity="channel")
+    assert type(model.act) is nn.ReLU and "forward" not in model.__dict__ and not model._forward_pre_hooks
+    assert set(model.__dict__) == set(before) and set(model._modules) == {"fc", "act"}
+    assert model(torch.randn(2, 4)).shape == (2, 1, 4)

@@ -226,7 +226,8 @@ def test_channel_granularity_on_tokens_needs_channel_dim() -> None:
     layer = nn.Sequential(nn.Linear(6, 6), nn.GELU())
     x = torch.randn(2, 5, 6)
     with pytest.raises(ValueError, match=r"shape \(2, 5, 6\).*channel_dim=-1"):
-        adactify(copy.deepcopy(layer), example_inputs=x, granularity="channel")
+        adactify(layer, example_inputs=x, granularity="channel")
+    assert isinstance(layer[1], nn.GELU)  # nothing was changed before the error
     net = adactify(layer, example_inputs=x, granularity="channel", channel_dim=-1)
     unit = net[1]
     assert isinstance(unit, AdAct) and unit.num_channels == 6 and unit.channel_dim == -1

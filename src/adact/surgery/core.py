@@ -6,7 +6,8 @@ import copy
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, overload
 
 from torch import nn
@@ -170,20 +171,20 @@ def adactify(
     factory = UnitFactory(tuple(candidates), unit_kwargs, model_device(model))
 
     found = scan(model, spec)
-    root, sites = convert_modules(model, spec, found, factory)
-    sites += convert_function_activations(root, spec, factory)
     missed: list[MissedSite] = list(found.missed)
     traced: list[str] = []
-    for path, module in found.functional:
-        new, miss = convert_calls(module, path, spec, factory)
-        sites += new
-        missed += miss
-        if new:
-            traced.append(path)
-
-    if example_inputs is not None:
-        sites = _apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
-    else:
+    with _undo_on_error(model):
+        root, sites = convert_modules(model, spec, found, factory)
+        sites += convert_function_activations(root, spec, factory)
+        for path, module in found.functional:
+            new, miss = convert_calls(module, path, spec, factory)
+            sites += new
+            missed += miss
+            if new:
+                traced.append(path)
+        if example_inputs is not None:
+            sites = _apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
+    if example_inputs is None:
         unchecked = sorted(set(found.unchecked.values()))
         if unchecked:
             why = "; ".join(f"{p or '<root>'!r}: {r}" for p, r in found.untraced if p in unchecked)
@@ -209,6 +210,26 @@ def adactify(
     if verbose:
         print(report)
     return (root, report) if return_report else root
+
+
+@contextmanager
+def _undo_on_error(model: nn.Module) -> Iterator[None]:
+    """On an exception, put every module's attributes, children and pre-hooks back as they were."""
+    saved = [
+        (m, dict(m.__dict__), dict(m._modules), OrderedDict(m._forward_pre_hooks))
+        for m in model.modules()
+    ]
+    try:
+        yield
+    except BaseException:
+        for m, attrs, children, hooks in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)  # the original _modules / hook dicts, refilled below
+            m._modules.clear()
+            m._modules.update(children)
+            m._forward_pre_hooks.clear()
+            m._forward_pre_hooks.update(hooks)
+        raise
 
 
 def _report(
