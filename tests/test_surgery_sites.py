@@ -327,3 +327,14 @@ def test_unit_channel_dim_last() -> None:
         unit(torch.randn(2, 5, 3))
     with pytest.raises(ValueError, match="channel_dim must be 1"):
         AdAct(granularity="channel", num_channels=5, channel_dim=2)
+
+
+def test_sequential_subclass_with_own_forward_is_traced() -> None:
+    class Twice(nn.Sequential):
+        def forward(self, x: Tensor) -> Tensor:
+            return self[1](self[0](self[1](x)))
+
+    net, report = adactify(Twice(nn.Linear(3, 3), nn.SiLU()), return_report=True)
+    assert report.sites == ("1.0", "1.1")
+    plain = adactify(nn.Sequential(nn.Linear(3, 3), nn.SiLU()))
+    assert isinstance(plain[1], AdAct)

@@ -57,9 +57,10 @@ def module_graph(module: nn.Module, training: bool | None = None) -> fx.Graph:
 
 
 def is_torch_builtin(m: nn.Module) -> bool:
-    """torch.nn's own modules, which torch.fx (and adactify) treat as leaves."""
-    module = type(m).__module__
-    return module.startswith(("torch.nn.", "torch.ao.nn.")) and not isinstance(m, nn.Sequential)
+    """torch.nn's own modules (and Sequentials that keep its forward): their calls are known without a trace."""
+    if isinstance(m, nn.Sequential):
+        return type(m).forward is nn.Sequential.forward  # e.g. torchvision's Conv2dNormActivation
+    return type(m).__module__.startswith(("torch.nn.", "torch.ao.nn."))
 
 
 @dataclass
@@ -105,7 +106,7 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
         children = OrderedDict((name, c) for name, c in m._modules.items() if c is not None)
         if type(m).forward is nn.Module.forward or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
             continue  # namespaces without a forward: their owners' forwards make the calls
-        if is_torch_builtin(m) or isinstance(m, nn.Sequential):
+        if is_torch_builtin(m):
             # torch.nn's modules call each child at most once (Sequential: once per position).
             for c in children.values():
                 if spec.module(c):
