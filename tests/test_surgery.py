@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from adact.activations import DEFAULT_CANDIDATES
 from adact.models import ConvNet
-from adact.surgery import AdactifyReport, adact_units, adactify, dominant_activations, optimize
+from adact.surgery import AdactifyReport, CallSites, adact_units, adactify, dominant_activations, optimize
 from adact.unit import AdAct
 
 torchvision = pytest.importorskip("torchvision")
@@ -36,28 +36,34 @@ def test_resnet18_gets_one_unit_per_call_site_and_reproduces_relu() -> None:
 
     net, report = adactify(model, return_report=True)
 
+    # The model stays a ResNet with its methods; the shared relu became a per-call dispatcher.
+    assert net is model and type(net) is torchvision.models.ResNet and hasattr(net, "_forward_impl")
     units = adact_units(net)
     assert len({id(u) for _, u in units}) == 17  # stem + 2 per BasicBlock x 8
     assert report.n_units == 17 and report.n_params == 8 * 17
-    assert report.method == "fx" and len(report.sites) == 17
-    assert {"layer1.0.relu", "layer1.0.relu_1"} <= set(report.sites)
+    assert report.method == "inplace" and len(report.sites) == 17 and report.traced == ()
+    assert {"layer1.0.relu.0", "layer1.0.relu.1"} <= set(report.sites)
     assert set(report.replaced) == {"ReLU"}
-    assert isinstance(net, fx.GraphModule)
-    called = [net.get_submodule(n.target) for n in net.graph.nodes if n.op == "call_module"]
-    assert not any(isinstance(m, nn.ReLU) for m in called)
-    assert sum(isinstance(m, AdAct) for m in called) == 17
+    assert isinstance(net.layer1[0].relu, CallSites)
+    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
 
     # Mixtures pinned to ReLU reproduce the original network (eval: BN uses running stats).
     _one_hot(units, "relu")
     with torch.no_grad():
         torch.testing.assert_close(net(x), ref)
 
+    # Each call site learns on its own: both units of a block get (different) gradients.
+    with torch.no_grad():
+        for _, u in units:
+            u.logits.zero_()  # unsaturated mixtures, so every logit gets a gradient
     net.train()
     out = net(x)
     assert out.shape == ref.shape
     out.square().mean().backward()
     grads = [u.logits.grad for _, u in units]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    a, b = net.layer1[0].relu[0].logits.grad, net.layer1[0].relu[1].logits.grad
+    assert not torch.equal(a, b)
 
 
 def test_shared_module_in_traceable_model_gets_distinct_units() -> None:
@@ -70,12 +76,39 @@ def test_shared_module_in_traceable_model_gets_distinct_units() -> None:
         def forward(self, x: Tensor) -> Tensor:
             return self.act(self.fc2(self.act(self.fc1(x))))
 
-    net, report = adactify(Twice(), return_report=True)
+    model = Twice()
+    net, report = adactify(model, return_report=True)
+    assert net is model and type(net) is Twice
     units = dict(adact_units(net))
-    assert report.sites == ("act", "act_1")
+    assert report.sites == ("act.0", "act.1")
+    assert [d.how for d in report.details] == ["call_site", "call_site"]
     assert len({id(u) for u in units.values()}) == 2
-    net(torch.randn(3, 4)).sum().backward()
+    for _ in range(2):  # the dispatcher restarts at each forward
+        net(torch.randn(3, 4)).sum().backward()
     assert all(u.logits.grad is not None and u.logits.grad.abs().sum() > 0 for u in units.values())
+    # Called outside its caller's forward more often than it has sites: a clear error.
+    net.act.next_site = 2
+    with pytest.raises(RuntimeError, match="call sites"):
+        net.act(torch.randn(1, 4))
+
+
+def test_shared_module_keeps_training_branches() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.act(self.fc(x))
+            if self.training:
+                return self.act(h) * 0.0
+            return self.act(h) + 1.0
+
+    net = adactify(Branchy())
+    x = torch.randn(2, 4)
+    assert torch.equal(net.train()(x), torch.zeros(2, 4))
+    assert (net.eval()(x) >= 1.0 - 0.1).all()  # the eval branch runs after .eval()
 
 
 class _Untraceable(nn.Module):
@@ -84,7 +117,7 @@ class _Untraceable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc0, self.fc = nn.Linear(4, 4), nn.Linear(4, 4)
-        self.body = nn.Module()  # a nested path for the error message to name
+        self.body = nn.Module()  # a nested path for the report to name
         self.body.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,11 +127,15 @@ class _Untraceable(nn.Module):
         return self.body.act(h)
 
 
-def test_shared_module_in_untraceable_model_raises_with_path() -> None:
+def test_shared_module_in_untraceable_model_split_by_example_pass() -> None:
     model = _Untraceable()
-    with pytest.raises(ValueError, match=r"'body\.act'.*called 2 times"):
-        adactify(model, example_inputs=torch.ones(2, 4))
-    assert isinstance(model.body.act, nn.ReLU)  # nothing was changed before the error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the example pass checks sharing: no warning is due
+        net, report = adactify(model, example_inputs=torch.ones(2, 4), return_report=True)
+    assert net is model and report.sites == ("body.act.0", "body.act.1")
+    assert report.untraced and report.untraced[0][0] == "" and "TraceError" in report.untraced[0][1]
+    net(torch.ones(2, 4)).sum().backward()
+    assert all(u.logits.grad is not None for _, u in adact_units(net))
 
 
 def test_untraceable_without_example_inputs_warns() -> None:
@@ -154,8 +191,12 @@ def test_targets_select_types_and_bad_targets_raise() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.Tanh())
     net = adactify(model, targets=[nn.Tanh])
     assert isinstance(net[1], nn.ReLU) and isinstance(net[3], AdAct)
-    with pytest.raises(TypeError, match="nn.Module subclasses"):
-        adactify(model, targets=["relu"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="activation names .* or nn.Module subclasses"):
+        adactify(model, targets=[3])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="unknown target 'rleu'; valid names: relu"):
+        adactify(model, targets="rleu")
+    by_name = adactify(copy.deepcopy(model), targets="tanh")
+    assert isinstance(by_name[1], nn.ReLU) and isinstance(by_name[3], AdAct)
     with pytest.raises(ValueError, match="num_channels"):
         adactify(model, adact_kwargs={"num_channels": 3})
 
@@ -282,10 +323,11 @@ def test_optimize_channel_prelu_keeps_per_channel_slopes() -> None:
     torch.testing.assert_close(fixed[1].weight.detach(), torch.tensor([0.1, 0.2, 0.3, 0.4]))
 
 
-def test_optimize_graph_module_reproduces_adact_resnet() -> None:
+def test_optimize_resnet_with_call_sites_reproduces_adact_resnet() -> None:
     net = adactify(torchvision.models.resnet18(weights=None))
     _one_hot(adact_units(net), "relu")
     fixed = optimize(net).eval()
+    assert type(fixed) is torchvision.models.ResNet
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fixed(x), net.eval()(x))
@@ -296,3 +338,47 @@ def test_report_str_mentions_counts() -> None:
     _, report = adactify(nn.Sequential(nn.Linear(2, 2), nn.SiLU()), return_report=True)
     assert isinstance(report, AdactifyReport)
     assert "1 AdAct units (8 parameters)" in str(report)
+
+
+def test_example_pass_through_a_block_called_twice() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.act(self.fc(self.act(x)))
+
+    class Reuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.block(self.block(x))  # one module, so one set of units, used twice
+
+    x = torch.randn(2, 4)
+    net, report = adactify(Reuse(), example_inputs=x, granularity="channel", return_report=True)
+    assert report.sites == ("block.act.0", "block.act.1")
+    assert [u.num_channels for _, u in adact_units(net)] == [4, 4]
+    net(x).sum().backward()
+
+
+def test_failed_adactify_leaves_the_model_as_it_was() -> None:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.relu(self.act(self.fc(self.act(x))).unsqueeze(1))  # (N, 1, 4) at the call
+
+    model = Mixed()
+    before = dict(model.__dict__)
+    with pytest.raises(ValueError, match="channel_dim"):
+        adactify(model, example_inputs=torch.randn(2, 4), granularity="channel")
+    assert type(model.act) is nn.ReLU and "forward" not in model.__dict__ and not model._forward_pre_hooks
+    assert set(model.__dict__) == set(before) and set(model._modules) == {"fc", "act"}
+    assert model(torch.randn(2, 4)).shape == (2, 1, 4)

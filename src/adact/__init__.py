@@ -28,6 +28,8 @@ _LAZY: dict[str, str] = {
     "adactify": "adact.surgery",
     "dominant_activations": "adact.surgery",
     "optimize": "adact.surgery",
+    "apply_choices": "adact.surgery",
+    "save_choices": "adact.surgery",
     "AdAct": "adact.unit",
     "adact_reference": "adact.reference",
 }
@@ -43,12 +45,14 @@ __all__ = [
     "adact_reference",
     "adact_units",
     "adactify",
+    "apply_choices",
     "create_act",
     "data",
     "dominant_activations",
     "get_act_layer",
     "list_activations",
     "optimize",
+    "save_choices",
 ]
 
 if TYPE_CHECKING:
@@ -56,7 +60,10 @@ if TYPE_CHECKING:
     from adact.activations import ACTIVATIONS, DEFAULT_CANDIDATES, list_activations
     from adact.act_factory import create_act, get_act_layer
     from adact.models import ConvNet
-    from adact.surgery import DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, dominant_activations, optimize
+    from adact.surgery import (
+        DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, apply_choices, dominant_activations, optimize,
+        save_choices,
+    )  # fmt: skip
     from adact.reference import adact_reference
     from adact.unit import AdAct
 

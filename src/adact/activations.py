@@ -64,7 +64,11 @@ ActFn = Callable[[Tensor, Tensor, bool], Tensor]
 
 
 def _rrelu(x: Tensor, _w: Tensor, training: bool) -> Tensor:
-    return F.rrelu(x, RRELU_LOWER, RRELU_UPPER, training=training)
+    if not training:
+        # What F.rrelu computes in eval mode, spelled as an op the ONNX exporters translate
+        # (the dynamo exporter has no translation for eval-mode rrelu).
+        return F.leaky_relu(x, (RRELU_LOWER + RRELU_UPPER) / 2)
+    return F.rrelu(x, RRELU_LOWER, RRELU_UPPER, training=True)
 
 
 _FUNCTIONAL: dict[str, ActFn] = {

@@ -46,10 +46,17 @@ class AdAct(nn.Module):
         prelu_init: initial PReLU slope. Default: 0.25.
         fused: use the fused kernel (one pass forward, one backward, saves only the input)
             where it supports the pool; ``False`` selects :func:`adact_reference`. Both give
-            the same values. Default: ``True``.
+            the same values. While :func:`torch.onnx.export` runs, the unit always computes
+            :func:`adact_reference`, which both ONNX exporters translate (in eval mode RReLU is
+            exported as LeakyReLU with slope :math:`(1/8 + 1/3) / 2`, which is what it computes
+            there). Default: ``True``.
+        channel_dim: the dim holding the channels for ``granularity="channel"``: ``1`` for
+            ``(N, C, *)`` feature maps, ``-1`` for ``(N, L, E)`` token sequences (one mixture
+            per feature). Default: ``1``.
 
     Shape:
-        - Input: :math:`(*)` for ``"layer"``; :math:`(N, C, *)` for ``"channel"``.
+        - Input: :math:`(*)` for ``"layer"``; :math:`(N, C, *)` for ``"channel"`` (:math:`(*, C)`
+          with ``channel_dim=-1``).
         - Output: same shape and dtype as the input.
 
     Attributes:
@@ -75,6 +82,7 @@ class AdAct(nn.Module):
         init_scale: float = 0.1,
         prelu_init: float = 0.25,
         fused: bool = True,
+        channel_dim: int = 1,
     ) -> None:
         if isinstance(candidates, str):
             raise TypeError(f"candidates must be a sequence of names, got the string {candidates!r}")
@@ -90,6 +98,8 @@ class AdAct(nn.Module):
                 raise ValueError('granularity="channel" needs num_channels (the size of dim 1)')
             if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 1:
                 raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        if channel_dim not in (1, -1) or isinstance(channel_dim, bool):
+            raise ValueError(f"channel_dim must be 1 (N, C, *) or -1 (*, C), got {channel_dim!r}")
         if init not in LOGIT_INITS:
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(LOGIT_INITS)}")
         if not math.isfinite(init_scale) or init_scale < 0:
@@ -104,6 +114,7 @@ class AdAct(nn.Module):
         self.init_scale = float(init_scale)
         self.prelu_init = float(prelu_init)
         self.fused = bool(fused)
+        self.channel_dim = channel_dim
         rows = () if self.num_channels is None else (self.num_channels,)
         self.logits = nn.Parameter(torch.empty(*rows, len(names)))
         # Only a pool with PReLU has a slope: an unused parameter would inflate the count and
@@ -127,16 +138,30 @@ class AdAct(nn.Module):
                 self.prelu_weight.fill_(self.prelu_init)
 
     def _check_input(self, x: Tensor) -> None:
-        if self.num_channels is not None and (x.dim() < 2 or x.shape[1] != self.num_channels):
-            got = tuple(x.shape)
+        if self.num_channels is None:
+            return
+        if self.channel_dim == 1 and (x.dim() < 2 or x.shape[1] != self.num_channels):
             raise ValueError(
                 f"AdAct(granularity='channel', num_channels={self.num_channels}) expects input of "
-                f"shape (N, {self.num_channels}, *), got {got}"
+                f"shape (N, {self.num_channels}, *), got {tuple(x.shape)}"
+            )
+        if self.channel_dim == -1 and (x.dim() < 2 or x.shape[-1] != self.num_channels):
+            raise ValueError(
+                f"AdAct(granularity='channel', num_channels={self.num_channels}, channel_dim=-1) "
+                f"expects input of shape (*, {self.num_channels}), got {tuple(x.shape)}"
             )
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        if self.fused:
+        if self.num_channels is not None and self.channel_dim == -1:
+            # Both paths take channels at dim 1: move them there and back. contiguous() makes
+            # the result an ordinary tensor rather than a view, so in-place ops may follow.
+            lead = x.reshape(-1, x.shape[-1]).unsqueeze(-1)  # (N*L, E, 1)
+            return self._forward_dim1(lead).reshape(x.shape).contiguous()
+        return self._forward_dim1(x)
+
+    def _forward_dim1(self, x: Tensor) -> Tensor:
+        if self.fused and not torch.onnx.is_in_onnx_export():
             if fused.fused_supported(self.candidates, x):
                 slope = self.prelu_weight
                 if slope is None:  # the kernel's signature always takes a slope; it is unused here
@@ -176,4 +201,6 @@ class AdAct(nn.Module):
             s += f", init={self.init!r}, init_scale={self.init_scale}"
         if not self.fused:
             s += ", fused=False"
+        if self.channel_dim != 1:
+            s += f", channel_dim={self.channel_dim}"
         return s

@@ -75,8 +75,13 @@ def _unflatten(y: Tensor, like: Tensor, channel: bool) -> Tensor:
     else:
         out = y.view(like.shape)
     if not like.is_contiguous() and out.stride() != torch.empty_like(like, device="meta").stride():
-        out = torch.empty_like(like).copy_(out)  # e.g. channels-last input with channel granularity
-    return out
+        return torch.empty_like(like).copy_(out)  # e.g. channels-last input with channel granularity
+    # A view of a tensor made inside an autograd.Function is a "custom Function view": autograd
+    # forbids in-place ops on it (nn.ReLU(inplace=True), x.add_() after a unit). The same memory
+    # re-wrapped by set_ is an ordinary tensor, with no view relation for autograd to track.
+    return torch.empty((0,), dtype=out.dtype, device=out.device).set_(
+        out.untyped_storage(), out.storage_offset(), out.shape, out.stride()
+    )
 
 
 class _Launch(NamedTuple):

@@ -1,0 +1,326 @@
+"""``adactify``: put AdAct units at every activation call site of a model, in place."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, overload
+
+from torch import nn
+
+from adact.activations import DEFAULT_CANDIDATES
+from adact.surgery.functional import convert_calls
+from adact.surgery.modules import convert_modules, instances, make_call_sites, replace
+from adact.surgery.probe import ExampleInputs, UnitCall, probe
+from adact.surgery.report import AdactifyReport, MissedSite, Site
+from adact.surgery.scan import scan
+from adact.surgery.targets import Targets, resolve_targets
+from adact.surgery.transformer import convert_function_activations, disable_transformer_fast_paths
+from adact.surgery.units import UnitFactory, model_device
+from adact.unit import GRANULARITIES, AdAct
+
+__all__ = ["CONFIG_ATTR", "adactify"]
+
+logger = logging.getLogger(__name__)
+
+#: Attribute of the converted root holding adactify's settings (read by :func:`adact.save_choices`).
+CONFIG_ATTR = "_adactify_config"
+
+
+@overload
+def adactify(
+    model: nn.Module,
+    targets: Targets = ...,
+    *,
+    example_inputs: ExampleInputs | None = ...,
+    candidates: Sequence[str] = ...,
+    granularity: str = ...,
+    channel_dim: int | None = ...,
+    adact_kwargs: dict[str, Any] | None = ...,
+    verbose: bool = ...,
+    return_report: Literal[False] = ...,
+) -> nn.Module: ...
+
+
+@overload
+def adactify(
+    model: nn.Module,
+    targets: Targets = ...,
+    *,
+    example_inputs: ExampleInputs | None = ...,
+    candidates: Sequence[str] = ...,
+    granularity: str = ...,
+    channel_dim: int | None = ...,
+    adact_kwargs: dict[str, Any] | None = ...,
+    verbose: bool = ...,
+    return_report: Literal[True],
+) -> tuple[nn.Module, AdactifyReport]: ...
+
+
+def adactify(
+    model: nn.Module,
+    targets: Targets = None,
+    *,
+    example_inputs: ExampleInputs | None = None,
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    granularity: str = "layer",
+    channel_dim: int | None = None,
+    adact_kwargs: dict[str, Any] | None = None,
+    verbose: bool = False,
+    return_report: bool = False,
+) -> nn.Module | tuple[nn.Module, AdactifyReport]:
+    r"""Put an AdAct unit at every activation call site of ``model``, in place.
+
+    **What is converted.** Activation *modules* -- torch's (``nn.ReLU``, ``nn.GELU``,
+    ``nn.Hardswish``, ``nn.ReLU6``, ``nn.SELU``, ...), Hugging Face transformers' (``GELUActivation``,
+    ``NewGELUActivation``, ``SiLUActivation``, ...) and timm's (``timm.layers.activations*``),
+    recognised by class without importing those libraries -- and activation *function calls*
+    in a ``forward`` (``F.relu(x)``, ``torch.relu``, ``x.relu()``, ``x.relu_()``, ``F.gelu``,
+    ``F.silu``, ...), including the ``activation`` of ``nn.TransformerEncoderLayer`` /
+    ``DecoderLayer`` however it was given. Gates (``Sigmoid``, ``Hardsigmoid``) and ``Tanh`` are
+    converted only when named in ``targets``.
+
+    **One unit per call site, and the model stays what it was.** Each module's own ``forward``
+    is traced by ``torch.fx`` with its submodules as leaves (never the whole model), to count
+    its calls:
+
+    * a module called once is swapped for a unit at its path;
+    * a module called :math:`k > 1` times (torchvision's ``BasicBlock`` calls ``self.relu``
+      twice) becomes a :class:`adact.surgery.CallSites` of :math:`k` units (paths
+      ``"layer1.0.relu.0"``, ``"layer1.0.relu.1"``), dispatched by call order;
+    * a module whose ``forward`` calls activation functions gets one unit per call (paths
+      ``"<module>.adact_relu"``, ``"<module>.adact_relu_1"``, ...) and its ``forward`` becomes
+      that module's fx graph (:class:`adact.surgery.TracedForward`), traced in both training and
+      eval mode so ``self.training`` branches keep switching. Other Python control flow in *that*
+      forward is fixed at trace time; the report lists these modules (``report.traced``).
+
+    The returned model is ``model`` itself (unless ``model`` is itself an activation), with its
+    class, methods and attribute paths; no ``torch.fx.GraphModule`` is ever returned.
+    A module ``torch.fx`` cannot trace keeps its forward: module swapping still converts what
+    it holds, assuming one call per module (a ``UserWarning`` says so unless
+    ``example_inputs`` lets one forward pass count the calls), and its function calls are
+    listed in ``report.missed`` with the reason. Unknown modules named like activations
+    (``MyGELU``) are not converted; a ``UserWarning`` names them (pass ``targets=[MyGELU]``).
+
+    Each unit starts from the AdAct defaults: the replaced activation's hyper-parameters (e.g.
+    a LeakyReLU's slope, GELU's approximation) are not carried over, except a PReLU's learned
+    slope, which seeds the unit's PReLU slope. Units are put on the device of the model's
+    parameters. A ``nn.TransformerEncoderLayer``'s fused inference fast path, which would
+    silently apply the native ReLU/GELU, is switched off for converted layers.
+
+    Args:
+        model: the model to convert.
+        targets: what to convert: activation kinds by name (``"relu"``, ``"gelu"``, ``"sigmoid"``,
+            ``"tanh"``, ...; see :data:`adact.surgery.KNOWN_KINDS`), matching modules and function
+            calls, and/or ``nn.Module`` subclasses, matched with ``isinstance``. One name or class,
+            or an iterable. Default: :data:`adact.surgery.DEFAULT_TARGETS` (all but gates and tanh).
+        example_inputs: a tensor, or a sequence of positional arguments, for one forward pass
+            through the converted model. Needed for ``granularity="channel"`` (to read each
+            site's channel count) and to count calls inside modules ``torch.fx`` cannot trace.
+            The pass runs under ``torch.no_grad()`` in the model's current mode; buffers (e.g.
+            batch-norm statistics) and the RNG state are restored afterwards. Default: ``None``.
+        candidates: the units' activation pool. Default: the paper's seven.
+        granularity: ``"layer"`` (one mixture per unit, the paper) or ``"channel"`` (one per
+            channel). Default: ``"layer"``.
+        channel_dim: for ``granularity="channel"``, where the channels are: ``1`` (``(N, C, *)``
+            feature maps) or ``-1`` (``(N, L, E)`` token sequences). Default ``None``: dim 1 for
+            inputs with 2, 4 or more dims; a 3-D input, which may be either, raises ``ValueError``.
+        adact_kwargs: further :class:`adact.AdAct` arguments (``init``, ``fused``, ...).
+        verbose: print the :class:`AdactifyReport`. Default: ``False``.
+        return_report: return ``(model, report)`` instead of the model. Default: ``False``.
+
+    Returns:
+        the converted model, and the :class:`AdactifyReport` if ``return_report=True``.
+
+    Raises:
+        ValueError: invalid arguments; channel counts cannot be inferred; calls of one module
+            that the example pass cannot tell apart.
+        TypeError: ``model`` is not a module, or ``targets`` holds something else than names and
+            module classes.
+
+    Example::
+
+        >>> net, report = adactify(torchvision.models.resnet18(), return_report=True)
+        >>> report.n_units, report.n_params, type(net).__name__
+        (17, 136, 'ResNet')
+        >>> conv = adactify(ConvNet(activation="relu"), example_inputs=torch.randn(1, 3, 32, 32))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"adactify expects an nn.Module, got {type(model).__name__}")
+    spec = resolve_targets(targets)
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+    if channel_dim not in (None, 1, -1):
+        raise ValueError(f"channel_dim must be None, 1 or -1, got {channel_dim!r}")
+    unit_kwargs = dict(adact_kwargs or {})
+    clash = {"candidates", "granularity", "num_channels", "channel_dim"} & unit_kwargs.keys()
+    if clash:
+        raise ValueError(
+            f"adact_kwargs must not set {sorted(clash)}; pass candidates/granularity/channel_dim to "
+            f"adactify (num_channels is inferred)"
+        )
+    AdAct(candidates, **unit_kwargs)  # validates candidates and kwargs before any surgery
+    if granularity == "channel" and example_inputs is None:
+        raise ValueError(
+            'granularity="channel" needs example_inputs to infer the number of channels at each site'
+        )
+    factory = UnitFactory(tuple(candidates), unit_kwargs, model_device(model))
+
+    found = scan(model, spec)
+    missed: list[MissedSite] = list(found.missed)
+    traced: list[str] = []
+    with _undo_on_error(model):
+        root, sites = convert_modules(model, spec, found, factory)
+        sites += convert_function_activations(root, spec, factory)
+        for path, module in found.functional:
+            new, miss = convert_calls(module, path, spec, factory)
+            sites += new
+            missed += miss
+            if new:
+                traced.append(path)
+        if example_inputs is not None:
+            sites = _apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
+    if example_inputs is None:
+        unchecked = sorted(set(found.unchecked.values()))
+        if unchecked:
+            why = "; ".join(f"{p or '<root>'!r}: {r}" for p, r in found.untraced if p in unchecked)
+            warnings.warn(
+                f"adactify: torch.fx could not trace {why}, so whether their activation modules are "
+                f"called at several sites was not checked; each is assumed to have one call site. "
+                f"Pass example_inputs=... to check.",
+                stacklevel=2,
+            )
+    if found.lookalikes:
+        names = ", ".join(f"{p!r} ({c})" for p, c in found.lookalikes)
+        warnings.warn(
+            f"adactify: modules that look like activations were not converted: {names}. adactify "
+            f"does not know these classes; pass them in targets=[...] to convert them.",
+            stacklevel=2,
+        )
+        missed += [MissedSite(p, c, "unknown activation class (not in targets)") for p, c in found.lookalikes]
+
+    disable_transformer_fast_paths(root)
+    root.__dict__[CONFIG_ATTR] = {"targets": spec.names(), "candidates": list(candidates)}
+    report = _report(root, sites, missed, traced, found.untraced)
+    logger.info("%s", report)
+    if verbose:
+        print(report)
+    return (root, report) if return_report else root
+
+
+@contextmanager
+def _undo_on_error(model: nn.Module) -> Iterator[None]:
+    """On an exception, put every module's attributes, children and pre-hooks back as they were."""
+    saved = [
+        (m, dict(m.__dict__), dict(m._modules), OrderedDict(m._forward_pre_hooks))
+        for m in model.modules()
+    ]
+    try:
+        yield
+    except BaseException:
+        for m, attrs, children, hooks in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)  # the original _modules / hook dicts, refilled below
+            m._modules.clear()
+            m._modules.update(children)
+            m._forward_pre_hooks.clear()
+            m._forward_pre_hooks.update(hooks)
+        raise
+
+
+def _report(
+    root: nn.Module, sites: list[Site], missed: list[MissedSite], traced: list[str], untraced: list[tuple[str, str]]
+) -> AdactifyReport:
+    order = {path: i for i, (path, _) in enumerate(root.named_modules(remove_duplicate=False))}
+    sites = sorted(sites, key=lambda s: order.get(s.path, len(order)))
+    units = {id(u): u for u in (root.get_submodule(s.path) for s in sites)}
+    return AdactifyReport(
+        n_units=len(units),
+        n_params=sum(p.numel() for u in units.values() for p in u.parameters()),
+        sites=tuple(s.path for s in sites),
+        replaced=tuple(s.replaced for s in sites),
+        details=tuple(sites),
+        missed=tuple(missed),
+        traced=tuple(traced),
+        untraced=tuple(untraced),
+    )
+
+
+def _apply_probe(
+    root: nn.Module,
+    example_inputs: ExampleInputs,
+    sites: list[Site],
+    factory: UnitFactory,
+    granularity: str,
+    channel_dim: int | None,
+) -> list[Site]:
+    """Split units the example pass saw called several times; make channel units; returns the sites."""
+    calls = probe(root, example_inputs)
+    units = instances(root, lambda m: isinstance(m, AdAct))
+    shapes: dict[int, Any] = {}
+    new: dict[int, nn.Module] = {}
+    by_path = {s.path: s for s in sites}
+    for key, (unit, paths) in units.items():
+        per_caller: OrderedDict[int, tuple[nn.Module | None, dict[int, list[UnitCall]]]] = OrderedDict()
+        for c in calls.get(key, []):
+            per_caller.setdefault(id(c.caller), (c.caller, {}))[1].setdefault(c.invocation, []).append(c)
+        first_calls: list[UnitCall] = []
+        for caller, invocations in per_caller.values():
+            counts = {len(v) for v in invocations.values()}
+            if len(counts) > 1:
+                name = type(caller).__name__ if caller is not None else "the model"
+                raise ValueError(
+                    f"adactify: the unit at {paths[0]!r} is called a different number of times in "
+                    f"different calls of its caller {name}, so its call sites cannot be told apart. "
+                    f"Give each call site its own module."
+                )
+            first_calls += next(iter(invocations.values()))
+        shapes[key] = first_calls[0].shape if first_calls else None
+        callers = [c.caller for c in first_calls]
+        if len(first_calls) <= 1 or paths[0] not in by_path or any(c is None for c in callers):
+            continue  # one call site, a unit the model had before, or one served by CallSites
+        # Several call sites the shallow traces could not see: one unit per call.
+        clones: list[nn.Module] = [unit] + [copy.deepcopy(unit) for _ in first_calls[1:]]
+        new[key] = make_call_sites(clones, callers, unit.training)  # type: ignore[arg-type]
+        old = by_path.pop(paths[0])
+        for i, (clone, c) in enumerate(zip(clones, first_calls)):
+            by_path[f"{paths[0]}.{i}"] = Site(f"{paths[0]}.{i}", old.replaced, "call_site")
+            shapes[id(clone)] = c.shape
+    if new:
+        replace(root, OrderedDict((k, units[k]) for k in new), new)
+    if granularity == "channel":
+        swap: dict[int, nn.Module] = {}
+        layer_units = instances(root, lambda m: isinstance(m, AdAct) and m.granularity == "layer")
+        for key, (unit, paths) in layer_units.items():
+            if paths[0] not in by_path:
+                continue  # a unit the model had before adactify
+            assert isinstance(unit, AdAct)
+            shape = shapes.get(key)
+            dim = _channel_dim(shape, channel_dim, paths[0])
+            assert shape is not None
+            swap[key] = factory.per_channel(unit, int(shape[dim]), dim)
+        replace(root, layer_units, {k: swap.get(k, u) for k, (u, _) in layer_units.items()})
+    return list(by_path.values())
+
+
+def _channel_dim(shape: Any, channel_dim: int | None, path: str) -> int:
+    if shape is None or len(shape) < 2:
+        got = "it was not called" if shape is None else f"its input had shape {tuple(shape)}"
+        raise ValueError(
+            f"cannot infer the channel count of the site {path!r} from example_inputs ({got}); "
+            f'granularity="channel" needs an input with a channel dim there'
+        )
+    if channel_dim is not None:
+        return channel_dim
+    if len(shape) == 3:
+        raise ValueError(
+            f'granularity="channel" at {path!r}: its input has shape {tuple(shape)}, where dim 1 is '
+            f"the channels of an (N, C, L) feature map but the positions of an (N, L, E) token "
+            f"sequence. Pass channel_dim=1 for the first or channel_dim=-1 for the second."
+        )
+    return 1
+

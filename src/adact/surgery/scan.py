@@ -1,0 +1,148 @@
+"""Find every activation call site by tracing each module's own ``forward`` with ``torch.fx``.
+
+Each module is traced *shallowly*: its submodules are leaves, so the trace shows which
+submodules its ``forward`` calls (and how often) and which activation functions it calls
+itself. A module ``torch.fx`` cannot trace affects only its own sites, which are reported.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from torch import fx, nn
+
+from adact.surgery.report import MissedSite
+from adact.surgery.targets import TargetSpec, function_kind, looks_like_activation, module_kind, source_activation_calls
+from adact.surgery.units import CallSites
+from adact.unit import AdAct
+
+__all__ = ["Scan", "TRANSFORMER_LAYERS", "is_torch_builtin", "module_graph", "scan", "shallow_trace"]
+
+#: torch.nn layers whose ``activation`` may be a function (``activation="gelu"``).
+TRANSFORMER_LAYERS: tuple[type[nn.Module], ...] = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+class _ShallowTracer(fx.Tracer):
+    """Traces the root's own forward: every submodule call is a leaf ``call_module`` node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def shallow_trace(module: nn.Module, training: bool | None = None) -> fx.Graph:
+    """``module.forward`` as an fx graph (submodules as leaves), in the given mode; raises if untraceable."""
+    mode = module.training
+    if training is not None:
+        module.training = training  # only this module: its children are leaves
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing warnings concern the trace, not the user
+            return _ShallowTracer().trace(module)
+    finally:
+        module.training = mode
+
+
+def module_graph(module: nn.Module, training: bool | None = None) -> fx.Graph:
+    """The graph of ``module``'s forward: a copy of the one an earlier adactify installed, else a new trace."""
+    traced = module.__dict__.get("forward")
+    graphs = getattr(traced, "graphs", None)
+    if isinstance(graphs, dict):
+        graph = fx.Graph()
+        out = graph.graph_copy(graphs[module.training if training is None else training], {})
+        graph.output(out)
+        return graph
+    return shallow_trace(module, training)
+
+
+def is_torch_builtin(m: nn.Module) -> bool:
+    """torch.nn's own modules (and Sequentials that keep its forward): their calls are known without a trace."""
+    if isinstance(m, nn.Sequential):
+        return type(m).forward is nn.Sequential.forward  # e.g. torchvision's Conv2dNormActivation
+    return type(m).__module__.startswith(("torch.nn.", "torch.ao.nn."))
+
+
+@dataclass
+class Scan:
+    """What the shallow traces found.
+
+    Attributes:
+        calls: ``id(target module) -> caller of each call``, in call order per caller.
+        unchecked: ``id(target module) -> path`` of its owner, whose forward could not be traced.
+        functional: ``(path, module)`` of traced modules whose forward calls targeted functions.
+        missed: sites found in source code but not converted.
+        untraced: ``(path, reason)`` of relevant modules torch.fx could not trace.
+        lookalikes: ``(path, class name)`` of unknown modules named like activations.
+    """
+
+    calls: dict[int, list[nn.Module]] = field(default_factory=dict)
+    unchecked: dict[int, str] = field(default_factory=dict)
+    functional: list[tuple[str, nn.Module]] = field(default_factory=list)
+    missed: list[MissedSite] = field(default_factory=list)
+    untraced: list[tuple[str, str]] = field(default_factory=list)
+    lookalikes: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _reason(e: Exception) -> str:
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {msg}"[:200]
+
+
+def scan(model: nn.Module, spec: TargetSpec) -> Scan:
+    """Shallow-trace every module of ``model`` that may call an activation."""
+    out = Scan()
+    seen: set[int] = set()
+    for path, m in model.named_modules():
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if spec.module(m) or isinstance(m, (AdAct, CallSites)) or module_kind(m) is not None:
+            continue  # an activation itself: replaced whole, or deliberately left alone
+        if looks_like_activation(m):
+            if not spec.module(m):
+                out.lookalikes.append((path, type(m).__name__))
+            continue
+        children = OrderedDict((name, c) for name, c in m._modules.items() if c is not None)
+        if type(m).forward is nn.Module.forward or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
+            continue  # namespaces without a forward: their owners' forwards make the calls
+        if is_torch_builtin(m):
+            # torch.nn's modules call each child at most once (Sequential: once per position).
+            for c in children.values():
+                if spec.module(c):
+                    out.calls.setdefault(id(c), []).append(m)
+            if not isinstance(m, (*TRANSFORMER_LAYERS, nn.Sequential)):
+                calls = [k for k in source_activation_calls(type(m).forward) if spec.call(k)]
+                for kind in calls:
+                    out.missed.append(
+                        MissedSite(path, f"{kind} call", f"inside torch.nn.{type(m).__name__}, which is not traced")
+                    )
+            continue
+        try:
+            graph = module_graph(m)
+        except Exception as e:  # noqa: BLE001 - any failure means "no graph", reported below
+            reason = _reason(e)
+            owned = [c for c in m.modules() if spec.module(c)]
+            calls = [k for k in source_activation_calls(type(m).forward) if spec.call(k)]
+            if owned or calls:
+                out.untraced.append((path, reason))
+            for c in owned:
+                out.unchecked.setdefault(id(c), path)  # checked below unless a traced forward calls it
+            for kind in calls:
+                out.missed.append(
+                    MissedSite(path, f"{kind} call", f"torch.fx could not trace {type(m).__name__}.forward ({reason})")
+                )
+            continue
+        has_calls = False
+        for node in graph.nodes:
+            if node.op == "call_module":
+                sub = m.get_submodule(str(node.target))
+                if spec.module(sub):
+                    out.calls.setdefault(id(sub), []).append(m)
+            elif node.op in ("call_function", "call_method"):
+                has_calls |= spec.call(function_kind(node.target, method=node.op == "call_method"))
+        if has_calls:
+            out.functional.append((path, m))
+    # A module some traced forward calls is accounted for, even below an untraceable ancestor.
+    out.unchecked = {k: p for k, p in out.unchecked.items() if k not in out.calls}
+    return out

@@ -1,0 +1,112 @@
+"""The unit factory :func:`adact.adactify` uses for every site, and per-site dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from adact.unit import AdAct
+
+__all__ = ["CallSites", "UnitFactory", "model_device"]
+
+
+@dataclass
+class UnitFactory:
+    """Builds the AdAct unit of one site: the pool, the extra :class:`adact.AdAct` arguments, the device.
+
+    Units are built with ``granularity="layer"``; :meth:`per_channel` turns one into a
+    per-channel unit once the site's input shape is known.
+    """
+
+    candidates: tuple[str, ...]
+    unit_kwargs: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __call__(self, original: nn.Module | None, training: bool) -> AdAct:
+        unit = AdAct(self.candidates, **self.unit_kwargs)
+        if original is not None:
+            seed_prelu(unit, original)
+        return unit.to(self.device).train(training)
+
+    def per_channel(self, unit: AdAct, num_channels: int, channel_dim: int) -> AdAct:
+        new = AdAct(
+            self.candidates, "channel", num_channels, channel_dim=channel_dim, **self.unit_kwargs
+        ).to(self.device)
+        if unit.prelu_weight is not None and new.prelu_weight is not None:
+            with torch.no_grad():
+                new.prelu_weight.copy_(unit.prelu_weight.expand(num_channels))
+        return new.train(unit.training)
+
+
+def seed_prelu(unit: AdAct, module: nn.Module) -> None:
+    """A (possibly pretrained) PReLU's slope seeds the unit's PReLU candidate."""
+    if not isinstance(module, nn.PReLU) or unit.prelu_weight is None:
+        return
+    w = module.weight.detach()
+    target = unit.prelu_weight
+    if w.numel() in (1, target.numel()):
+        with torch.no_grad():
+            target.copy_(w.reshape(-1).expand(target.numel()) if w.numel() == 1 else w.reshape(-1))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+class CallSites(nn.Module):
+    r"""One module per call site of a module that a ``forward`` calls several times.
+
+    torchvision's ``BasicBlock`` calls ``self.relu`` twice; :func:`adact.adactify` puts a
+    ``CallSites`` of two units at ``self.relu``, so the block keeps its class and code and each
+    call gets its own unit (children ``"0"``, ``"1"``, ...). The :math:`i`-th call after the
+    caller's ``forward`` starts runs child :math:`i`: each caller resets the count through a
+    forward pre-hook (:class:`ResetCallSites`).
+
+    Args:
+        sites: one module per call, in call order.
+    """
+
+    def __init__(self, sites: Sequence[nn.Module]) -> None:
+        super().__init__()
+        for i, m in enumerate(sites):
+            self.add_module(str(i), m)
+        self.next_site = 0
+
+    def __getitem__(self, i: int) -> nn.Module:
+        module = self._modules[str(range(len(self._modules))[i])]
+        assert module is not None
+        return module
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        i = self.next_site
+        if i >= len(self._modules):
+            raise RuntimeError(
+                f"CallSites: called {i + 1} times since its caller's forward started, but adactify "
+                f"found {len(self._modules)} call sites; the caller's calls must not depend on the data"
+            )
+        self.next_site = i + 1
+        module = self._modules[str(i)]
+        assert module is not None
+        return module(*args, **kwargs)
+
+
+class ResetCallSites:
+    """Forward pre-hook of a caller: its calls of ``sites`` start at child ``start``."""
+
+    def __init__(self, sites: CallSites, start: int) -> None:
+        self.sites = sites
+        self.start = start
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.sites.next_site = self.start
