@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("path", metavar="PATH", help="run folder, best.pt/last.pt, or reproduce output folder")
     a.add_argument("--out", default=None, metavar="DIR", help="figure folder (default: next to the run)")
     a.set_defaults(func=_cmd_analyze)
+
+    i = sub.add_parser("info", help="versions, CPU and ISA level, native build and fused backends (for bug reports)",
+                       description="Print what a bug report about speed or the fused kernels needs: versions, the "
+                                   "CPU's instruction-set level, whether the native kernels built (flags, cache), "
+                                   "the backend each device and dtype gets and why, and auto's calibration.")
+    i.set_defaults(func=_cmd_info)
     return parser
 
 
@@ -256,6 +262,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"dominant activations (final model): {chosen}")
     print(f"run folder: {out}")
     return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from adact.info import main as info_main
+
+    return info_main()
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
