@@ -137,9 +137,14 @@ def isa_row(shape: tuple[int, ...], rounds: int, inner: int) -> dict[str, float]
               {"silu": silu, "reference_train": _with_backend("off", _fwd_bwd(AdAct(fused=False).train(), x, g))}]
     out: dict[str, float] = {}
     for fns in groups:
-        for fn in fns.values():
-            for _ in range(3):
-                fn()
+        for name, fn in list(fns.items()):
+            try:
+                for _ in range(3):
+                    fn()
+            except Exception as err:  # noqa: BLE001 - e.g. Inductor cannot compile at this level: say so
+                print(f"{name} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}", file=sys.stderr)
+                out[name] = float("nan")
+                del fns[name]
         times = _median_times(fns, rounds, inner, lambda: None)
         if "silu" in out:
             times = {k: v * out["silu"] / times["silu"] for k, v in times.items() if k != "silu"}
@@ -147,7 +152,7 @@ def isa_row(shape: tuple[int, ...], rounds: int, inner: int) -> dict[str, float]
     return out
 
 
-def run_isa_levels(levels: list[str], rounds: int, threads: int) -> None:
+def run_isa_levels(levels: list[str], rounds: int, threads: int, cpu_time: bool) -> None:
     """One child process per level (the ISA settings are read at process start); prints a table."""
     runnable = native.runnable_levels()
     if levels == ["all"]:
@@ -162,11 +167,18 @@ def run_isa_levels(levels: list[str], rounds: int, threads: int) -> None:
         env = dict(os.environ, ADACT_NATIVE_ISA=level)
         if level in _ATEN_CAPABILITY:
             env["ATEN_CPU_CAPABILITY"] = _ATEN_CAPABILITY[level]
-        cmd = [sys.executable, __file__, "--isa-child", "--threads", str(threads), "--rounds", str(rounds)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-        t = {k: float(v) for k, v in (item.split("=") for item in out.split())}
-        cells = " | ".join(f"{t[c] * 1e3:.1f} ms x{t[c] / t['silu']:.2f}" for c in cols)
+        cmd = [sys.executable, __file__, "--isa-child", "--threads", str(threads), "--rounds", str(rounds),
+               *(["--cpu-time"] if cpu_time else [])]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"| {level} | {native.lanes_for(level)} | failed: {proc.stderr.strip().splitlines()[-1]} |||||| ")
+            continue
+        t = {k: float(v) for k, v in (item.split("=") for item in proc.stdout.split())}
+        cells = " | ".join("failed" if t[c] != t[c] else f"{t[c] * 1e3:.1f} ms x{t[c] / t['silu']:.2f}" for c in cols)
         print(f"| {level} | {native.lanes_for(level)} | {t['silu'] * 1e3:.1f} | {cells} |", flush=True)
+        for line in proc.stderr.splitlines():
+            if " failed: " in line:
+                print(f"  ({level}) {line}")
 
 
 def saved_bytes_ratios(fused: bool, training: bool = True) -> tuple[float, float]:
@@ -284,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     if args.isa:
         print(f"## fwd+bwd per ISA level, 64x64x32x32 fp32 (median ms, x SiLU at the same level); this CPU: {native.detect_isa()}")
-        run_isa_levels(args.isa, unit_rounds, args.threads)
+        run_isa_levels(args.isa, unit_rounds, args.threads, args.cpu_time)
         print(f"load average (1 min) at end: {_load()}")
         return
 
