@@ -12,7 +12,8 @@ A run folder holds::
     best.pt         checkpoint of the best epoch by test accuracy (the paper's selection)
     last.pt         checkpoint after the last finished epoch (resume point)
     last.prev.pt    the checkpoint before it (resume point if last.pt is damaged)
-    result.json     summary: best / final / validation-selected accuracy, chosen activations
+    result.json     summary: best / final / validation-selected accuracy, chosen activations, their
+                    confidence and the discretization gap (AdAct models, see adact.confidence)
     .adact.lock     held (``fcntl.flock``) while a process writes the folder
 
 Checkpoints are self-describing (model state, optimiser state, config, model kwargs, epoch,
@@ -58,9 +59,10 @@ from adact.io import (
     read_json,
     remove_stale_temps,
 )
+from adact import sharpen
+from adact.confidence import discretization_gap, model_confidence
 from adact.models import DEFAULT_CHANNELS, ConvNet
 from adact.surgery import adact_units, dominant_activations
-from adact.unit import AdAct
 
 __all__ = [
     "CheckpointError",
@@ -119,6 +121,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     fused: bool = True  # AdAct's fused kernel (False: the reference sum)
     max_train_samples: int | None = None  # subsample the training set (smoke tests only)
+    # Sharpening (adact.sharpen; off by default, the paper has none). Settings older configs lack
+    # count as these defaults (config_diff), so adding one never orphans a run folder.
+    temperature_schedule: list[float] | None = None  # [T0, T1]: AdAct softmax temperature annealed T0 -> T1
+    entropy_weight: float = 0.0  # lambda: lambda * mean normalised entropy of the mixtures joins the loss
+    adact_lr_mult: float = 1.0  # learning rate of the AdAct logits relative to lr
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -136,6 +143,12 @@ class TrainConfig:
         if self.granularity not in ("layer", "channel"):
             raise ValueError(f"unknown granularity {self.granularity!r}; valid: layer, channel")
         self.channels = [int(c) for c in self.channels]
+        if self.temperature_schedule is not None:
+            self.temperature_schedule = sharpen.parse_temperature_schedule(self.temperature_schedule)
+        if not (math.isfinite(self.entropy_weight) and self.entropy_weight >= 0):
+            raise ValueError(f"entropy_weight must be finite and >= 0, got {self.entropy_weight}")
+        if not (math.isfinite(self.adact_lr_mult) and self.adact_lr_mult > 0):
+            raise ValueError(f"adact_lr_mult must be finite and > 0, got {self.adact_lr_mult}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -160,8 +173,13 @@ class ResumeWarning(UserWarning):
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value."""
-    return [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value.
+
+    A TrainConfig setting that ``old`` lacks (it was saved before the setting existed) counts as
+    its default, which is what that run was trained with.
+    """
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return [f"{k} {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in new if old.get(k, defaults.get(k)) != new[k]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,22 +219,15 @@ def build_model(kwargs: dict[str, Any]) -> ConvNet:
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    if config.decay_adact:
-        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
-    adact_ids = {id(p) for m in model.modules() if isinstance(m, AdAct) for p in m.parameters()}
-    decay = [p for p in model.parameters() if id(p) not in adact_ids]
-    no_decay = [p for p in model.parameters() if id(p) in adact_ids]
-    return [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return sharpen.param_groups(model, config.weight_decay, config.decay_adact, config.adact_lr_mult, config.lr)
 
 
 def adact_weights(model: nn.Module) -> dict[str, Any]:
     """Choices and weights of a model's AdAct units, in layer order.
 
-    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights`` and ``raw`` / ``mix``
-    (``layers x candidates``; channel means for per-channel units). Choices come from
+    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights``, ``raw`` / ``mix``
+    (``layers x candidates``; channel means for per-channel units) and ``confidence`` (one
+    :class:`adact.confidence.UnitConfidence` dict per unit). Choices come from
     :func:`adact.surgery.dominant_activations`.
     """
     units = adact_units(model)
@@ -230,7 +241,7 @@ def adact_weights(model: nn.Module) -> dict[str, Any]:
         mix.append(m.tolist())
     return {"paths": [p for p, _ in units], "candidates": list(units[0][1].candidates) if units else [],
             "choices": [n for n, _ in dom.values()], "choice_weights": [w for _, w in dom.values()],
-            "raw": raw, "mix": mix}
+            "raw": raw, "mix": mix, "confidence": [c.to_json() for c in model_confidence(model)]}
 
 
 def unit_weights(model: nn.Module) -> dict[str, float]:
@@ -517,6 +528,10 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
     atomic_write_json(out / "config.json", asdict(config))
 
     step_model = torch.compile(model) if config.compile else model
+    has_units = bool(adact_units(model))
+    steps = len(train_loader)
+    schedule = (sharpen.TemperatureSchedule(*config.temperature_schedule, total_steps=config.epochs * steps)
+                if config.temperature_schedule and has_units else None)
     wall0 = time.perf_counter() - sum(r["seconds"] for r in metrics)
     status, message = "done", ""
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -525,10 +540,13 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = _progress(len(train_loader), f"{config.dataset} {_act_label(config)} ep {epoch}/{config.epochs}", quiet)
-        for x, y in train_loader:
+        for i, (x, y) in enumerate(train_loader):
+            if schedule is not None:
+                sharpen.set_temperature(model, schedule((epoch - 1) * steps + i))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = step_model(x)  # (B, num_classes)
-            loss = F.cross_entropy(logits.float(), y)
+            ce = F.cross_entropy(logits.float(), y)
+            loss = ce + config.entropy_weight * sharpen.mixture_entropy(model) if config.entropy_weight else ce
             if not torch.isfinite(loss):
                 status = "diverged"
                 kept = (f"kept the checkpoint of epoch {epoch - 1}" if epoch > 1
@@ -538,7 +556,7 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * y.numel()
+            loss_sum += ce.item() * y.numel()  # cross-entropy only: comparable with and without a penalty
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
             if bar is not None:
@@ -561,6 +579,7 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             "val_acc": val_acc,
             "seconds": seconds,  # training time of this epoch, evaluation excluded
             "images_per_s": seen / seconds,
+            **(_sharpness(model) if has_units else {}),
             **unit_weights(model),
         }
         metrics.append(row)
@@ -580,11 +599,32 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         _save_last(ckpt, out)
 
     result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best.get("weights"))
+    if status == "done" and has_units:
+        result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
     result["config"] = asdict(config)
     atomic_write_json(result_path, result)
     if status == "diverged":
         raise DivergedError(f"{out}: {message}")
     return result
+
+
+def _sharpness(model: nn.Module) -> dict[str, float]:
+    """metrics.csv columns of an AdAct model: its softmax temperature and mean normalised entropy."""
+    with torch.no_grad():
+        entropy = float(sharpen.mixture_entropy(model))
+    return {"temperature": float(adact_units(model)[0][1].temperature), "mixture_entropy": entropy}
+
+
+def _best_epoch_gap(out: Path, mkw: dict[str, Any], device: torch.device, train_loader: DeviceLoader,
+                    test_loader: DeviceLoader, bf16: bool) -> dict[str, Any]:
+    """The discretization gap of the best epoch's model (best.pt), for result.json."""
+    model = build_model(mkw).to(device)
+    ckpt = read_checkpoint(out / "best.pt", device)
+    model.load_state_dict(ckpt["model"])
+    train_loader.set_epoch(0)  # training used epochs 1..E: a fixed order of its own, for every rerun
+    gap = discretization_gap(model, train_loader, test_loader, bf16=bf16).to_json()
+    gap["epoch"] = ckpt["epoch"]
+    return gap
 
 
 def _act_label(config: TrainConfig) -> str:
