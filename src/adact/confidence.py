@@ -77,7 +77,9 @@ def normalised_entropy(p: Tensor) -> Tensor:
     k = p.shape[-1]
     if k < 2:
         return p.new_zeros(p.shape[:-1])
-    return -torch.special.xlogy(p, p).sum(-1) / math.log(k)
+    # log of the clamped p: a weight that is exactly 0 (or underflowed) adds 0 and a finite
+    # gradient, where p * log p would give -inf and then NaN through a softmax.
+    return -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1) / math.log(k)
 
 
 @dataclass(frozen=True)
