@@ -44,6 +44,8 @@ __all__ = [
     "model_confidence",
     "normalised_entropy",
     "recompute_batchnorm",
+    "render_confidence_text",
+    "render_gap_text",
     "unit_confidence",
 ]
 
@@ -156,6 +158,29 @@ def unit_confidence(unit: AdAct, path: str = "", weak_margin: float = WEAK_MARGI
 def model_confidence(model: nn.Module, weak_margin: float = WEAK_MARGIN) -> list[UnitConfidence]:
     """:func:`unit_confidence` of every AdAct unit of ``model``, in module order."""
     return [unit_confidence(u, p, weak_margin) for p, u in adact_units(model)]
+
+
+def render_confidence_text(confidence: Sequence[UnitConfidence | dict[str, Any]],
+                           weak_margin: float = WEAK_MARGIN) -> str:
+    """A fixed-width table of per-unit confidences (``adact analyze``); ``WEAK`` marks weak choices."""
+    rows = [c.to_json() if isinstance(c, UnitConfidence) else dict(c) for c in confidence]
+    if not rows:
+        return ""
+    lines = [f"confidence of each choice (weak: margin to the runner-up < {weak_margin:g}; entropy 0 = one-hot, "
+             f"1 = uniform)",
+             f"{'layer':<8}{'unit':<16}{'choice':>12}{'top':>9}{'margin':>9}{'entropy':>9}{'agree':>8}"]
+    for i, c in enumerate(rows):
+        agree = "—" if c.get("agreement") is None else f"{c['agreement']:.2f}"
+        lines.append(f"{i + 1:<8}{c['path']:<16}{c['choice']:>12}{c['top']:>9.4f}{c['margin']:>9.4f}"
+                     f"{c['entropy']:>9.4f}{agree:>8}" + ("   WEAK" if c["weak"] else ""))
+    return "\n".join(lines) + "\n\n"
+
+
+def render_gap_text(gap: GapResult | dict[str, Any]) -> str:
+    """One paragraph on the discretization gap of a run (``adact analyze``)."""
+    g = gap.to_json() if isinstance(gap, GapResult) else gap
+    return (f"discretization gap: mixture {g['mixture_acc']:.4f}, argmax (no retraining, BatchNorm recomputed on "
+            f"{g['bn_batches']} training batches) {g['argmax_acc']:.4f}, argmax - mixture {g['gap']:+.4f}\n")
 
 
 # --- the discretization gap ---------------------------------------------------------------------
