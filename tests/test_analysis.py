@@ -210,3 +210,13 @@ def test_weight_history_and_text(tmp_path: Path) -> None:
     plain = tmp_path / "plain.csv"
     plain.write_text("epoch,test_acc\n1,0.5\n")
     assert read_weight_history(plain) is None
+
+
+def test_weight_figure_labels_mark_weak_choices() -> None:
+    from adact.plots import _consensus_labels
+
+    mix = np.array([[[0.5, 0.3, 0.2], [0.34, 0.33, 0.33]], [[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]]])
+    weak = np.array([[False, True], [False, False]])
+    assert _consensus_labels(mix, ["relu", "elu", "mish"], weak) == ["relu (2/2)", "mish (1/2)\nweak in 1/2"]
+    assert _consensus_labels(mix[:1], ["relu", "elu", "mish"], weak[:1]) == ["relu", "relu\n(weak)"]
+    assert _consensus_labels(mix, ["relu", "elu", "mish"]) == ["relu (2/2)", "mish (1/2)"]  # a 1:1 tie goes to the larger mean weight

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -191,3 +192,29 @@ def test_result_json_holds_confidence_and_gap(tmp_path: Path, digits: DataSplits
 
     relu = train(TrainConfig(activation="relu", epochs=1, **TINY), tmp_path / "r", data=digits, quiet=True)
     assert "discretization_gap" not in relu and relu["best_weights"]["confidence"] == []
+
+
+def test_runs_finished_before_gaps_get_theirs_without_training(tmp_path: Path, digits: DataSplits,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import adact.reproduce
+    import adact.train
+
+    cfg = TrainConfig(activation="adact", epochs=2, **TINY)
+    run = tmp_path / "a"
+    measured = train(cfg, run, data=digits, quiet=True)["discretization_gap"]
+    old = read_json(run / "result.json")
+    del old["discretization_gap"]  # as an older adact wrote it
+    (run / "result.json").write_text(json.dumps(old))
+    assert adact.reproduce._previous(run, cfg) is None  # so reproduce hands it to train again
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(adact.train, "_run", no_training)
+    again = train(cfg, run, data=digits, quiet=True)
+    assert again["discretization_gap"] == measured == read_json(run / "result.json")["discretization_gap"]
+    assert {k: v for k, v in again.items() if k != "discretization_gap"} == old
+    assert adact.reproduce._previous(run, cfg) == again
+    (run / "best.pt").unlink()  # without its checkpoint a published run stays as it is
+    (run / "result.json").write_text(json.dumps(old))
+    assert "discretization_gap" not in train(cfg, run, data=digits, quiet=True)

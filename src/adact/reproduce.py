@@ -86,6 +86,7 @@ from adact.train import (
     load_checkpoint,
     model_kwargs,
     resolve_device,
+    result_lacks_gap,
     train,
 )
 
@@ -331,6 +332,8 @@ def _previous(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     prev = read_json(path)
     if not isinstance(prev, dict) or config_diff(prev.get("config") or {}, asdict(config)):
         return None
+    if result_lacks_gap(prev, run_dir):
+        return None  # finished before gaps were recorded: train() measures it on best.pt, no training
     if prev.get("status") == "diverged" or (prev.get("status") == "done" and all(k in prev for k in RESULT_KEYS)):
         return prev
     return None

@@ -79,6 +79,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "resolve_device",
+    "result_lacks_gap",
     "train",
     "unit_weights",
 ]
@@ -470,7 +471,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
           quiet: bool = False, restart: bool = False) -> dict[str, Any]:
     """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
 
-    A finished run (result.json with status "done") is returned without training. An
+    A finished run (result.json with status "done") is returned without training (an AdAct run
+    finished before the discretization gap was recorded gets it measured on its best.pt). An
     interrupted one resumes from last.pt (or last.prev.pt, if last.pt is damaged) and ends
     with the same numbers as an uninterrupted run on CPU. A NaN/inf loss stops the run, keeps
     the last good checkpoint, writes result.json with status "diverged" and raises
@@ -484,7 +486,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
     """
     out = Path(out_dir)
     if not restart and out.is_dir() and (prev := _check_folder(out, config)) is not None:
-        return prev
+        if not result_lacks_gap(prev, out):
+            return prev
     device = resolve_device(config.device)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction,
@@ -499,18 +502,45 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
         remove_stale_temps(out)
         if restart:
             _discard_run(out)
-        elif (prev := _check_folder(out, config)) is not None:  # finished while we prepared
+        elif (prev := _check_folder(out, config)) is not None:  # finished (maybe while we prepared)
+            if result_lacks_gap(prev, out):
+                return _add_gap(config, out, prev, train_set, data, device)
             return prev
         return _run(config, out, data, train_set, model, mkw, device, quiet)
+
+
+def result_lacks_gap(result: dict[str, Any], out: str | Path) -> bool:
+    """Whether a finished AdAct run predates the discretization gap and its best.pt can still give it.
+
+    :func:`train` then measures the gap on best.pt and adds it to result.json, without training.
+    """
+    return (result.get("status") == "done" and bool(result.get("n_adact_units"))
+            and "discretization_gap" not in result and (Path(out) / "best.pt").is_file())
+
+
+def _loaders(config: TrainConfig, data: DataSplits, train_set: Any,
+             device: torch.device) -> tuple[DeviceLoader, DeviceLoader]:
+    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
+                                hflip=config.hflip, crop_padding=config.crop_padding)
+    return train_loader, DeviceLoader(data.test, config.test_batch_size, device=device)
+
+
+def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: Any, data: DataSplits,
+             device: torch.device) -> dict[str, Any]:
+    """Measure the gap of a run that finished before gaps were recorded, and add it to its result.json."""
+    train_loader, test_loader = _loaders(config, data, train_set, device)
+    mkw = read_checkpoint(out / "best.pt", device)["model_kwargs"]
+    result = dict(result)
+    result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
+    atomic_write_json(out / "result.json", result)
+    return result
 
 
 def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model: nn.Module, mkw: dict[str, Any],
          device: torch.device, quiet: bool) -> dict[str, Any]:
     result_path = out / "result.json"
     opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
-                                hflip=config.hflip, crop_padding=config.crop_padding)
-    test_loader = DeviceLoader(data.test, config.test_batch_size, device=device)
+    train_loader, test_loader = _loaders(config, data, train_set, device)
     val_loader = DeviceLoader(data.val, config.test_batch_size, device=device) if data.val is not None else None
 
     metrics: list[dict[str, Any]] = []
