@@ -204,6 +204,7 @@ def test_runs_finished_before_gaps_get_theirs_without_training(tmp_path: Path, d
     measured = train(cfg, run, data=digits, quiet=True)["discretization_gap"]
     old = read_json(run / "result.json")
     del old["discretization_gap"]  # as an older adact wrote it
+    conf = old["best_weights"].pop("confidence")
     (run / "result.json").write_text(json.dumps(old))
     assert adact.reproduce._previous(run, cfg) is None  # so reproduce hands it to train again
 
@@ -213,6 +214,8 @@ def test_runs_finished_before_gaps_get_theirs_without_training(tmp_path: Path, d
     monkeypatch.setattr(adact.train, "_run", no_training)
     again = train(cfg, run, data=digits, quiet=True)
     assert again["discretization_gap"] == measured == read_json(run / "result.json")["discretization_gap"]
+    assert again["best_weights"]["confidence"] == conf  # filled in from best.pt as well
+    old["best_weights"]["confidence"] = conf
     assert {k: v for k, v in again.items() if k != "discretization_gap"} == old
     assert adact.reproduce._previous(run, cfg) == again
     (run / "best.pt").unlink()  # without its checkpoint a published run stays as it is

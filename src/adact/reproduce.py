@@ -874,13 +874,16 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
                 lines += [f"![{ds} {caption}]({png})", ""]
                 if svg:
                     lines += [f"({caption}: [SVG]({svg}))", ""]
-    lines += ["## Runs", "", "| dataset | seed | model | status | best | final | epochs | time (s) | folder |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Runs", "", "| dataset | seed | model | status | best | final | argmax − mixture | epochs | time (s) "
+                             "| folder |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         res = r.result or {}
         wall = f"{res['wall_s']:.0f}" if res.get("wall_s") is not None else "—"
+        gap = r.gap()
         lines.append(f"| `{r.dataset}` | {r.seed} | {model_label(r.model)} | {r.status} | "
                      f"{fmt_acc(res.get('best_test_acc'))} | {fmt_acc(res.get('final_test_acc'))} | "
+                     f"{'—' if gap is None else format(gap['gap'], '+.4f')} | "
                      f"{res.get('epochs_run', '—')} | {wall} | [{r.path}]({r.path}) |")
     notes = [r for r in records if r.status != "done"]
     if notes:

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adact import sharpen
 from adact.data import DataSplits, DeviceLoader, load_dataset
 from adact.data.arrays import check_splits
 from adact.defaults import DEVICES
@@ -59,7 +60,6 @@ from adact.io import (
     read_json,
     remove_stale_temps,
 )
-from adact import sharpen
 from adact.confidence import discretization_gap, model_confidence
 from adact.models import DEFAULT_CHANNELS, ConvNet
 from adact.surgery import adact_units, dominant_activations
@@ -527,10 +527,18 @@ def _loaders(config: TrainConfig, data: DataSplits, train_set: Any,
 
 def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: Any, data: DataSplits,
              device: torch.device) -> dict[str, Any]:
-    """Measure the gap of a run that finished before gaps were recorded, and add it to its result.json."""
+    """Measure the gap of a run that finished before gaps were recorded, and add it to its result.json.
+
+    Its best-epoch confidences are added too where they are missing (a per-channel unit's need
+    the checkpoint's per-channel weights).
+    """
     train_loader, test_loader = _loaders(config, data, train_set, device)
-    mkw = read_checkpoint(out / "best.pt", device)["model_kwargs"]
+    model, ckpt = load_checkpoint(out / "best.pt", device)
+    mkw = ckpt["model_kwargs"]
     result = dict(result)
+    if isinstance(result.get("best_weights"), dict) and "confidence" not in result["best_weights"]:
+        result["best_weights"] = {**result["best_weights"],
+                                  "confidence": [c.to_json() for c in model_confidence(model)]}
     result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
     atomic_write_json(out / "result.json", result)
     return result
