@@ -178,7 +178,8 @@ def test_baselines_get_columns_and_paired_differences() -> None:
 def test_gap_summary_and_table() -> None:
     e = build_summary(_baseline_records(), ["cifar10"], baselines=["relu", "mish"])["cifar10"]
     g = e["gap"]
-    assert g["mixture"]["mean"] == pytest.approx(0.91) and g["argmax"]["mean"] == pytest.approx((0.85 + 0.80 + 0.88) / 3)
+    assert g["mixture"]["mean"] == pytest.approx(0.91)
+    assert g["argmax"]["mean"] == pytest.approx((0.85 + 0.80 + 0.88) / 3)
     assert g["argmax_minus_mixture"]["mean"] == pytest.approx(-0.0666667) and g["argmax_minus_mixture"]["n"] == 3
     # Optimized (retrained) vs the free argmax model: 0.905 - 0.85, 0.915 - 0.80, 0.92 - 0.88
     assert g["optimized_minus_argmax"]["mean"] == pytest.approx((0.055 + 0.115 + 0.04) / 3)
@@ -186,7 +187,8 @@ def test_gap_summary_and_table() -> None:
     row = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
     assert row[1] == "0.9100 ± 0.0100 (n=3)" and row[3].startswith("−0.0667 [") and row[4].startswith("+0.0700 [")
     empty = build_summary(_records(), ["fmnist"])["fmnist"]["gap"]  # runs from before the gap was recorded
-    assert empty["mixture"]["n"] == 0 and "| `fmnist` | — | — | — | — |" in render_gap_md({"fmnist": {"gap": empty}})
+    assert empty["mixture"]["n"] == 0
+    assert "| `fmnist` | — | — | — | — |" in render_gap_md({"fmnist": {"gap": empty}})
 
 
 def test_weight_history_and_text(tmp_path: Path) -> None:
@@ -219,4 +221,5 @@ def test_weight_figure_labels_mark_weak_choices() -> None:
     weak = np.array([[False, True], [False, False]])
     assert _consensus_labels(mix, ["relu", "elu", "mish"], weak) == ["relu (2/2)", "mish (1/2)\nweak in 1/2"]
     assert _consensus_labels(mix[:1], ["relu", "elu", "mish"], weak[:1]) == ["relu", "relu\n(weak)"]
-    assert _consensus_labels(mix, ["relu", "elu", "mish"]) == ["relu (2/2)", "mish (1/2)"]  # a 1:1 tie goes to the larger mean weight
+    # a 1:1 tie goes to the larger mean weight
+    assert _consensus_labels(mix, ["relu", "elu", "mish"]) == ["relu (2/2)", "mish (1/2)"]

@@ -297,8 +297,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from adact.confidence import render_confidence_text, render_gap_text
 
         print(f"best epoch ({result['best_epoch']}):")
-        print(render_confidence_text(result["best_weights"]["confidence"]) + render_gap_text(result["discretization_gap"]),
-              end="")
+        text = render_confidence_text(result["best_weights"]["confidence"])
+        print(text + render_gap_text(result["discretization_gap"]), end="")
     print(f"run folder: {out}")
     return 0
 

@@ -210,7 +210,8 @@ class ReproduceConfig:
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
         if not self.baselines:
-            raise ValueError(f"give at least one baseline activation (the paper's is relu); valid: {', '.join(ACTIVATIONS)}")
+            raise ValueError(f"give at least one baseline activation (the paper's is relu); "
+                             f"valid: {', '.join(ACTIVATIONS)}")
         for b in self.baselines:
             if b not in ACTIVATIONS:
                 raise ValueError(f"unknown baseline activation {b!r}; valid: {', '.join(ACTIVATIONS)}")
@@ -874,8 +875,8 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
                 lines += [f"![{ds} {caption}]({png})", ""]
                 if svg:
                     lines += [f"({caption}: [SVG]({svg}))", ""]
-    lines += ["## Runs", "", "| dataset | seed | model | status | best | final | argmax − mixture | epochs | time (s) "
-                             "| folder |",
+    lines += ["## Runs", "",
+              "| dataset | seed | model | status | best | final | argmax − mixture | epochs | time (s) | folder |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         res = r.result or {}
