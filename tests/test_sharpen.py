@@ -217,6 +217,9 @@ def test_train_config_checks_the_sharpening_options() -> None:
         TrainConfig(adact_lr_mult=0.0)
     with pytest.raises(ValueError, match="T1"):
         TrainConfig(temperature_schedule=[1.0, 0.0])
+    with pytest.raises(ValueError, match="entropy_weight sharpen AdAct mixtures, but activation 'relu' has no AdAct"):
+        TrainConfig(activation="relu", entropy_weight=0.1)
+    TrainConfig(activation=["relu", "adact", "mish", "mish"], temperature_schedule=[1.0, 0.5])  # one AdAct block
 
 
 def test_configs_saved_before_the_options_existed_still_match() -> None:
@@ -282,3 +285,15 @@ def test_sharpened_run_resumes_to_the_same_numbers(tmp_path: Path, digits: DataS
     for key in ("best_test_acc", "final_test_acc", "weights", "best_weights", "discretization_gap"):
         assert a[key] == b[key], key
     assert _column(tmp_path / "straight", "temperature") == _column(tmp_path / "killed", "temperature")
+
+
+def test_saved_choices_record_the_temperature_of_their_weights(tmp_path: Path) -> None:
+    from adact import save_choices
+
+    net = ConvNet(1, 10, 16, channels=[4, 4, 4, 4], adact_kwargs={"init": "normal", "init_scale": 1.0})
+    set_temperature(net, 0.5)
+    save_choices(net, tmp_path / "c.json")
+    site = read_json(tmp_path / "c.json")["sites"][0]
+    unit = net.activations()[0]
+    assert site["temperature"] == 0.5
+    assert list(site["weights"].values()) == pytest.approx(torch.softmax(unit.logits.detach() / 0.5, -1).tolist())

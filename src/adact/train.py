@@ -150,6 +150,14 @@ class TrainConfig:
             raise ValueError(f"entropy_weight must be finite and >= 0, got {self.entropy_weight}")
         if not (math.isfinite(self.adact_lr_mult) and self.adact_lr_mult > 0):
             raise ValueError(f"adact_lr_mult must be finite and > 0, got {self.adact_lr_mult}")
+        acts = [self.activation] if isinstance(self.activation, str) else list(self.activation)
+        sharpening = {"temperature_schedule": self.temperature_schedule is not None,
+                      "entropy_weight": self.entropy_weight != 0.0, "adact_lr_mult": self.adact_lr_mult != 1.0}
+        if "adact" not in acts and any(sharpening.values()):
+            # A typo-level mistake (sharpening a ReLU run) would otherwise train the plain model silently.
+            given = ", ".join(k for k, v in sharpening.items() if v)
+            raise ValueError(f"{given} sharpen AdAct mixtures, but activation {self.activation!r} has no AdAct "
+                             f"unit; use activation 'adact' or drop {given}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
