@@ -884,7 +884,7 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
         gap = r.gap()
         lines.append(f"| `{r.dataset}` | {r.seed} | {model_label(r.model)} | {r.status} | "
                      f"{fmt_acc(res.get('best_test_acc'))} | {fmt_acc(res.get('final_test_acc'))} | "
-                     f"{'—' if gap is None else format(gap['gap'], '+.4f')} | "
+                     f"{'—' if gap is None else format(gap['gap'], '+.4f').replace('-', '−')} | "
                      f"{res.get('epochs_run', '—')} | {wall} | [{r.path}]({r.path}) |")
     notes = [r for r in records if r.status != "done"]
     if notes:
