@@ -149,8 +149,9 @@ def param_groups(model: nn.Module, weight_decay: float, decay_adact: bool = True
 
     With ``adact_lr_mult == 1`` the groups are the historical ones (one group, or decayed and
     AdAct parameters when ``decay_adact`` is False), so existing optimizer checkpoints resume.
-    Otherwise the AdAct logits get a group of their own with learning rate ``lr * adact_lr_mult``.
-    The PReLU slope of a unit is an ordinary weight of its activation and keeps ``lr``.
+    Otherwise the AdAct logits get a group of their own with learning rate ``lr * adact_lr_mult``
+    (AdamW's decoupled decay is ``lr * weight_decay`` per step, so it scales with it too). The
+    PReLU slope of a unit is an ordinary weight of its activation and keeps ``lr``.
 
     Args:
         model: the model to optimise.
