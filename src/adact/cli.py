@@ -74,6 +74,27 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
+    return v
+
+
+def _temperatures(text: str) -> list[float]:
+    parts = text.split(":")
+    try:
+        pair = [float(p) for p in parts]
+    except ValueError:
+        pair = []
+    if len(pair) != 2 or not all(0 < t < float("inf") for t in pair):
+        raise argparse.ArgumentTypeError(f"expected T0:T1 with two temperatures > 0 (e.g. 1:0.1), got {text!r}")
+    return pair
+
+
 def _jobs(text: str) -> int | None:
     return None if text == "auto" else _int_at_least(1)(text)
 
@@ -121,6 +142,15 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
     g.add_argument("--restart", action="store_true",
                    help="discard what the output folder holds (checkpoints, metrics, results) and train from "
                         "scratch; without it a rerun resumes, and a folder of other settings is refused")
+    s = p.add_argument_group("sharpening of the AdAct mixtures (off by default: the paper has none)")
+    s.add_argument("--temperature-schedule", type=_temperatures, default=None, metavar="T0:T1",
+                   help="anneal the softmax temperature of every AdAct unit geometrically from T0 to T1 over "
+                        "training (logits divided by T; e.g. 1:0.1). Default: none (T = 1)")
+    s.add_argument("--entropy-weight", type=_non_negative_float, default=0.0, metavar="LAMBDA",
+                   help="add LAMBDA x the mean normalised entropy of the mixtures (0 one-hot, 1 uniform) to the "
+                        "loss (default: 0)")
+    s.add_argument("--adact-lr-mult", type=_positive_float, default=1.0, metavar="M",
+                   help="learning rate of the AdAct logits = M x --lr (DARTS uses a smaller one; default: 1)")
     a = p.add_argument_group("model (our assumptions: the paper's layer table is missing)")
     a.add_argument("--channels", type=_int_at_least(1), nargs="+", default=None, metavar="C",
                    help=f"conv widths, one per block (default: {' '.join(map(str, DEFAULT_CHANNELS))})")
@@ -151,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="training seeds; the three models share each seed (default: 0 1 2)")
     r.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: runs/reproduce)")
+    r.add_argument("--baselines", type=_activation, nargs="+", default=["relu"], metavar="NAME",
+                   help="train a model with one activation everywhere for each NAME, as baselines with a column and "
+                        "paired differences each (default: relu, the paper's; e.g. --baselines relu mish)")
     r.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                    help="runs trained in parallel processes, each with cores/N threads (default: auto = one "
                         "per CPU core on a CPU, 1 on a GPU)")
@@ -212,9 +245,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         device=args.device, quiet=args.quiet, granularity=args.granularity, fer_split=args.fer_split,
         test_from_train=args.test_from_train, max_train_samples=args.max_train_samples, bf16=args.bf16,
         compile=args.compile, channels=args.channels, kernel_size=args.kernel_size, fused=not args.reference,
+        baselines=list(dict.fromkeys(args.baselines)), **_sharpening(args),
     )
     reproduce(cfg, restart=args.restart)
     return 0
+
+
+def _sharpening(args: argparse.Namespace) -> dict[str, Any]:
+    return {"temperature_schedule": args.temperature_schedule, "entropy_weight": args.entropy_weight,
+            "adact_lr_mult": args.adact_lr_mult}
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -234,7 +273,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         test_batch_size=args.test_batch_size, lr=args.lr, weight_decay=args.weight_decay,
         decay_adact=not args.no_decay_adact, hflip=args.hflip, crop_padding=args.crop_padding, seed=args.seed,
         device=args.device, bf16=args.bf16, compile=args.compile, fused=not args.reference,
-        max_train_samples=args.max_train_samples, **extra,
+        max_train_samples=args.max_train_samples, **_sharpening(args), **extra,
     )
 
 
@@ -260,6 +299,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result["dominant"]:
         chosen = ", ".join(f"{p}: {n} ({w:.3f})" for p, (n, w) in result["dominant"].items())
         print(f"dominant activations (final model): {chosen}")
+    if result.get("discretization_gap"):
+        from adact.confidence import render_confidence_text, render_gap_text
+
+        print(f"best epoch ({result['best_epoch']}):")
+        text = render_confidence_text(result["best_weights"]["confidence"])
+        print(text + render_gap_text(result["discretization_gap"]), end="")
     print(f"run folder: {out}")
     return 0
 

@@ -9,10 +9,14 @@ Per dataset and seed (same seed for all three models):
    final model's choices are in its result.json (``dominant``) for comparison;
 3. train ConvNet-ReLU and ConvNet-Optimized (block i uses choice i) from scratch.
 
+``baselines`` (``--baselines relu mish``) trains one model per name with that activation in every
+block, in place of the single ReLU baseline; the tables get a column and paired differences for
+each. The sharpening options (:mod:`adact.sharpen`) apply to the AdAct runs only.
+
 Layout of the output folder::
 
     OUT/reproduce.json                          settings of the latest invocation
-    OUT/<dataset>/seed<k>/<adact|relu|optimized>/   one adact.train run folder each
+    OUT/<dataset>/seed<k>/<adact|relu|optimized|BASELINE>/   one adact.train run folder each
     OUT/table1.md, table1.csv, choices.md, choices.json, results.json, report.md
     OUT/figures/<dataset>_weights.{png,svg}, <dataset>_trajectories.{png,svg}
 
@@ -45,19 +49,22 @@ import torch
 
 from adact.analysis import (
     METRICS,
-    MODEL_LABELS,
-    MODELS,
     PAPER_TABLE1,
     RunRecord,
     WeightHistory,
     build_summary,
     fmt_acc,
+    model_label,
+    models_for,
     read_weight_history,
     render_choices_md,
+    render_gap_md,
     render_table_csv,
     render_table_md,
     render_weights_text,
 )
+from adact.activations import ACTIVATIONS
+from adact.confidence import WEAK_MARGIN, confidence_from_mixture, render_confidence_text, render_gap_text
 from adact.data import DATASETS, DataSplits, load_dataset
 from adact.data.npz import resolve_npz_path
 from adact.io import (
@@ -79,6 +86,7 @@ from adact.train import (
     load_checkpoint,
     model_kwargs,
     resolve_device,
+    result_lacks_gap,
     train,
 )
 
@@ -171,6 +179,15 @@ class ReproduceConfig:
     channels: list[int] | None = None  # None: the ConvNet default (32, 64, 128, 256)
     kernel_size: int = 3
     fused: bool = True  # AdAct's fused kernel (False: the reference sum)
+    baselines: list[str] = field(default_factory=lambda: ["relu"])  # one activation everywhere, per name
+    temperature_schedule: list[float] | None = None  # AdAct runs only, see adact.sharpen
+    entropy_weight: float = 0.0  # AdAct runs only
+    adact_lr_mult: float = 1.0  # AdAct runs only
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models of each dataset and seed: AdAct, the baselines, Optimized."""
+        return models_for(self.baselines)
 
     def validate(self) -> None:
         """Raise ValueError / FileNotFoundError for settings that cannot work, before any training."""
@@ -192,11 +209,22 @@ class ReproduceConfig:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
+        if not self.baselines:
+            raise ValueError(f"give at least one baseline activation (the paper's is relu); "
+                             f"valid: {', '.join(ACTIVATIONS)}")
+        for b in self.baselines:
+            if b not in ACTIVATIONS:
+                raise ValueError(f"unknown baseline activation {b!r}; valid: {', '.join(ACTIVATIONS)}")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"baselines must be distinct, got {self.baselines}")
         self.train_config(self.datasets[0], self.seeds[0], "adact")  # TrainConfig checks the rest
         resolve_device(self.device)  # an unavailable device fails here, before the output folder is made
 
     def train_config(self, dataset: str, seed: int, activation: str | list[str]) -> TrainConfig:
         extra: dict[str, Any] = {} if self.channels is None else {"channels": list(self.channels)}
+        if activation == "adact":  # the other models have no mixtures: their configs stay shareable
+            extra.update(temperature_schedule=self.temperature_schedule, entropy_weight=self.entropy_weight,
+                         adact_lr_mult=self.adact_lr_mult)
         return TrainConfig(
             dataset=dataset, data_dir=self.data_dir, download=self.download, fer_split=self.fer_split,
             test_from_train=self.test_from_train, val_fraction=self.val_fraction, activation=activation,
@@ -210,14 +238,14 @@ class ReproduceConfig:
 
         The paper's ConvNet is small, so on a CPU separate single-threaded runs use the cores far
         better than one run with several threads (and degrade less when the cores are shared).
-        There are only ``2 * datasets * seeds`` runs free to start at once (Optimized waits for
-        AdAct), so more processes would sit idle.
+        There are only ``(1 + baselines) * datasets * seeds`` runs free to start at once (Optimized
+        waits for AdAct), so more processes would sit idle.
         """
         if self.jobs is not None:
             return self.jobs
         if resolve_device(self.device).type != "cpu":
             return 1
-        return max(1, min(os.cpu_count() or 1, 2 * len(self.datasets) * len(self.seeds)))
+        return max(1, min(os.cpu_count() or 1, (1 + len(self.baselines)) * len(self.datasets) * len(self.seeds)))
 
     def run_dir(self, dataset: str, seed: int, model: str) -> Path:
         return Path(self.out) / dataset_slug(dataset) / f"seed{seed}" / model
@@ -305,6 +333,8 @@ def _previous(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     prev = read_json(path)
     if not isinstance(prev, dict) or config_diff(prev.get("config") or {}, asdict(config)):
         return None
+    if result_lacks_gap(prev, run_dir):
+        return None  # finished before gaps were recorded: train() measures it on best.pt, no training
     if prev.get("status") == "diverged" or (prev.get("status") == "done" and all(k in prev for k in RESULT_KEYS)):
         return prev
     return None
@@ -341,7 +371,7 @@ def _optimized_task(cfg: ReproduceConfig, dataset: str, seed: int, restart: bool
 
 
 def _describe(task: _Task, outcome: dict[str, Any]) -> str:
-    what = f"{task.dataset} seed {task.seed} {MODEL_LABELS[task.model]}"
+    what = f"{task.dataset} seed {task.seed} {model_label(task.model)}"
     if outcome.get("skipped"):
         return f"{what}: already {outcome['status']}, skipped" + (f" ({outcome['message']})" if outcome["message"] else "")
     if outcome["status"] == "diverged":
@@ -351,14 +381,14 @@ def _describe(task: _Task, outcome: dict[str, Any]) -> str:
 
 
 def _run_all(cfg: ReproduceConfig, log: Log, restart: bool = False) -> None:
-    """Run every AdAct and ReLU run, and each Optimized run once its AdAct run has ended.
+    """Run every AdAct and baseline run, and each Optimized run once its AdAct run has ended.
 
     ``restart`` trains every run from scratch, discarding what its folder held.
     """
     first: list[_Task] = []
     for ds in cfg.datasets:
         for seed in cfg.seeds:
-            for model in ("adact", "relu"):
+            for model in ("adact", *cfg.baselines):
                 c = cfg.train_config(ds, seed, model)
                 first.append(_Task(ds, seed, model, str(cfg.run_dir(ds, seed, model)), asdict(c), cfg.quiet,
                                    restart))
@@ -412,7 +442,7 @@ def _run_all(cfg: ReproduceConfig, log: Log, restart: bool = False) -> None:
             else:
                 submit(opt)
 
-        # AdAct runs go in first so that Optimized runs can start while ReLU runs are still queued.
+        # AdAct runs go in first so that Optimized runs can start while baseline runs are still queued.
         for task in sorted(first, key=lambda t: t.model != "adact"):
             submit(task)
         while pending:
@@ -433,7 +463,7 @@ def _run_logged(task: _Task, start: Callable[[_Task], dict[str, Any] | None], lo
     outcome = start(task)
     if outcome is None:
         if not task.quiet:
-            log(f"== {task.dataset} seed {task.seed} {MODEL_LABELS[task.model]} -> {task.run_dir}")
+            log(f"== {task.dataset} seed {task.seed} {model_label(task.model)} -> {task.run_dir}")
         outcome = _run_task(task)
     log(_describe(task, outcome))
 
@@ -446,7 +476,7 @@ def _check_existing_runs(cfg: ReproduceConfig) -> None:
     """
     for ds in cfg.datasets:
         for seed in cfg.seeds:
-            for model in ("adact", "relu"):
+            for model in ("adact", *cfg.baselines):
                 run = cfg.run_dir(ds, seed, model)
                 new = asdict(cfg.train_config(ds, seed, model))
                 for name in ("config.json", "result.json"):
@@ -554,11 +584,19 @@ def _read_choices(rec: RunRecord, run: Path) -> None:
         w = run_weights(run)
         rec.choices, rec.choice_weights = list(w["choices"]), list(w["choice_weights"])
         rec.layer_paths, rec.candidates, rec.raw, rec.mix = w["paths"], w["candidates"], w["raw"], w["mix"]
+        rec.confidence = w.get("confidence")
+        granularity = ((rec.result or {}).get("config") or {}).get("granularity", "layer")
+        if rec.confidence is None and granularity == "layer":
+            # Runs from before confidences were recorded: a per-layer unit's is exact from its weights
+            # (a per-channel unit's needs each channel's, which only its checkpoint has).
+            rec.confidence = [confidence_from_mixture(m, w["candidates"], p).to_json()
+                              for p, m in zip(w["paths"], w["mix"])]
     except (OSError, ValueError, KeyError, TypeError) as e:  # no best.pt, a refused or damaged one
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         rec.status, rec.result = "damaged", None
         rec.message = f"no chosen activations in {run} ({detail})"
         rec.choices = rec.choice_weights = rec.layer_paths = rec.candidates = rec.raw = rec.mix = None
+        rec.confidence = None
 
 
 def collect(out: str | Path) -> tuple[ReproduceConfig, list[RunRecord]]:
@@ -574,7 +612,7 @@ def collect(out: str | Path) -> tuple[ReproduceConfig, list[RunRecord]]:
     for ds in cfg.datasets:
         for seed in cfg.seeds:
             adact_status = None
-            for model in MODELS:
+            for model in cfg.models:
                 d = cfg.run_dir(ds, seed, model)
                 rec = RunRecord(ds, dataset_slug(ds), seed, model, "missing", path=str(d.relative_to(out)))
                 if (d / "result.json").is_file():
@@ -613,6 +651,13 @@ def _histories(records: list[RunRecord], out: Path) -> tuple[dict[str, WeightHis
     return hists, problems
 
 
+def _weak_flags(runs: list[RunRecord]) -> np.ndarray | None:
+    """``(seeds, layers)`` weak flags of the runs, or None when a run has no confidences."""
+    if not all(r.confidence and r.mix and len(r.confidence) == len(r.mix) for r in runs):
+        return None
+    return np.array([[bool(c["weak"]) for c in r.confidence or []] for r in runs])
+
+
 def _figures(cfg: ReproduceConfig, records: list[RunRecord], hists: dict[str, WeightHistory],
              out: Path) -> dict[str, dict[str, list[str]]]:
     figs: dict[str, dict[str, list[str]]] = {}
@@ -627,7 +672,7 @@ def _figures(cfg: ReproduceConfig, records: list[RunRecord], hists: dict[str, We
         entry: dict[str, list[str]] = {}
         paths = plot_weights(np.array([r.raw for r in runs]), np.array([r.mix for r in runs]), cands,
                              f"{display_name(ds)}: AdAct weights per layer", out / "figures" / f"{slug}_weights",
-                             note=f"best checkpoint of seed{'s' if n > 1 else ''} {seeds}")
+                             note=f"best checkpoint of seed{'s' if n > 1 else ''} {seeds}", weak=_weak_flags(runs))
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
         found = [hists[r.path] for r in runs if r.path in hists]
         if found:
@@ -660,16 +705,19 @@ def render(out: str | Path) -> dict[str, Any]:
     cfg, records = collect(out)
     hists, problems = _histories(records, out)
     problems = [f"{r.path}: {r.message}" for r in records if r.status == "damaged"] + problems
-    summary = build_summary(records, cfg.datasets)
+    summary = build_summary(records, cfg.datasets, cfg.baselines)
     tables = {m: render_table_md(summary, m) for m in METRICS}
+    tables["gap"] = render_gap_md(summary)
     choices = _choices_json(cfg, records)
     val_hint = "" if cfg.val_fraction > 0 else _NO_VAL_HINT
     table1_md = (f"# Table 1: test accuracy over seeds {cfg.seeds}, {cfg.epochs} epochs\n\n"
                  + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" + (val_hint if m == "val" else "")
                            for m in METRICS)
+                 + f"## {_GAP_TITLE}\n\n{tables['gap']}\n{_GAP_NOTES}\n"
                  + _TABLE_NOTES)
-    choices_md = "# Chosen activations per layer\n\n" + render_choices_md(records, cfg.datasets)
-    table_text = "Table 1 -- " + METRICS["best"][1] + "\n" + tables["best"] + _status_lines(records)
+    choices_md = "# Chosen activations per layer\n\n" + render_choices_md(records, cfg.datasets, cfg.baselines)
+    table_text = ("Table 1 -- " + METRICS["best"][1] + "\n" + tables["best"] + "\n" + _GAP_TITLE + "\n"
+                  + tables["gap"] + _weak_lines(records) + _status_lines(records))
 
     figures = _figures(cfg, records, hists, out)
     atomic_write_text(out / "table1.md", table1_md)
@@ -678,7 +726,7 @@ def render(out: str | Path) -> dict[str, Any]:
     atomic_write_json(out / "choices.json", choices)
     atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures, problems))
     results = {
-        "format": "adact-results-1",
+        "format": "adact-results-2",  # 2: diffs per baseline (diffs[model][baseline][metric]), gap, confidence
         "settings": asdict(cfg),
         "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
@@ -695,6 +743,30 @@ def render(out: str | Path) -> dict[str, Any]:
     return results
 
 
+_GAP_TITLE = "Discretization gap: the AdAct model against its own argmax"
+
+_GAP_NOTES = """\
+Mixture: the AdAct model's best-on-test accuracy. Argmax: that same checkpoint with every unit
+replaced by its chosen activation (learned PReLU slopes kept), no retraining, BatchNorm statistics
+recomputed on training batches. A gap near 0 means the choices carry what the mixture learned; a
+large negative one means the mixture is not the model we keep. Optimized − argmax is what
+retraining from scratch (the paper's Optimized) adds over the free argmax model. Runs trained
+before the gap was recorded have none and are not counted.
+"""
+
+
+def _weak_lines(records: list[RunRecord]) -> str:
+    """One line per dataset with weak choices: how many of its layer choices have margin < WEAK_MARGIN."""
+    lines = []
+    for ds in dict.fromkeys(r.dataset for r in records):
+        confs = [c for r in records if r.dataset == ds and r.model == "adact" and r.confidence for c in r.confidence]
+        weak = sum(bool(c["weak"]) for c in confs)
+        if confs:
+            lines.append(f"{ds}: {weak} of {len(confs)} layer choices are weak (margin to the runner-up < "
+                         f"{WEAK_MARGIN:g}); see choices.md\n")
+    return "".join(lines)
+
+
 _NO_VAL_HINT = ("No validation split in these runs, so this table is empty: run `adact reproduce` again with "
                 "`--val-fraction 0.1` (into a new `--out` folder) to fill it.\n\n")
 
@@ -707,7 +779,8 @@ def _choices_json(cfg: ReproduceConfig, records: list[RunRecord]) -> dict[str, A
         adact = next((r.result for r in recs if r.model == "adact" and r.result), None)
         out[ds] = {
             "per_seed": {str(r.seed): {"status": r.status, "choices": r.choices, "weights": r.choice_weights,
-                                       "paths": r.layer_paths}
+                                       "paths": r.layer_paths, "confidence": r.confidence,
+                                       "discretization_gap": r.gap()}
                          for r in recs if r.model == "adact"},
             "n_adact_units": adact["n_adact_units"] if adact else None,
             "n_adact_params": adact["n_adact_params"] if adact else None,  # 8 * units for per-layer units
@@ -719,7 +792,7 @@ def _choices_json(cfg: ReproduceConfig, records: list[RunRecord]) -> dict[str, A
 _TABLE_NOTES = """\
 Cells: mean ± sample sd over seeds (n = finished runs); runs that diverged, were skipped or are
 incomplete are counted beside the cell and left out of the mean. Differences are paired by seed:
-mean of (model − ReLU) with a 95% paired t interval (n = 1: no interval). "paper" is the paper's
+mean of (model − baseline) with a 95% paired t interval (n = 1: no interval). "paper" is the paper's
 Table 1, which is best-on-test.
 
 Best-on-test picks the epoch by its test accuracy, so it is optimistic: the test set is used for
@@ -730,8 +803,22 @@ part of the training set (`--val-fraction`) and is the honest estimate.
 
 def _status_lines(records: list[RunRecord]) -> str:
     bad = [r for r in records if r.status != "done"]
-    return "".join(f"  {r.dataset} seed {r.seed} {MODEL_LABELS[r.model]}: {r.status}"
+    return "".join(f"  {r.dataset} seed {r.seed} {model_label(r.model)}: {r.status}"
                    + (f" -- {r.message}" if r.message else "") + "\n" for r in bad)
+
+
+def _sharpening_line(cfg: ReproduceConfig) -> str:
+    parts = []
+    if cfg.temperature_schedule:
+        t0, t1 = cfg.temperature_schedule
+        parts.append(f"softmax temperature annealed {t0:g} → {t1:g}")
+    if cfg.entropy_weight:
+        parts.append(f"entropy penalty λ = {cfg.entropy_weight:g}")
+    if cfg.adact_lr_mult != 1.0:
+        parts.append(f"AdAct logits at {cfg.adact_lr_mult:g} × the learning rate")
+    if not parts:
+        return "Sharpening: none (the paper's AdAct)."
+    return "Sharpening of the AdAct runs (not in the paper): " + "; ".join(parts) + "."
 
 
 def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, str], choices_md: str,
@@ -745,9 +832,12 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
         + (f"; training subsampled to {cfg.max_train_samples} images" if cfg.max_train_samples else "") + ".",
         "",
         "Protocol (the paper's): per dataset and seed, train ConvNet-AdAct; read each layer's dominant "
-        "activation (largest softmax weight) from its best checkpoint; train ConvNet-ReLU and "
+        "activation (largest softmax weight) from its best checkpoint; train "
+        + ", ".join(f"ConvNet-{model_label(b)}" for b in cfg.baselines) + " (one activation everywhere) and "
         "ConvNet-Optimized (layer i uses choice i) from scratch with the same seed. AdamW, lr 1e-3, "
         "batch 64, test accuracy after every epoch.",
+        "",
+        _sharpening_line(cfg),
         "",
         "Files: [table1.md](table1.md), [table1.csv](table1.csv), [choices.md](choices.md), "
         "[choices.json](choices.json), [results.json](results.json).",
@@ -767,6 +857,7 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
         lines += [tables["val"]]
     else:
         lines += [_NO_VAL_HINT.strip(), ""]
+    lines += [f"## {_GAP_TITLE}", "", tables["gap"], _GAP_NOTES]
     lines += ["## Chosen activations", ""]
     lines += [("\n" + choices_md.split("\n", 2)[2]).replace("\n## ", "\n### ").strip(), ""]
     lines += ["## Figures", "",
@@ -784,18 +875,21 @@ def _report(cfg: ReproduceConfig, records: list[RunRecord], tables: dict[str, st
                 lines += [f"![{ds} {caption}]({png})", ""]
                 if svg:
                     lines += [f"({caption}: [SVG]({svg}))", ""]
-    lines += ["## Runs", "", "| dataset | seed | model | status | best | final | epochs | time (s) | folder |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Runs", "",
+              "| dataset | seed | model | status | best | final | argmax − mixture | epochs | time (s) | folder |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         res = r.result or {}
         wall = f"{res['wall_s']:.0f}" if res.get("wall_s") is not None else "—"
-        lines.append(f"| `{r.dataset}` | {r.seed} | {MODEL_LABELS[r.model]} | {r.status} | "
+        gap = r.gap()
+        lines.append(f"| `{r.dataset}` | {r.seed} | {model_label(r.model)} | {r.status} | "
                      f"{fmt_acc(res.get('best_test_acc'))} | {fmt_acc(res.get('final_test_acc'))} | "
+                     f"{'—' if gap is None else format(gap['gap'], '+.4f').replace('-', '−')} | "
                      f"{res.get('epochs_run', '—')} | {wall} | [{r.path}]({r.path}) |")
     notes = [r for r in records if r.status != "done"]
     if notes:
         lines += ["", "### Runs that did not finish", ""]
-        lines += [f"- `{r.dataset}` seed {r.seed} {MODEL_LABELS[r.model]}: **{r.status}**"
+        lines += [f"- `{r.dataset}` seed {r.seed} {model_label(r.model)}: **{r.status}**"
                   + (f" — {r.message}" if r.message else "") for r in notes]
     if problems:
         lines += ["", "### Damaged or missing files", ""] + [f"- {p}" for p in problems]
@@ -838,6 +932,11 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     if not w["paths"]:
         return head + "\nno AdAct units in this model: nothing to analyze\n", []
     text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
+    text += render_confidence_text(w["confidence"])
+    result = read_json(run_dir / "result.json") if (run_dir / "result.json").is_file() else {}
+    gap = result.get("discretization_gap") if isinstance(result, dict) else None
+    if gap and gap.get("epoch") == meta["epoch"]:
+        text += render_gap_text(gap)
     hist, note = None, ""
     if (run_dir / "metrics.csv").is_file():
         try:
@@ -846,8 +945,10 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
             note = f"no weight trajectories: {e}\n"
     fig_dir = Path(out) if out is not None else run_dir
     title = f"{display_name(config['dataset'])}: AdAct weights per layer"
+    weak = np.array([[c["weak"] for c in w["confidence"]]])
     files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"], title,
-                         fig_dir / "weights", note=f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}")
+                         fig_dir / "weights", note=f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}",
+                         weak=weak)
     if hist is not None:
         files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
                                    f"{display_name(config['dataset'])}: AdAct softmax weights during training",

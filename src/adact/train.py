@@ -12,7 +12,8 @@ A run folder holds::
     best.pt         checkpoint of the best epoch by test accuracy (the paper's selection)
     last.pt         checkpoint after the last finished epoch (resume point)
     last.prev.pt    the checkpoint before it (resume point if last.pt is damaged)
-    result.json     summary: best / final / validation-selected accuracy, chosen activations
+    result.json     summary: best / final / validation-selected accuracy, chosen activations, their
+                    confidence and the discretization gap (AdAct models, see adact.confidence)
     .adact.lock     held (``fcntl.flock``) while a process writes the folder
 
 Checkpoints are self-describing (model state, optimiser state, config, model kwargs, epoch,
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adact import sharpen
 from adact.data import DataSplits, DeviceLoader, load_dataset
 from adact.data.arrays import check_splits
 from adact.defaults import DEVICES
@@ -58,9 +60,9 @@ from adact.io import (
     read_json,
     remove_stale_temps,
 )
+from adact.confidence import discretization_gap, model_confidence
 from adact.models import DEFAULT_CHANNELS, ConvNet
 from adact.surgery import adact_units, dominant_activations
-from adact.unit import AdAct
 
 __all__ = [
     "CheckpointError",
@@ -77,6 +79,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "resolve_device",
+    "result_lacks_gap",
     "train",
     "unit_weights",
 ]
@@ -119,6 +122,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     fused: bool = True  # AdAct's fused kernel (False: the reference sum)
     max_train_samples: int | None = None  # subsample the training set (smoke tests only)
+    # Sharpening (adact.sharpen; off by default, the paper has none). Settings older configs lack
+    # count as these defaults (config_diff), so adding one never orphans a run folder.
+    temperature_schedule: list[float] | None = None  # [T0, T1]: AdAct softmax temperature annealed T0 -> T1
+    entropy_weight: float = 0.0  # lambda: lambda * mean normalised entropy of the mixtures joins the loss
+    adact_lr_mult: float = 1.0  # learning rate of the AdAct logits relative to lr
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -136,6 +144,20 @@ class TrainConfig:
         if self.granularity not in ("layer", "channel"):
             raise ValueError(f"unknown granularity {self.granularity!r}; valid: layer, channel")
         self.channels = [int(c) for c in self.channels]
+        if self.temperature_schedule is not None:
+            self.temperature_schedule = sharpen.parse_temperature_schedule(self.temperature_schedule)
+        if not (math.isfinite(self.entropy_weight) and self.entropy_weight >= 0):
+            raise ValueError(f"entropy_weight must be finite and >= 0, got {self.entropy_weight}")
+        if not (math.isfinite(self.adact_lr_mult) and self.adact_lr_mult > 0):
+            raise ValueError(f"adact_lr_mult must be finite and > 0, got {self.adact_lr_mult}")
+        acts = [self.activation] if isinstance(self.activation, str) else list(self.activation)
+        sharpening = {"temperature_schedule": self.temperature_schedule is not None,
+                      "entropy_weight": self.entropy_weight != 0.0, "adact_lr_mult": self.adact_lr_mult != 1.0}
+        if "adact" not in acts and any(sharpening.values()):
+            # A typo-level mistake (sharpening a ReLU run) would otherwise train the plain model silently.
+            given = ", ".join(k for k, v in sharpening.items() if v)
+            raise ValueError(f"{given} sharpen AdAct mixtures, but activation {self.activation!r} has no AdAct "
+                             f"unit; use activation 'adact' or drop {given}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -160,8 +182,13 @@ class ResumeWarning(UserWarning):
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value."""
-    return [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value.
+
+    A TrainConfig setting that ``old`` lacks (it was saved before the setting existed) counts as
+    its default, which is what that run was trained with.
+    """
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return [f"{k} {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in new if old.get(k, defaults.get(k)) != new[k]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,22 +228,15 @@ def build_model(kwargs: dict[str, Any]) -> ConvNet:
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    if config.decay_adact:
-        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
-    adact_ids = {id(p) for m in model.modules() if isinstance(m, AdAct) for p in m.parameters()}
-    decay = [p for p in model.parameters() if id(p) not in adact_ids]
-    no_decay = [p for p in model.parameters() if id(p) in adact_ids]
-    return [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return sharpen.param_groups(model, config.weight_decay, config.decay_adact, config.adact_lr_mult, config.lr)
 
 
 def adact_weights(model: nn.Module) -> dict[str, Any]:
     """Choices and weights of a model's AdAct units, in layer order.
 
-    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights`` and ``raw`` / ``mix``
-    (``layers x candidates``; channel means for per-channel units). Choices come from
+    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights``, ``raw`` / ``mix``
+    (``layers x candidates``; channel means for per-channel units) and ``confidence`` (one
+    :class:`adact.confidence.UnitConfidence` dict per unit). Choices come from
     :func:`adact.surgery.dominant_activations`.
     """
     units = adact_units(model)
@@ -230,7 +250,7 @@ def adact_weights(model: nn.Module) -> dict[str, Any]:
         mix.append(m.tolist())
     return {"paths": [p for p, _ in units], "candidates": list(units[0][1].candidates) if units else [],
             "choices": [n for n, _ in dom.values()], "choice_weights": [w for _, w in dom.values()],
-            "raw": raw, "mix": mix}
+            "raw": raw, "mix": mix, "confidence": [c.to_json() for c in model_confidence(model)]}
 
 
 def unit_weights(model: nn.Module) -> dict[str, float]:
@@ -459,7 +479,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
           quiet: bool = False, restart: bool = False) -> dict[str, Any]:
     """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
 
-    A finished run (result.json with status "done") is returned without training. An
+    A finished run (result.json with status "done") is returned without training (an AdAct run
+    finished before the discretization gap was recorded gets it measured on its best.pt). An
     interrupted one resumes from last.pt (or last.prev.pt, if last.pt is damaged) and ends
     with the same numbers as an uninterrupted run on CPU. A NaN/inf loss stops the run, keeps
     the last good checkpoint, writes result.json with status "diverged" and raises
@@ -473,7 +494,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
     """
     out = Path(out_dir)
     if not restart and out.is_dir() and (prev := _check_folder(out, config)) is not None:
-        return prev
+        if not result_lacks_gap(prev, out):
+            return prev
     device = resolve_device(config.device)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction,
@@ -488,18 +510,53 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
         remove_stale_temps(out)
         if restart:
             _discard_run(out)
-        elif (prev := _check_folder(out, config)) is not None:  # finished while we prepared
+        elif (prev := _check_folder(out, config)) is not None:  # finished (maybe while we prepared)
+            if result_lacks_gap(prev, out):
+                return _add_gap(config, out, prev, train_set, data, device)
             return prev
         return _run(config, out, data, train_set, model, mkw, device, quiet)
+
+
+def result_lacks_gap(result: dict[str, Any], out: str | Path) -> bool:
+    """Whether a finished AdAct run predates the discretization gap and its best.pt can still give it.
+
+    :func:`train` then measures the gap on best.pt and adds it to result.json, without training.
+    """
+    return (result.get("status") == "done" and bool(result.get("n_adact_units"))
+            and "discretization_gap" not in result and (Path(out) / "best.pt").is_file())
+
+
+def _loaders(config: TrainConfig, data: DataSplits, train_set: Any,
+             device: torch.device) -> tuple[DeviceLoader, DeviceLoader]:
+    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
+                                hflip=config.hflip, crop_padding=config.crop_padding)
+    return train_loader, DeviceLoader(data.test, config.test_batch_size, device=device)
+
+
+def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: Any, data: DataSplits,
+             device: torch.device) -> dict[str, Any]:
+    """Measure the gap of a run that finished before gaps were recorded, and add it to its result.json.
+
+    Its best-epoch confidences are added too where they are missing (a per-channel unit's need
+    the checkpoint's per-channel weights).
+    """
+    train_loader, test_loader = _loaders(config, data, train_set, device)
+    model, ckpt = load_checkpoint(out / "best.pt", device)
+    mkw = ckpt["model_kwargs"]
+    result = dict(result)
+    if isinstance(result.get("best_weights"), dict) and "confidence" not in result["best_weights"]:
+        result["best_weights"] = {**result["best_weights"],
+                                  "confidence": [c.to_json() for c in model_confidence(model)]}
+    result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
+    atomic_write_json(out / "result.json", result)
+    return result
 
 
 def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model: nn.Module, mkw: dict[str, Any],
          device: torch.device, quiet: bool) -> dict[str, Any]:
     result_path = out / "result.json"
     opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
-                                hflip=config.hflip, crop_padding=config.crop_padding)
-    test_loader = DeviceLoader(data.test, config.test_batch_size, device=device)
+    train_loader, test_loader = _loaders(config, data, train_set, device)
     val_loader = DeviceLoader(data.val, config.test_batch_size, device=device) if data.val is not None else None
 
     metrics: list[dict[str, Any]] = []
@@ -517,6 +574,10 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
     atomic_write_json(out / "config.json", asdict(config))
 
     step_model = torch.compile(model) if config.compile else model
+    has_units = bool(adact_units(model))
+    steps = len(train_loader)
+    schedule = (sharpen.TemperatureSchedule(*config.temperature_schedule, total_steps=config.epochs * steps)
+                if config.temperature_schedule and has_units else None)
     wall0 = time.perf_counter() - sum(r["seconds"] for r in metrics)
     status, message = "done", ""
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -525,10 +586,13 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = _progress(len(train_loader), f"{config.dataset} {_act_label(config)} ep {epoch}/{config.epochs}", quiet)
-        for x, y in train_loader:
+        for i, (x, y) in enumerate(train_loader):
+            if schedule is not None:
+                sharpen.set_temperature(model, schedule((epoch - 1) * steps + i))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = step_model(x)  # (B, num_classes)
-            loss = F.cross_entropy(logits.float(), y)
+            ce = F.cross_entropy(logits.float(), y)
+            loss = ce + config.entropy_weight * sharpen.mixture_entropy(model) if config.entropy_weight else ce
             if not torch.isfinite(loss):
                 status = "diverged"
                 kept = (f"kept the checkpoint of epoch {epoch - 1}" if epoch > 1
@@ -538,7 +602,7 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * y.numel()
+            loss_sum += ce.item() * y.numel()  # cross-entropy only: comparable with and without a penalty
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
             if bar is not None:
@@ -561,6 +625,7 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             "val_acc": val_acc,
             "seconds": seconds,  # training time of this epoch, evaluation excluded
             "images_per_s": seen / seconds,
+            **(_sharpness(model) if has_units else {}),
             **unit_weights(model),
         }
         metrics.append(row)
@@ -580,11 +645,32 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         _save_last(ckpt, out)
 
     result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best.get("weights"))
+    if status == "done" and has_units:
+        result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
     result["config"] = asdict(config)
     atomic_write_json(result_path, result)
     if status == "diverged":
         raise DivergedError(f"{out}: {message}")
     return result
+
+
+def _sharpness(model: nn.Module) -> dict[str, float]:
+    """metrics.csv columns of an AdAct model: its softmax temperature and mean normalised entropy."""
+    with torch.no_grad():
+        entropy = float(sharpen.mixture_entropy(model))
+    return {"temperature": float(adact_units(model)[0][1].temperature), "mixture_entropy": entropy}
+
+
+def _best_epoch_gap(out: Path, mkw: dict[str, Any], device: torch.device, train_loader: DeviceLoader,
+                    test_loader: DeviceLoader, bf16: bool) -> dict[str, Any]:
+    """The discretization gap of the best epoch's model (best.pt), for result.json."""
+    model = build_model(mkw).to(device)
+    ckpt = read_checkpoint(out / "best.pt", device)
+    model.load_state_dict(ckpt["model"])
+    train_loader.set_epoch(0)  # training used epochs 1..E: a fixed order of its own, for every rerun
+    gap = discretization_gap(model, train_loader, test_loader, bf16=bf16).to_json()
+    gap["epoch"] = ckpt["epoch"]
+    return gap
 
 
 def _act_label(config: TrainConfig) -> str:
