@@ -224,6 +224,23 @@ def test_interrupted_run_resumes_on_two_ranks_exactly_and_on_one_within_toleranc
 
 
 @pytest.mark.slow
+def test_without_random_activations_two_ranks_follow_one_process_to_rounding(tmp_path: Path) -> None:
+    """No RReLU noise: with --sync-bn the 2-rank run takes the 1-process steps, up to float rounding."""
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--activation", "relu", "--sync-bn",
+            "--batch-size", "50", "--out", "two", *TINY_ARGS]  # 1437 = 28 x 50 + 37: uneven slices too
+    done = _torchrun(2, args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = tmp_path / "one"
+    train(TrainConfig(dataset="digits", epochs=2, activation="relu", batch_size=50, channels=[8, 16, 16, 16],
+                      device="cpu"), one, quiet=True)
+    for a, b in zip(_rows(one), _rows(tmp_path / "two"), strict=True):
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5
+        assert float(a["train_acc"]) == float(b["train_acc"])
+        assert abs(float(a["test_loss"]) - float(b["test_loss"])) < 1e-3
+        assert abs(float(a["test_acc"]) - float(b["test_acc"])) <= 1 / 360 + 1e-9  # at most one image
+
+
+@pytest.mark.slow
 def test_per_rank_batchnorm_finishes_and_learns(tmp_path: Path) -> None:
     done = _torchrun(2, ["train", "--dataset", "digits", "--epochs", "2", "--val-fraction", "0.1",
                          "--out", "run", *TINY_ARGS], tmp_path)
