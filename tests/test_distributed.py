@@ -302,3 +302,17 @@ def test_nan_on_one_rank_stops_every_rank_as_diverged(tmp_path: Path) -> None:
     result = read_json(tmp_path / "run" / "result.json")
     assert result["status"] == "diverged" and result["epochs_run"] == 0
     assert "loss became nan in epoch 1" in result["message"]
+
+
+@pytest.mark.slow
+def test_reproduce_under_torchrun_trains_every_run_on_both_ranks_and_writes_once(tmp_path: Path) -> None:
+    done = _torchrun(2, ["reproduce", "--seeds", "0", "--epochs", "1", "--max-train-samples", "256",
+                         "--channels", "4", "8", "8", "8", "--quiet", "--device", "cpu", "--out", "R"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Table 1") == 1  # rank 1 prints nothing
+    out = tmp_path / "R"
+    for model in ("adact", "relu", "optimized"):
+        result = read_json(out / "digits" / "seed0" / model / "result.json")
+        assert result["status"] == "done" and result["processes"] == 2
+        assert len(_rows(out / "digits" / "seed0" / model)) == 1
+    assert (out / "results.json").is_file() and (out / "report.md").is_file()
