@@ -262,21 +262,25 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and _active()):
             return super().forward(x)
         c = x.shape[1]
+        # float64 sums: the variance is E[x^2] - mean^2, which cancels badly in float32 when
+        # |mean| is large against the spread.
         local = torch.cat([
-            torch.full((1,), float(x.numel() // c), dtype=x.dtype, device=x.device),
-            x.sum((0, 2, 3)),
-            (x * x).sum((0, 2, 3)),
+            torch.full((1,), float(x.numel() // c), dtype=torch.float64, device=x.device),
+            x.sum((0, 2, 3), dtype=torch.float64),
+            (x * x).sum((0, 2, 3), dtype=torch.float64),
         ])
         total = _AllReduceSum.apply(local)
         n = total[0].detach()
-        mean = total[1:1 + c] / n
-        var = (total[1 + c:] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises with
+        mean64 = total[1:1 + c] / n
+        var = (total[1 + c:] / n - mean64 * mean64).clamp_min(0).to(x.dtype)  # biased, as BatchNorm normalises
+        mean = mean64.to(x.dtype)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp_min(1)), alpha=m)
+                unbiased = var.detach() * float(n / (n - 1).clamp_min(1))
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
         y = (x - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
         if self.affine:
             y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
