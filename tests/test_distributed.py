@@ -165,6 +165,19 @@ def test_jobs_place_runs_round_robin_and_do_not_mix_with_torchrun(monkeypatch: p
         ReproduceConfig(epochs=1, device="cpu", jobs=2).validate()
 
 
+def test_lost_peer_is_one_readable_line_and_other_errors_are_not_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    gloo = RuntimeError("[/x/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:4467: "
+                        "Connection reset by peer. This is typically caused by a remote worker hanging")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert ddp.peer_failure_message(gloo) is None  # not under torchrun: a bug keeps its traceback
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert ddp.peer_failure_message(gloo) == (
+        "rank 1: lost another rank of the torchrun job (Read error [127.0.0.1]:4467: Connection reset by peer); "
+        "every rank stops. Rerun the same command to resume from the last checkpoint")
+    assert ddp.peer_failure_message(RuntimeError("shape mismatch")) is None
+
+
 def test_sync_bn_flag_is_parsed() -> None:
     assert build_parser().parse_args(["train", "--sync-bn"]).sync_bn
     assert not build_parser().parse_args(["reproduce"]).sync_bn

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -378,7 +379,9 @@ def peer_failure_message(e: BaseException) -> str | None:
     if not lost:
         return None
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    return (f"rank {env().rank}: lost another rank of the torchrun job ({first[:200]}); every rank stops. "
+    # gloo prefixes its source location and appends advice; the reason in between is what helps.
+    first = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", first).split(". ")[0][:200]
+    return (f"rank {env().rank}: lost another rank of the torchrun job ({first}); every rank stops. "
             f"Rerun the same command to resume from the last checkpoint")
 
 
