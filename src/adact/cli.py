@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training seeds; the three models share each seed (default: 0 1 2)")
     r.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: runs/reproduce)")
     r.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="runs trained in parallel processes, each with cores/N threads (default: auto = one "
-                        "per CPU core on a CPU, 1 on a GPU)")
+                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
+                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
+                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
     _add_run_args(r)
     _add_data_args(r)
     r.set_defaults(func=_cmd_reproduce)
