@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -139,6 +140,9 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     g.add_argument("--reference", action="store_true",
                    help="AdAct's reference sum (one op per candidate) instead of the fused kernel")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch of all ranks (default: per "
+                        "rank, as in torchvision's reference trainers); no effect in one process")
     g.add_argument("--restart", action="store_true",
                    help="discard what the output folder holds (checkpoints, metrics, results) and train from "
                         "scratch; without it a rerun resumes, and a folder of other settings is refused")
@@ -185,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a model with one activation everywhere for each NAME, as baselines with a column and "
                         "paired differences each (default: relu, the paper's; e.g. --baselines relu mish)")
     r.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="runs trained in parallel processes, each with cores/N threads (default: auto = one "
-                        "per CPU core on a CPU, 1 on a GPU)")
+                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
+                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
+                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
     _add_run_args(r)
     _add_data_args(r)
     r.set_defaults(func=_cmd_reproduce)
@@ -245,7 +250,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         device=args.device, quiet=args.quiet, granularity=args.granularity, fer_split=args.fer_split,
         test_from_train=args.test_from_train, max_train_samples=args.max_train_samples, bf16=args.bf16,
         compile=args.compile, channels=args.channels, kernel_size=args.kernel_size, fused=not args.reference,
-        baselines=list(dict.fromkeys(args.baselines)), **_sharpening(args),
+        baselines=list(dict.fromkeys(args.baselines)), **_sharpening(args), sync_bn=args.sync_bn,
     )
     reproduce(cfg, restart=args.restart)
     return 0
@@ -289,7 +294,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{data} -> {out}")
     try:
-        result = train(config, out, data=data, quiet=args.quiet, restart=args.restart)
+        result = train(config, out, data=data, quiet=args.quiet, restart=args.restart, sync_bn=args.sync_bn)
     except DivergedError as e:
         print(f"adact: training diverged: {e}", file=sys.stderr)
         return 1
@@ -376,29 +381,48 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
+def _distributed() -> Any:
+    """``adact.distributed`` when torchrun started this process, else None (it imports torch)."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1"):
+        return None
+    from adact import distributed
+
+    return distributed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adact`` console script; returns the exit status.
 
     Every user error of every command becomes one line ``adact: error: ...`` here, exit status 2.
+    Under torchrun, only rank 0 prints to stdout, and a rank that loses another rank (killed,
+    crashed, unreachable) ends with one line saying so, exit status 2.
     """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help / --version (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else 2
+    dist = _distributed()  # [distributed]
+    if dist is not None:
+        dist.silence_non_writers()
     with warnings.catch_warnings():
         one_line_warnings()
         try:
-            return int(args.func(args))
+            status = int(args.func(args))
         except KeyboardInterrupt:
             print("adact: interrupted; rerun the same command to resume", file=sys.stderr)
             return 130
         except Exception as e:
             message = _user_error(e)
+            if message is None and dist is not None:  # [distributed] a lost rank is not a bug of ours
+                message = dist.peer_failure_message(e)
             if message is None:
                 raise
             print(f"adact: error: {message}", file=sys.stderr)
             return 2
+        if dist is not None:  # [distributed] only after success: tearing down after a lost peer can block
+            dist.cleanup()
+        return status
 
 
 if __name__ == "__main__":

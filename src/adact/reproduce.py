@@ -63,6 +63,7 @@ from adact.analysis import (
     render_table_md,
     render_weights_text,
 )
+from adact import distributed
 from adact.activations import ACTIVATIONS
 from adact.confidence import WEAK_MARGIN, confidence_from_mixture, render_confidence_text, render_gap_text
 from adact.data import DATASETS, DataSplits, load_dataset
@@ -183,6 +184,7 @@ class ReproduceConfig:
     temperature_schedule: list[float] | None = None  # AdAct runs only, see adact.sharpen
     entropy_weight: float = 0.0  # AdAct runs only
     adact_lr_mult: float = 1.0  # AdAct runs only
+    sync_bn: bool = False  # under torchrun: BatchNorm over the global batch (adact.distributed)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -207,6 +209,9 @@ class ReproduceConfig:
             raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds}")
         if self.jobs is not None and self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.jobs is not None and self.jobs > 1 and distributed.env().enabled:  # [distributed]
+            raise ValueError("--jobs runs separate trainings side by side, torchrun spreads one training over "
+                             "several processes: use one or the other (under torchrun, leave --jobs out)")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
         if not self.baselines:
@@ -234,18 +239,25 @@ class ReproduceConfig:
         )
 
     def resolved_jobs(self) -> int:
-        """``jobs``, or by default: one process per CPU core on a CPU, one process on a GPU.
+        """``jobs``, or by default: one process per CPU core on a CPU, one per GPU on CUDA.
 
         The paper's ConvNet is small, so on a CPU separate single-threaded runs use the cores far
         better than one run with several threads (and degrade less when the cores are shared).
         There are only ``(1 + baselines) * datasets * seeds`` runs free to start at once (Optimized
-        waits for AdAct), so more processes would sit idle.
+        waits for AdAct), so more processes would sit idle. Under torchrun every rank trains every
+        run together, so there is one job. Worker ``i`` trains on ``cuda:(i mod GPUs)``.
         """
+        if distributed.env().enabled:  # [distributed]
+            return 1
         if self.jobs is not None:
             return self.jobs
-        if resolve_device(self.device).type != "cpu":
+        runs = (1 + len(self.baselines)) * len(self.datasets) * len(self.seeds)
+        device = resolve_device(self.device)
+        if device.type == "cuda":  # [distributed] independent runs side by side, one GPU each
+            return max(1, min(torch.cuda.device_count(), runs))
+        if device.type != "cpu":
             return 1
-        return max(1, min(os.cpu_count() or 1, (1 + len(self.baselines)) * len(self.datasets) * len(self.seeds)))
+        return max(1, min(os.cpu_count() or 1, runs))
 
     def run_dir(self, dataset: str, seed: int, model: str) -> Path:
         return Path(self.out) / dataset_slug(dataset) / f"seed{seed}" / model
@@ -265,6 +277,7 @@ class _Task:
     config: dict[str, Any]
     quiet: bool
     restart: bool = False
+    sync_bn: bool = False
 
 
 def _run_task(task: _Task) -> dict[str, Any]:
@@ -272,7 +285,8 @@ def _run_task(task: _Task) -> dict[str, Any]:
     config = TrainConfig.from_dict(task.config)
     t0 = time.perf_counter()
     try:
-        result = train(config, task.run_dir, data=load_data(config), quiet=task.quiet, restart=task.restart)
+        result = train(config, task.run_dir, data=load_data(config), quiet=task.quiet, restart=task.restart,
+                       sync_bn=task.sync_bn)
     except DivergedError as e:
         return {"status": "diverged", "message": str(e), "seconds": time.perf_counter() - t0}
     return {"status": "done", "message": "", "seconds": time.perf_counter() - t0,
@@ -308,20 +322,30 @@ def _die_with_parent(parent: int) -> None:
         threading.Thread(target=watch, name="adact-parent-watchdog", daemon=True).start()
 
 
-def _worker_init(threads: int, parent: int) -> None:
+def _worker_init(threads: int, parent: int, counter: Any = None, gpus: int = 0) -> None:
     _die_with_parent(parent)
     one_line_warnings()
     torch.set_num_threads(threads)
+    if counter is not None and gpus > 0:  # [distributed] worker i -> cuda:(i mod gpus); "cuda" means it
+        with counter.get_lock():
+            worker = counter.value
+            counter.value += 1
+        torch.cuda.set_device(distributed.job_device_index(worker, gpus))
 
 
-def worker_pool(jobs: int, threads: int) -> cf.ProcessPoolExecutor:
+def worker_pool(jobs: int, threads: int, gpus: int = 0) -> cf.ProcessPoolExecutor:
     """``jobs`` spawned worker processes with ``threads`` torch threads each, which die with this process.
+
+    With ``gpus > 0`` the workers take the GPUs round-robin (worker ``i`` makes ``cuda:(i mod
+    gpus)`` its current device), so independent runs train side by side, one per GPU.
 
     The workers are started by this (the main) thread: Linux sends the parent-death signal
     when the *thread* that forked a child ends, so they must not come from a helper thread.
     """
-    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_worker_init, initargs=(threads, os.getpid()))
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("i", 0) if gpus > 0 else None
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                  initializer=_worker_init, initargs=(threads, os.getpid(), counter, gpus))
     return pool
 
 
@@ -367,7 +391,7 @@ def _optimized_task(cfg: ReproduceConfig, dataset: str, seed: int, restart: bool
     choices = run_weights(adact_dir)["choices"]
     config = cfg.train_config(dataset, seed, choices)
     return _Task(dataset, seed, "optimized", str(cfg.run_dir(dataset, seed, "optimized")), asdict(config), cfg.quiet,
-                 restart)
+                 restart, cfg.sync_bn)
 
 
 def _describe(task: _Task, outcome: dict[str, Any]) -> str:
@@ -391,7 +415,7 @@ def _run_all(cfg: ReproduceConfig, log: Log, restart: bool = False) -> None:
             for model in ("adact", *cfg.baselines):
                 c = cfg.train_config(ds, seed, model)
                 first.append(_Task(ds, seed, model, str(cfg.run_dir(ds, seed, model)), asdict(c), cfg.quiet,
-                                   restart))
+                                   restart, cfg.sync_bn))
 
     def start(task: _Task) -> dict[str, Any] | None:
         if task.restart:
@@ -419,9 +443,11 @@ def _run_all(cfg: ReproduceConfig, log: Log, restart: bool = False) -> None:
         return
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    log(f"training in {jobs} processes with {threads} thread{'s' if threads > 1 else ''} each; an Optimized run "
-        f"starts when its AdAct run ends")
-    with worker_pool(jobs, threads) as pool:
+    gpus = torch.cuda.device_count() if resolve_device(cfg.device).type == "cuda" else 0  # [distributed]
+    on = f" on {min(gpus, jobs)} GPU{'s' if min(gpus, jobs) > 1 else ''}" if gpus else ""
+    log(f"training in {jobs} processes{on} with {threads} thread{'s' if threads > 1 else ''} each; an Optimized "
+        f"run starts when its AdAct run ends")
+    with worker_pool(jobs, threads, gpus) as pool:
         pending: dict[cf.Future[dict[str, Any]], _Task] = {}
 
         def submit(task: _Task) -> None:
@@ -516,6 +542,9 @@ def reproduce(cfg: ReproduceConfig, log: Log = print, *, restart: bool = False) 
         data = load_data(cfg.train_config(ds, cfg.seeds[0], "adact"))
         _check_models(cfg, data, ds)
         log(f"{ds}: {data}")
+    if not distributed.env().is_writer:  # [distributed] a rank > 0 of torchrun trains each run with rank 0, writes nothing
+        _run_all(cfg, lambda _line: None, restart)
+        return {}
     with folder_lock(out):
         if not restart:
             _check_existing_runs(cfg)  # again, now that no other writer can change the folder

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adact import sharpen
+from adact import distributed, sharpen
 from adact.data import DataSplits, DeviceLoader, load_dataset
 from adact.data.arrays import check_splits
 from adact.defaults import DEVICES
@@ -281,6 +281,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, bf16: bool = False) -> tupl
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         n += y.numel()
+    if getattr(loader, "world_size", 1) > 1:  # [distributed] each rank saw its slice; the sums cover the set once
+        loss_sum, correct, n = distributed.all_sum(loss_sum, correct, n)
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
@@ -476,7 +478,7 @@ def _train_set(config: TrainConfig, data: DataSplits) -> Any:
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
-          quiet: bool = False, restart: bool = False) -> dict[str, Any]:
+          quiet: bool = False, restart: bool = False, sync_bn: bool = False) -> dict[str, Any]:
     """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
 
     A finished run (result.json with status "done") is returned without training (an AdAct run
@@ -491,12 +493,17 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
     folder is then locked for the whole run (a second writer gets an error naming this
     process), and a folder holding a run with other settings is refused. ``restart=True``
     discards the folder's run files (:data:`RUN_FILES`) and trains from scratch.
+
+    Under ``torchrun`` every rank calls this with the same arguments (see
+    :mod:`adact.distributed`): rank 0 alone locks and writes the folder, every rank resumes
+    from its checkpoint, and ``sync_bn`` synchronises BatchNorm over the ranks (a no-op in one
+    process, whose BatchNorm already sees the whole batch).
     """
     out = Path(out_dir)
     if not restart and out.is_dir() and (prev := _check_folder(out, config)) is not None:
         if not result_lacks_gap(prev, out):
             return prev
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device))  # [distributed] cuda:LOCAL_RANK, NCCL / gloo
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction,
                             seed=config.split_seed, fer_split=config.fer_split,
@@ -506,15 +513,22 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
     torch.manual_seed(config.seed)
     mkw = model_kwargs(config, data)
     model = build_model(mkw).to(device)  # raises for impossible settings, before anything is written
-    with folder_lock(out):
-        remove_stale_temps(out)
-        if restart:
-            _discard_run(out)
-        elif (prev := _check_folder(out, config)) is not None:  # finished (maybe while we prepared)
+    if sync_bn:  # [distributed]
+        model = distributed.convert_sync_bn(model, device)
+    with distributed.as_writer(folder_lock(out)):  # [distributed] only rank 0 locks and prepares the folder
+        prev = None
+        if distributed.writer():
+            remove_stale_temps(out)
+            if restart:
+                _discard_run(out)
+            else:
+                prev = _check_folder(out, config)  # finished (maybe while we prepared)
+        prev = distributed.broadcast_object(prev)  # [distributed] every rank takes rank 0's branch
+        if prev is not None:
             if result_lacks_gap(prev, out):
                 return _add_gap(config, out, prev, train_set, data, device)
             return prev
-        return _run(config, out, data, train_set, model, mkw, device, quiet)
+        return _run(config, out, data, train_set, model, mkw, device, quiet, sync_bn)
 
 
 def result_lacks_gap(result: dict[str, Any], out: str | Path) -> bool:
@@ -528,9 +542,10 @@ def result_lacks_gap(result: dict[str, Any], out: str | Path) -> bool:
 
 def _loaders(config: TrainConfig, data: DataSplits, train_set: Any,
              device: torch.device) -> tuple[DeviceLoader, DeviceLoader]:
+    shard = distributed.shard()  # [distributed] this rank's slice of every (global) batch
     train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
-                                hflip=config.hflip, crop_padding=config.crop_padding)
-    return train_loader, DeviceLoader(data.test, config.test_batch_size, device=device)
+                                hflip=config.hflip, crop_padding=config.crop_padding, **shard)
+    return train_loader, DeviceLoader(data.test, config.test_batch_size, device=device, **shard)
 
 
 def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: Any, data: DataSplits,
@@ -548,16 +563,21 @@ def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: 
         result["best_weights"] = {**result["best_weights"],
                                   "confidence": [c.to_json() for c in model_confidence(model)]}
     result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
-    atomic_write_json(out / "result.json", result)
+    if distributed.writer():  # [distributed] every rank measured (evaluate all-reduces); one writes
+        atomic_write_json(out / "result.json", result)
     return result
 
 
 def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model: nn.Module, mkw: dict[str, Any],
-         device: torch.device, quiet: bool) -> dict[str, Any]:
+         device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
     result_path = out / "result.json"
+    write = distributed.writer()  # [distributed] rank 0 writes files and prints; a single process always
+    quiet = quiet or not write
+    shard = distributed.shard()  # [distributed] this rank's slice of every (global) batch
     opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     train_loader, test_loader = _loaders(config, data, train_set, device)
-    val_loader = DeviceLoader(data.val, config.test_batch_size, device=device) if data.val is not None else None
+    val_loader = (DeviceLoader(data.val, config.test_batch_size, device=device, **shard)
+                  if data.val is not None else None)
 
     metrics: list[dict[str, Any]] = []
     best: dict[str, Any] = {"test_acc": -1.0, "epoch": 0}
@@ -570,10 +590,13 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         torch.set_rng_state(ckpt["rng"])
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        print(f"{out}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
-    atomic_write_json(out / "config.json", asdict(config))
+        if write:
+            print(f"{out}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
+    if write:
+        atomic_write_json(out / "config.json", asdict(config))
 
     step_model = torch.compile(model) if config.compile else model
+    step_model = distributed.wrap(step_model, device)  # [distributed] DDP; unchanged in one process
     has_units = bool(adact_units(model))
     steps = len(train_loader)
     schedule = (sharpen.TemperatureSchedule(*config.temperature_schedule, total_steps=config.epochs * steps)
@@ -583,6 +606,7 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
         train_loader.set_epoch(epoch)
+        distributed.seed_epoch(config.seed, epoch)  # [distributed] per-rank RReLU noise, resumable
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = _progress(len(train_loader), f"{config.dataset} {_act_label(config)} ep {epoch}/{config.epochs}", quiet)
@@ -591,20 +615,25 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
                 sharpen.set_temperature(model, schedule((epoch - 1) * steps + i))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = step_model(x)  # (B, num_classes)
-            ce = F.cross_entropy(logits.float(), y)
+            # [distributed] shard_loss is F.cross_entropy(logits.float(), y) in one process; on N ranks
+            # it is scaled so DDP's average is the global batch's gradient, and global_mean (the
+            # global batch's loss) is NaN on every rank if it is on any, so all ranks stop together.
+            # The entropy penalty depends only on the (replicated) logits: the same on every rank.
+            ce = distributed.shard_loss(logits, y, train_loader.global_batch)
+            batch_loss = distributed.global_mean(ce)
             loss = ce + config.entropy_weight * sharpen.mixture_entropy(model) if config.entropy_weight else ce
-            if not torch.isfinite(loss):
+            if not (torch.isfinite(batch_loss) and torch.isfinite(loss)):
                 status = "diverged"
                 kept = (f"kept the checkpoint of epoch {epoch - 1}" if epoch > 1
                         else "no checkpoint kept (it diverged before finishing an epoch)")
-                message = f"loss became {loss.item()} in epoch {epoch}; {kept}"
+                message = f"loss became {batch_loss.item()} in epoch {epoch}; {kept}"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += ce.item() * y.numel()  # cross-entropy only: comparable with and without a penalty
+            loss_sum += batch_loss.item() * train_loader.global_batch  # cross-entropy only, as without a penalty
             correct += int((logits.argmax(1) == y).sum())
-            seen += y.numel()
+            seen += train_loader.global_batch
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(_postfix(model, seen, time.perf_counter() - t0), refresh=False)
@@ -613,8 +642,11 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         if status == "diverged":
             break
         seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(step_model, test_loader, config.bf16)
-        val_loss, val_acc = evaluate(step_model, val_loader, config.bf16) if val_loader else (None, None)
+        correct = int(distributed.all_sum(correct)[0])  # [distributed] this rank counted its slices only
+        distributed.sync_buffers(model)  # [distributed] every rank evaluates rank 0's (the saved) model
+        eval_model = distributed.unwrap(step_model)  # [distributed] no DDP hooks: ranks differ in batch counts
+        test_loss, test_acc = evaluate(eval_model, test_loader, config.bf16)
+        val_loss, val_acc = evaluate(eval_model, val_loader, config.bf16) if val_loader else (None, None)
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
@@ -639,16 +671,23 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             # (and ConvNet-Optimized built) from a run folder whose checkpoints were not kept.
             best = {"test_acc": test_acc, "epoch": epoch, "weights": adact_weights(model)}
             ckpt["best"] = best
-            atomic_save(ckpt, out / "best.pt")
+            if write:
+                atomic_save(ckpt, out / "best.pt")
         # last.pt is the resume point, so it is written after metrics and best are consistent.
-        _write_metrics_csv(out / "metrics.csv", metrics)
-        _save_last(ckpt, out)
+        if write:
+            _write_metrics_csv(out / "metrics.csv", metrics)
+            _save_last(ckpt, out)
 
     result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best.get("weights"))
     if status == "done" and has_units:
+        distributed.barrier()  # [distributed] rank 0's last best.pt is on disk before any rank reads it
         result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
     result["config"] = asdict(config)
-    atomic_write_json(result_path, result)
+    result["processes"] = shard["world_size"]  # [distributed] how it ran, not what it is: not in config
+    result["sync_bn"] = sync_bn and shard["world_size"] > 1
+    if write:
+        atomic_write_json(result_path, result)
+    distributed.barrier()  # [distributed] the next run (reproduce) reads result.json on every rank
     if status == "diverged":
         raise DivergedError(f"{out}: {message}")
     return result

@@ -37,6 +37,13 @@ def _per_channel(value: float | Sequence[float], channels: int, what: str) -> li
     return vals
 
 
+def _shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of rank ``rank`` among ``world`` in a batch of ``n`` (torch.tensor_split's split)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
 class DeviceLoader:
     r"""Iterate normalised ``(x, y)`` batches of an :class:`ArrayDataset` on ``device``.
 
@@ -56,6 +63,12 @@ class DeviceLoader:
         crop_padding: zero-pad each side by this many pixels and take a random crop of the
             original size (``RandomCrop(size, padding=p)``); 0 disables it. Default: 0.
         drop_last: drop the last batch if it is smaller than ``batch_size``. Default: False.
+        rank, world_size: data parallelism (``adact.distributed``): every rank walks the same
+            global batches of ``batch_size`` in the same order and yields only its contiguous
+            slice of each (sizes differ by at most one; a rank may get an empty slice of a short
+            last batch). Augmentation is drawn for the whole global batch, so the samples are
+            augmented exactly as in one process. :attr:`global_batch` is the size of the whole
+            batch last yielded. Default: 0 and 1 (no sharding).
 
     Epochs and reproducibility: the order and augmentation of epoch ``e`` depend only on
     ``(seed, e)``, so a resumed run sees exactly the batches an uninterrupted one would. Call
@@ -74,13 +87,15 @@ class DeviceLoader:
     def __init__(self, ds: ArrayDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  device: str | torch.device = "cpu", mean: float | Sequence[float] = 0.5,
                  std: float | Sequence[float] = 0.5, hflip: bool = False, crop_padding: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
         if not isinstance(ds, ArrayDataset):
             raise TypeError(f"DeviceLoader needs an adact.data.ArrayDataset, got {type(ds).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         channels = int(ds.x.shape[1])
         means = _per_channel(mean, channels, "mean")
         stds = _per_channel(std, channels, "std")
@@ -94,6 +109,8 @@ class DeviceLoader:
         self.hflip = hflip
         self.crop_padding = crop_padding
         self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = 0
         self.x = ds.x.to(self.device)
         self.y = ds.y.to(self.device)
         # (x/255 - m)/s computed as (x - 255 m) / (255 s): with the default 0.5/0.5 every step is
@@ -127,21 +144,27 @@ class DeviceLoader:
         aug_gen = _generator(self.seed, epoch, _AUGMENT_STREAM) if (self.hflip or self.crop_padding) else None
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            self.global_batch = full = int(idx.numel())
+            lo, hi = _shard_bounds(full, self.world_size, self.rank)
+            idx = idx[lo:hi]
             x = self.x.index_select(0, idx)
             if aug_gen is not None:
-                x = self._augment(x, aug_gen)
+                x = self._augment(x, aug_gen, full, lo)
             yield x.float().sub_(self._offset).div_(self._denom), self.y.index_select(0, idx)
 
-    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _augment(self, x: Tensor, gen: torch.Generator, full: int, lo: int) -> Tensor:
+        # Draws cover the whole global batch of ``full`` samples in the single-process order;
+        # this rank keeps rows ``lo:lo + len(x)``.
         bsz, ch, h, w = x.shape
+        keep = slice(lo, lo + bsz)
         if self.hflip:
-            flip = (torch.rand(bsz, generator=gen) < 0.5).to(self.device)
+            flip = (torch.rand(full, generator=gen) < 0.5)[keep].to(self.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if self.crop_padding:
             p = self.crop_padding
             padded = torch.nn.functional.pad(x, (p, p, p, p))  # zero fill, like RandomCrop(padding=p)
-            top = torch.randint(0, 2 * p + 1, (bsz,), generator=gen).to(self.device)
-            left = torch.randint(0, 2 * p + 1, (bsz,), generator=gen).to(self.device)
+            top = torch.randint(0, 2 * p + 1, (full,), generator=gen)[keep].to(self.device)
+            left = torch.randint(0, 2 * p + 1, (full,), generator=gen)[keep].to(self.device)
             rows = (top.view(-1, 1) + torch.arange(h, device=self.device)).view(bsz, 1, h, 1)
             cols = (left.view(-1, 1) + torch.arange(w, device=self.device)).view(bsz, 1, 1, w)
             bi = torch.arange(bsz, device=self.device).view(bsz, 1, 1, 1)
