@@ -42,9 +42,11 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -165,11 +167,19 @@ def run_isa_levels(levels: list[str], rounds: int, threads: int, cpu_time: bool)
             print(f"| {level} | {native.lanes_for(level)} | not runnable on this CPU (build only) |||||| ")
             continue
         env = dict(os.environ, ADACT_NATIVE_ISA=level)
+        scratch = tempfile.mkdtemp(prefix=f"adact-bench-{level}-")
         if level in _ATEN_CAPABILITY:
             env["ATEN_CPU_CAPABILITY"] = _ATEN_CAPABILITY[level]
+            # Inductor's on-disk cache does not key its code by ATEN_CPU_CAPABILITY (torch 2.14): code
+            # generated for AVX2 and then reused at AVX-512 corrupts the heap. Each level gets a
+            # cache of its own, so none leaks into another level or into the user's cache.
+            env["TORCHINDUCTOR_CACHE_DIR"] = scratch
         cmd = [sys.executable, __file__, "--isa-child", "--threads", str(threads), "--rounds", str(rounds),
                *(["--cpu-time"] if cpu_time else [])]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if proc.returncode != 0:
             print(f"| {level} | {native.lanes_for(level)} | failed: {proc.stderr.strip().splitlines()[-1]} |||||| ")
             continue
