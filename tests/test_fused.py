@@ -189,7 +189,7 @@ def test_gradcheck(granularity: str, training: bool) -> None:
     seed = torch.tensor(12345, dtype=torch.int32)
 
     def f(x_: Tensor, l_: Tensor, w_: Tensor) -> Tensor:
-        return fused_autograd.fused_adact(x_, l_, w_, seed, DEFAULT_CANDIDATES, training)
+        return fused_autograd.apply_fused(x_, l_, w_, seed, DEFAULT_CANDIDATES, training)
 
     assert torch.autograd.gradcheck(f, (x, logits, w))
 

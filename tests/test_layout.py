@@ -57,4 +57,4 @@ def test_fused_package_layout() -> None:
     assert Path(fused.__file__).parent.name == "fused"
     assert (Path(native.__file__).parent / "csrc" / "adact_native.cpp").exists()
     assert dispatch.FusedKernelKey._fields == ("direction", "device", "dtype", "flags")
-    assert callable(autograd.fused_adact) and callable(inductor.kernel_forward)
+    assert callable(autograd.apply_fused) and callable(inductor.kernel_forward)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from adact.fused.autograd import fused_adact
+from adact.fused.autograd import apply_fused
 from adact.fused.dispatch import fused_backend
 from adact.fused.inductor import FUSED_CANDIDATES
 from adact.reference import adact_reference
@@ -88,4 +88,4 @@ def adact_fused(
         seed = torch.randint(0, _SEED_RANGE, (), dtype=torch.int32, device=x.device)
     else:
         seed = torch.zeros((), dtype=torch.int32, device=x.device)
-    return fused_adact(x, logits, prelu_weight, seed, names, noisy)
+    return apply_fused(x, logits, prelu_weight, seed, names, noisy)

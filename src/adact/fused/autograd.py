@@ -10,7 +10,7 @@ eager route also keeps the 7 kernel coefficients); the backward recomputes every
 * Eagerly, :class:`FusedAdActFunction` (a plain ``torch.autograd.Function``) skips the custom-op
   dispatch layers, which cost ~0.1 ms per call, a lot for small activations.
 
-:func:`fused_adact` picks the route. Both hand the kernels contiguous flat views of the tensors'
+:func:`apply_fused` picks the route. Both hand the kernels contiguous flat views of the tensors'
 memory (layouts: :mod:`adact.fused.inductor`). A channels-last 4-D input keeps its memory order (no
 copy) for layer granularity; other non-contiguous inputs are copied.
 """
@@ -28,7 +28,7 @@ from adact.fused.dispatch import FusedKernelKey, native_for, run_kernel
 from adact.fused.native import NativeKernels
 from adact.fused.inductor import compute_dtype, kernel_flags, mixture_coefficients, parameter_grads
 
-__all__ = ["FusedAdActFunction", "backward_impl", "forward_impl", "fused_adact", "fused_backward", "fused_forward"]
+__all__ = ["FusedAdActFunction", "apply_fused", "backward_impl", "forward_impl", "fused_backward", "fused_forward"]
 
 
 def _channels_last_layer(like: Tensor, channel: bool) -> bool:
@@ -249,7 +249,7 @@ class FusedAdActFunction(torch.autograd.Function):
         return (gx if need[0] else None, glogits if need[1] else None, gw if need[2] else None, None, None, None)
 
 
-def fused_adact(
+def apply_fused(
     x: Tensor, logits: Tensor, prelu_weight: Tensor, seed: Tensor, names: tuple[str, ...], training: bool
 ) -> Tensor:
     """Differentiable fused AdAct: the custom op while ``torch.compile`` traces, the Function otherwise."""
