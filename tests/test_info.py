@@ -47,3 +47,9 @@ def test_info_reports_a_failed_native_build(capsys: pytest.CaptureFixture[str], 
     out = capsys.readouterr().out
     assert "FAILED: no C++ compiler found" in out
     assert "backend cpu float32   compile: the native build failed: no C++ compiler found" in out
+
+
+def test_info_names_a_bad_isa_setting(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ISA_ENV_VAR, "pentium")
+    assert main(["info"]) == 2
+    assert "ADACT_NATIVE_ISA='pentium' is not one of native, x86-64-v4" in capsys.readouterr().err

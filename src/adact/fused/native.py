@@ -289,7 +289,8 @@ def _load(isa: str) -> NativeKernels:
 def selected_isa() -> str:
     """The level ``$ADACT_NATIVE_ISA`` asks for (``"native"`` when unset)."""
     isa = os.environ.get(ISA_ENV_VAR, "").strip() or "native"
-    isa_flags(isa)  # raises on unknown names
+    if isa not in ISA_LEVELS:
+        raise ValueError(f"{ISA_ENV_VAR}={isa!r} is not one of {', '.join(ISA_LEVELS)}")
     return isa
 
 
