@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 MODELS: tuple[str, ...] = ("adact", "relu", "optimized")
-MODEL_LABELS: dict[str, str] = {"adact": "AdAct", "relu": "ReLU", "optimized": "Optimized"}
+MODEL_LABELS: dict[str, str] = {"adact": "AdAct", "relu": "ReLU", "optimized": "Optimized", "baseline": "Baseline"}
 
 #: metric id -> (result.json key, human title)
 METRICS: dict[str, tuple[str, str]] = {
@@ -74,9 +74,9 @@ def paper_key(dataset: str) -> str | None:
     ``npz:PATH`` maps to a row when the file's stem names one (``npz:data/fer2013.npz``), so a
     user-supplied copy of a paper dataset is still compared with the paper.
     """
-    name = Path(dataset[4:]).stem if dataset.startswith("npz:") else dataset
-    name = name.lower()
-    return name if name in PAPER_TABLE1 else None
+    from adact.dataspec import DatasetSpec
+
+    return DatasetSpec.parse(dataset).paper_key
 
 
 @dataclass
@@ -182,18 +182,22 @@ def paired_diff(a: dict[int, float], b: dict[int, float], confidence: float = 0.
     return PairedDiff(n, mean, sd, mean - half, mean + half, confidence, seeds)
 
 
-def build_summary(records: Sequence[RunRecord], datasets: Sequence[str]) -> dict[str, Any]:
-    """Per dataset: per model and metric a :class:`Summary`, paired differences to ReLU, statuses.
+def build_summary(records: Sequence[RunRecord], datasets: Sequence[str], models: Sequence[str] = MODELS,
+                  paper: bool = True) -> dict[str, Any]:
+    """Per dataset: per model and metric a :class:`Summary`, paired differences to the baseline, statuses.
 
-    Returns plain JSON-able dicts (``Summary``/``PairedDiff`` already converted).
+    ``models`` is (AdAct, baseline, optimized) -- ``("adact", "relu", "optimized")`` for the paper;
+    ``paper`` puts the paper's Table 1 values beside datasets that have them. Returns plain
+    JSON-able dicts (``Summary``/``PairedDiff`` already converted).
     """
+    base = models[1]
     out: dict[str, Any] = {}
     for ds in datasets:
         recs = [r for r in records if r.dataset == ds]
         entry: dict[str, Any] = {"slug": recs[0].slug if recs else ds, "paper_key": paper_key(ds),
                                  "models": {}, "diffs": {}, "status": {}}
         per_model: dict[str, dict[str, dict[int, float]]] = {}
-        for m in MODELS:
+        for m in models:
             mrecs = [r for r in recs if r.model == m]
             entry["status"][m] = dict(Counter(r.status for r in mrecs))
             per_model[m] = {}
@@ -203,9 +207,9 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str]) -> dict
                 per_model[m][metric] = vals
                 entry["models"][m][metric] = summarize(vals).to_json()
         for m in ("adact", "optimized"):
-            entry["diffs"][m] = {metric: paired_diff(per_model[m][metric], per_model["relu"][metric]).to_json()
+            entry["diffs"][m] = {metric: paired_diff(per_model[m][metric], per_model[base][metric]).to_json()
                                  for metric in METRICS}
-        paper = PAPER_TABLE1.get(entry["paper_key"] or "")
+        paper = PAPER_TABLE1.get(entry["paper_key"] or "") if paper else None
         entry["paper"] = dict(paper) if paper else None
         out[ds] = entry
     return out
@@ -239,21 +243,23 @@ def _fmt_diff(d: dict[str, Any]) -> str:
     return f"{_fmt_signed(d['mean'])} [{_fmt_signed(d['ci_low'])}, {_fmt_signed(d['ci_high'])}] (n={d['n']})"
 
 
-def render_table_md(summary: dict[str, Any], metric: str = "best") -> str:
-    """A Markdown Table 1 for ``metric``: mean ± std over seeds, paired differences to ReLU.
+def render_table_md(summary: dict[str, Any], metric: str = "best", models: Sequence[str] = MODELS,
+                    paper: bool = True) -> str:
+    """A Markdown Table 1 for ``metric``: mean ± std over seeds, paired differences to the baseline.
 
-    The best-on-test table also shows the paper's value beside each model (the paper's numbers
-    are best-on-test, so they sit only beside the comparable column).
+    With ``paper``, the best-on-test table also shows the paper's value beside each model (the
+    paper's numbers are best-on-test, so they sit only beside the comparable column).
     """
-    with_paper = metric == "best"
+    with_paper = paper and metric == "best"
+    base = MODEL_LABELS[models[1]]
     head = ["Dataset"]
-    for m in MODELS:
+    for m in models:
         head += [MODEL_LABELS[m]] + (["paper"] if with_paper else [])
-    head += ["AdAct − ReLU [95% CI]", "Optimized − ReLU [95% CI]"]
+    head += [f"AdAct − {base} [95% CI]", f"Optimized − {base} [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for ds, e in summary.items():
         row = [f"`{ds}`"]
-        for m in MODELS:
+        for m in models:
             row.append(_fmt_cell(e["models"][m][metric], e["status"][m]))
             if with_paper:
                 row.append(fmt_acc(e["paper"][m], 3) if e["paper"] else "—")
@@ -262,20 +268,22 @@ def render_table_md(summary: dict[str, Any], metric: str = "best") -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_table_csv(summary: dict[str, Any]) -> str:
+def render_table_csv(summary: dict[str, Any], models: Sequence[str] = MODELS) -> str:
     """Table 1 as CSV: one row per dataset and metric, columns per model and per difference."""
+    base = models[1]
     cols = ["dataset", "metric"]
-    for m in MODELS:
+    for m in models:
         cols += [f"{m}_mean", f"{m}_std", f"{m}_n", f"{m}_not_done", f"paper_{m}"]
     for m in ("adact", "optimized"):
-        cols += [f"{m}_minus_relu_mean", f"{m}_minus_relu_ci_low", f"{m}_minus_relu_ci_high", f"{m}_minus_relu_n"]
+        cols += [f"{m}_minus_{base}_mean", f"{m}_minus_{base}_ci_low", f"{m}_minus_{base}_ci_high",
+                 f"{m}_minus_{base}_n"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for ds, e in summary.items():
         for metric in METRICS:
             row: dict[str, Any] = {"dataset": ds, "metric": METRICS[metric][0]}
-            for m in MODELS:
+            for m in models:
                 s = e["models"][m][metric]
                 row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = s["mean"], s["std"], s["n"]
                 row[f"{m}_not_done"] = sum(v for k, v in e["status"][m].items() if k != "done")
@@ -284,13 +292,14 @@ def render_table_csv(summary: dict[str, Any]) -> str:
                 row[f"paper_{m}"] = e["paper"][m] if e["paper"] and metric == "best" else None
             for m in ("adact", "optimized"):
                 d = e["diffs"][m][metric]
-                row[f"{m}_minus_relu_mean"], row[f"{m}_minus_relu_n"] = d["mean"], d["n"]
-                row[f"{m}_minus_relu_ci_low"], row[f"{m}_minus_relu_ci_high"] = d["ci_low"], d["ci_high"]
+                row[f"{m}_minus_{base}_mean"], row[f"{m}_minus_{base}_n"] = d["mean"], d["n"]
+                row[f"{m}_minus_{base}_ci_low"], row[f"{m}_minus_{base}_ci_high"] = d["ci_low"], d["ci_high"]
             w.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buf.getvalue()
 
 
-def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str]) -> str:
+def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str], models: Sequence[str] = MODELS,
+                      selection: str = "best checkpoint") -> str:
     """Per dataset: chosen activation per layer per seed, the consensus, and parameter counts."""
     parts: list[str] = []
     for ds in datasets:
@@ -301,6 +310,12 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str]) -> 
         if n_layers == 0:
             parts.append("No finished AdAct run: no choices.\n")
         else:
+            paths = next((r.layer_paths for r in adact if r.layer_paths), None) or []
+            if n_layers > 8:  # many units: one row per unit reads better than 50 columns
+                parts.append(_choices_by_unit(adact, paths, n_layers) + "\n")
+                parts.append(f"Cells: chosen activation (its softmax weight), read from the AdAct run's {selection}.\n")
+                parts.append(_params_md(recs, models))
+                continue
             head = ["seed"] + [f"layer {i + 1}" for i in range(n_layers)]
             lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
             for r in adact:
@@ -314,8 +329,8 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str]) -> 
                 cons = consensus(np.array([r.mix for r in done]), done[0].candidates or [])
                 lines.append("| **most common** | " + " | ".join(f"{c} ({k}/{n})" for c, k, n in cons) + " |")
             parts.append("\n".join(lines) + "\n")
-            parts.append("Cells: chosen activation (its softmax weight), read from the AdAct run's best checkpoint.\n")
-        parts.append(_params_md(recs))
+            parts.append(f"Cells: chosen activation (its softmax weight), read from the AdAct run's {selection}.\n")
+        parts.append(_params_md(recs, models))
     return "\n".join(parts)
 
 
@@ -335,10 +350,23 @@ def consensus(mix: np.ndarray, candidates: Sequence[str]) -> list[tuple[str, int
     return out
 
 
-def _params_md(recs: Sequence[RunRecord]) -> str:
+def _choices_by_unit(adact: Sequence[RunRecord], paths: Sequence[str], n_layers: int) -> str:
+    done = [r for r in adact if r.choices]
+    head = ["#", "unit"] + [f"seed {r.seed}" for r in done] + (["most common"] if done else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    cons = consensus(np.array([r.mix for r in done]), done[0].candidates or []) if done and all(
+        r.mix is not None for r in done) else []
+    for i in range(n_layers):
+        cells = [f"{r.choices[i]} ({(r.choice_weights or [0.0] * n_layers)[i]:.3f})" for r in done]  # type: ignore[index]
+        extra = [f"{cons[i][0]} ({cons[i][1]}/{cons[i][2]})"] if cons else []
+        lines.append(f"| {i + 1} | `{paths[i] if i < len(paths) else '?'}` | " + " | ".join(cells + extra) + " |")
+    return "\n".join(lines)
+
+
+def _params_md(recs: Sequence[RunRecord], models: Sequence[str] = MODELS) -> str:
     rows = ["| model | parameters | AdAct units | AdAct parameters |", "|---|---|---|---|"]
     seen = False
-    for m in MODELS:
+    for m in models:
         r = next((x for x in recs if x.model == m and x.result), None)
         if r is None or r.result is None:
             continue
