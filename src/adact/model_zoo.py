@@ -10,11 +10,12 @@ with a clear message before training.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,32 @@ def _timm(name: str, num_classes: int, in_channels: int, pretrained: bool) -> nn
     if not timm.is_model(name):
         raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
-    except (OSError, RuntimeError) as e:  # no weights in the cache and no network
+        with _hub_offline(pretrained):
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
+    except Exception as e:  # noqa: BLE001 -- hub errors have many types; none is the user's bug to trace
+        if not pretrained:
+            raise
         raise ValueError(f"--pretrained: cannot load the weights of timm:{name} ({e}); drop --pretrained, or put "
                          f"them in the Hugging Face cache first") from None
+
+
+@contextlib.contextmanager
+def _hub_offline(active: bool) -> Iterator[None]:
+    """Weights from the local Hugging Face cache only: adact never downloads (and never waits on a network)."""
+    if not active:
+        yield
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _import_factory(spec: str) -> Any:

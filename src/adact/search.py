@@ -512,7 +512,7 @@ def load_manifest(out: Path) -> SearchConfig:
     """The settings of an output folder, from its ``search.json`` or ``reproduce.json``."""
     path = next((out / p.manifest for p in PRESETS.values() if (out / p.manifest).is_file()), None)
     if path is None:
-        raise FileNotFoundError(f"{out} is not an `adact search` or `adact reproduce` output folder (no "
+        raise FileNotFoundError(f"{out} is not an `adact reproduce` output folder, nor an `adact search` one (no "
                                 f"{' or '.join(p.manifest for p in PRESETS.values())})")
     m = read_json(path)
     if not isinstance(m, dict) or m.get("format") not in (MANIFEST_FORMAT, _OLD_MANIFEST_FORMAT):
