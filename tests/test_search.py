@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -158,6 +159,19 @@ def test_search_user_model_file(folder: Path, tmp_path: Path, monkeypatch: pytes
     entry = paths[next(iter(paths))]["per_seed"]["0"]
     assert entry["paths"] == ["act", "adact_relu"]  # the GELU module and the F.relu call
     assert "validation-selected epoch" in (tmp_path / "out" / "report.md").read_text()
+    # The seed's choices file builds the optimized model in another program with adact.apply_choices.
+    import adact
+
+    spec = importlib.util.spec_from_file_location("mymodel_again", tmp_path / "mymodel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    final = adact.apply_choices(module.build(num_classes=3, in_channels=3),
+                                tmp_path / "out" / "imagefolder-pets" / "seed0" / "choices.json")
+    names = {"relu": "ReLU", "elu": "ELU", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "rrelu": "RReLU",
+             "silu": "SiLU", "mish": "Mish"}
+    plain = [type(m).__name__.replace("Exportable", "") for m in final.modules() if type(m).__name__.replace(
+        "Exportable", "") in names.values()]
+    assert plain == [names[c] for c in entry["choices"]]
     _rerun_is_resumed(tmp_path / "out", folder, "mymodel.py:build", monkeypatch, capsys, "--val-fraction", "0.25")
 
 

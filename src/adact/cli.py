@@ -169,7 +169,7 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_mod
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                    help="adamw (the paper's, default) or sgd (momentum 0.9, Nesterov)")
     g.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=0.01, metavar="WD",
+    g.add_argument("--weight-decay", type=float, default=0.01, metavar="WD",
                    help="AdamW's decoupled weight decay, or SGD's L2 penalty (default: 0.01)")
     g.add_argument("--schedule", choices=SCHEDULES, default="none",
                    help="learning-rate schedule: none (constant, the paper's; default) or cosine (to 0)")
@@ -361,10 +361,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     if not path.exists():
-        raise FileNotFoundError(f"no such run folder, checkpoint or search/reproduce folder: {path}")
+        raise FileNotFoundError(f"no such run folder, checkpoint or reproduce folder (or search folder): {path}")
     if is_search_dir(path):
         if args.out is not None:
-            raise ValueError("--out applies to a single run; a search or reproduce folder is re-rendered in place")
+            raise ValueError("--out applies to a single run; a search folder or a reproduce folder is re-rendered in place")
         results = rerender(path)
         print(results["table_text"])
         for ds, figs in results["figures"].items():

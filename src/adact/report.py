@@ -351,7 +351,7 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     hist, note = None, ""
     if RunFolder(run_dir).metrics.is_file():
         try:
-            hist = read_weight_historyRunFolder(run_dir).metrics
+            hist = read_weight_history(RunFolder(run_dir).metrics)
         except (ValueError, OSError) as e:
             note = f"no weight trajectories: {e}\n"
     fig_dir = Path(out) if out is not None else run_dir

@@ -52,6 +52,7 @@ from adact.data import DataSplits
 from adact.dataspec import DatasetSpec
 from adact.io import atomic_write_json, folder_lock, one_line_warnings, read_json, remove_stale_temps
 from adact.model_zoo import BASELINE
+from adact.surgery import adact_units, save_choices
 from adact.train import (
     RESULT_KEYS,
     DivergedError,
@@ -67,6 +68,7 @@ from adact.train import (
 )
 
 __all__ = [
+    "CHOICES_FILE",
     "MANIFEST_FORMAT",
     "PAPER",
     "PRESETS",
@@ -84,6 +86,8 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = "adact-search-1"
+#: Each seed's choices for :func:`adact.apply_choices`, in ``OUT/<dataset>/seed<k>/``.
+CHOICES_FILE = "choices.json"
 _OLD_MANIFEST_FORMAT = "adact-reproduce-1"  # flat settings, written before search existed
 
 Log = Callable[[str], None]
@@ -321,10 +325,36 @@ def _optimized_task(cfg: SearchConfig, dataset: str, seed: int, restart: bool = 
     res_path = RunFolder(adact_dir).result
     if not res_path.is_file() or read_json(res_path).get("status") != "done":
         return None  # AdAct diverged: no trustworthy choices, the Optimized run is skipped (noted in the report)
-    choices = run_weights(adact_dir, cfg.spec.val_choices)["choices"]
+    weights = run_weights(adact_dir, cfg.spec.val_choices)
+    choices = weights["choices"]
+    if cfg.preset == "search":
+        _write_seed_choices(cfg.seed_dir(dataset, seed) / CHOICES_FILE, RunFolder(adact_dir), weights)
     config = cfg.train_config(dataset, seed, choices)
     return _Task(dataset, seed, "optimized", str(cfg.run_dir(dataset, seed, "optimized")), asdict(config), cfg.quiet,
                  restart)
+
+
+def _write_seed_choices(path: Path, run: RunFolder, weights: dict[str, Any]) -> None:
+    """The seed's choices as an :func:`adact.save_choices` file, for :func:`adact.apply_choices` elsewhere.
+
+    The AdAct model is rebuilt from its checkpoint and its logits set to the selected epoch's,
+    so the file holds exactly the choices the optimized run trains. Skipped (the choices are in
+    choices.json either way) when the run folder kept no checkpoint.
+    """
+    ckpt = run.checkpoint()
+    if ckpt is None:
+        return
+    model, _ = load_checkpoint(ckpt)
+    units = adact_units(model)
+    if [p for p, _ in units] != list(weights["paths"]):
+        return  # not the model these weights came from: write nothing rather than something wrong
+    with torch.no_grad():
+        for (_, unit), raw in zip(units, weights["raw"]):
+            # Per-channel units were summarised by their channel mean; the file then holds that layer choice.
+            unit.logits.copy_(torch.tensor(raw, dtype=unit.logits.dtype).expand_as(unit.logits))
+    tmp = path.with_name(f".{path.name}.choices.tmp")  # the temp-file pattern: removed if left behind
+    save_choices(model, tmp)
+    os.replace(tmp, path)
 
 
 def _describe(task: _Task, outcome: dict[str, Any]) -> str:

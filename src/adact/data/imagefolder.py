@@ -76,7 +76,7 @@ def decode_image(path: str | Path, mode: str, size: tuple[int, int] | None) -> n
         img = img.convert(mode)
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
