@@ -140,9 +140,12 @@ def test_version_and_help_do_not_import_torch() -> None:
 
 def test_option_names_match_the_registries() -> None:
     from adact.activations import list_activations
-    from adact.defaults import ACTIVATION_NAMES
+    from adact.data.registry import NORMALIZATION
+    from adact.defaults import ACTIVATION_NAMES, GRANULARITIES, NORMALIZE
+    from adact.unit import GRANULARITIES as UNIT_GRANULARITIES
 
     assert list(ACTIVATION_NAMES) == list_activations()
+    assert GRANULARITIES == UNIT_GRANULARITIES and NORMALIZE == tuple(NORMALIZATION)
 
 
 def _digits_npz(path: Path, **override: Any) -> Path:

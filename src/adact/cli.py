@@ -26,6 +26,7 @@ from adact.defaults import (
     DEFAULT_CHANNELS,
     DEVICES,
     FER_SPLITS,
+    GRANULARITIES,
     NORMALIZE,
     OPTIMIZERS,
     SCHEDULES,
@@ -153,7 +154,7 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_mod
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs_default,
                    help=f"passes over the training set (default: {epochs_default}, the paper's)")
-    g.add_argument("--granularity", choices=("layer", "channel"), default="layer",
+    g.add_argument("--granularity", choices=GRANULARITIES, default="layer",
                    help="AdAct weights per layer (the paper) or per channel (default: layer)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda, then mps, then cpu")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (GPU)")

@@ -49,7 +49,7 @@ from adact.data import DataSplits, DeviceLoader, load_dataset
 from adact.data.arrays import check_splits
 from adact.data.registry import normalization
 from adact.dataspec import DatasetSpec
-from adact.defaults import BAD_IMAGE_POLICIES, DEVICES, NORMALIZE, OPTIMIZERS, SCHEDULES
+from adact.defaults import BAD_IMAGE_POLICIES, DEVICES, GRANULARITIES, NORMALIZE, OPTIMIZERS, SCHEDULES
 from adact.io import (
     WriteError,
     atomic_save,
@@ -191,9 +191,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; valid: {', '.join(DEVICES)}")
-        if self.granularity not in ("layer", "channel"):
-            raise ValueError(f"unknown granularity {self.granularity!r}; valid: layer, channel")
-        for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+        for name, value, valid in (("granularity", self.granularity, GRANULARITIES),
+                                   ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
                                    ("normalize", self.normalize, NORMALIZE),
                                    ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)):
             if value not in valid:

@@ -10,7 +10,7 @@ import torch
 
 from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, check_splits, stratified_split
 from adact.dataspec import DatasetSpec
-from adact.defaults import DATASETS, FER_SPLITS, NORMALIZE
+from adact.defaults import DATASETS, FER_SPLITS
 
 __all__ = ["DATASETS", "FER_SPLITS", "NORMALIZATION", "load_dataset", "resize_split"]
 
@@ -23,7 +23,7 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "paper": ((0.5,), (0.5,)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-assert tuple(NORMALIZATION) == NORMALIZE  # defaults.py lists them for the CLI without importing torch
+# defaults.NORMALIZE lists these names for the CLI without importing torch; a test keeps the two equal.
 
 
 def normalization(name: str, channels: int) -> tuple[list[float], list[float]]:
