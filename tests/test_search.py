@@ -202,3 +202,20 @@ def test_search_errors_are_one_line(folder: Path, tmp_path: Path, capsys: pytest
                  "--out", str(tmp_path / "o4")]) == 2
     assert "not at hand" in capsys.readouterr().err
     assert not (tmp_path / "o4").exists()
+
+
+def test_train_takes_a_model_and_the_training_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--model", "torchvision:resnet18", "--dataset", "digits", "--epochs", "1",
+                 "--max-train-samples", "32", "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.01",
+                 "--schedule", "cosine", "--warmup-epochs", "0.5", "--label-smoothing", "0.1",
+                 "--normalize", "imagenet", "--image-size", "24", "--out", str(run), "--quiet"]) == 0
+    config = read_json(run / "config.json")
+    assert (config["model"], config["optimizer"], config["schedule"], config["image_size"]) == (
+        "torchvision:resnet18", "sgd", "cosine", 24)
+    assert read_json(run / "result.json")["n_adact_units"] == 17
+    assert main(["analyze", str(run)]) == 0
+    assert "layer1.0.relu.0" in capsys.readouterr().out
+    assert main(["train", "--model", "torchvision:resnet18", "--activation", "relu", "--dataset", "digits",
+                 "--out", str(tmp_path / "r2")]) == 2
+    assert "trains 'adact', 'baseline' or one activation per AdAct site" in capsys.readouterr().err
