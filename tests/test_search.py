@@ -138,6 +138,7 @@ def test_search_torchvision_resnet18_on_an_image_folder(folder: Path, tmp_path: 
     assert info["status"] == "done"
     # The bad image was skipped and counted; the split is the folder's own train/ and val/.
     assert "train=24" in captured.out and "test=12" in captured.out
+    assert "skipped 1 image(s) that cannot be decoded" in captured.out
     _rerun_is_resumed(tmp_path / "out", folder, "torchvision:resnet18", monkeypatch, capsys)
 
 

@@ -341,6 +341,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = load_data(config, args.quiet)
     if not args.quiet:
         print(f"{data} -> {out}")
+    if data.info.get("bad_images"):
+        print(f"skipped {data.info['bad_images']} image(s) that cannot be decoded (see the warnings)")
     try:
         result = train(config, out, data=data, quiet=args.quiet, restart=args.restart)
     except DivergedError as e:

@@ -20,8 +20,8 @@ from adact.activations import ACTIVATIONS
 from adact.analysis import consensus
 from adact.io import atomic_write, make_dir
 
-__all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_heatmap", "plot_trajectories", "plot_weights",
-           "save_figure"]
+__all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_choice_trajectories", "plot_heatmap",
+           "plot_trajectories", "plot_weights", "save_figure"]
 
 # The paper's seven candidates get the most distinct colours (tab10 order); other registry names
 # follow. Keyed by registry name so a colour never depends on the candidate order of a model.
@@ -168,6 +168,53 @@ def plot_heatmap(mix: np.ndarray, paths: Sequence[str], candidates: Sequence[str
     fig.colorbar(im, ax=ax, label=f"softmax weight (white = uniform 1/{k})", shrink=min(1.0, 8 / max(n_units, 1)) + 0.3)
     spread = f"mean over {n_seeds} seeds" if n_seeds > 1 else "one run"
     fig.suptitle(f"{title}\n" + (f"{note}; " if note else "") + spread, fontsize=11)
+    return save_figure(fig, stem)
+
+
+def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]],
+                             candidates: Sequence[str], paths: Sequence[str], title: str, stem: str | Path,
+                             note: str = "") -> list[Path]:
+    """For many units: how each unit's final choice emerged -- its softmax weight per epoch, as a heatmap.
+
+    One row per unit (labelled with its final consensus choice), one column per epoch; the colour
+    is the mean over seeds of that choice's softmax weight (white = uniform 1/K). One image
+    instead of one panel per unit, so 50 units stay readable and cheap to draw.
+
+    Args:
+        histories, epochs, candidates: as in :func:`plot_trajectories`.
+        paths: the units' module paths (row labels).
+        title, stem, note: as in :func:`plot_weights`.
+    """
+    if not histories:
+        raise ValueError("plot_choice_trajectories needs at least one run's history")
+    all_epochs = sorted({int(e) for es in epochs for e in es})
+    n_units, k = histories[0].shape[1:]
+    grid = np.full((len(histories), len(all_epochs), n_units, k), np.nan)
+    col = {e: i for i, e in enumerate(all_epochs)}
+    for s_, (h, es) in enumerate(zip(histories, epochs)):
+        for row, e in zip(h, es):
+            grid[s_, col[int(e)]] = row
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(grid, 0)  # (epochs, units, k)
+    last = np.array([h[-1] for h in histories])  # (seeds, units, k): the final epoch
+    chosen = consensus(last, candidates)
+    idx = [list(candidates).index(c) for c, _, _ in chosen]
+    values = np.stack([mean[:, u, j] for u, j in enumerate(idx)])  # (units, epochs)
+    from matplotlib.colors import TwoSlopeNorm
+
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    norm = TwoSlopeNorm(vcenter=1.0 / k, vmin=min(lo, 1.0 / k - 1e-6), vmax=max(hi, 1.0 / k + 1e-6))
+    labels = [f"{p or '(root)'} → {c}" for p, (c, _, _) in zip(paths, chosen)]
+    fig = Figure(figsize=(3.0 + 0.45 * len(all_epochs) + 0.07 * max(len(x) for x in labels), 1.6 + 0.28 * n_units),
+                 layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
+    ax.set_xticks(range(len(all_epochs)), [str(e) for e in all_epochs])
+    ax.set_xlabel("epoch")
+    ax.set_yticks(range(n_units), labels, fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"softmax weight of the final choice (white = 1/{k})")
+    spread = f"mean over {len(histories)} seeds" if len(histories) > 1 else "one run"
+    fig.suptitle(f"{title}\n{spread}" + (f"; {note}" if note else ""), fontsize=11)
     return save_figure(fig, stem)
 
 

@@ -34,11 +34,14 @@ from adact.analysis import (
 from adact.dataspec import DatasetSpec
 from adact.defaults import DEFAULT_CHANNELS
 from adact.io import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
-from adact.plots import plot_heatmap, plot_trajectories, plot_weights
+from adact.plots import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
 from adact.search import SearchConfig, collect, load_manifest
 from adact.train import RunFolder, adact_weights, load_checkpoint
 
 __all__ = ["analyze_run", "render", "rerender"]
+
+#: Up to this many units, the trajectories get one panel per unit (all candidates); beyond, a heatmap.
+_PANELS = 6
 
 
 def _histories(records: list[RunRecord], out: Path) -> tuple[dict[str, WeightHistory], list[str]]:
@@ -86,10 +89,16 @@ def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, Weigh
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
         found = [hists[r.path] for r in runs if r.path in hists]
         if found:
-            paths = plot_trajectories([h.mix for h in found], [h.epochs for h in found], found[0].candidates,
-                                      f"{name}: AdAct softmax weights during training",
-                                      out / "figures" / f"{slug}_trajectories",
-                                      unit_names=None if cfg.preset == "paper" else found[0].paths)
+            if cfg.preset == "paper" or len(found[0].paths) <= _PANELS:
+                paths = plot_trajectories([h.mix for h in found], [h.epochs for h in found], found[0].candidates,
+                                          f"{name}: AdAct softmax weights during training",
+                                          out / "figures" / f"{slug}_trajectories",
+                                          unit_names=None if cfg.preset == "paper" else found[0].paths)
+            else:  # a panel per unit is unreadable (and slow to draw) for a ResNet's 17 or 50 units
+                paths = plot_choice_trajectories([h.mix for h in found], [h.epochs for h in found],
+                                                 found[0].candidates, found[0].paths,
+                                                 f"{name}: how each unit's choice emerged during training",
+                                                 out / "figures" / f"{slug}_trajectories")
             entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
         figs[ds] = entry
     return figs
@@ -122,7 +131,8 @@ def render(out: str | Path) -> dict[str, Any]:
     choices = _choices_json(cfg, records)
     val_hint = "" if cfg.train.val_fraction > 0 else _no_val_hint(cfg)
     title = "Table 1" if paper else "Test accuracy"
-    table1_md = (f"# {title}: test accuracy over seeds {cfg.seeds}, {cfg.train.epochs} epochs\n\n"
+    heading = "Table 1: test accuracy" if paper else "Test accuracy"
+    table1_md = (f"# {heading} over seeds {cfg.seeds}, {cfg.train.epochs} epochs\n\n"
                  + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" + (val_hint if m == "val" else "")
                            for m in METRICS)
                  + _table_notes(cfg))

@@ -503,6 +503,8 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
         data = load_data(cfg.train_config(ds, cfg.seeds[0], "adact"), cfg.quiet)
         _check_models(cfg, data, ds)
         log(f"{ds}: {data}")
+        if data.info.get("bad_images"):
+            log(f"{ds}: skipped {data.info['bad_images']} image(s) that cannot be decoded (see the warnings)")
     with folder_lock(out):
         if not restart:
             _check_existing_runs(cfg)  # again, now that no other writer can change the folder
