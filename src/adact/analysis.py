@@ -357,7 +357,7 @@ def _choices_by_unit(adact: Sequence[RunRecord], paths: Sequence[str], n_layers:
     cons = consensus(np.array([r.mix for r in done]), done[0].candidates or []) if done and all(
         r.mix is not None for r in done) else []
     for i in range(n_layers):
-        cells = [f"{r.choices[i]} ({(r.choice_weights or [0.0] * n_layers)[i]:.3f})" for r in done]  # type: ignore[index]
+        cells = [f"{(r.choices or [])[i]} ({(r.choice_weights or [0.0] * n_layers)[i]:.3f})" for r in done]
         extra = [f"{cons[i][0]} ({cons[i][1]}/{cons[i][2]})"] if cons else []
         lines.append(f"| {i + 1} | `{paths[i] if i < len(paths) else '?'}` | " + " | ".join(cells + extra) + " |")
     return "\n".join(lines)

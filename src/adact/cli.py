@@ -367,7 +367,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such run folder, checkpoint or reproduce folder (or search folder): {path}")
     if is_search_dir(path):
         if args.out is not None:
-            raise ValueError("--out applies to a single run; a search folder or a reproduce folder is re-rendered in place")
+            raise ValueError("--out applies to a single run; a search folder or a reproduce folder is re-rendered "
+                             "in place")
         results = rerender(path)
         print(results["table_text"])
         for ds, figs in results["figures"].items():

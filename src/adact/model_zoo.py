@@ -159,8 +159,8 @@ def _adapt(model: nn.Module, num_classes: int, in_channels: int) -> nn.Module:
     stem = _first(model, nn.Conv2d)
     if stem is not None and stem[1].in_channels != in_channels and stem[1].groups == 1:
         path, conv = stem
-        new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-                        conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+        new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                        conv.padding, conv.dilation, 1, conv.bias is not None, conv.padding_mode)
         with torch.no_grad():  # keep pretrained filters: their mean over the old input channels
             new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
             if conv.bias is not None:

@@ -365,11 +365,21 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
         except (ValueError, OSError) as e:
             note = f"no weight trajectories: {e}\n"
     fig_dir = Path(out) if out is not None else run_dir
-    title = f"{DatasetSpec.parse(config['dataset']).display}: AdAct weights per layer"
-    files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"], title,
-                         fig_dir / "weights", note=f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}")
-    if hist is not None:
+    name = DatasetSpec.parse(config["dataset"]).display
+    note_ckpt = f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}"
+    many = len(w["paths"]) > _PANELS  # a ResNet's 17 units: heatmaps, not 17 bar groups or panels
+    if many:
+        files = plot_heatmap(np.array([w["mix"]]), w["paths"], w["candidates"],
+                             f"{name}: AdAct softmax weights per unit", fig_dir / "weights", note=note_ckpt)
+    else:
+        files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"],
+                             f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt)
+    if hist is not None and many:
+        files += plot_choice_trajectories([hist.mix], [hist.epochs], hist.candidates, hist.paths,
+                                          f"{name}: how each unit's choice emerged during training",
+                                          fig_dir / "trajectories", note=f"seed {config['seed']}")
+    elif hist is not None:
         files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
-                                   f"{DatasetSpec.parse(config['dataset']).display}: AdAct softmax weights during training",
+                                   f"{name}: AdAct softmax weights during training",
                                    fig_dir / "trajectories", note=f"seed {config['seed']}")
     return text + note, files

@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -50,7 +51,14 @@ import torch
 from adact.analysis import MODEL_LABELS, RunRecord, fmt_acc
 from adact.data import DataSplits
 from adact.dataspec import DatasetSpec
-from adact.io import atomic_write_json, folder_lock, one_line_warnings, read_json, remove_stale_temps
+from adact.io import (
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    one_line_warnings,
+    read_json,
+    remove_stale_temps,
+)
 from adact.model_zoo import BASELINE
 from adact.surgery import adact_units, save_choices
 from adact.train import (
@@ -352,9 +360,9 @@ def _write_seed_choices(path: Path, run: RunFolder, weights: dict[str, Any]) -> 
         for (_, unit), raw in zip(units, weights["raw"]):
             # Per-channel units were summarised by their channel mean; the file then holds that layer choice.
             unit.logits.copy_(torch.tensor(raw, dtype=unit.logits.dtype).expand_as(unit.logits))
-    tmp = path.with_name(f".{path.name}.choices.tmp")  # the temp-file pattern: removed if left behind
-    save_choices(model, tmp)
-    os.replace(tmp, path)
+    with tempfile.TemporaryDirectory() as tmp:  # save_choices writes in place; the run folder gets it atomically
+        save_choices(model, Path(tmp) / CHOICES_FILE)
+        atomic_write_text(path, (Path(tmp) / CHOICES_FILE).read_text(encoding="utf-8"))
 
 
 def _describe(task: _Task, outcome: dict[str, Any]) -> str:

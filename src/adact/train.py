@@ -634,7 +634,8 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         step = (epoch - 1) * steps  # the schedule is a function of the step, so a resumed run needs no state
-        bar = _progress(len(train_loader), f"{DatasetSpec.parse(config.dataset).display} {_act_label(config)} ep {epoch}/{config.epochs}", quiet)
+        label = f"{DatasetSpec.parse(config.dataset).display} {_act_label(config)}"
+        bar = _progress(len(train_loader), f"{label} ep {epoch}/{config.epochs}", quiet)
         for x, y in train_loader:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = step_model(x)  # (B, num_classes)
