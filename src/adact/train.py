@@ -439,7 +439,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     (:class:`UnsafeCheckpointError`) without running it.
     """
     ckpt = read_checkpoint(path, map_location)
-    model = build_model(ckpt["model_kwargs"])
+    # The file holds every weight: a named model is rebuilt without its pretrained ones (which may be gone).
+    kwargs = {**ckpt["model_kwargs"], "pretrained": False} if "model" in ckpt["model_kwargs"] else ckpt["model_kwargs"]
+    model = build_model(kwargs)
     model.load_state_dict(ckpt["model"])
     return model, ckpt
 
