@@ -378,6 +378,8 @@ def _params_md(recs: Sequence[RunRecord], models: Sequence[str] = MODELS) -> str
     note = ("\nAdAct overhead: N_AdAct = 8 · n_AdAct (7 mixture logits + 1 PReLU slope per unit, per channel with "
             "`--granularity channel`). ConvNet-Optimized uses plain activations; if it picks PReLU for a layer "
             "that layer adds one slope parameter.\n")
+    if models[1] != "relu":  # not the paper's ConvNet
+        note = note.replace("ConvNet-Optimized uses", "The optimized model uses")
     return "\n".join(rows) + "\n" + note
 
 

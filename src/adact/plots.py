@@ -164,7 +164,9 @@ def plot_heatmap(mix: np.ndarray, paths: Sequence[str], candidates: Sequence[str
         j = list(candidates).index(c)
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
         if n_units <= 60 and k <= 10:
-            ax.text(j, i, f"{mean[i, j]:.3f}", ha="center", va="center", fontsize=6.5)
+            dark = abs(float(norm(mean[i, j])) - 0.5) > 0.35  # white text on the darkest cells
+            ax.text(j, i, f"{mean[i, j]:.3f}", ha="center", va="center", fontsize=6.5,
+                    color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label=f"softmax weight (white = uniform 1/{k})", shrink=min(1.0, 8 / max(n_units, 1)) + 0.3)
     spread = f"mean over {n_seeds} seeds" if n_seeds > 1 else "one run"
     fig.suptitle(f"{title}\n" + (f"{note}; " if note else "") + spread, fontsize=11)
