@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -50,6 +51,7 @@ import torch
 
 from adact.analysis import MODEL_LABELS, RunRecord, fmt_acc
 from adact.data import DataSplits
+from adact.data.imagefolder import BadImageWarning
 from adact.dataspec import DatasetSpec
 from adact.io import (
     atomic_write_json,
@@ -278,6 +280,8 @@ def _die_with_parent(parent: int) -> None:
 def _worker_init(threads: int, parent: int) -> None:
     _die_with_parent(parent)
     one_line_warnings()
+    # The main process loaded the same data first and already named every undecodable image.
+    warnings.filterwarnings("ignore", category=BadImageWarning)
     torch.set_num_threads(threads)
 
 
