@@ -17,6 +17,15 @@ Usage::
     python benchmarks/bench_adact.py                    # full run (about a minute on 2 cores)
     python benchmarks/bench_adact.py --quick            # fewer rounds
     python benchmarks/bench_adact.py --glibc-defaults   # let glibc unmap freed buffers (see below)
+    python benchmarks/bench_adact.py --isa all          # one table row per ISA level this CPU runs
+    python benchmarks/bench_adact.py --isa x86-64-v3 x86-64
+
+ISA levels (``--isa``): each level runs in a process of its own in which the native kernels are
+built for that level (``ADACT_NATIVE_ISA``) and torch's own kernels and Inductor's generated code
+are held to the matching level too (``ATEN_CPU_CAPABILITY``: ``avx512``, ``avx2`` or ``default``),
+so that SiLU and the Inductor path are what a CPU of that level would run. Each row times, in
+interleaved rounds, SiLU, the native kernels and the Inductor kernels (training and eval) and the
+reference sum (training).
 
 Large buffers: with its default settings glibc returns a freed 16 MB tensor to the OS or keeps
 it, depending on the history of allocations (its mmap threshold adapts), and a returned one is
@@ -33,9 +42,11 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -44,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adact import AdAct, ConvNet
-from adact.fused import fused_backend
+from adact.fused import dispatch, fused_backend, native
 
 __all__ = ["main"]
 
@@ -102,6 +113,82 @@ def unit_speed(device: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: 
             times = {k: v * out["silu"] / times["silu"] for k, v in times.items() if k != "silu"}
         out.update(times)
     return out
+
+
+#: torch's (and Inductor's) kernel level for each native ISA level: what a CPU of that level runs.
+_ATEN_CAPABILITY = {"x86-64-v4": "avx512", "x86-64-v3": "avx2", "avx-fma": "default", "x86-64-v2": "default",
+                    "x86-64": "default"}  # fmt: skip
+
+
+def _with_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
+    def call() -> object:
+        os.environ[dispatch.ENV_VAR] = backend  # read at each call
+        return fn()
+
+    return call
+
+
+def isa_row(shape: tuple[int, ...], rounds: int, inner: int) -> dict[str, float]:
+    """Seconds per fwd+bwd at this process's ISA level: SiLU, native, Inductor, reference."""
+    x = torch.randn(shape, requires_grad=True)
+    g = torch.randn_like(x)
+    silu = _fwd_bwd(nn.SiLU(), x, g)
+    fused = {f"{b}_{mode}": _with_backend(b, _fwd_bwd(AdAct().train(mode == "train"), x, g))
+             for b in ("native", "compile") for mode in ("train", "eval")}  # fmt: skip
+    groups = [{"silu": silu, **fused},
+              {"silu": silu, "reference_train": _with_backend("off", _fwd_bwd(AdAct(fused=False).train(), x, g))}]
+    out: dict[str, float] = {}
+    for fns in groups:
+        for name, fn in list(fns.items()):
+            try:
+                for _ in range(3):
+                    fn()
+            except Exception as err:  # noqa: BLE001 - e.g. Inductor cannot compile at this level: say so
+                print(f"{name} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}", file=sys.stderr)
+                out[name] = float("nan")
+                del fns[name]
+        times = _median_times(fns, rounds, inner, lambda: None)
+        if "silu" in out:
+            times = {k: v * out["silu"] / times["silu"] for k, v in times.items() if k != "silu"}
+        out.update(times)
+    return out
+
+
+def run_isa_levels(levels: list[str], rounds: int, threads: int, cpu_time: bool) -> None:
+    """One child process per level (the ISA settings are read at process start); prints a table."""
+    runnable = native.runnable_levels()
+    if levels == ["all"]:
+        levels = [level for level in reversed(list(native.ISA_LEVELS)) if level in runnable and level != "native"]
+    cols = ("native_train", "native_eval", "compile_train", "compile_eval", "reference_train")
+    print("| level | lanes | SiLU ms | native train | native eval | Inductor train | Inductor eval | reference train |")
+    print("|---|---|---|---|---|---|---|---|")
+    for level in levels:
+        if level not in runnable:
+            print(f"| {level} | {native.lanes_for(level)} | not runnable on this CPU (build only) |||||| ")
+            continue
+        env = dict(os.environ, ADACT_NATIVE_ISA=level)
+        scratch = tempfile.mkdtemp(prefix=f"adact-bench-{level}-")
+        if level in _ATEN_CAPABILITY:
+            env["ATEN_CPU_CAPABILITY"] = _ATEN_CAPABILITY[level]
+            # Inductor's on-disk cache does not key its code by ATEN_CPU_CAPABILITY (torch 2.14): code
+            # generated for AVX2 and then reused at AVX-512 corrupts the heap. Each level gets a
+            # cache of its own, so none leaks into another level or into the user's cache.
+            env["TORCHINDUCTOR_CACHE_DIR"] = scratch
+        cmd = [sys.executable, __file__, "--isa-child", "--threads", str(threads), "--rounds", str(rounds),
+               *(["--cpu-time"] if cpu_time else [])]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if proc.returncode != 0:
+            print(f"| {level} | {native.lanes_for(level)} | failed: {proc.stderr.strip().splitlines()[-1]} |||||| ")
+            continue
+        t = {k: float(v) for k, v in (item.split("=") for item in proc.stdout.split())}
+        cells = " | ".join("failed" if t[c] != t[c] else f"{t[c] * 1e3:.1f} ms x{t[c] / t['silu']:.2f}" for c in cols)
+        print(f"| {level} | {native.lanes_for(level)} | {t['silu'] * 1e3:.1f} | {cells} |", flush=True)
+        for line in proc.stderr.splitlines():
+            if " failed: " in line:
+                print(f"  ({level}) {line}")
 
 
 def saved_bytes_ratios(fused: bool, training: bool = True) -> tuple[float, float]:
@@ -188,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         help="time with the process's CPU time instead of the wall clock: with --threads 1 it is blind "
         "to other processes competing for the cores (it still counts page faults as system time)",
     )
+    parser.add_argument("--isa", nargs="+", metavar="LEVEL", default=None,
+                        help=f"time the unit at these ISA levels ({', '.join(native.ISA_LEVELS)}, or 'all' that "
+                             "this CPU runs), one table row each, instead of the full benchmark")
+    parser.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--isa-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.glibc_defaults and os.environ.get("GLIBC_TUNABLES") != _REUSE:
         # glibc reads its tunables at process start: re-execute with them set.
@@ -199,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpu_time:
         _CLOCK = time.process_time
     unit_rounds, conv_rounds = (5, 3) if args.quick else (15, 7)
+    if args.isa_child:
+        t = isa_row((64, 64, 32, 32), args.rounds or unit_rounds, 3)
+        print(" ".join(f"{k}={v!r}" for k, v in t.items()))
+        return
 
     print("# AdAct fused-kernel benchmark")
     print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
@@ -208,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: glibc defaults)')}")
     print(f"load average (1 min) at start: {_load()}")
     print()
+    if args.isa:
+        print(f"## fwd+bwd per ISA level, 64x64x32x32 fp32 (median ms, x SiLU at the same level); this CPU: {native.detect_isa()}")
+        run_isa_levels(args.isa, unit_rounds, args.threads, args.cpu_time)
+        print(f"load average (1 min) at end: {_load()}")
+        return
 
     t = unit_speed("cpu", (64, 64, 32, 32), torch.float32, unit_rounds, 3)
     print("## 1. one unit, fwd+bwd, 64x64x32x32 fp32, CPU (ms, median)")

@@ -5,20 +5,26 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy import stats
+
+from adact.confidence import confidence_from_mixture
 
 from adact.analysis import (
     PAPER_TABLE1,
     RunRecord,
     build_summary,
     consensus,
+    model_label,
+    models_for,
     paired_diff,
     paper_key,
     read_weight_history,
     render_choices_md,
+    render_gap_md,
     render_table_csv,
     render_table_md,
     render_weights_text,
@@ -81,7 +87,7 @@ def test_table1_markdown_and_csv() -> None:
     e = summary["fmnist"]
     assert e["models"]["adact"]["best"]["mean"] == pytest.approx(0.925)
     assert e["status"]["optimized"] == {"done": 1, "diverged": 1}
-    assert e["diffs"]["adact"]["best"]["n"] == 2 and e["diffs"]["optimized"]["best"]["n"] == 1
+    assert e["diffs"]["adact"]["relu"]["best"]["n"] == 2 and e["diffs"]["optimized"]["relu"]["best"]["n"] == 1
 
     md = render_table_md(summary, "best")
     row = next(line for line in md.splitlines() if line.startswith("| `fmnist`"))
@@ -119,9 +125,70 @@ def test_choices_and_consensus() -> None:
                               choice_weights=mix[seed].max(-1).tolist(), candidates=cands, mix=mix[seed].tolist(),
                               result={"n_params": 1028, "n_adact_units": 2, "n_adact_params": 16}))
     md = render_choices_md(recs, ["digits"])
-    assert "| 0 | relu (0.500) | mish (0.600) |" in md
+    assert "| 0 | relu (0.500) | mish (0.600) |" in md  # records without confidences: as before
     assert "| **most common** | relu (2/3) | mish (2/3) |" in md
     assert "| AdAct | 1,028 | 2 | 16 |" in md
+    for r in recs:
+        r.confidence = [confidence_from_mixture(m, cands).to_json() for m in r.mix or []]
+    md = render_choices_md(recs, ["digits"])
+    assert "| 0 | relu (0.500; margin 0.200) | mish (0.600; margin 0.400) |" in md
+    # seed 2, layer 2: 0.4 vs 0.3 is not weak; a margin under 0.05 would be marked
+    assert "| 2 | relu (0.600; margin 0.400) | elu (0.400; margin 0.100) |" in md
+    assert "| **weak choices** | 0/3 | 0/3 |" in md and "| mean margin | 0.267 | 0.267 |" in md
+    recs[0].confidence[0] = confidence_from_mixture([0.34, 0.33, 0.33], cands).to_json()
+    assert "relu (0.500; margin 0.010) **weak**" in render_choices_md(recs, ["digits"])
+    assert "| **weak choices** | 1/3 | 0/3 |" in render_choices_md(recs, ["digits"])
+
+
+def _baseline_records() -> list[RunRecord]:
+    acc = {"adact": [0.90, 0.92, 0.91], "relu": [0.88, 0.89, 0.90], "mish": [0.91, 0.93, 0.915],
+           "optimized": [0.905, 0.915, 0.92]}
+    gaps = [(0.90, 0.85), (0.92, 0.80), (0.91, 0.88)]
+    recs = []
+    for model, values in acc.items():
+        for seed, v in enumerate(values):
+            res: dict[str, Any] = {"best_test_acc": v, "final_test_acc": v, "val_selected_test_acc": None}
+            if model == "adact":
+                mix, arg = gaps[seed]
+                res["discretization_gap"] = {"mixture_acc": mix, "argmax_acc": arg, "gap": arg - mix}
+            recs.append(RunRecord("cifar10", "cifar10", seed, model, "done", result=res))
+    return recs
+
+
+def test_baselines_get_columns_and_paired_differences() -> None:
+    summary = build_summary(_baseline_records(), ["cifar10"], baselines=["relu", "mish"])
+    e = summary["cifar10"]
+    assert list(e["models"]) == ["adact", "relu", "mish", "optimized"] == list(models_for(["relu", "mish"]))
+    assert e["diffs"]["optimized"]["mish"]["best"]["mean"] == pytest.approx((-0.005 - 0.015 + 0.005) / 3)
+    assert e["diffs"]["adact"]["relu"]["best"]["mean"] == pytest.approx(0.02)
+    md = render_table_md(summary, "best")
+    head = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    assert head == ["Dataset", "AdAct", "paper", "ReLU", "paper", "Mish", "Optimized", "paper",
+                    "AdAct − ReLU [95% CI]", "Optimized − ReLU [95% CI]", "AdAct − Mish [95% CI]",
+                    "Optimized − Mish [95% CI]"]
+    row = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
+    assert row[5] == "0.9183 ± 0.0104 (n=3)" and row[2] == "0.766"  # the paper has no Mish column
+    assert row[11].startswith("−0.0050 [")
+    rows = list(csv.DictReader(io.StringIO(render_table_csv(summary))))
+    assert float(rows[0]["optimized_minus_mish_mean"]) == pytest.approx(-0.005)
+    assert rows[0]["paper_mish"] == "" and float(rows[0]["mish_mean"]) == pytest.approx(0.9183333)
+    assert model_label("leaky_relu") == "LeakyReLU" and model_label("optimized") == "Optimized"
+
+
+def test_gap_summary_and_table() -> None:
+    e = build_summary(_baseline_records(), ["cifar10"], baselines=["relu", "mish"])["cifar10"]
+    g = e["gap"]
+    assert g["mixture"]["mean"] == pytest.approx(0.91)
+    assert g["argmax"]["mean"] == pytest.approx((0.85 + 0.80 + 0.88) / 3)
+    assert g["argmax_minus_mixture"]["mean"] == pytest.approx(-0.0666667) and g["argmax_minus_mixture"]["n"] == 3
+    # Optimized (retrained) vs the free argmax model: 0.905 - 0.85, 0.915 - 0.80, 0.92 - 0.88
+    assert g["optimized_minus_argmax"]["mean"] == pytest.approx((0.055 + 0.115 + 0.04) / 3)
+    md = render_gap_md({"cifar10": e})
+    row = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
+    assert row[1] == "0.9100 ± 0.0100 (n=3)" and row[3].startswith("−0.0667 [") and row[4].startswith("+0.0700 [")
+    empty = build_summary(_records(), ["fmnist"])["fmnist"]["gap"]  # runs from before the gap was recorded
+    assert empty["mixture"]["n"] == 0
+    assert "| `fmnist` | — | — | — | — |" in render_gap_md({"fmnist": {"gap": empty}})
 
 
 def test_weight_history_and_text(tmp_path: Path) -> None:
@@ -145,3 +212,14 @@ def test_weight_history_and_text(tmp_path: Path) -> None:
     plain = tmp_path / "plain.csv"
     plain.write_text("epoch,test_acc\n1,0.5\n")
     assert read_weight_history(plain) is None
+
+
+def test_weight_figure_labels_mark_weak_choices() -> None:
+    from adact.plots import _consensus_labels
+
+    mix = np.array([[[0.5, 0.3, 0.2], [0.34, 0.33, 0.33]], [[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]]])
+    weak = np.array([[False, True], [False, False]])
+    assert _consensus_labels(mix, ["relu", "elu", "mish"], weak) == ["relu (2/2)", "mish (1/2)\nweak in 1/2"]
+    assert _consensus_labels(mix[:1], ["relu", "elu", "mish"], weak[:1]) == ["relu", "relu\n(weak)"]
+    # a 1:1 tie goes to the larger mean weight
+    assert _consensus_labels(mix, ["relu", "elu", "mish"]) == ["relu (2/2)", "mish (1/2)"]

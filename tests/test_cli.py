@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -32,8 +33,10 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: adact")
-    expected = {"--help": "reproduce", "reproduce": "--val-fraction", "train": "--activation", "analyze": "PATH"}
+    expected = {"--help": "reproduce", "reproduce": "--baselines", "train": "--activation", "analyze": "PATH"}
     assert expected[argv[0]] in out
+    if argv[0] in ("reproduce", "train"):
+        assert "--temperature-schedule" in out and "--entropy-weight" in out and "--adact-lr-mult" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -51,6 +54,12 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     (["reproduce", "--datasets", "npz:/nonexistent/fmnist.npz"], "npz file not found"),
     (["train", "--dataset", "npz:/nonexistent/x.npz"], "npz file not found"),
     (["train", "--weight-decay", "-1"], "weight_decay must be >= 0"),
+    (["train", "--temperature-schedule", "1"], "argument --temperature-schedule: expected T0:T1"),
+    (["reproduce", "--temperature-schedule", "1:0"], "two temperatures > 0"),
+    (["train", "--entropy-weight", "-0.1"], "argument --entropy-weight: must be a finite number >= 0"),
+    (["train", "--adact-lr-mult", "0"], "argument --adact-lr-mult: must be > 0"),
+    (["reproduce", "--baselines", "swish"], "unknown activation 'swish'"),
+    (["reproduce", "--baselines", "adact"], "unknown baseline activation 'adact'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: COMMAND"),
 ])
@@ -82,9 +91,14 @@ def test_train_then_analyze_run_folder_and_checkpoint(tmp_path: Path, capsys: py
     out = capsys.readouterr().out
     assert "best test acc" in out and "dominant activations" in out and (run / "result.json").is_file()
 
+    assert "discretization gap: mixture" in out and "confidence of each choice" in out
+
     assert main(["analyze", str(run)]) == 0
     text = capsys.readouterr().out
     assert "raw weights (logits)" in text and "softmax weights" in text and "best.pt" in text
+    conf_rows = text.split("confidence of each choice")[1].splitlines()[2:6]
+    assert len(conf_rows) == 4 and all(row.split()[1].startswith("features.") for row in conf_rows)
+    assert "discretization gap: mixture" in text  # best.pt is the epoch the gap was measured on
     softmax_rows = text.split("softmax weights")[1].splitlines()[2:6]
     assert len(softmax_rows) == 4 and all(row.count("*") == 1 for row in softmax_rows)
     for name in ("weights.png", "weights.svg", "trajectories.png", "trajectories.svg"):
@@ -92,7 +106,8 @@ def test_train_then_analyze_run_folder_and_checkpoint(tmp_path: Path, capsys: py
 
     figs = tmp_path / "figs"
     assert main(["analyze", str(run / "last.pt"), "--out", str(figs)]) == 0
-    assert "last.pt" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "last.pt" in text and "confidence of each choice" in text
     assert (figs / "weights.png").read_bytes()[:4] == b"\x89PNG" and (figs / "trajectories.png").is_file()
 
 
@@ -112,6 +127,7 @@ def test_reproduce_and_analyze_its_folder(tmp_path: Path, capsys: pytest.Capture
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Table 1 -- best-on-test" in printed and "(n=1, CI n/a)" in printed
+    assert "Discretization gap" in printed and "layer choices are weak" in printed
     (out / "report.md").unlink()
     assert main(["analyze", str(out)]) == 0
     assert "Table 1" in capsys.readouterr().out and (out / "report.md").is_file()
@@ -136,6 +152,22 @@ def test_version_and_help_do_not_import_torch() -> None:
     from adact import __version__
 
     assert f"adact {__version__}" in proc.stdout
+
+
+def test_sharpening_and_baseline_options_reach_the_configs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import adact.reproduce
+
+    run = tmp_path / "sharp"
+    assert main(["train", "--out", str(run), "--temperature-schedule", "2:0.5", "--entropy-weight", "0.2",
+                 "--adact-lr-mult", "0.5", *TINY]) == 0
+    capsys.readouterr()
+    config = json.loads((run / "config.json").read_text())
+    assert (config["temperature_schedule"], config["entropy_weight"], config["adact_lr_mult"]) == ([2.0, 0.5], 0.2, 0.5)
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(adact.reproduce, "reproduce", lambda cfg, restart=False: seen.setdefault("cfg", cfg))
+    assert main(["reproduce", "--baselines", "relu", "Mish", "relu", "--temperature-schedule", "1:0.1"]) == 0
+    assert seen["cfg"].baselines == ["relu", "mish"] and seen["cfg"].train.temperature_schedule == [1.0, 0.1]
 
 
 def test_option_names_match_the_registries() -> None:

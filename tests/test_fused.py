@@ -606,7 +606,7 @@ class _SlowKernels(native.NativeKernels):
     """A deliberately slow native build: the real kernels behind a sleep."""
 
     def forward(self, *args: object) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        time.sleep(0.01)
+        time.sleep(0.1)  # far beyond Inductor's ~1 ms, even on a loaded machine
         return super().forward(*args)  # type: ignore[arg-type]
 
 

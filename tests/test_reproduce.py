@@ -59,7 +59,7 @@ def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list
     # table1.md: one row per table, with n=2 in every model cell
     md = (out / "table1.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| `digits`")]
-    assert len(rows) == 3
+    assert len(rows) == 4  # best, final, validation-selected, discretization gap
     best = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(best) == 9 and all("(n=2)" in best[i] for i in (1, 3, 5)) and best[2] == "—"
     assert re.fullmatch(r"[+−]\d\.\d{4} \[[+−]\d\.\d{4}, [+−]\d\.\d{4}\] \(n=2\)", best[7])
@@ -87,6 +87,14 @@ def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list
             assert from_json[key] == from_ckpt[key]
         for key in ("raw", "mix"):
             assert np.allclose(from_json[key], from_ckpt[key], rtol=1e-6, atol=0)
+        # Confidence and the gap of each AdAct run travel into choices.json and the gap table.
+        assert entry["confidence"] == from_json["confidence"] and len(entry["confidence"]) == 4
+        assert [c["choice"] for c in entry["confidence"]] == entry["choices"]
+        gap = read_json(adact_dir / "result.json")["discretization_gap"]
+        assert entry["discretization_gap"] == gap and gap["mixture_acc"] == runs[(int(seed), "adact")]["best_test_acc"]
+    gap_row = [c.strip() for c in rows[3].strip("|").split("|")]
+    assert gap_row[1] == best[1] and "(n=2)" in gap_row[2] and "(n=2)" in gap_row[3]  # mixture = AdAct's Table 1
+    assert "Discretization gap" in md and "margin" in (out / "choices.md").read_text()
     assert choices["n_adact_units"] == 4 and choices["n_adact_params"] == 8 * 4
     assert choices["n_params"]["adact"] == choices["n_params"]["relu"] + 32
     assert "most common" in (out / "choices.md").read_text()
@@ -106,6 +114,48 @@ def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list
     assert json.loads((out / "results.json").read_text())["summary"]["digits"]["models"]["relu"]["best"]["n"] == 2
     assert not list(out.rglob(".*.tmp"))
     assert any(line.startswith("Table 1 -- best-on-test") for line in log)  # printed at the end
+
+
+def test_baselines_and_sharpening(tmp_path: Path) -> None:
+    cfg = tiny(tmp_path / "out", seeds=[0], epochs=1, baselines=["relu", "mish"], temperature_schedule=[1.0, 0.5],
+               entropy_weight=0.1, adact_lr_mult=2.0)
+    log: list[str] = []
+    results = reproduce(cfg, log=log.append)
+    out = Path(cfg.out)
+    seed0 = out / "digits" / "seed0"
+    assert sorted(p.name for p in seed0.iterdir()) == ["adact", "mish", "optimized", "relu"]
+    assert read_json(seed0 / "mish" / "config.json")["activation"] == "mish"
+    adact_cfg = read_json(seed0 / "adact" / "config.json")
+    assert (adact_cfg["temperature_schedule"], adact_cfg["entropy_weight"], adact_cfg["adact_lr_mult"]) == ([1.0, 0.5],
+                                                                                                           0.1, 2.0)
+    for model in ("relu", "mish", "optimized"):  # no mixtures: these runs keep the paper's settings
+        c = read_json(seed0 / model / "config.json")
+        assert (c["temperature_schedule"], c["entropy_weight"], c["adact_lr_mult"]) == (None, 0.0, 1.0)
+    md = (out / "table1.md").read_text()
+    assert "| Mish |" in md and "Optimized − Mish [95% CI]" in md and "AdAct − ReLU [95% CI]" in md
+    e = results["summary"]["digits"]
+    mish = read_json(seed0 / "mish" / "result.json")["best_test_acc"]
+    opt = read_json(seed0 / "optimized" / "result.json")["best_test_acc"]
+    assert e["diffs"]["optimized"]["mish"]["best"]["mean"] == pytest.approx(opt - mish)
+    table = list(csv.DictReader(open(out / "table1.csv", newline="")))
+    assert float(table[0]["optimized_minus_mish_mean"]) == pytest.approx(opt - mish)
+    report = (out / "report.md").read_text()
+    assert "ConvNet-ReLU, ConvNet-Mish" in report and "temperature annealed 1 → 0.5" in report
+    assert any("digits seed 0 Mish: done" in line for line in log)
+    # An older manifest without baselines reads as the paper's (ReLU only).
+    manifest = read_json(out / "reproduce.json")
+    del manifest["config"]["baselines"]
+    (out / "reproduce.json").write_text(json.dumps(manifest))
+    cfg_back, records = collect(out)
+    assert cfg_back.baselines == ["relu"] and {r.model for r in records} == {"adact", "relu", "optimized"}
+
+
+@pytest.mark.parametrize("baselines, match", [([], "at least one baseline"), (["adact"], "unknown baseline"),
+                                              (["relu", "relu"], "distinct")])
+def test_bad_baselines_fail_before_training(tmp_path: Path, baselines: list[str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        reproduce(tiny(tmp_path / "out", baselines=baselines))
+    assert not (tmp_path / "out").exists()
 
 
 def test_rerun_skips_finished_runs(done_run: tuple[ReproduceConfig, dict[str, Any], list[str]],

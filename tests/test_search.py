@@ -220,3 +220,46 @@ def test_train_takes_a_model_and_the_training_options(tmp_path: Path, capsys: py
     assert main(["train", "--model", "torchvision:resnet18", "--activation", "relu", "--dataset", "digits",
                  "--out", str(tmp_path / "r2")]) == 2
     assert "trains 'adact', 'baseline' or one activation per AdAct site" in capsys.readouterr().err
+
+
+def test_search_extra_baselines_sharpening_gap_and_confidence(folder: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14 on search: --baselines adds one-activation models beside the model as written, the
+    sharpening reaches the AdAct run only, and the report has the gap table and the confidences."""
+    (tmp_path / "mymodel.py").write_text(USER_MODEL)
+    out = tmp_path / "out"
+    assert _search(out, folder, f"{tmp_path / 'mymodel.py'}:build", "--baselines", "mish",
+                   "--entropy-weight", "0.1", "--adact-lr-mult", "2") == 0
+    seed0 = out / "imagefolder-pets" / "seed0"
+    assert sorted(p.name for p in seed0.iterdir() if p.is_dir()) == ["adact", "baseline", "mish", "optimized"]
+    mish = read_json(seed0 / "mish" / "result.json")
+    # A named model takes one activation per site: Mish at both of the user model's sites.
+    assert mish["status"] == "done" and mish["config"]["activation"] == ["mish", "mish"] and mish["n_adact_units"] == 0
+    assert (mish["config"]["entropy_weight"], mish["config"]["adact_lr_mult"]) == (0.0, 1.0)
+    adact_result = read_json(seed0 / "adact" / "result.json")
+    assert (adact_result["config"]["entropy_weight"], adact_result["config"]["adact_lr_mult"]) == (0.1, 2.0)
+    assert "discretization_gap" in adact_result
+    table = (out / "table.md").read_text()
+    assert "AdAct − Baseline [95% CI]" in table and "Optimized − Mish [95% CI]" in table
+    assert "Discretization gap" in table
+    results = read_json(out / "results.json")
+    e = results["summary"][next(iter(results["summary"]))]
+    assert list(e["models"]) == ["adact", "baseline", "mish", "optimized"] and e["gap"]["mixture"]["n"] == 1
+    assert "margin" in (out / "choices.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "entropy penalty λ = 0.1" in report and "Mish everywhere" in report
+    assert read_json(out / "search.json")["config"]["baselines"] == ["baseline", "mish"]
+
+
+def test_search_jobs_and_torchrun_do_not_mix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adact.search import SearchConfig
+    from adact.train import TrainConfig
+
+    cfg = SearchConfig(datasets=["digits"], seeds=[0, 1], train=TrainConfig(device="cpu"), baselines=["relu"])
+    assert cfg.baselines == ["baseline", "relu"]  # the model as written stays search's first baseline
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert cfg.resolved_jobs() == 1
+    cfg.jobs = 2
+    with pytest.raises(ValueError, match="use one or the other"):
+        cfg.validate()

@@ -11,6 +11,11 @@ Accuracy is reported three ways, because the paper's way is optimistic:
 * ``final`` -- test accuracy after the last epoch (no selection);
 * ``val``   -- test accuracy at the epoch with the best validation accuracy (honest selection;
   needs ``--val-fraction``).
+
+Baselines: the paper compares with ReLU everywhere; ``baselines`` names any activations (each
+trained everywhere, e.g. all-Mish), and every table gets a column and paired differences for each.
+The AdAct runs also bring their choices' confidence and the discretization gap
+(:mod:`adact.confidence`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from adact.confidence import WEAK_MARGIN
+
 __all__ = [
     "METRICS",
     "MODELS",
@@ -37,20 +44,39 @@ __all__ = [
     "Summary",
     "WeightHistory",
     "build_summary",
+    "confidence_rows",
     "consensus",
     "fmt_acc",
+    "model_label",
+    "models_for",
     "paired_diff",
     "paper_key",
     "read_weight_history",
     "render_choices_md",
+    "render_gap_md",
     "render_table_csv",
     "render_table_md",
     "render_weights_text",
     "summarize",
 ]
 
+#: The paper's models; with other baselines the models are :func:`models_for` them.
 MODELS: tuple[str, ...] = ("adact", "relu", "optimized")
 MODEL_LABELS: dict[str, str] = {"adact": "AdAct", "relu": "ReLU", "optimized": "Optimized", "baseline": "Baseline"}
+# How the papers spell the registry's names, for table columns.
+_ACT_LABELS: dict[str, str] = {"elu": "ELU", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "rrelu": "RReLU",
+                               "silu": "SiLU", "mish": "Mish", "gelu": "GELU", "selu": "SELU", "celu": "CELU",
+                               "hardswish": "Hardswish", "tanh": "Tanh", "sigmoid": "Sigmoid", "softplus": "Softplus"}
+
+
+def model_label(model: str) -> str:
+    """Column label of a model: ``AdAct``, ``Optimized``, or a baseline's activation (``Mish``)."""
+    return MODEL_LABELS.get(model) or _ACT_LABELS.get(model, model)
+
+
+def models_for(baselines: Sequence[str] = ("relu",)) -> tuple[str, ...]:
+    """The models of a reproduction with these baselines, in table order: AdAct, baselines, Optimized."""
+    return ("adact", *baselines, "optimized")
 
 #: metric id -> (result.json key, human title)
 METRICS: dict[str, tuple[str, str]] = {
@@ -102,6 +128,7 @@ class RunRecord:
     candidates: list[str] | None = None
     raw: list[list[float]] | None = None  # AdAct runs: (layers, candidates) logits, best checkpoint
     mix: list[list[float]] | None = None  # AdAct runs: (layers, candidates) softmax weights
+    confidence: list[dict[str, Any]] | None = None  # AdAct runs: UnitConfidence per layer, best checkpoint
 
     def value(self, metric: str) -> float | None:
         """The run's accuracy under ``metric`` (a key of METRICS); None unless the run is done."""
@@ -119,8 +146,15 @@ class RunRecord:
             "status": self.status, "message": self.message, "path": self.path,
             **{k: r.get(k) for k in keep},
             "choices": self.choices, "choice_weights": self.choice_weights, "layer_paths": self.layer_paths,
-            "candidates": self.candidates, "raw": self.raw, "mix": self.mix,
+            "candidates": self.candidates, "raw": self.raw, "mix": self.mix, "confidence": self.confidence,
+            "discretization_gap": r.get("discretization_gap"),
         }
+
+    def gap(self) -> dict[str, Any] | None:
+        """The discretization gap of a finished AdAct run (None for older runs and other models)."""
+        if self.status != "done" or self.result is None:
+            return None
+        return self.result.get("discretization_gap")
 
 
 @dataclass
@@ -182,22 +216,25 @@ def paired_diff(a: dict[int, float], b: dict[int, float], confidence: float = 0.
     return PairedDiff(n, mean, sd, mean - half, mean + half, confidence, seeds)
 
 
-def build_summary(records: Sequence[RunRecord], datasets: Sequence[str], models: Sequence[str] = MODELS,
-                  paper: bool = True) -> dict[str, Any]:
-    """Per dataset: per model and metric a :class:`Summary`, paired differences to the baseline, statuses.
+def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
+                  baselines: Sequence[str] = ("relu",), paper: bool = True) -> dict[str, Any]:
+    """Per dataset: per model and metric a :class:`Summary`, paired differences to each baseline, statuses.
 
-    ``models`` is (AdAct, baseline, optimized) -- ``("adact", "relu", "optimized")`` for the paper;
-    ``paper`` puts the paper's Table 1 values beside datasets that have them. Returns plain
-    JSON-able dicts (``Summary``/``PairedDiff`` already converted).
+    ``baselines`` are the run folders compared with: ``("relu",)`` for the paper, ``("baseline",
+    ...)`` for ``adact search`` (the model as written, then any one-activation baselines).
+    ``diffs[model][baseline][metric]`` is the paired difference model − baseline for AdAct and
+    Optimized; ``gap`` summarises the AdAct runs' discretization gaps (:func:`_gap_summary`).
+    ``paper`` puts the paper's Table 1 values beside datasets that have them (``show_paper``
+    records the choice for the renderers). Returns plain JSON-able dicts (``Summary``/``PairedDiff``
+    already converted).
     """
-    base = models[1]
     out: dict[str, Any] = {}
     for ds in datasets:
         recs = [r for r in records if r.dataset == ds]
         entry: dict[str, Any] = {"slug": recs[0].slug if recs else ds, "paper_key": paper_key(ds),
-                                 "models": {}, "diffs": {}, "status": {}}
+                                 "baselines": list(baselines), "models": {}, "diffs": {}, "status": {}}
         per_model: dict[str, dict[str, dict[int, float]]] = {}
-        for m in models:
+        for m in models_for(baselines):
             mrecs = [r for r in recs if r.model == m]
             entry["status"][m] = dict(Counter(r.status for r in mrecs))
             per_model[m] = {}
@@ -207,12 +244,24 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str], models:
                 per_model[m][metric] = vals
                 entry["models"][m][metric] = summarize(vals).to_json()
         for m in ("adact", "optimized"):
-            entry["diffs"][m] = {metric: paired_diff(per_model[m][metric], per_model[base][metric]).to_json()
-                                 for metric in METRICS}
-        paper = PAPER_TABLE1.get(entry["paper_key"] or "") if paper else None
-        entry["paper"] = dict(paper) if paper else None
+            entry["diffs"][m] = {b: {metric: paired_diff(per_model[m][metric], per_model[b][metric]).to_json()
+                                     for metric in METRICS} for b in baselines}
+        entry["gap"] = _gap_summary([r for r in recs if r.model == "adact"], per_model["optimized"]["best"])
+        entry["show_paper"] = paper
+        paper_row = PAPER_TABLE1.get(entry["paper_key"] or "") if paper else None
+        entry["paper"] = dict(paper_row) if paper_row else None
         out[ds] = entry
     return out
+
+
+def _gap_summary(adact: Sequence[RunRecord], optimized_best: dict[int, float]) -> dict[str, Any]:
+    """Mixture and argmax accuracy over seeds, argmax − mixture, and Optimized (retrained) − argmax."""
+    gaps = {r.seed: g for r in adact if (g := r.gap()) is not None}
+    mixture = {s: float(g["mixture_acc"]) for s, g in gaps.items()}
+    argmax = {s: float(g["argmax_acc"]) for s, g in gaps.items()}
+    return {"mixture": summarize(mixture).to_json(), "argmax": summarize(argmax).to_json(),
+            "argmax_minus_mixture": paired_diff(argmax, mixture).to_json(),
+            "optimized_minus_argmax": paired_diff(optimized_best, argmax).to_json()}
 
 
 # --- text ----------------------------------------------------------------------------------
@@ -243,40 +292,69 @@ def _fmt_diff(d: dict[str, Any]) -> str:
     return f"{_fmt_signed(d['mean'])} [{_fmt_signed(d['ci_low'])}, {_fmt_signed(d['ci_high'])}] (n={d['n']})"
 
 
-def render_table_md(summary: dict[str, Any], metric: str = "best", models: Sequence[str] = MODELS,
-                    paper: bool = True) -> str:
-    """A Markdown Table 1 for ``metric``: mean ± std over seeds, paired differences to the baseline.
+def _baselines(summary: dict[str, Any]) -> list[str]:
+    first = next(iter(summary.values()), {})
+    return list(first.get("baselines", ["relu"]))
 
-    With ``paper``, the best-on-test table also shows the paper's value beside each model (the
-    paper's numbers are best-on-test, so they sit only beside the comparable column).
+
+def _show_paper(summary: dict[str, Any]) -> bool:
+    first = next(iter(summary.values()), {})
+    return bool(first.get("show_paper", True))
+
+
+def render_table_md(summary: dict[str, Any], metric: str = "best") -> str:
+    """A Markdown Table 1 for ``metric``: mean ± std over seeds, paired differences to each baseline.
+
+    The best-on-test table also shows the paper's value beside each model the paper has (its
+    numbers are best-on-test, so they sit only beside the comparable column), unless the summary
+    was built with ``paper=False`` (``adact search``: another model than the paper's).
     """
-    with_paper = paper and metric == "best"
-    base = MODEL_LABELS[models[1]]
+    with_paper = metric == "best" and _show_paper(summary)
+    baselines = _baselines(summary)
+    models = models_for(baselines)
     head = ["Dataset"]
     for m in models:
-        head += [MODEL_LABELS[m]] + (["paper"] if with_paper else [])
-    head += [f"AdAct − {base} [95% CI]", f"Optimized − {base} [95% CI]"]
+        head += [model_label(m)] + (["paper"] if with_paper and m in MODELS else [])
+    head += [f"{model_label(m)} − {model_label(b)} [95% CI]" for b in baselines for m in ("adact", "optimized")]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for ds, e in summary.items():
         row = [f"`{ds}`"]
         for m in models:
             row.append(_fmt_cell(e["models"][m][metric], e["status"][m]))
-            if with_paper:
+            if with_paper and m in MODELS:
                 row.append(fmt_acc(e["paper"][m], 3) if e["paper"] else "—")
-        row += [_fmt_diff(e["diffs"]["adact"][metric]), _fmt_diff(e["diffs"]["optimized"][metric])]
+        row += [_fmt_diff(e["diffs"][m][b][metric]) for b in baselines for m in ("adact", "optimized")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def render_table_csv(summary: dict[str, Any], models: Sequence[str] = MODELS) -> str:
+def render_gap_md(summary: dict[str, Any]) -> str:
+    """A Markdown table of the discretization gap: AdAct's mixture vs its argmax, and vs Optimized.
+
+    Per dataset: the AdAct model's test accuracy at its best epoch (the mixture), the same model
+    with every unit fixed to its argmax and no retraining (BatchNorm statistics recomputed), the
+    paired difference, and how much retraining from scratch (Optimized) adds over the argmax.
+    """
+    head = ["Dataset", "mixture (AdAct, best epoch)", "argmax, no retraining", "argmax − mixture [95% CI]",
+            "Optimized (retrained) − argmax [95% CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for ds, e in summary.items():
+        g = e["gap"]
+        lines.append(f"| `{ds}` | {_fmt_cell(g['mixture'], {})} | {_fmt_cell(g['argmax'], {})} | "
+                     f"{_fmt_diff(g['argmax_minus_mixture'])} | {_fmt_diff(g['optimized_minus_argmax'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_table_csv(summary: dict[str, Any]) -> str:
     """Table 1 as CSV: one row per dataset and metric, columns per model and per difference."""
-    base = models[1]
+    baselines = _baselines(summary)
+    models = models_for(baselines)
     cols = ["dataset", "metric"]
     for m in models:
         cols += [f"{m}_mean", f"{m}_std", f"{m}_n", f"{m}_not_done", f"paper_{m}"]
-    for m in ("adact", "optimized"):
-        cols += [f"{m}_minus_{base}_mean", f"{m}_minus_{base}_ci_low", f"{m}_minus_{base}_ci_high",
-                 f"{m}_minus_{base}_n"]
+    diff_keys = [(m, b, f"{m}_minus_{b}") for b in baselines for m in ("adact", "optimized")]
+    for _, _, key in diff_keys:
+        cols += [f"{key}_mean", f"{key}_ci_low", f"{key}_ci_high", f"{key}_n"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
@@ -289,18 +367,43 @@ def render_table_csv(summary: dict[str, Any], models: Sequence[str] = MODELS) ->
                 row[f"{m}_not_done"] = sum(v for k, v in e["status"][m].items() if k != "done")
                 # The paper's numbers are best-on-test; repeating them beside other metrics would invite
                 # a comparison they do not support.
-                row[f"paper_{m}"] = e["paper"][m] if e["paper"] and metric == "best" else None
-            for m in ("adact", "optimized"):
-                d = e["diffs"][m][metric]
-                row[f"{m}_minus_{base}_mean"], row[f"{m}_minus_{base}_n"] = d["mean"], d["n"]
-                row[f"{m}_minus_{base}_ci_low"], row[f"{m}_minus_{base}_ci_high"] = d["ci_low"], d["ci_high"]
+                row[f"paper_{m}"] = e["paper"].get(m) if e["paper"] and metric == "best" else None
+            for m, b, key in diff_keys:
+                d = e["diffs"][m][b][metric]
+                row[f"{key}_mean"], row[f"{key}_n"] = d["mean"], d["n"]
+                row[f"{key}_ci_low"], row[f"{key}_ci_high"] = d["ci_low"], d["ci_high"]
             w.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buf.getvalue()
 
 
-def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str], models: Sequence[str] = MODELS,
-                      selection: str = "best checkpoint") -> str:
-    """Per dataset: chosen activation per layer per seed, the consensus, and parameter counts."""
+def _choice_cell(choice: str, weight: float, conf: dict[str, Any] | None) -> str:
+    if conf is None:
+        return f"{choice} ({weight:.3f})"
+    agree = f"; agree {conf['agreement']:.2f}" if conf.get("agreement") is not None else ""
+    return f"{choice} ({weight:.3f}; margin {conf['margin']:.3f}{agree})" + (" **weak**" if conf["weak"] else "")
+
+
+def confidence_rows(records: Sequence[RunRecord], n_layers: int) -> list[str]:
+    """Markdown rows under a choices table: per layer, weak choices k/n and the mean entropy."""
+    confs = [r.confidence for r in records if r.confidence and len(r.confidence) == n_layers]
+    if not confs:
+        return []
+    weak = [sum(bool(c[i]["weak"]) for c in confs) for i in range(n_layers)]
+    entropy = [float(np.mean([c[i]["entropy"] for c in confs])) for i in range(n_layers)]
+    margin = [float(np.mean([c[i]["margin"] for c in confs])) for i in range(n_layers)]
+    n = len(confs)
+    return ["| **weak choices** | " + " | ".join(f"{k}/{n}" for k in weak) + " |",
+            "| mean margin | " + " | ".join(f"{m:.3f}" for m in margin) + " |",
+            "| mean entropy | " + " | ".join(f"{h:.3f}" for h in entropy) + " |"]
+
+
+def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
+                      baselines: Sequence[str] = ("relu",), selection: str = "best checkpoint") -> str:
+    """Per dataset: chosen activation per layer per seed with its confidence, the consensus, parameter counts.
+
+    ``selection`` names where the choices were read (the AdAct run's best checkpoint, or its
+    validation-selected epoch in ``adact search``).
+    """
     parts: list[str] = []
     for ds in datasets:
         recs = sorted((r for r in records if r.dataset == ds), key=lambda r: (r.seed, r.model))
@@ -314,13 +417,14 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str], mod
             if n_layers > 8:  # many units: one row per unit reads better than 50 columns
                 parts.append(_choices_by_unit(adact, paths, n_layers) + "\n")
                 parts.append(f"Cells: chosen activation (its softmax weight), read from the AdAct run's {selection}.\n")
-                parts.append(_params_md(recs, models))
+                parts.append(_params_md(recs, baselines))
                 continue
             head = ["seed"] + [f"layer {i + 1}" for i in range(n_layers)]
             lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
             for r in adact:
                 if r.choices:
-                    cells = [f"{c} ({w:.3f})" for c, w in zip(r.choices, r.choice_weights or [])]
+                    confs: list[dict[str, Any] | None] = list(r.confidence or [None] * len(r.choices))
+                    cells = [_choice_cell(c, w, k) for c, w, k in zip(r.choices, r.choice_weights or [], confs)]
                 else:
                     cells = [f"{r.status}: {r.message}" if r.message else r.status] + [""] * (n_layers - 1)
                 lines.append(f"| {r.seed} | " + " | ".join(cells) + " |")
@@ -328,9 +432,13 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str], mod
             if done:
                 cons = consensus(np.array([r.mix for r in done]), done[0].candidates or [])
                 lines.append("| **most common** | " + " | ".join(f"{c} ({k}/{n})" for c, k, n in cons) + " |")
+            lines += confidence_rows(adact, n_layers)
             parts.append("\n".join(lines) + "\n")
-            parts.append(f"Cells: chosen activation (its softmax weight), read from the AdAct run's {selection}.\n")
-        parts.append(_params_md(recs, models))
+            parts.append("Cells: chosen activation (its softmax weight; margin to the runner-up; for per-channel units "
+                         f"the share of channels that agree), read from the AdAct run's {selection}. **weak**: "
+                         f"margin < {WEAK_MARGIN:g}, a choice a little noise could flip. Entropy: normalised, "
+                         "0 = one-hot, 1 = uniform.\n")
+        parts.append(_params_md(recs, baselines))
     return "\n".join(parts)
 
 
@@ -357,28 +465,31 @@ def _choices_by_unit(adact: Sequence[RunRecord], paths: Sequence[str], n_layers:
     cons = consensus(np.array([r.mix for r in done]), done[0].candidates or []) if done and all(
         r.mix is not None for r in done) else []
     for i in range(n_layers):
-        cells = [f"{(r.choices or [])[i]} ({(r.choice_weights or [0.0] * n_layers)[i]:.3f})" for r in done]
+        # A weak choice (margin < WEAK_MARGIN) is marked here too; the full confidence is in choices.json.
+        cells = [f"{(r.choices or [])[i]} ({(r.choice_weights or [0.0] * n_layers)[i]:.3f})"
+                 + (" **weak**" if r.confidence and i < len(r.confidence) and r.confidence[i]["weak"] else "")
+                 for r in done]
         extra = [f"{cons[i][0]} ({cons[i][1]}/{cons[i][2]})"] if cons else []
         lines.append(f"| {i + 1} | `{paths[i] if i < len(paths) else '?'}` | " + " | ".join(cells + extra) + " |")
     return "\n".join(lines)
 
 
-def _params_md(recs: Sequence[RunRecord], models: Sequence[str] = MODELS) -> str:
+def _params_md(recs: Sequence[RunRecord], baselines: Sequence[str] = ("relu",)) -> str:
     rows = ["| model | parameters | AdAct units | AdAct parameters |", "|---|---|---|---|"]
     seen = False
-    for m in models:
+    for m in models_for(baselines):
         r = next((x for x in recs if x.model == m and x.result), None)
         if r is None or r.result is None:
             continue
         seen = True
         res = r.result
-        rows.append(f"| {MODEL_LABELS[m]} | {res['n_params']:,} | {res['n_adact_units']} | {res['n_adact_params']} |")
+        rows.append(f"| {model_label(m)} | {res['n_params']:,} | {res['n_adact_units']} | {res['n_adact_params']} |")
     if not seen:
         return "No parameter counts (no run has a result yet).\n"
     note = ("\nAdAct overhead: N_AdAct = 8 · n_AdAct (7 mixture logits + 1 PReLU slope per unit, per channel with "
             "`--granularity channel`). ConvNet-Optimized uses plain activations; if it picks PReLU for a layer "
             "that layer adds one slope parameter.\n")
-    if models[1] != "relu":  # not the paper's ConvNet
+    if baselines[0] != "relu":  # adact search: the baseline is the model as written, maybe not the ConvNet
         note = note.replace("ConvNet-Optimized uses", "The optimized model uses")
     return "\n".join(rows) + "\n" + note
 

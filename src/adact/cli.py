@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -85,6 +86,27 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
+    return v
+
+
+def _temperatures(text: str) -> list[float]:
+    parts = text.split(":")
+    try:
+        pair = [float(p) for p in parts]
+    except ValueError:
+        pair = []
+    if len(pair) != 2 or not all(0 < t < float("inf") for t in pair):
+        raise argparse.ArgumentTypeError(f"expected T0:T1 with two temperatures > 0 (e.g. 1:0.1), got {text!r}")
+    return pair
+
+
 def _jobs(text: str) -> int | None:
     return None if text == "auto" else _int_at_least(1)(text)
 
@@ -140,16 +162,6 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="train on a fixed random subset of N images (smoke tests)")
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_model: bool = True) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs_default,
@@ -162,6 +174,9 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_mod
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     g.add_argument("--reference", action="store_true",
                    help="AdAct's reference sum (one op per candidate) instead of the fused kernel")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch of all ranks (default: per "
+                        "rank, as in torchvision's reference trainers); no effect in one process")
     g.add_argument("--restart", action="store_true",
                    help="discard what the output folder holds (checkpoints, metrics, results) and train from "
                         "scratch; without it a rerun resumes, and a folder of other settings is refused")
@@ -183,6 +198,15 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_mod
     g.add_argument("--hflip", action="store_true", help="random horizontal flips (the paper: none)")
     g.add_argument("--crop-padding", type=_int_at_least(0), default=0, metavar="P",
                    help="random crops with P pixels of padding (default: 0 = off)")
+    s = p.add_argument_group("sharpening of the AdAct mixtures (off by default: the paper has none)")
+    s.add_argument("--temperature-schedule", type=_temperatures, default=None, metavar="T0:T1",
+                   help="anneal the softmax temperature of every AdAct unit geometrically from T0 to T1 over "
+                        "training (logits divided by T; e.g. 1:0.1). Default: none (T = 1)")
+    s.add_argument("--entropy-weight", type=_non_negative_float, default=0.0, metavar="LAMBDA",
+                   help="add LAMBDA x the mean normalised entropy of the mixtures (0 one-hot, 1 uniform) to the "
+                        "loss (default: 0)")
+    s.add_argument("--adact-lr-mult", type=_positive_float, default=1.0, metavar="M",
+                   help="learning rate of the AdAct logits = M x --lr (DARTS uses a smaller one; default: 1)")
     a = p.add_argument_group("model")
     if with_model:
         a.add_argument("--model", type=_model, default="convnet", metavar="SPEC",
@@ -222,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="training seeds; the three models share each seed (default: 0 1 2)")
     r.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: runs/reproduce)")
+    r.add_argument("--baselines", type=_activation, nargs="+", default=["relu"], metavar="NAME",
+                   help="train a model with one activation everywhere for each NAME, as baselines with a column and "
+                        "paired differences each (default: relu, the paper's; e.g. --baselines relu mish)")
     r.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="runs trained in parallel processes, each with cores/N threads (default: auto = one "
-                        "per CPU core on a CPU, 1 on a GPU)")
+                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
+                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
+                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
     _add_run_args(r, with_model=False)
     _add_data_args(r)
     r.set_defaults(func=_cmd_reproduce)
@@ -245,8 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="training seeds; the three models share each seed (default: 0 1 2)")
     s.add_argument("--out", default="runs/search", metavar="DIR", help="output folder (default: runs/search)")
+    s.add_argument("--baselines", type=_activation, nargs="+", default=[], metavar="NAME",
+                   help="besides the model as written, train it with one activation everywhere for each NAME, as "
+                        "extra baselines with a column and paired differences each (e.g. --baselines relu mish)")
     s.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="runs trained in parallel processes, each with cores/N threads (default: auto)")
+                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
+                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
+                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
     _add_run_args(s)
     _add_data_args(s)
     s.set_defaults(func=_cmd_search)
@@ -275,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("path", metavar="PATH", help="run folder, best.pt/last.pt, or reproduce output folder")
     a.add_argument("--out", default=None, metavar="DIR", help="figure folder (default: next to the run)")
     a.set_defaults(func=_cmd_analyze)
+
+    i = sub.add_parser("info", help="versions, CPU and ISA level, native build and fused backends (for bug reports)",
+                       description="Print what a bug report about speed or the fused kernels needs: versions, the "
+                                   "CPU's instruction-set level, whether the native kernels built (flags, cache), "
+                                   "the backend each device and dtype gets and why, and auto's calibration.")
+    i.set_defaults(func=_cmd_info)
     return parser
 
 
@@ -307,16 +346,21 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from adact.reproduce import paper_config, reproduce
 
     cfg = paper_config(datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out,
-                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args))
+                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args),
+                       baselines=list(dict.fromkeys(args.baselines)), sync_bn=args.sync_bn)
     reproduce(cfg, restart=args.restart)
     return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from adact.model_zoo import BASELINE
     from adact.search import SearchConfig, search
 
+    # The model as written is always search's first baseline; --baselines adds one-activation ones.
+
     cfg = SearchConfig(datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out,
-                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args), preset="search")
+                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args), preset="search",
+                       baselines=[BASELINE, *dict.fromkeys(args.baselines)], sync_bn=args.sync_bn)
     search(cfg, restart=args.restart)
     return 0
 
@@ -344,7 +388,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if data.info.get("bad_images"):
         print(f"skipped {data.info['bad_images']} image(s) that cannot be decoded (see the warnings)")
     try:
-        result = train(config, out, data=data, quiet=args.quiet, restart=args.restart)
+        result = train(config, out, data=data, quiet=args.quiet, restart=args.restart, sync_bn=args.sync_bn)
     except DivergedError as e:
         print(f"adact: training diverged: {e}", file=sys.stderr)
         return 1
@@ -354,8 +398,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result["dominant"]:
         chosen = ", ".join(f"{p}: {n} ({w:.3f})" for p, (n, w) in result["dominant"].items())
         print(f"dominant activations (final model): {chosen}")
+    if result.get("discretization_gap"):
+        from adact.confidence import render_confidence_text, render_gap_text
+
+        print(f"best epoch ({result['best_epoch']}):")
+        text = render_confidence_text(result["best_weights"]["confidence"])
+        print(text + render_gap_text(result["discretization_gap"]), end="")
     print(f"run folder: {out}")
     return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from adact.info import main as info_main
+
+    return info_main()
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -421,29 +477,48 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
+def _distributed() -> Any:
+    """``adact.distributed`` when torchrun started this process, else None (it imports torch)."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1"):
+        return None
+    from adact import distributed
+
+    return distributed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adact`` console script; returns the exit status.
 
     Every user error of every command becomes one line ``adact: error: ...`` here, exit status 2.
+    Under torchrun, only rank 0 prints to stdout, and a rank that loses another rank (killed,
+    crashed, unreachable) ends with one line saying so, exit status 2.
     """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help / --version (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else 2
+    dist = _distributed()  # [distributed]
+    if dist is not None:
+        dist.silence_non_writers()
     with warnings.catch_warnings():
         one_line_warnings()
         try:
-            return int(args.func(args))
+            status = int(args.func(args))
         except KeyboardInterrupt:
             print("adact: interrupted; rerun the same command to resume", file=sys.stderr)
             return 130
         except Exception as e:
             message = _user_error(e)
+            if message is None and dist is not None:  # [distributed] a lost rank is not a bug of ours
+                message = dist.peer_failure_message(e)
             if message is None:
                 raise
             print(f"adact: error: {message}", file=sys.stderr)
             return 2
+        if dist is not None:  # [distributed] only after success: tearing down after a lost peer can block
+            dist.cleanup()
+        return status
 
 
 if __name__ == "__main__":

@@ -59,10 +59,18 @@ def _layer_labels(n: int, choices: Sequence[str] | None) -> list[str]:
     return [f"layer {i + 1}\n→ {c}" for i, c in enumerate(choices)]
 
 
-def _consensus_labels(mix: np.ndarray, candidates: Sequence[str]) -> list[str]:
+def _consensus_labels(mix: np.ndarray, candidates: Sequence[str], weak: np.ndarray | None = None) -> list[str]:
     if mix.shape[0] == 1:
-        return [c for c, _, _ in consensus(mix, candidates)]
-    return [f"{c} ({k}/{n})" for c, k, n in consensus(mix, candidates)]
+        labels = [c for c, _, _ in consensus(mix, candidates)]
+    else:
+        labels = [f"{c} ({k}/{n})" for c, k, n in consensus(mix, candidates)]
+    if weak is None:
+        return labels
+    n_seeds = weak.shape[0]
+    for i, k in enumerate(weak.sum(0).tolist()):
+        if k:  # the layer's choice is weak (margin < 0.05) in k seeds
+            labels[i] += "\n(weak)" if n_seeds == 1 else f"\nweak in {k}/{n_seeds}"
+    return labels
 
 
 def _bars(ax: Axes, values: np.ndarray, candidates: Sequence[str], labels: Sequence[str],
@@ -92,7 +100,7 @@ def _bars(ax: Axes, values: np.ndarray, candidates: Sequence[str], labels: Seque
 
 
 def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], title: str,
-                 stem: str | Path, note: str = "") -> list[Path]:
+                 stem: str | Path, note: str = "", weak: np.ndarray | None = None) -> list[Path]:
     """The paper's Figures 1-4 for one dataset: raw weights (top) and softmax weights (bottom).
 
     Args:
@@ -101,10 +109,16 @@ def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], ti
         title: figure title (e.g. the dataset).
         stem: output path without suffix; writes ``stem.png`` and ``stem.svg``.
         note: a line under the title (e.g. which checkpoint the weights come from).
+        weak: ``(seeds, layers)`` booleans, True where a seed's choice is weak (see
+            :mod:`adact.confidence`); such layers are labelled "weak". Default: None (no marks).
     """
     raw, mix = np.asarray(raw, dtype=float), np.asarray(mix, dtype=float)
     if raw.ndim != 3 or raw.shape != mix.shape or raw.shape[2] != len(candidates):
         raise ValueError(f"raw and mix must both be (seeds, layers, {len(candidates)}); got {raw.shape}, {mix.shape}")
+    if weak is not None:
+        weak = np.asarray(weak, dtype=bool)
+        if weak.shape != raw.shape[:2]:
+            raise ValueError(f"weak must be (seeds, layers) = {raw.shape[:2]}, got {weak.shape}")
     n_seeds, n_layers, k = raw.shape
     fig = Figure(figsize=(max(7.0, 1.9 * n_layers + 2.5), 7.2), layout="constrained")
     ax_raw, ax_mix = fig.subplots(2, 1)
@@ -113,7 +127,7 @@ def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], ti
     ax_raw.set_ylabel("raw weight (logit)")
     ax_raw.set_title("Raw weights", loc="left", fontsize=10)
     uniform = 1.0 / k
-    _bars(ax_mix, mix, candidates, _layer_labels(n_layers, _consensus_labels(mix, candidates)), baseline=uniform)
+    _bars(ax_mix, mix, candidates, _layer_labels(n_layers, _consensus_labels(mix, candidates, weak)), baseline=uniform)
     ax_mix.axhline(uniform, color="#444444", linewidth=0.8, linestyle="--", label=f"uniform 1/{k}", zorder=1)
     lo, hi = min(float(mix.min()), uniform), max(float(mix.max()), uniform)
     pad = max(hi - lo, 1e-3) * 0.12

@@ -5,6 +5,10 @@
 paper preset's ``table1.*``), ``choices.md``/``.json``, the figures, ``report.md`` and
 ``results.json``; ``adact analyze OUT`` calls it without training. :func:`analyze_run` does the
 same for one run folder or checkpoint.
+
+Beside the accuracy tables (one column and paired differences per baseline), the report holds
+issue 14's discretization-gap table (the AdAct model against its own argmax), the confidence of
+each choice (weak choices are marked in choices.md and the figures) and a line on sharpening.
 """
 
 from __future__ import annotations
@@ -19,21 +23,23 @@ import torch
 
 from adact.analysis import (
     METRICS,
-    MODEL_LABELS,
     PAPER_TABLE1,
     RunRecord,
     WeightHistory,
     build_summary,
     fmt_acc,
+    model_label,
     read_weight_history,
     render_choices_md,
+    render_gap_md,
     render_table_csv,
     render_table_md,
     render_weights_text,
 )
+from adact.confidence import WEAK_MARGIN, render_confidence_text, render_gap_text
 from adact.dataspec import DatasetSpec
 from adact.defaults import DEFAULT_CHANNELS
-from adact.io import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
+from adact.io import atomic_write_json, atomic_write_text, folder_lock, read_json, remove_stale_temps
 from adact.plots import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
 from adact.search import SearchConfig, collect, load_manifest
 from adact.train import RunFolder, adact_weights, load_checkpoint
@@ -81,7 +87,8 @@ def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, Weigh
         note = f"{_selection(cfg)} of seed{'s' if n > 1 else ''} {seeds}"
         if cfg.preset == "paper":  # the paper's figures: bars per layer
             paths = plot_weights(np.array([r.raw for r in runs]), np.array([r.mix for r in runs]), cands,
-                                 f"{name}: AdAct weights per layer", out / "figures" / f"{slug}_weights", note=note)
+                                 f"{name}: AdAct weights per layer", out / "figures" / f"{slug}_weights", note=note,
+                                 weak=_weak_flags(runs))
         else:  # any number of units: one heatmap row per unit
             paths = plot_heatmap(np.array([r.mix for r in runs]), runs[0].layer_paths or [], cands,
                                  f"{name}: AdAct softmax weights per unit", out / "figures" / f"{slug}_weights",
@@ -102,6 +109,13 @@ def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, Weigh
             entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
         figs[ds] = entry
     return figs
+
+
+def _weak_flags(runs: list[RunRecord]) -> np.ndarray | None:
+    """``(seeds, layers)`` weak flags of the runs, or None when a run has no confidences."""
+    if not all(r.confidence and r.mix and len(r.confidence) == len(r.mix) for r in runs):
+        return None
+    return np.array([[bool(c["weak"]) for c in r.confidence or []] for r in runs])
 
 
 def rerender(out: str | Path) -> dict[str, Any]:
@@ -125,9 +139,10 @@ def render(out: str | Path) -> dict[str, Any]:
     cfg, records = collect(out)
     hists, problems = _histories(records, out)
     problems = [f"{r.path}: {r.message}" for r in records if r.status == "damaged"] + problems
-    preset, models, paper = cfg.spec, cfg.spec.models, cfg.preset == "paper"
-    summary = build_summary(records, cfg.datasets, models, paper)
-    tables = {m: render_table_md(summary, m, models, paper) for m in METRICS}
+    preset, paper = cfg.spec, cfg.preset == "paper"
+    summary = build_summary(records, cfg.datasets, cfg.baselines, paper)
+    tables = {m: render_table_md(summary, m) for m in METRICS}
+    tables["gap"] = render_gap_md(summary)
     choices = _choices_json(cfg, records)
     val_hint = "" if cfg.train.val_fraction > 0 else _no_val_hint(cfg)
     title = "Table 1" if paper else "Test accuracy"
@@ -135,19 +150,21 @@ def render(out: str | Path) -> dict[str, Any]:
     table1_md = (f"# {heading} over seeds {cfg.seeds}, {cfg.train.epochs} epochs\n\n"
                  + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" + (val_hint if m == "val" else "")
                            for m in METRICS)
+                 + f"## {_GAP_TITLE}\n\n{tables['gap']}\n{_gap_notes(cfg)}\n"
                  + _table_notes(cfg))
     choices_md = ("# Chosen activations per layer\n\n"
-                  + render_choices_md(records, cfg.datasets, models, _selection(cfg)))
-    table_text = f"{title} -- " + METRICS["best"][1] + "\n" + tables["best"] + _status_lines(records)
+                  + render_choices_md(records, cfg.datasets, cfg.baselines, _selection(cfg)))
+    table_text = (f"{title} -- " + METRICS["best"][1] + "\n" + tables["best"] + "\n" + _GAP_TITLE + "\n"
+                  + tables["gap"] + _weak_lines(records) + _status_lines(records))
 
     figures = _figures(cfg, records, hists, out)
     atomic_write_text(out / f"{preset.table}.md", table1_md)
-    atomic_write_text(out / f"{preset.table}.csv", render_table_csv(summary, models))
+    atomic_write_text(out / f"{preset.table}.csv", render_table_csv(summary))
     atomic_write_text(out / "choices.md", choices_md)
     atomic_write_json(out / "choices.json", choices)
     atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures, problems))
     results = {
-        "format": "adact-results-1",
+        "format": "adact-results-2",  # 2: diffs per baseline (diffs[model][baseline][metric]), gap, confidence
         "settings": asdict(cfg),
         "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
@@ -185,7 +202,8 @@ def _choices_json(cfg: SearchConfig, records: list[RunRecord]) -> dict[str, Any]
         adact = next((r.result for r in recs if r.model == "adact" and r.result), None)
         out[ds] = {
             "per_seed": {str(r.seed): {"status": r.status, "choices": r.choices, "weights": r.choice_weights,
-                                       "paths": r.layer_paths}
+                                       "paths": r.layer_paths, "confidence": r.confidence,
+                                       "discretization_gap": r.gap()}
                          for r in recs if r.model == "adact"},
             "n_adact_units": adact["n_adact_units"] if adact else None,
             "n_adact_params": adact["n_adact_params"] if adact else None,  # 8 * units for per-layer units
@@ -197,7 +215,7 @@ def _choices_json(cfg: SearchConfig, records: list[RunRecord]) -> dict[str, Any]
 _PAPER_NOTES = """\
 Cells: mean ± sample sd over seeds (n = finished runs); runs that diverged, were skipped or are
 incomplete are counted beside the cell and left out of the mean. Differences are paired by seed:
-mean of (model − ReLU) with a 95% paired t interval (n = 1: no interval). "paper" is the paper's
+mean of (model − baseline) with a 95% paired t interval (n = 1: no interval). "paper" is the paper's
 Table 1, which is best-on-test.
 
 Best-on-test picks the epoch by its test accuracy, so it is optimistic: the test set is used for
@@ -209,15 +227,57 @@ part of the training set (`--val-fraction`) and is the honest estimate.
 def _table_notes(cfg: SearchConfig) -> str:
     if cfg.preset == "paper":
         return _PAPER_NOTES
-    base = MODEL_LABELS[cfg.spec.baseline]
-    return (_PAPER_NOTES.replace("(model − ReLU)", f"(model − {base})")
-            .replace('"paper" is the paper\'s\nTable 1, which is best-on-test.', f"{base} is the model as written."))
+    return _PAPER_NOTES.replace('"paper" is the paper\'s\nTable 1, which is best-on-test.',
+                                "Baseline is the model as written.")
+
+
+_GAP_TITLE = "Discretization gap: the AdAct model against its own argmax"
+
+_GAP_NOTES = """\
+Mixture: the AdAct model's best-on-test accuracy. Argmax: that same checkpoint with every unit
+replaced by its chosen activation (learned PReLU slopes kept), no retraining, BatchNorm statistics
+recomputed on training batches. A gap near 0 means the choices carry what the mixture learned; a
+large negative one means the mixture is not the model we keep. Optimized − argmax is what
+retraining from scratch (the paper's Optimized) adds over the free argmax model. Runs trained
+before the gap was recorded have none and are not counted.
+"""
+
+
+def _gap_notes(cfg: SearchConfig) -> str:
+    return _GAP_NOTES if cfg.preset == "paper" else _GAP_NOTES.replace("(the paper's Optimized)", "(the optimized model)")
+
+
+def _weak_lines(records: list[RunRecord]) -> str:
+    """One line per dataset with weak choices: how many of its layer choices have margin < WEAK_MARGIN."""
+    lines = []
+    for ds in dict.fromkeys(r.dataset for r in records):
+        confs = [c for r in records if r.dataset == ds and r.model == "adact" and r.confidence for c in r.confidence]
+        weak = sum(bool(c["weak"]) for c in confs)
+        if confs:
+            lines.append(f"{ds}: {weak} of {len(confs)} layer choices are weak (margin to the runner-up < "
+                         f"{WEAK_MARGIN:g}); see choices.md\n")
+    return "".join(lines)
 
 
 def _status_lines(records: list[RunRecord]) -> str:
     bad = [r for r in records if r.status != "done"]
-    return "".join(f"  {r.dataset} seed {r.seed} {MODEL_LABELS[r.model]}: {r.status}"
+    return "".join(f"  {r.dataset} seed {r.seed} {model_label(r.model)}: {r.status}"
                    + (f" -- {r.message}" if r.message else "") + "\n" for r in bad)
+
+
+def _sharpening_line(cfg: SearchConfig) -> str:
+    t = cfg.train
+    parts = []
+    if t.temperature_schedule:
+        t0, t1 = t.temperature_schedule
+        parts.append(f"softmax temperature annealed {t0:g} → {t1:g}")
+    if t.entropy_weight:
+        parts.append(f"entropy penalty λ = {t.entropy_weight:g}")
+    if t.adact_lr_mult != 1.0:
+        parts.append(f"AdAct logits at {t.adact_lr_mult:g} × the learning rate")
+    if not parts:
+        return "Sharpening: none (the paper's AdAct)."
+    return "Sharpening of the AdAct runs (not in the paper): " + "; ".join(parts) + "."
 
 
 def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str], choices_md: str,
@@ -234,7 +294,8 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
             + (f"; training subsampled to {t.max_train_samples} images" if t.max_train_samples else "") + ".",
             "",
             "Protocol (the paper's): per dataset and seed, train ConvNet-AdAct; read each layer's dominant "
-            "activation (largest softmax weight) from its best checkpoint; train ConvNet-ReLU and "
+            "activation (largest softmax weight) from its best checkpoint; train "
+            + ", ".join(f"ConvNet-{model_label(b)}" for b in cfg.baselines) + " (one activation everywhere) and "
             "ConvNet-Optimized (layer i uses choice i) from scratch with the same seed. AdamW, lr 1e-3, "
             "batch 64, test accuracy after every epoch.",
         ]
@@ -256,9 +317,12 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
             "Protocol: per dataset and seed, train the model with an AdAct unit at every activation "
             f"(`adactify`); read each unit's dominant activation (largest softmax weight) at its {_selection(cfg)}; "
             "then train from scratch, with the same seed, the optimized model (each unit fixed to its choice) "
-            "and the baseline (the model as written, with its own activations).",
+            "and the baseline (the model as written, with its own activations)"
+            + "".join(f", {model_label(b)} everywhere" for b in cfg.baselines[1:]) + ".",
         ]
     lines = head + [
+        "",
+        _sharpening_line(cfg),
         "",
         f"Files: [{table}.md]({table}.md), [{table}.csv]({table}.csv), [choices.md](choices.md), "
         "[choices.json](choices.json), [results.json](results.json).",
@@ -278,6 +342,7 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
         lines += [tables["val"]]
     else:
         lines += [_no_val_hint(cfg).strip(), ""]
+    lines += [f"## {_GAP_TITLE}", "", tables["gap"], _gap_notes(cfg)]
     lines += ["## Chosen activations", ""]
     lines += [("\n" + choices_md.split("\n", 2)[2]).replace("\n## ", "\n### ").strip(), ""]
     lines += ["## Figures", "",
@@ -297,18 +362,21 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
                 lines += [f"![{ds} {caption}]({png})", ""]
                 if svg:
                     lines += [f"({caption}: [SVG]({svg}))", ""]
-    lines += ["## Runs", "", "| dataset | seed | model | status | best | final | epochs | time (s) | folder |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Runs", "",
+              "| dataset | seed | model | status | best | final | argmax − mixture | epochs | time (s) | folder |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         res = r.result or {}
         wall = f"{res['wall_s']:.0f}" if res.get("wall_s") is not None else "—"
-        lines.append(f"| `{r.dataset}` | {r.seed} | {MODEL_LABELS[r.model]} | {r.status} | "
+        gap = r.gap()
+        lines.append(f"| `{r.dataset}` | {r.seed} | {model_label(r.model)} | {r.status} | "
                      f"{fmt_acc(res.get('best_test_acc'))} | {fmt_acc(res.get('final_test_acc'))} | "
+                     f"{'—' if gap is None else format(gap['gap'], '+.4f').replace('-', '−')} | "
                      f"{res.get('epochs_run', '—')} | {wall} | [{r.path}]({r.path}) |")
     notes = [r for r in records if r.status != "done"]
     if notes:
         lines += ["", "### Runs that did not finish", ""]
-        lines += [f"- `{r.dataset}` seed {r.seed} {MODEL_LABELS[r.model]}: **{r.status}**"
+        lines += [f"- `{r.dataset}` seed {r.seed} {model_label(r.model)}: **{r.status}**"
                   + (f" — {r.message}" if r.message else "") for r in notes]
     if problems:
         lines += ["", "### Damaged or missing files", ""] + [f"- {p}" for p in problems]
@@ -358,6 +426,11 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     if not w["paths"]:
         return head + "\nno AdAct units in this model: nothing to analyze\n", []
     text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
+    text += render_confidence_text(w["confidence"])
+    result = read_json(RunFolder(run_dir).result) if RunFolder(run_dir).result.is_file() else {}
+    gap = result.get("discretization_gap") if isinstance(result, dict) else None
+    if gap and gap.get("epoch") == meta["epoch"]:  # the gap of this very checkpoint, not another epoch's
+        text += render_gap_text(gap)
     hist, note = None, ""
     if RunFolder(run_dir).metrics.is_file():
         try:
@@ -372,8 +445,9 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
         files = plot_heatmap(np.array([w["mix"]]), w["paths"], w["candidates"],
                              f"{name}: AdAct softmax weights per unit", fig_dir / "weights", note=note_ckpt)
     else:
+        weak = np.array([[c["weak"] for c in w["confidence"]]])
         files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"],
-                             f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt)
+                             f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt, weak=weak)
     if hist is not None and many:
         files += plot_choice_trajectories([hist.mix], [hist.epochs], hist.candidates, hist.paths,
                                           f"{name}: how each unit's choice emerged during training",

@@ -9,10 +9,14 @@ Per dataset and seed (same seed for all three models):
    final model's choices are in its result.json (``dominant``) for comparison;
 3. train ConvNet-ReLU and ConvNet-Optimized (block i uses choice i) from scratch.
 
+``baselines`` (``--baselines relu mish``) trains one model per name with that activation in every
+block, in place of the single ReLU baseline; the tables get a column and paired differences for
+each. The sharpening options (:mod:`adact.sharpen`) apply to the AdAct runs only.
+
 Layout of the output folder::
 
     OUT/reproduce.json                          settings of the latest invocation
-    OUT/<dataset>/seed<k>/<adact|relu|optimized>/   one adact.train run folder each
+    OUT/<dataset>/seed<k>/<adact|relu|optimized|BASELINE>/   one adact.train run folder each
     OUT/table1.md, table1.csv, choices.md, choices.json, results.json, report.md
     OUT/figures/<dataset>_weights.{png,svg}, <dataset>_trajectories.{png,svg}
 
@@ -47,17 +51,20 @@ is_reproduce_dir = is_search_dir
 
 def paper_config(datasets: Sequence[str] = ("digits",), seeds: Sequence[int] = (0, 1, 2), out: str = "runs/reproduce",
                  jobs: int | None = None, quiet: bool = False, train: TrainConfig | None = None,
-                 **train_settings: Any) -> SearchConfig:
+                 baselines: Sequence[str] = ("relu",), sync_bn: bool = False, **train_settings: Any) -> SearchConfig:
     """The paper's preset: the ConvNet, ReLU as the baseline, choices from the best test epoch.
 
-    ``train_settings`` are :class:`~adact.train.TrainConfig` fields (e.g. ``epochs=2``); the
-    defaults are the paper's protocol. The defaults run offline on digits.
+    ``train_settings`` are :class:`~adact.train.TrainConfig` fields (e.g. ``epochs=2``, or the
+    sharpening ``entropy_weight=0.1``, which the AdAct runs alone get); the defaults are the
+    paper's protocol. ``baselines`` replaces ReLU by one-activation-everywhere models (issue 14);
+    ``sync_bn`` synchronises BatchNorm under torchrun. The defaults run offline on digits.
     """
     base = train if train is not None else TrainConfig()
     from dataclasses import replace
 
     return SearchConfig(datasets=list(datasets), seeds=list(seeds), out=out, jobs=jobs, quiet=quiet,
-                        train=replace(base, **train_settings), preset="paper")
+                        train=replace(base, **train_settings), preset="paper", baselines=list(baselines),
+                        sync_bn=sync_bn)
 
 
 def reproduce(cfg: SearchConfig, log: Callable[[str], None] = print, *, restart: bool = False) -> dict[str, Any]:

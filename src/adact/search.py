@@ -8,7 +8,15 @@ Per dataset and seed (the same seed for all three models):
    validation accuracy when ``--val-fraction`` is given (the honest selection), else the best by
    test accuracy (the paper's);
 3. train from scratch the optimized model (each unit fixed to its choice, :func:`adact.optimize`)
-   and the **baseline**: the model as written, with its own activations.
+   and the **baseline**: the model as written, with its own activations; ``--baselines relu mish``
+   adds, per name, the model with that one activation everywhere (issue 14), each a table column
+   with paired differences.
+
+The sharpening options of :class:`~adact.train.TrainConfig` (temperature schedule, entropy
+penalty, AdAct learning-rate multiple; :mod:`adact.sharpen`) apply to the AdAct runs only. Under
+``torchrun`` (:mod:`adact.distributed`) every rank trains every run together, one run at a time,
+and rank 0 alone writes; ``--jobs`` instead trains separate runs side by side (one GPU each, round
+robin, on CUDA), so the two are refused together.
 
 ``adact reproduce`` is the paper's preset of this pipeline (:data:`PAPER`): the ConvNet, ReLU as
 the baseline, choices from the best test epoch, the paper's numbers beside ours, and its file
@@ -17,7 +25,7 @@ names (``table1.md``, ``reproduce.json``).
 Layout of the output folder::
 
     OUT/search.json (reproduce.json)                settings of the latest invocation
-    OUT/<dataset>/seed<k>/<adact|baseline|optimized>/   one adact.train run folder each
+    OUT/<dataset>/seed<k>/<adact|baseline|optimized|NAME>/   one adact.train run folder each
     OUT/<dataset>/seed<k>/choices.json              the seed's choices, for adact.apply_choices
     OUT/table.md, table.csv, choices.md, choices.json, results.json, report.md
     OUT/figures/<dataset>_weights.{png,svg}, <dataset>_trajectories.{png,svg}
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -49,7 +58,10 @@ from typing import Any
 
 import torch
 
-from adact.analysis import MODEL_LABELS, RunRecord, fmt_acc
+from adact import distributed
+from adact.activations import ACTIVATIONS
+from adact.analysis import RunRecord, fmt_acc, model_label, models_for
+from adact.confidence import confidence_from_mixture
 from adact.data import DataSplits
 from adact.data.imagefolder import BadImageWarning
 from adact.dataspec import DatasetSpec
@@ -74,6 +86,7 @@ from adact.train import (
     load_checkpoint,
     model_kwargs,
     resolve_device,
+    result_lacks_gap,
     train,
 )
 
@@ -117,6 +130,7 @@ class Preset:
 
     @property
     def models(self) -> tuple[str, str, str]:
+        """The models with the preset's default baseline (a config's are :attr:`SearchConfig.models`)."""
         return ("adact", self.baseline, "optimized")
 
 
@@ -149,7 +163,10 @@ class SearchConfig:
     """Settings of ``adact search`` / ``adact reproduce``.
 
     ``train`` holds every training setting; each run's :class:`~adact.train.TrainConfig` is it
-    with the dataset, seed and activation replaced (:meth:`train_config`).
+    with the dataset, seed and activation replaced (:meth:`train_config`). ``baselines`` are the
+    run folders compared with (None: the preset's, ``["baseline"]`` for search, ``["relu"]`` for
+    the paper); search always keeps the model as written first. ``sync_bn`` synchronises
+    BatchNorm over the ranks under torchrun.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["digits"])
@@ -159,6 +176,8 @@ class SearchConfig:
     quiet: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "search"  # a key of PRESETS
+    baselines: list[str] | None = None  # None: the preset's (search: the model as written; paper: relu)
+    sync_bn: bool = False  # under torchrun: BatchNorm over the global batch (adact.distributed)
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):  # read back from a manifest
@@ -166,6 +185,17 @@ class SearchConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
         self.datasets = [str(DatasetSpec.parse(d)) for d in self.datasets]
+        if self.baselines is None:  # also a manifest from before baselines existed
+            self.baselines = [self.spec.baseline]
+        self.baselines = list(self.baselines)
+        if self.preset == "search" and BASELINE not in self.baselines:
+            # search compares with the model as written first; --baselines adds to it.
+            self.baselines = [BASELINE, *self.baselines]
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models of each dataset and seed: AdAct, the baselines, Optimized."""
+        return models_for(self.baselines or [])
 
     @property
     def spec(self) -> Preset:
@@ -189,6 +219,10 @@ class SearchConfig:
             raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds}")
         if self.jobs is not None and self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.jobs is not None and self.jobs > 1 and distributed.env().enabled:  # [distributed]
+            raise ValueError("--jobs runs separate trainings side by side, torchrun spreads one training over "
+                             "several processes: use one or the other (under torchrun, leave --jobs out)")
+        self._check_baselines()
         if self.train.max_train_samples is not None and self.train.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.train.max_train_samples}")
         if self.preset == "paper" and self.train.model != "convnet":
@@ -196,28 +230,68 @@ class SearchConfig:
         self.train_config(self.datasets[0], self.seeds[0], "adact")  # TrainConfig checks the rest
         resolve_device(self.train.device)  # an unavailable device fails here, before the output folder is made
 
+    def _check_baselines(self) -> None:
+        valid = ACTIVATIONS if self.preset == "paper" else (BASELINE, *ACTIVATIONS)
+        if not self.baselines:
+            raise ValueError(f"give at least one baseline activation (the paper's is relu); "
+                             f"valid: {', '.join(valid)}")
+        for b in self.baselines:
+            if b not in valid:
+                raise ValueError(f"unknown baseline activation {b!r}; valid: {', '.join(valid)}")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"baselines must be distinct, got {self.baselines}")
+
     def train_config(self, dataset: str, seed: int, activation: str | list[str]) -> TrainConfig:
-        return replace(self.train, dataset=dataset, seed=seed, activation=activation)
+        if isinstance(activation, str) and activation in ACTIVATIONS and self.train.model != "convnet":
+            # A one-activation baseline of a named model: that activation at every AdAct site, as
+            # the per-site list such a model takes (the ConvNet takes the name itself).
+            activation = [activation] * _site_count(self.train.model)
+        if activation == "adact":
+            return replace(self.train, dataset=dataset, seed=seed, activation=activation)
+        # The other models have no mixtures: without the sharpening settings their configs stay the
+        # paper's, shareable with runs made without sharpening.
+        return replace(self.train, dataset=dataset, seed=seed, activation=activation, temperature_schedule=None,
+                       entropy_weight=0.0, adact_lr_mult=1.0)
 
     def resolved_jobs(self) -> int:
-        """``jobs``, or by default: one process per CPU core on a CPU, one process on a GPU.
+        """``jobs``, or by default: one process per CPU core on a CPU, one per GPU on CUDA.
 
         The paper's ConvNet is small, so on a CPU separate single-threaded runs use the cores far
         better than one run with several threads (and degrade less when the cores are shared).
-        There are only ``2 * datasets * seeds`` runs free to start at once (Optimized waits for
-        AdAct), so more processes would sit idle.
+        There are only ``(1 + baselines) * datasets * seeds`` runs free to start at once (Optimized
+        waits for AdAct), so more processes would sit idle. Under torchrun every rank trains every
+        run together, so there is one job. Worker ``i`` trains on ``cuda:(i mod GPUs)``.
         """
+        if distributed.env().enabled:  # [distributed]
+            return 1
         if self.jobs is not None:
             return self.jobs
-        if resolve_device(self.train.device).type != "cpu":
+        runs = (1 + len(self.baselines or [])) * len(self.datasets) * len(self.seeds)
+        device = resolve_device(self.train.device)
+        if device.type == "cuda":  # [distributed] independent runs side by side, one GPU each
+            return max(1, min(torch.cuda.device_count(), runs))
+        if device.type != "cpu":
             return 1
-        return max(1, min(os.cpu_count() or 1, 2 * len(self.datasets) * len(self.seeds)))
+        return max(1, min(os.cpu_count() or 1, runs))
 
     def run_dir(self, dataset: str, seed: int, model: str) -> Path:
         return self.seed_dir(dataset, seed) / model
 
     def seed_dir(self, dataset: str, seed: int) -> Path:
         return Path(self.out) / DatasetSpec.parse(dataset).slug / f"seed{seed}"
+
+
+@functools.lru_cache(maxsize=None)
+def _site_count(model: str) -> int:
+    """How many AdAct sites (activation calls) ``adactify`` finds in a named model.
+
+    The count depends on the model's structure only, so it is taken once, on a randomly
+    initialised copy with 10 classes and 3 input channels (the first conv and the head adapt).
+    """
+    from adact.model_zoo import create_model, with_activation
+
+    return len(adact_units(with_activation(create_model(model, num_classes=10, in_channels=3, pretrained=False),
+                                           "adact")))
 
 
 # --- running -------------------------------------------------------------------------------
@@ -234,6 +308,7 @@ class _Task:
     config: dict[str, Any]
     quiet: bool
     restart: bool = False
+    sync_bn: bool = False
 
 
 def _run_task(task: _Task) -> dict[str, Any]:
@@ -241,7 +316,8 @@ def _run_task(task: _Task) -> dict[str, Any]:
     config = TrainConfig.from_dict(task.config)
     t0 = time.perf_counter()
     try:
-        result = train(config, task.run_dir, data=load_data(config), quiet=task.quiet, restart=task.restart)
+        result = train(config, task.run_dir, data=load_data(config), quiet=task.quiet, restart=task.restart,
+                       sync_bn=task.sync_bn)
     except DivergedError as e:
         return {"status": "diverged", "message": str(e), "seconds": time.perf_counter() - t0}
     return {"status": "done", "message": "", "seconds": time.perf_counter() - t0,
@@ -277,22 +353,32 @@ def _die_with_parent(parent: int) -> None:
         threading.Thread(target=watch, name="adact-parent-watchdog", daemon=True).start()
 
 
-def _worker_init(threads: int, parent: int) -> None:
+def _worker_init(threads: int, parent: int, counter: Any = None, gpus: int = 0) -> None:
     _die_with_parent(parent)
     one_line_warnings()
     # The main process loaded the same data first and already named every undecodable image.
     warnings.filterwarnings("ignore", category=BadImageWarning)
     torch.set_num_threads(threads)
+    if counter is not None and gpus > 0:  # [distributed] worker i -> cuda:(i mod gpus); "cuda" means it
+        with counter.get_lock():
+            worker = counter.value
+            counter.value += 1
+        torch.cuda.set_device(distributed.job_device_index(worker, gpus))
 
 
-def worker_pool(jobs: int, threads: int) -> cf.ProcessPoolExecutor:
+def worker_pool(jobs: int, threads: int, gpus: int = 0) -> cf.ProcessPoolExecutor:
     """``jobs`` spawned worker processes with ``threads`` torch threads each, which die with this process.
+
+    With ``gpus > 0`` the workers take the GPUs round-robin (worker ``i`` makes ``cuda:(i mod
+    gpus)`` its current device), so independent runs train side by side, one per GPU.
 
     The workers are started by this (the main) thread: Linux sends the parent-death signal
     when the *thread* that forked a child ends, so they must not come from a helper thread.
     """
-    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_worker_init, initargs=(threads, os.getpid()))
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("i", 0) if gpus > 0 else None
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                  initializer=_worker_init, initargs=(threads, os.getpid(), counter, gpus))
     return pool
 
 
@@ -304,6 +390,8 @@ def _previous(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     prev = read_json(path)
     if not isinstance(prev, dict) or config_diff(prev.get("config") or {}, asdict(config)):
         return None
+    if result_lacks_gap(prev, run_dir):
+        return None  # finished before gaps were recorded: train() measures it on best.pt, no training
     if prev.get("status") == "diverged" or (prev.get("status") == "done" and all(k in prev for k in RESULT_KEYS)):
         return prev
     return None
@@ -343,7 +431,7 @@ def _optimized_task(cfg: SearchConfig, dataset: str, seed: int, restart: bool = 
         _write_seed_choices(cfg.seed_dir(dataset, seed) / CHOICES_FILE, RunFolder(adact_dir), weights)
     config = cfg.train_config(dataset, seed, choices)
     return _Task(dataset, seed, "optimized", str(cfg.run_dir(dataset, seed, "optimized")), asdict(config), cfg.quiet,
-                 restart)
+                 restart, cfg.sync_bn)
 
 
 def _write_seed_choices(path: Path, run: RunFolder, weights: dict[str, Any]) -> None:
@@ -370,7 +458,7 @@ def _write_seed_choices(path: Path, run: RunFolder, weights: dict[str, Any]) -> 
 
 
 def _describe(task: _Task, outcome: dict[str, Any]) -> str:
-    what = f"{DatasetSpec.parse(task.dataset).display} seed {task.seed} {MODEL_LABELS[task.model]}"
+    what = f"{DatasetSpec.parse(task.dataset).display} seed {task.seed} {model_label(task.model)}"
     if outcome.get("skipped"):
         return f"{what}: already {outcome['status']}, skipped" + (f" ({outcome['message']})" if outcome["message"] else "")
     if outcome["status"] == "diverged":
@@ -380,17 +468,17 @@ def _describe(task: _Task, outcome: dict[str, Any]) -> str:
 
 
 def _run_all(cfg: SearchConfig, log: Log, restart: bool = False) -> None:
-    """Run every AdAct and ReLU run, and each Optimized run once its AdAct run has ended.
+    """Run every AdAct and baseline run, and each Optimized run once its AdAct run has ended.
 
     ``restart`` trains every run from scratch, discarding what its folder held.
     """
     first: list[_Task] = []
     for ds in cfg.datasets:
         for seed in cfg.seeds:
-            for model in cfg.spec.models[:2]:
+            for model in cfg.models[:-1]:  # AdAct and the baselines; Optimized waits for AdAct
                 c = cfg.train_config(ds, seed, model)
                 first.append(_Task(ds, seed, model, str(cfg.run_dir(ds, seed, model)), asdict(c), cfg.quiet,
-                                   restart))
+                                   restart, cfg.sync_bn))
 
     def start(task: _Task) -> dict[str, Any] | None:
         if task.restart:
@@ -418,9 +506,11 @@ def _run_all(cfg: SearchConfig, log: Log, restart: bool = False) -> None:
         return
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    log(f"training in {jobs} processes with {threads} thread{'s' if threads > 1 else ''} each; an Optimized run "
-        f"starts when its AdAct run ends")
-    with worker_pool(jobs, threads) as pool:
+    gpus = torch.cuda.device_count() if resolve_device(cfg.train.device).type == "cuda" else 0  # [distributed]
+    on = f" on {min(gpus, jobs)} GPU{'s' if min(gpus, jobs) > 1 else ''}" if gpus else ""
+    log(f"training in {jobs} processes{on} with {threads} thread{'s' if threads > 1 else ''} each; an Optimized "
+        f"run starts when its AdAct run ends")
+    with worker_pool(jobs, threads, gpus) as pool:
         pending: dict[cf.Future[dict[str, Any]], _Task] = {}
 
         def submit(task: _Task) -> None:
@@ -441,7 +531,7 @@ def _run_all(cfg: SearchConfig, log: Log, restart: bool = False) -> None:
             else:
                 submit(opt)
 
-        # AdAct runs go in first so that Optimized runs can start while ReLU runs are still queued.
+        # AdAct runs go in first so that Optimized runs can start while baseline runs are still queued.
         for task in sorted(first, key=lambda t: t.model != "adact"):
             submit(task)
         while pending:
@@ -462,7 +552,7 @@ def _run_logged(task: _Task, start: Callable[[_Task], dict[str, Any] | None], lo
     outcome = start(task)
     if outcome is None:
         if not task.quiet:
-            log(f"== {DatasetSpec.parse(task.dataset).display} seed {task.seed} {MODEL_LABELS[task.model]} -> {task.run_dir}")
+            log(f"== {DatasetSpec.parse(task.dataset).display} seed {task.seed} {model_label(task.model)} -> {task.run_dir}")
         outcome = _run_task(task)
     log(_describe(task, outcome))
 
@@ -475,7 +565,7 @@ def _check_existing_runs(cfg: SearchConfig) -> None:
     """
     for ds in cfg.datasets:
         for seed in cfg.seeds:
-            for model in cfg.spec.models[:2]:
+            for model in cfg.models[:-1]:
                 run = RunFolder(cfg.run_dir(ds, seed, model))
                 new = asdict(cfg.train_config(ds, seed, model))
                 for name in (run.CONFIG, run.RESULT):
@@ -517,6 +607,9 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
         log(f"{ds}: {data}")
         if data.info.get("bad_images"):
             log(f"{ds}: skipped {data.info['bad_images']} image(s) that cannot be decoded (see the warnings)")
+    if not distributed.env().is_writer:  # [distributed] a rank > 0 of torchrun trains each run with rank 0, writes nothing
+        _run_all(cfg, lambda _line: None, restart)
+        return {}
     with folder_lock(out):
         if not restart:
             _check_existing_runs(cfg)  # again, now that no other writer can change the folder
@@ -546,7 +639,7 @@ def is_search_dir(path: str | Path) -> bool:
 
 def _paper_config_from_flat(flat: dict[str, Any]) -> SearchConfig:
     """A paper-preset config from a manifest written before search existed (flat settings)."""
-    outer = {"datasets", "seeds", "out", "jobs", "quiet"}
+    outer = {"datasets", "seeds", "out", "jobs", "quiet", "baselines", "sync_bn"}
     train = {k: v for k, v in flat.items() if k not in outer and v is not None or k == "test_from_train"}
     train = {k: v for k, v in train.items() if k in {f.name for f in fields(TrainConfig)}}
     return SearchConfig(**{k: v for k, v in flat.items() if k in outer}, train=TrainConfig(**train), preset="paper")
@@ -600,11 +693,19 @@ def _read_choices(rec: RunRecord, run: Path, validation: bool) -> None:
         w = run_weights(run, validation)
         rec.choices, rec.choice_weights = list(w["choices"]), list(w["choice_weights"])
         rec.layer_paths, rec.candidates, rec.raw, rec.mix = w["paths"], w["candidates"], w["raw"], w["mix"]
+        rec.confidence = w.get("confidence")
+        granularity = ((rec.result or {}).get("config") or {}).get("granularity", "layer")
+        if rec.confidence is None and granularity == "layer":
+            # Runs from before confidences were recorded: a per-layer unit's is exact from its weights
+            # (a per-channel unit's needs each channel's, which only its checkpoint has).
+            rec.confidence = [confidence_from_mixture(m, w["candidates"], p).to_json()
+                              for p, m in zip(w["paths"], w["mix"])]
     except (OSError, ValueError, KeyError, TypeError) as e:  # no best.pt, a refused or damaged one
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         rec.status, rec.result = "damaged", None
         rec.message = f"no chosen activations in {run} ({detail})"
         rec.choices = rec.choice_weights = rec.layer_paths = rec.candidates = rec.raw = rec.mix = None
+        rec.confidence = None
 
 
 def collect(out: str | Path) -> tuple[SearchConfig, list[RunRecord]]:
@@ -620,7 +721,7 @@ def collect(out: str | Path) -> tuple[SearchConfig, list[RunRecord]]:
     for ds in cfg.datasets:
         for seed in cfg.seeds:
             adact_status = None
-            for model in cfg.spec.models:
+            for model in cfg.models:
                 d = cfg.run_dir(ds, seed, model)
                 rec = RunRecord(ds, DatasetSpec.parse(ds).slug, seed, model, "missing", path=str(d.relative_to(out)))
                 if RunFolder(d).result.is_file():

@@ -12,7 +12,8 @@ A run folder holds::
     best.pt         checkpoint of the best epoch by test accuracy (the paper's selection)
     last.pt         checkpoint after the last finished epoch (resume point)
     last.prev.pt    the checkpoint before it (resume point if last.pt is damaged)
-    result.json     summary: best / final / validation-selected accuracy, chosen activations
+    result.json     summary: best / final / validation-selected accuracy, chosen activations, their
+                    confidence and the discretization gap (AdAct models, see adact.confidence)
     .adact.lock     held (``fcntl.flock``) while a process writes the folder
 
 Checkpoints are self-describing (model state, optimiser state, config, model kwargs, epoch,
@@ -45,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adact import distributed, sharpen
+from adact.confidence import discretization_gap, model_confidence
 from adact.data import DataSplits, DeviceLoader, load_dataset
 from adact.data.arrays import check_splits
 from adact.data.registry import normalization
@@ -63,7 +66,6 @@ from adact.io import (
 from adact.model_zoo import BASELINE, check_input, create_model, parse_model, with_activation
 from adact.models import DEFAULT_CHANNELS, ConvNet
 from adact.surgery import adact_units, dominant_activations
-from adact.unit import AdAct
 
 __all__ = [
     "CheckpointError",
@@ -83,6 +85,7 @@ __all__ = [
     "model_kwargs",
     "read_checkpoint",
     "resolve_device",
+    "result_lacks_gap",
     "train",
     "unit_weights",
 ]
@@ -177,6 +180,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     fused: bool = True  # AdAct's fused kernel (False: the reference sum)
     max_train_samples: int | None = None  # subsample the training set (smoke tests only)
+    # Sharpening (adact.sharpen; off by default, the paper has none). Settings older configs lack
+    # count as these defaults (config_diff), so adding one never orphans a run folder.
+    temperature_schedule: list[float] | None = None  # [T0, T1]: AdAct softmax temperature annealed T0 -> T1
+    entropy_weight: float = 0.0  # lambda: lambda * mean normalised entropy of the mixtures joins the loss
+    adact_lr_mult: float = 1.0  # learning rate of the AdAct logits relative to lr
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -211,6 +219,20 @@ class TrainConfig:
             raise ValueError(f"--model {self.model} trains 'adact', 'baseline' or one activation per AdAct site, "
                              f"not {self.activation!r}")
         self.channels = [int(c) for c in self.channels]
+        if self.temperature_schedule is not None:
+            self.temperature_schedule = sharpen.parse_temperature_schedule(self.temperature_schedule)
+        if not (math.isfinite(self.entropy_weight) and self.entropy_weight >= 0):
+            raise ValueError(f"entropy_weight must be finite and >= 0, got {self.entropy_weight}")
+        if not (math.isfinite(self.adact_lr_mult) and self.adact_lr_mult > 0):
+            raise ValueError(f"adact_lr_mult must be finite and > 0, got {self.adact_lr_mult}")
+        acts = [self.activation] if isinstance(self.activation, str) else list(self.activation)
+        sharpening = {"temperature_schedule": self.temperature_schedule is not None,
+                      "entropy_weight": self.entropy_weight != 0.0, "adact_lr_mult": self.adact_lr_mult != 1.0}
+        if "adact" not in acts and any(sharpening.values()):
+            # A typo-level mistake (sharpening a ReLU run) would otherwise train the plain model silently.
+            given = ", ".join(k for k, v in sharpening.items() if v)
+            raise ValueError(f"{given} sharpen AdAct mixtures, but activation {self.activation!r} has no AdAct "
+                             f"unit; use activation 'adact' or drop {given}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -249,10 +271,11 @@ class ResumeWarning(UserWarning):
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value.
 
-    A setting ``old`` lacks counts as its default, so a run folder written before the setting
-    existed still matches a config that leaves it at the default.
+    A setting ``old`` lacks counts as its default (it was saved before the setting existed, so
+    that is what the run was trained with), so such a run folder still matches a config that
+    leaves it at the default.
     """
-    return [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
+    return [f"{k} {old.get(k, _DEFAULTS.get(k))!r} -> {new[k]!r}" for k in new
             if k not in _NEUTRAL_KEYS and old.get(k, _DEFAULTS.get(k)) != new[k]]
 
 
@@ -307,22 +330,15 @@ def build_model(kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    if config.decay_adact:
-        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
-    adact_ids = {id(p) for m in model.modules() if isinstance(m, AdAct) for p in m.parameters()}
-    decay = [p for p in model.parameters() if id(p) not in adact_ids]
-    no_decay = [p for p in model.parameters() if id(p) in adact_ids]
-    return [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return sharpen.param_groups(model, config.weight_decay, config.decay_adact, config.adact_lr_mult, config.lr)
 
 
 def adact_weights(model: nn.Module) -> dict[str, Any]:
     """Choices and weights of a model's AdAct units, in layer order.
 
-    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights`` and ``raw`` / ``mix``
-    (``layers x candidates``; channel means for per-channel units). Choices come from
+    Returns ``paths``, ``candidates``, ``choices``, ``choice_weights``, ``raw`` / ``mix``
+    (``layers x candidates``; channel means for per-channel units) and ``confidence`` (one
+    :class:`adact.confidence.UnitConfidence` dict per unit). Choices come from
     :func:`adact.surgery.dominant_activations`.
     """
     units = adact_units(model)
@@ -336,7 +352,7 @@ def adact_weights(model: nn.Module) -> dict[str, Any]:
         mix.append(m.tolist())
     return {"paths": [p for p, _ in units], "candidates": list(units[0][1].candidates) if units else [],
             "choices": [n for n, _ in dom.values()], "choice_weights": [w for _, w in dom.values()],
-            "raw": raw, "mix": mix}
+            "raw": raw, "mix": mix, "confidence": [c.to_json() for c in model_confidence(model)]}
 
 
 def unit_weights(model: nn.Module) -> dict[str, float]:
@@ -367,6 +383,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, bf16: bool = False) -> tupl
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         n += y.numel()
+    if getattr(loader, "world_size", 1) > 1:  # [distributed] each rank saw its slice; the sums cover the set once
+        loss_sum, correct, n = distributed.all_sum(loss_sum, correct, n)
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
@@ -566,10 +584,11 @@ def _train_set(config: TrainConfig, data: DataSplits) -> Any:
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
-          quiet: bool = False, restart: bool = False) -> dict[str, Any]:
+          quiet: bool = False, restart: bool = False, sync_bn: bool = False) -> dict[str, Any]:
     """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
 
-    A finished run (result.json with status "done") is returned without training. An
+    A finished run (result.json with status "done") is returned without training (an AdAct run
+    finished before the discretization gap was recorded gets it measured on its best.pt). An
     interrupted one resumes from last.pt (or last.prev.pt, if last.pt is damaged) and ends
     with the same numbers as an uninterrupted run on CPU. A NaN/inf loss stops the run, keeps
     the last good checkpoint, writes result.json with status "diverged" and raises
@@ -580,11 +599,17 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
     folder is then locked for the whole run (a second writer gets an error naming this
     process), and a folder holding a run with other settings is refused. ``restart=True``
     discards the folder's run files (:data:`RUN_FILES`) and trains from scratch.
+
+    Under ``torchrun`` every rank calls this with the same arguments (see
+    :mod:`adact.distributed`): rank 0 alone locks and writes the folder, every rank resumes
+    from its checkpoint, and ``sync_bn`` synchronises BatchNorm over the ranks (a no-op in one
+    process, whose BatchNorm already sees the whole batch).
     """
     out = Path(out_dir)
     if not restart and out.is_dir() and (prev := _check_folder(out, config)) is not None:
-        return prev
-    device = resolve_device(config.device)
+        if not result_lacks_gap(prev, out):
+            return prev
+    device = distributed.setup(resolve_device(config.device))  # [distributed] cuda:LOCAL_RANK, NCCL / gloo
     if data is None:
         data = config.load_data(quiet)
     check_splits(data)
@@ -592,26 +617,81 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
     torch.manual_seed(config.seed)
     mkw = model_kwargs(config, data)
     model = build_model(mkw).to(device)  # raises for impossible settings, before anything is written
-    with folder_lock(out):
-        remove_stale_temps(out)
-        if restart:
-            _discard_run(out)
-        elif (prev := _check_folder(out, config)) is not None:  # finished while we prepared
+    if sync_bn:  # [distributed]
+        model = distributed.convert_sync_bn(model, device)
+    with distributed.as_writer(folder_lock(out)):  # [distributed] only rank 0 locks and prepares the folder
+        prev = None
+        if distributed.writer():
+            remove_stale_temps(out)
+            if restart:
+                _discard_run(out)
+            else:
+                prev = _check_folder(out, config)  # finished (maybe while we prepared)
+        prev = distributed.broadcast_object(prev)  # [distributed] every rank takes rank 0's branch
+        if prev is not None:
+            if result_lacks_gap(prev, out):
+                return _add_gap(config, out, prev, train_set, data, device)
             return prev
-        return _run(config, out, data, train_set, model, mkw, device, quiet)
+        return _run(config, out, data, train_set, model, mkw, device, quiet, sync_bn)
+
+
+def result_lacks_gap(result: dict[str, Any], out: str | Path) -> bool:
+    """Whether a finished AdAct run predates the discretization gap and its best.pt can still give it.
+
+    :func:`train` then measures the gap on best.pt and adds it to result.json, without training.
+    """
+    return (result.get("status") == "done" and bool(result.get("n_adact_units"))
+            and "discretization_gap" not in result and RunFolder(out).best.is_file())
+
+
+def _norm(config: TrainConfig, data: DataSplits, device: torch.device) -> dict[str, Any]:
+    """The DeviceLoader arguments every loader of a run shares: its normalization and device."""
+    mean, std = normalization(config.normalize, data.in_channels)
+    return {"mean": mean, "std": std, "device": device}
+
+
+def _loaders(config: TrainConfig, data: DataSplits, train_set: Any,
+             device: torch.device) -> tuple[DeviceLoader, DeviceLoader]:
+    shard = distributed.shard()  # [distributed] this rank's slice of every (global) batch
+    norm = _norm(config, data, device)
+    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+                                hflip=config.hflip, crop_padding=config.crop_padding, **norm, **shard)
+    return train_loader, DeviceLoader(data.test, config.test_batch_size, **norm, **shard)
+
+
+def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: Any, data: DataSplits,
+             device: torch.device) -> dict[str, Any]:
+    """Measure the gap of a run that finished before gaps were recorded, and add it to its result.json.
+
+    Its best-epoch confidences are added too where they are missing (a per-channel unit's need
+    the checkpoint's per-channel weights).
+    """
+    train_loader, test_loader = _loaders(config, data, train_set, device)
+    model, ckpt = load_checkpoint(RunFolder(out).best, device)
+    mkw = ckpt["model_kwargs"]
+    result = dict(result)
+    if isinstance(result.get("best_weights"), dict) and "confidence" not in result["best_weights"]:
+        result["best_weights"] = {**result["best_weights"],
+                                  "confidence": [c.to_json() for c in model_confidence(model)]}
+    result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
+    if distributed.writer():  # [distributed] every rank measured (evaluate all-reduces); one writes
+        atomic_write_json(RunFolder(out).result, result)
+    return result
 
 
 def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model: nn.Module, mkw: dict[str, Any],
-         device: torch.device, quiet: bool) -> dict[str, Any]:
+         device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
     result_path = out / RunFolder.RESULT
+    write = distributed.writer()  # [distributed] rank 0 writes files and prints; a single process always
+    quiet = quiet or not write
+    shard = distributed.shard()  # [distributed] this rank's slice of every (global) batch
     opt = _optimizer(model, config)
-    mean, std = normalization(config.normalize, data.in_channels)
-    norm = {"mean": mean, "std": std, "device": device}
-    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, hflip=config.hflip,
-                                crop_padding=config.crop_padding, **norm)
-    test_loader = DeviceLoader(data.test, config.test_batch_size, **norm)
-    val_loader = DeviceLoader(data.val, config.test_batch_size, **norm) if data.val is not None else None
-    steps = len(train_loader)
+    # Each group's own peak lr (the AdAct logits' may be scaled by adact_lr_mult), taken before a
+    # checkpoint's state is loaded: the warm-up/cosine factor multiplies these every step.
+    base_lrs = [float(g["lr"]) for g in opt.param_groups]
+    train_loader, test_loader = _loaders(config, data, train_set, device)
+    val_loader = (DeviceLoader(data.val, config.test_batch_size, **_norm(config, data, device), **shard)
+                  if data.val is not None else None)
 
     metrics: list[dict[str, Any]] = []
     best: dict[str, Any] = {"test_acc": -1.0, "epoch": 0}
@@ -624,39 +704,56 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         torch.set_rng_state(ckpt["rng"])
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        print(f"{out}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
-    atomic_write_json(RunFolder(out).config, asdict(config))
+        if write:
+            print(f"{out}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
+    if write:
+        atomic_write_json(RunFolder(out).config, asdict(config))
 
     step_model = torch.compile(model) if config.compile else model
+    step_model = distributed.wrap(step_model, device)  # [distributed] DDP; unchanged in one process
+    has_units = bool(adact_units(model))
+    steps = len(train_loader)
+    schedule = (sharpen.TemperatureSchedule(*config.temperature_schedule, total_steps=config.epochs * steps)
+                if config.temperature_schedule and has_units else None)
     wall0 = time.perf_counter() - sum(r["seconds"] for r in metrics)
     status, message = "done", ""
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
         train_loader.set_epoch(epoch)
+        distributed.seed_epoch(config.seed, epoch)  # [distributed] per-rank RReLU noise, resumable
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        step = (epoch - 1) * steps  # the schedule is a function of the step, so a resumed run needs no state
+        step = (epoch - 1) * steps  # the schedules are functions of the step, so a resumed run needs no state
         label = f"{DatasetSpec.parse(config.dataset).display} {_act_label(config)}"
         bar = _progress(len(train_loader), f"{label} ep {epoch}/{config.epochs}", quiet)
         for x, y in train_loader:
+            if schedule is not None:
+                sharpen.set_temperature(model, schedule(step))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = step_model(x)  # (B, num_classes)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
+            # [distributed] shard_loss is F.cross_entropy(logits.float(), y) in one process; on N ranks
+            # it is scaled so DDP's average is the global batch's gradient, and global_mean (the
+            # global batch's loss) is NaN on every rank if it is on any, so all ranks stop together.
+            # The entropy penalty depends only on the (replicated) logits: the same on every rank.
+            ce = distributed.shard_loss(logits, y, train_loader.global_batch, config.label_smoothing)
+            batch_loss = distributed.global_mean(ce)
+            loss = ce + config.entropy_weight * sharpen.mixture_entropy(model) if config.entropy_weight else ce
+            if not (torch.isfinite(batch_loss) and torch.isfinite(loss)):
                 status = "diverged"
                 kept = (f"kept the checkpoint of epoch {epoch - 1}" if epoch > 1
                         else "no checkpoint kept (it diverged before finishing an epoch)")
-                message = f"loss became {loss.item()} in epoch {epoch}; {kept}"
+                message = f"loss became {batch_loss.item()} in epoch {epoch}; {kept}"
                 break
-            for group in opt.param_groups:
-                group["lr"] = config.lr * lr_factor(config, step, steps)
+            factor = lr_factor(config, step, steps)
+            for group, base_lr in zip(opt.param_groups, base_lrs):
+                group["lr"] = base_lr * factor
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            loss_sum += loss.item() * y.numel()
+            loss_sum += batch_loss.item() * train_loader.global_batch  # cross-entropy only, as without a penalty
             correct += int((logits.argmax(1) == y).sum())
-            seen += y.numel()
+            seen += train_loader.global_batch
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(_postfix(model, seen, time.perf_counter() - t0), refresh=False)
@@ -665,8 +762,11 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         if status == "diverged":
             break
         seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(step_model, test_loader, config.bf16)
-        val_loss, val_acc = evaluate(step_model, val_loader, config.bf16) if val_loader else (None, None)
+        correct = int(distributed.all_sum(correct)[0])  # [distributed] this rank counted its slices only
+        distributed.sync_buffers(model)  # [distributed] every rank evaluates rank 0's (the saved) model
+        eval_model = distributed.unwrap(step_model)  # [distributed] no DDP hooks: ranks differ in batch counts
+        test_loss, test_acc = evaluate(eval_model, test_loader, config.bf16)
+        val_loss, val_acc = evaluate(eval_model, val_loader, config.bf16) if val_loader else (None, None)
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
@@ -677,6 +777,7 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             "val_acc": val_acc,
             "seconds": seconds,  # training time of this epoch, evaluation excluded
             "images_per_s": seen / seconds,
+            **(_sharpness(model) if has_units else {}),
             **unit_weights(model),
         }
         metrics.append(row)
@@ -693,15 +794,23 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             # The honest selection: the weights of the epoch the validation split picks.
             best = {**best, "val_acc": val_acc, "val_epoch": epoch, "val_weights": adact_weights(model)}
         ckpt = _checkpoint(model, opt, config, mkw, epoch, metrics, best)
-        if improved:
+        if improved and write:
             atomic_save(ckpt, RunFolder(out).best)
         # last.pt is the resume point, so it is written after metrics and best are consistent.
-        _write_metrics_csv(RunFolder(out).metrics, metrics)
-        _save_last(ckpt, out)
+        if write:
+            _write_metrics_csv(RunFolder(out).metrics, metrics)
+            _save_last(ckpt, out)
 
     result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best)
+    if status == "done" and has_units:
+        distributed.barrier()  # [distributed] rank 0's last best.pt is on disk before any rank reads it
+        result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
     result["config"] = asdict(config)
-    atomic_write_json(result_path, result)
+    result["processes"] = shard["world_size"]  # [distributed] how it ran, not what it is: not in config
+    result["sync_bn"] = sync_bn and shard["world_size"] > 1
+    if write:
+        atomic_write_json(result_path, result)
+    distributed.barrier()  # [distributed] the next run (reproduce) reads result.json on every rank
     if status == "diverged":
         raise DivergedError(f"{out}: {message}")
     return result
@@ -727,6 +836,25 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if config.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
     return 1.0
+
+
+def _sharpness(model: nn.Module) -> dict[str, float]:
+    """metrics.csv columns of an AdAct model: its softmax temperature and mean normalised entropy."""
+    with torch.no_grad():
+        entropy = float(sharpen.mixture_entropy(model))
+    return {"temperature": float(adact_units(model)[0][1].temperature), "mixture_entropy": entropy}
+
+
+def _best_epoch_gap(out: Path, mkw: dict[str, Any], device: torch.device, train_loader: DeviceLoader,
+                    test_loader: DeviceLoader, bf16: bool) -> dict[str, Any]:
+    """The discretization gap of the best epoch's model (best.pt), for result.json."""
+    model = build_model(mkw).to(device)
+    ckpt = read_checkpoint(RunFolder(out).best, device)
+    model.load_state_dict(ckpt["model"])
+    train_loader.set_epoch(0)  # training used epochs 1..E: a fixed order of its own, for every rerun
+    gap = discretization_gap(model, train_loader, test_loader, bf16=bf16).to_json()
+    gap["epoch"] = ckpt["epoch"]
+    return gap
 
 
 def _act_label(config: TrainConfig) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ class AdAct(nn.Module):
     r"""Adaptive activation: a learned softmax mixture of K candidate activations.
 
     .. math::
-        \text{AdAct}(x) = \sum_{k=1}^{K} \mathrm{softmax}(w)_k \, f_k(x)
+        \text{AdAct}(x) = \sum_{k=1}^{K} \mathrm{softmax}(w / T)_k \, f_k(x)
 
     with the paper's default pool :math:`f = ` (ReLU, ELU, LeakyReLU, PReLU, RReLU, SiLU, Mish),
     each with PyTorch's default hyper-parameters (ELU :math:`\alpha = 1`, LeakyReLU slope 0.01,
@@ -32,6 +34,11 @@ class AdAct(nn.Module):
     unit has 7 + 1 = 8 parameters, so a model with :math:`n` units adds :math:`8n`.
 
     The activation with the largest weight is the unit's *choice* (:meth:`dominant`).
+
+    :math:`T` is the softmax temperature, 1 by default (the paper's unit). A temperature below 1
+    sharpens the mixture towards its argmax without changing which candidate that is;
+    :mod:`adact.sharpen` anneals it during training. It is a buffer, so it is saved with the
+    model's ``state_dict`` and a reloaded unit computes the mixture it was trained with.
 
     Args:
         candidates: activation names from :func:`adact.list_activations`, in mixture order.
@@ -53,6 +60,8 @@ class AdAct(nn.Module):
         channel_dim: the dim holding the channels for ``granularity="channel"``: ``1`` for
             ``(N, C, *)`` feature maps, ``-1`` for ``(N, L, E)`` token sequences (one mixture
             per feature). Default: ``1``.
+        temperature: the softmax temperature :math:`T > 0`; see :meth:`set_temperature`.
+            Default: 1.0.
 
     Shape:
         - Input: :math:`(*)` for ``"layer"``; :math:`(N, C, *)` for ``"channel"`` (:math:`(*, C)`
@@ -63,6 +72,7 @@ class AdAct(nn.Module):
         logits: the raw mixture weights :math:`w`, shape :math:`(K,)` or :math:`(C, K)`.
         prelu_weight: the PReLU slope, shape :math:`(1,)` or :math:`(C,)`; ``None`` when the
             pool has no PReLU (a pool of K such candidates has K parameters per mixture).
+        temperature: the softmax temperature :math:`T`, a 0-dim buffer (not a parameter).
 
     Examples::
 
@@ -83,6 +93,7 @@ class AdAct(nn.Module):
         prelu_init: float = 0.25,
         fused: bool = True,
         channel_dim: int = 1,
+        temperature: float = 1.0,
     ) -> None:
         if isinstance(candidates, str):
             raise TypeError(f"candidates must be a sequence of names, got the string {candidates!r}")
@@ -106,6 +117,7 @@ class AdAct(nn.Module):
             raise ValueError(f"init_scale must be finite and >= 0, got {init_scale}")
         if not math.isfinite(prelu_init):
             raise ValueError(f"prelu_init must be finite, got {prelu_init}")
+        _check_temperature(temperature)
         super().__init__()
         self.candidates: tuple[str, ...] = names
         self.granularity = granularity
@@ -124,7 +136,31 @@ class AdAct(nn.Module):
             self.prelu_weight = nn.Parameter(torch.empty(self.num_channels or 1))
         else:
             self.register_parameter("prelu_weight", None)
+        # A buffer, not a Python float: it travels with state_dict and .to(), and changing it
+        # every step does not make torch.compile recompile.
+        self.temperature: Tensor
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.reset_parameters()
+
+    def set_temperature(self, temperature: float) -> None:
+        r"""Set the softmax temperature :math:`T` (> 0): the mixture becomes :math:`\mathrm{softmax}(w / T)`.
+
+        :math:`T < 1` sharpens the mixture, :math:`T > 1` flattens it; the argmax (the choice)
+        is the same for every :math:`T`. Gradients flow through :math:`w / T` on both paths.
+        """
+        _check_temperature(temperature)
+        with torch.no_grad():
+            self.temperature.fill_(float(temperature))
+
+    def scaled_logits(self) -> Tensor:
+        """:math:`w / T`, the logits the softmax sees (differentiable w.r.t. :attr:`logits`)."""
+        # Division by exactly 1 is exact, so the default unit computes what it always did.
+        return self.logits / self.temperature
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before the temperature existed lack it: they were trained at T = 1.
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -166,14 +202,14 @@ class AdAct(nn.Module):
                 slope = self.prelu_weight
                 if slope is None:  # the kernel's signature always takes a slope; it is unused here
                     slope = self.logits.new_zeros(self.num_channels or 1).detach()
-                return fused.adact_fused(x, self.logits, slope, self.candidates, self.training)
-        return adact_reference(x, self.logits, self.prelu_weight, self.candidates, self.training)
+                return fused.adact_fused(x, self.scaled_logits(), slope, self.candidates, self.training)
+        return adact_reference(x, self.scaled_logits(), self.prelu_weight, self.candidates, self.training)
 
     # --- reading the choice -------------------------------------------------------------
 
     def mixture(self) -> Tensor:
-        """The softmax weights, shape ``(K,)`` or ``(C, K)``, detached, float32."""
-        return mixture_weights(self.logits.detach()).float()
+        r"""The softmax weights :math:`\mathrm{softmax}(w / T)`, shape ``(K,)`` or ``(C, K)``, detached, float32."""
+        return mixture_weights(self.scaled_logits().detach()).float()
 
     def raw_weights(self) -> Tensor:
         """The raw logits :math:`w`, detached, float32."""
@@ -203,4 +239,13 @@ class AdAct(nn.Module):
             s += ", fused=False"
         if self.channel_dim != 1:
             s += f", channel_dim={self.channel_dim}"
+        if float(self.temperature) != 1.0:
+            s += f", temperature={float(self.temperature):g}"
         return s
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")

@@ -37,6 +37,13 @@ def _per_channel(value: float | Sequence[float], channels: int, what: str) -> li
     return vals
 
 
+def _shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of rank ``rank`` among ``world`` in a batch of ``n`` (torch.tensor_split's split)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
 class DeviceLoader:
     r"""Iterate normalised ``(x, y)`` batches of an :class:`ArrayDataset` on ``device``.
 
@@ -58,6 +65,12 @@ class DeviceLoader:
         drop_last: drop the last batch if it is smaller than ``batch_size``. Default: False.
         workers: for a :class:`~adact.data.imagefolder.FileSplit` (images left on disk), the
             ``DataLoader`` worker processes that decode them. Default: 2.
+        rank, world_size: data parallelism (``adact.distributed``): every rank walks the same
+            global batches of ``batch_size`` in the same order and yields only its contiguous
+            slice of each (sizes differ by at most one; a rank may get an empty slice of a short
+            last batch). Augmentation is drawn for the whole global batch, so the samples are
+            augmented exactly as in one process. :attr:`global_batch` is the size of the whole
+            batch last yielded. Default: 0 and 1 (no sharding).
 
     Epochs and reproducibility: the order and augmentation of epoch ``e`` depend only on
     ``(seed, e)``, so a resumed run sees exactly the batches an uninterrupted one would. Call
@@ -76,7 +89,8 @@ class DeviceLoader:
     def __init__(self, ds: ArrayDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  device: str | torch.device = "cpu", mean: float | Sequence[float] = 0.5,
                  std: float | Sequence[float] = 0.5, hflip: bool = False, crop_padding: int = 0,
-                 drop_last: bool = False, workers: int = 2) -> None:
+                 drop_last: bool = False, workers: int = 2, rank: int = 0,
+                 world_size: int = 1) -> None:
         from adact.data.imagefolder import FileSplit
 
         if not isinstance(ds, (ArrayDataset, FileSplit)):
@@ -85,6 +99,8 @@ class DeviceLoader:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         channels = int(ds.image_shape[0])
         means = _per_channel(mean, channels, "mean")
         stds = _per_channel(std, channels, "std")
@@ -104,6 +120,8 @@ class DeviceLoader:
         self.workers = workers
         self.n = len(ds)
         self.x = ds.x.to(self.device) if isinstance(ds, ArrayDataset) else None
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = 0
         self.y = ds.y.to(self.device)
         # (x/255 - m)/s computed as (x - 255 m) / (255 s): with the default 0.5/0.5 every step is
         # exact, so pixels 0 and 255 land exactly on -1 and 1 (a multiply by 1/127.5 would not).
@@ -135,31 +153,43 @@ class DeviceLoader:
         # Random numbers are drawn on the CPU so an epoch is identical on every device.
         aug_gen = _generator(self.seed, epoch, _AUGMENT_STREAM) if (self.hflip or self.crop_padding) else None
         batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
-        decoded = self._decoded(batches) if self.files is not None else None
-        for idx in batches:
+        # Every rank walks the same global batches; each keeps (and, for files, decodes) only its
+        # contiguous slice, so sharding never changes which samples a global step sees.
+        bounds = [_shard_bounds(int(b.numel()), self.world_size, self.rank) for b in batches]
+        shards = [b[lo:hi] for b, (lo, hi) in zip(batches, bounds)]
+        decoded = self._decoded(shards) if self.files is not None else None
+        for whole, idx, (lo, _) in zip(batches, shards, bounds):
+            self.global_batch = full = int(whole.numel())
             x = self.x.index_select(0, idx) if decoded is None else next(decoded).to(self.device)
             if aug_gen is not None:
-                x = self._augment(x, aug_gen)
+                x = self._augment(x, aug_gen, full, lo)
             yield x.float().sub_(self._offset).div_(self._denom), self.y.index_select(0, idx)
 
     def _decoded(self, batches: list[Tensor]) -> Iterator[Tensor]:
         from torch.utils.data import DataLoader
 
         assert self.files is not None
-        loader = DataLoader(self.files, batch_sampler=[b.cpu().tolist() for b in batches],
+        # A rank's slice of a short last batch may be empty; the DataLoader cannot collate an
+        # empty batch, so those are produced here as empty uint8 images instead.
+        loader = DataLoader(self.files, batch_sampler=[b.cpu().tolist() for b in batches if b.numel()],
                             num_workers=self.workers, persistent_workers=False)
-        return (x for x, _ in loader)
+        full = (x for x, _ in loader)
+        empty = torch.empty((0, *self.files.image_shape), dtype=torch.uint8)
+        return (next(full) if b.numel() else empty for b in batches)
 
-    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _augment(self, x: Tensor, gen: torch.Generator, full: int, lo: int) -> Tensor:
+        # Draws cover the whole global batch of ``full`` samples in the single-process order;
+        # this rank keeps rows ``lo:lo + len(x)``.
         bsz, ch, h, w = x.shape
+        keep = slice(lo, lo + bsz)
         if self.hflip:
-            flip = (torch.rand(bsz, generator=gen) < 0.5).to(self.device)
+            flip = (torch.rand(full, generator=gen) < 0.5)[keep].to(self.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if self.crop_padding:
             p = self.crop_padding
             padded = torch.nn.functional.pad(x, (p, p, p, p))  # zero fill, like RandomCrop(padding=p)
-            top = torch.randint(0, 2 * p + 1, (bsz,), generator=gen).to(self.device)
-            left = torch.randint(0, 2 * p + 1, (bsz,), generator=gen).to(self.device)
+            top = torch.randint(0, 2 * p + 1, (full,), generator=gen)[keep].to(self.device)
+            left = torch.randint(0, 2 * p + 1, (full,), generator=gen)[keep].to(self.device)
             rows = (top.view(-1, 1) + torch.arange(h, device=self.device)).view(bsz, 1, h, 1)
             cols = (left.view(-1, 1) + torch.arange(w, device=self.device)).view(bsz, 1, 1, w)
             bi = torch.arange(bsz, device=self.device).view(bsz, 1, 1, 1)

@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import os
-import statistics
 import threading
 import time
 import types
@@ -62,7 +61,7 @@ class FusedKernelKey(NamedTuple):
 
 
 class Calibration(NamedTuple):
-    """Native against Inductor on this CPU: median fwd+bwd milliseconds, and the faster one."""
+    """Native against Inductor on this CPU: best fwd+bwd milliseconds of a few calls, and the faster one."""
 
     native_ms: float
     compiled_ms: float | None  # None: the compiled kernels failed here
@@ -238,14 +237,15 @@ _CALIBRATION_ELEMENTS = 1 << 18  # 1 MB of float32: a few ms per pass, past the 
 _CALIBRATION_ROUNDS = 7
 
 
-def _median_ms(fn: Callable[[], object]) -> float:
+def _best_ms(fn: Callable[[], object]) -> float:
+    """The fastest of a few timed calls: what the CPU can do, least disturbed by other load."""
     fn()  # warm-up (the compiled kernels compile here)
     times = []
     for _ in range(_CALIBRATION_ROUNDS):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * min(times)
 
 
 def _calibration_file(kernels: native.NativeKernels) -> Path:
@@ -306,14 +306,14 @@ def _measure(kernels: native.NativeKernels) -> Calibration:
         run_kernel(fwd, x.view(-1, 16), coef, seed, lanes)
         return run_kernel(bwd, g, x, coef, seed)
 
-    native_ms = _median_ms(run_native)
+    native_ms = _best_ms(run_native)
     compiled_ms: float | None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a failed compile: judged below instead
             if fwd in _failed or bwd in _failed:
                 raise RuntimeError("the compiled kernels failed")
-            compiled_ms = _median_ms(run_compiled)
+            compiled_ms = _best_ms(run_compiled)
             if fwd in _failed or bwd in _failed:
                 raise RuntimeError("the compiled kernels failed")
     except Exception:  # noqa: BLE001 - whatever broke the compiler, native is the answer

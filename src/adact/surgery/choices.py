@@ -189,6 +189,7 @@ def save_choices(model: nn.Module, path: str | os.PathLike[str]) -> None:
                 "channel_weights": mixture.tolist() if mixture.dim() == 2 else None,
                 "channel_choices": unit.dominant() if mixture.dim() == 2 else None,
                 "prelu_weight": None if unit.prelu_weight is None else unit.prelu_weight.detach().float().tolist(),
+                "temperature": float(unit.temperature),  # the weights above are softmax(logits / temperature)
             }
         )
     config = model.__dict__.get(CONFIG_ATTR)
