@@ -167,14 +167,17 @@ def test_sharpening_and_baseline_options_reach_the_configs(tmp_path: Path, capsy
     seen: dict[str, Any] = {}
     monkeypatch.setattr(adact.reproduce, "reproduce", lambda cfg, restart=False: seen.setdefault("cfg", cfg))
     assert main(["reproduce", "--baselines", "relu", "Mish", "relu", "--temperature-schedule", "1:0.1"]) == 0
-    assert seen["cfg"].baselines == ["relu", "mish"] and seen["cfg"].temperature_schedule == [1.0, 0.1]
+    assert seen["cfg"].baselines == ["relu", "mish"] and seen["cfg"].train.temperature_schedule == [1.0, 0.1]
 
 
 def test_option_names_match_the_registries() -> None:
     from adact.activations import list_activations
-    from adact.defaults import ACTIVATION_NAMES
+    from adact.data.registry import NORMALIZATION
+    from adact.defaults import ACTIVATION_NAMES, GRANULARITIES, NORMALIZE
+    from adact.unit import GRANULARITIES as UNIT_GRANULARITIES
 
     assert list(ACTIVATION_NAMES) == list_activations()
+    assert GRANULARITIES == UNIT_GRANULARITIES and NORMALIZE == tuple(NORMALIZATION)
 
 
 def _digits_npz(path: Path, **override: Any) -> Path:

@@ -196,7 +196,7 @@ def test_result_json_holds_confidence_and_gap(tmp_path: Path, digits: DataSplits
 
 def test_runs_finished_before_gaps_get_theirs_without_training(tmp_path: Path, digits: DataSplits,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import adact.reproduce
+    import adact.search  # _previous moved from adact.reproduce with the search restructure
     import adact.train
 
     cfg = TrainConfig(activation="adact", epochs=2, **TINY)
@@ -206,7 +206,7 @@ def test_runs_finished_before_gaps_get_theirs_without_training(tmp_path: Path, d
     del old["discretization_gap"]  # as an older adact wrote it
     conf = old["best_weights"].pop("confidence")
     (run / "result.json").write_text(json.dumps(old))
-    assert adact.reproduce._previous(run, cfg) is None  # so reproduce hands it to train again
+    assert adact.search._previous(run, cfg) is None  # so reproduce hands it to train again
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was trained again")
@@ -217,7 +217,7 @@ def test_runs_finished_before_gaps_get_theirs_without_training(tmp_path: Path, d
     assert again["best_weights"]["confidence"] == conf  # filled in from best.pt as well
     old["best_weights"]["confidence"] = conf
     assert {k: v for k, v in again.items() if k != "discretization_gap"} == old
-    assert adact.reproduce._previous(run, cfg) == again
+    assert adact.search._previous(run, cfg) == again
     (run / "best.pt").unlink()  # without its checkpoint a published run stays as it is
     (run / "result.json").write_text(json.dumps(old))
     assert "discretization_gap" not in train(cfg, run, data=digits, quiet=True)

@@ -27,7 +27,7 @@ from adact.cli import build_parser
 from adact.data import DeviceLoader, load_dataset
 from adact.data.arrays import ArrayDataset
 from adact.io import read_json
-from adact.reproduce import ReproduceConfig
+from adact.reproduce import paper_config  # the paper preset of adact.search.SearchConfig
 from adact.train import TrainConfig, train
 
 SRC = str(Path(adact.__file__).resolve().parent.parent)
@@ -160,9 +160,9 @@ def test_jobs_place_runs_round_robin_and_do_not_mix_with_torchrun(monkeypatch: p
     assert [ddp.job_device_index(i, 3) for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert ReproduceConfig(epochs=1, device="cpu").resolved_jobs() == 1
+    assert paper_config(epochs=1, device="cpu").resolved_jobs() == 1
     with pytest.raises(ValueError, match="use one or the other"):
-        ReproduceConfig(epochs=1, device="cpu", jobs=2).validate()
+        paper_config(epochs=1, device="cpu", jobs=2).validate()
 
 
 def test_lost_peer_is_one_readable_line_and_other_errors_are_not_one(monkeypatch: pytest.MonkeyPatch) -> None:

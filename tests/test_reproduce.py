@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import adact.reproduce
 import adact.train
 from adact.activations import DEFAULT_CANDIDATES
 from adact.io import read_json
-from adact.reproduce import ReproduceConfig, checkpoint_weights, collect, render, reproduce
+import adact.search
+from adact.reproduce import checkpoint_weights, collect, paper_config, render, reproduce
+from adact.search import SearchConfig as ReproduceConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +32,7 @@ def tiny(out: Path, **kw: Any) -> ReproduceConfig:
                             "max_train_samples": 128, "channels": [4, 8, 8, 8], "device": "cpu",
                             "quiet": True, "fused": False, "jobs": 1}
     base.update(kw)
-    return ReproduceConfig(**base)
+    return paper_config(**base)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +166,7 @@ def test_rerun_skips_finished_runs(done_run: tuple[ReproduceConfig, dict[str, An
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(adact.reproduce, "train", no_training)
+    monkeypatch.setattr(adact.search, "train", no_training)
     log: list[str] = []
     again = reproduce(cfg, log=log.append)
     assert _mtimes(Path(cfg.out)) == before
@@ -181,7 +184,7 @@ def test_killed_run_resumes_and_missing_run_is_redone_identically(
     shutil.rmtree(seed1 / "relu")
     shutil.rmtree(seed1 / "optimized")
     untouched = {k: v for k, v in _mtimes(out).items() if "seed0" in k or "adact" in k}
-    copy_cfg = ReproduceConfig(**{**cfg.__dict__, "out": str(out)})
+    copy_cfg = replace(cfg, out=str(out))
 
     real_build = adact.train.build_model
     steps = {"n": 0}
@@ -216,7 +219,7 @@ def test_killed_run_resumes_and_missing_run_is_redone_identically(
 
 
 def test_diverged_adact_run_is_reported_and_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_train, real_ce = adact.reproduce.train, torch.nn.functional.cross_entropy
+    real_train, real_ce = adact.search.train, torch.nn.functional.cross_entropy
 
     def flaky_train(config: Any, out: Any, **kwargs: Any) -> Any:
         if config.activation == "adact" and config.seed == 1:
@@ -225,7 +228,7 @@ def test_diverged_adact_run_is_reported_and_others_go_on(tmp_path: Path, monkeyp
                 return real_train(config, out, **kwargs)
         return real_train(config, out, **kwargs)
 
-    monkeypatch.setattr(adact.reproduce, "train", flaky_train)
+    monkeypatch.setattr(adact.search, "train", flaky_train)
     cfg = tiny(tmp_path / "out", epochs=1)
     log: list[str] = []
     results = reproduce(cfg, log=log.append)
@@ -241,7 +244,7 @@ def test_diverged_adact_run_is_reported_and_others_go_on(tmp_path: Path, monkeyp
     assert "diverged" in (tmp_path / "out" / "choices.md").read_text()
 
     # A rerun does not retry the diverged run (same config, same outcome) and still reports it.
-    monkeypatch.setattr(adact.reproduce, "train", real_train)
+    monkeypatch.setattr(adact.search, "train", real_train)
     log.clear()
     again = reproduce(cfg, log=log.append)
     assert {(r["seed"], r["model"]): r["status"] for r in again["runs"]} == status
@@ -287,11 +290,11 @@ def test_npz_named_after_a_paper_dataset_gets_its_paper_row(tmp_path: Path) -> N
 
 
 def test_default_jobs_use_the_cores_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(adact.reproduce.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(adact.search.os, "cpu_count", lambda: 16)
     assert tiny(tmp_path, jobs=None, seeds=[0, 1, 2]).resolved_jobs() == 6  # 3 AdAct + 3 ReLU runs can start
     assert tiny(tmp_path, jobs=None, seeds=list(range(10))).resolved_jobs() == 16
     assert tiny(tmp_path, jobs=3).resolved_jobs() == 3
-    monkeypatch.setattr(adact.reproduce.os, "cpu_count", lambda: None)
+    monkeypatch.setattr(adact.search.os, "cpu_count", lambda: None)
     assert tiny(tmp_path, jobs=None).resolved_jobs() == 1
 
 
@@ -315,7 +318,7 @@ def test_other_settings_in_the_same_folder_are_refused(
     cfg, _, _ = done_run
     manifest = (Path(cfg.out) / "reproduce.json").read_text()
     with pytest.raises(ValueError, match=r"other settings \(epochs 2 -> 3; see its config.json\)"):
-        reproduce(ReproduceConfig(**{**cfg.__dict__, "epochs": 3}), log=lambda _: None)
+        reproduce(replace(cfg, train=replace(cfg.train, epochs=3)), log=lambda _: None)
     assert (Path(cfg.out) / "reproduce.json").read_text() == manifest
 
 
@@ -441,3 +444,16 @@ def test_table1_says_how_to_fill_the_validation_row(done_run: tuple[ReproduceCon
     md = (Path(cfg.out) / "table1.md").read_text()
     val_section = md.split("## Validation-selected")[1].split("##")[0]
     assert "run `adact reproduce` again with `--val-fraction 0.1`" in val_section
+
+
+def test_published_folder_from_before_search_renders_unchanged(tmp_path: Path) -> None:
+    """docs/results/table1 was written by `adact reproduce` before it became a preset of search
+    (flat settings in reproduce.json): it still reads, and re-renders to the same files."""
+    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "table1"
+    if not (published / "reproduce.json").is_file():
+        pytest.skip("no published reproduce folder in this checkout")
+    out = tmp_path / "table1"
+    shutil.copytree(published, out, ignore=shutil.ignore_patterns("figures"))
+    render(out)
+    for name in ("table1.md", "table1.csv", "choices.md", "choices.json", "report.md"):
+        assert (out / name).read_text() == (published / name).read_text(), name

@@ -62,7 +62,7 @@ __all__ = [
 
 #: The paper's models; with other baselines the models are :func:`models_for` them.
 MODELS: tuple[str, ...] = ("adact", "relu", "optimized")
-MODEL_LABELS: dict[str, str] = {"adact": "AdAct", "relu": "ReLU", "optimized": "Optimized"}
+MODEL_LABELS: dict[str, str] = {"adact": "AdAct", "relu": "ReLU", "optimized": "Optimized", "baseline": "Baseline"}
 # How the papers spell the registry's names, for table columns.
 _ACT_LABELS: dict[str, str] = {"elu": "ELU", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "rrelu": "RReLU",
                                "silu": "SiLU", "mish": "Mish", "gelu": "GELU", "selu": "SELU", "celu": "CELU",
@@ -100,9 +100,9 @@ def paper_key(dataset: str) -> str | None:
     ``npz:PATH`` maps to a row when the file's stem names one (``npz:data/fer2013.npz``), so a
     user-supplied copy of a paper dataset is still compared with the paper.
     """
-    name = Path(dataset[4:]).stem if dataset.startswith("npz:") else dataset
-    name = name.lower()
-    return name if name in PAPER_TABLE1 else None
+    from adact.dataspec import DatasetSpec
+
+    return DatasetSpec.parse(dataset).paper_key
 
 
 @dataclass
@@ -217,12 +217,16 @@ def paired_diff(a: dict[int, float], b: dict[int, float], confidence: float = 0.
 
 
 def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
-                  baselines: Sequence[str] = ("relu",)) -> dict[str, Any]:
+                  baselines: Sequence[str] = ("relu",), paper: bool = True) -> dict[str, Any]:
     """Per dataset: per model and metric a :class:`Summary`, paired differences to each baseline, statuses.
 
+    ``baselines`` are the run folders compared with: ``("relu",)`` for the paper, ``("baseline",
+    ...)`` for ``adact search`` (the model as written, then any one-activation baselines).
     ``diffs[model][baseline][metric]`` is the paired difference model − baseline for AdAct and
     Optimized; ``gap`` summarises the AdAct runs' discretization gaps (:func:`_gap_summary`).
-    Returns plain JSON-able dicts (``Summary``/``PairedDiff`` already converted).
+    ``paper`` puts the paper's Table 1 values beside datasets that have them (``show_paper``
+    records the choice for the renderers). Returns plain JSON-able dicts (``Summary``/``PairedDiff``
+    already converted).
     """
     out: dict[str, Any] = {}
     for ds in datasets:
@@ -243,8 +247,9 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
             entry["diffs"][m] = {b: {metric: paired_diff(per_model[m][metric], per_model[b][metric]).to_json()
                                      for metric in METRICS} for b in baselines}
         entry["gap"] = _gap_summary([r for r in recs if r.model == "adact"], per_model["optimized"]["best"])
-        paper = PAPER_TABLE1.get(entry["paper_key"] or "")
-        entry["paper"] = dict(paper) if paper else None
+        entry["show_paper"] = paper
+        paper_row = PAPER_TABLE1.get(entry["paper_key"] or "") if paper else None
+        entry["paper"] = dict(paper_row) if paper_row else None
         out[ds] = entry
     return out
 
@@ -292,13 +297,19 @@ def _baselines(summary: dict[str, Any]) -> list[str]:
     return list(first.get("baselines", ["relu"]))
 
 
+def _show_paper(summary: dict[str, Any]) -> bool:
+    first = next(iter(summary.values()), {})
+    return bool(first.get("show_paper", True))
+
+
 def render_table_md(summary: dict[str, Any], metric: str = "best") -> str:
     """A Markdown Table 1 for ``metric``: mean ± std over seeds, paired differences to each baseline.
 
     The best-on-test table also shows the paper's value beside each model the paper has (its
-    numbers are best-on-test, so they sit only beside the comparable column).
+    numbers are best-on-test, so they sit only beside the comparable column), unless the summary
+    was built with ``paper=False`` (``adact search``: another model than the paper's).
     """
-    with_paper = metric == "best"
+    with_paper = metric == "best" and _show_paper(summary)
     baselines = _baselines(summary)
     models = models_for(baselines)
     head = ["Dataset"]
@@ -387,8 +398,12 @@ def confidence_rows(records: Sequence[RunRecord], n_layers: int) -> list[str]:
 
 
 def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
-                      baselines: Sequence[str] = ("relu",)) -> str:
-    """Per dataset: chosen activation per layer per seed with its confidence, the consensus, parameter counts."""
+                      baselines: Sequence[str] = ("relu",), selection: str = "best checkpoint") -> str:
+    """Per dataset: chosen activation per layer per seed with its confidence, the consensus, parameter counts.
+
+    ``selection`` names where the choices were read (the AdAct run's best checkpoint, or its
+    validation-selected epoch in ``adact search``).
+    """
     parts: list[str] = []
     for ds in datasets:
         recs = sorted((r for r in records if r.dataset == ds), key=lambda r: (r.seed, r.model))
@@ -398,6 +413,12 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
         if n_layers == 0:
             parts.append("No finished AdAct run: no choices.\n")
         else:
+            paths = next((r.layer_paths for r in adact if r.layer_paths), None) or []
+            if n_layers > 8:  # many units: one row per unit reads better than 50 columns
+                parts.append(_choices_by_unit(adact, paths, n_layers) + "\n")
+                parts.append(f"Cells: chosen activation (its softmax weight), read from the AdAct run's {selection}.\n")
+                parts.append(_params_md(recs, baselines))
+                continue
             head = ["seed"] + [f"layer {i + 1}" for i in range(n_layers)]
             lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
             for r in adact:
@@ -414,7 +435,7 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
             lines += confidence_rows(adact, n_layers)
             parts.append("\n".join(lines) + "\n")
             parts.append("Cells: chosen activation (its softmax weight; margin to the runner-up; for per-channel units "
-                         "the share of channels that agree), read from the AdAct run's best checkpoint. **weak**: "
+                         f"the share of channels that agree), read from the AdAct run's {selection}. **weak**: "
                          f"margin < {WEAK_MARGIN:g}, a choice a little noise could flip. Entropy: normalised, "
                          "0 = one-hot, 1 = uniform.\n")
         parts.append(_params_md(recs, baselines))
@@ -437,6 +458,22 @@ def consensus(mix: np.ndarray, candidates: Sequence[str]) -> list[tuple[str, int
     return out
 
 
+def _choices_by_unit(adact: Sequence[RunRecord], paths: Sequence[str], n_layers: int) -> str:
+    done = [r for r in adact if r.choices]
+    head = ["#", "unit"] + [f"seed {r.seed}" for r in done] + (["most common"] if done else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    cons = consensus(np.array([r.mix for r in done]), done[0].candidates or []) if done and all(
+        r.mix is not None for r in done) else []
+    for i in range(n_layers):
+        # A weak choice (margin < WEAK_MARGIN) is marked here too; the full confidence is in choices.json.
+        cells = [f"{(r.choices or [])[i]} ({(r.choice_weights or [0.0] * n_layers)[i]:.3f})"
+                 + (" **weak**" if r.confidence and i < len(r.confidence) and r.confidence[i]["weak"] else "")
+                 for r in done]
+        extra = [f"{cons[i][0]} ({cons[i][1]}/{cons[i][2]})"] if cons else []
+        lines.append(f"| {i + 1} | `{paths[i] if i < len(paths) else '?'}` | " + " | ".join(cells + extra) + " |")
+    return "\n".join(lines)
+
+
 def _params_md(recs: Sequence[RunRecord], baselines: Sequence[str] = ("relu",)) -> str:
     rows = ["| model | parameters | AdAct units | AdAct parameters |", "|---|---|---|---|"]
     seen = False
@@ -452,6 +489,8 @@ def _params_md(recs: Sequence[RunRecord], baselines: Sequence[str] = ("relu",)) 
     note = ("\nAdAct overhead: N_AdAct = 8 · n_AdAct (7 mixture logits + 1 PReLU slope per unit, per channel with "
             "`--granularity channel`). ConvNet-Optimized uses plain activations; if it picks PReLU for a layer "
             "that layer adds one slope parameter.\n")
+    if baselines[0] != "relu":  # adact search: the baseline is the model as written, maybe not the ConvNet
+        note = note.replace("ConvNet-Optimized uses", "The optimized model uses")
     return "\n".join(rows) + "\n" + note
 
 

@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from adact import __version__
-from adact.defaults import ACTIVATION_NAMES, DATASETS, DEFAULT_CHANNELS, DEVICES, FER_SPLITS
+from adact.dataspec import DATASET_HELP, DatasetSpec
+from adact.defaults import (
+    ACTIVATION_NAMES,
+    BAD_IMAGE_POLICIES,
+    DEFAULT_CHANNELS,
+    DEVICES,
+    FER_SPLITS,
+    GRANULARITIES,
+    NORMALIZE,
+    OPTIMIZERS,
+    SCHEDULES,
+)
 from adact.io import FolderLockedError, WriteError, one_line_warnings
 
 if TYPE_CHECKING:
@@ -28,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-_DATASET_HELP = f"{', '.join(DATASETS)}, or npz:PATH (arrays x_train, y_train, x_test, y_test)"
+_DATASET_HELP = DATASET_HELP
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,14 +112,25 @@ def _jobs(text: str) -> int | None:
 
 
 def _dataset(text: str) -> str:
-    if text.lower().startswith("npz:") or text.lower() in DATASETS:
-        return text if text.lower().startswith("npz:") else text.lower()
-    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; valid: {_DATASET_HELP}")
+    try:
+        return str(DatasetSpec.parse(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _model(text: str) -> str:
+    from adact.model_zoo import parse_model
+
+    try:
+        parse_model(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _activation(text: str) -> str:
     key = text.lower().replace("-", "_")  # the registry's spelling rule: "Leaky-ReLU" is leaky_relu
-    if key == "adact" or key in ACTIVATION_NAMES:
+    if key in ("adact", "baseline") or key in ACTIVATION_NAMES:
         return key
     raise argparse.ArgumentTypeError(f"unknown activation {text!r}; valid: adact, {', '.join(ACTIVATION_NAMES)}")
 
@@ -122,17 +144,29 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fer-split", choices=FER_SPLITS, default="paper",
                    help="fer2013: 'paper' = stratified 80/20 split of Training (default), 'official' = "
                         "Training vs PublicTest+PrivateTest")
-    g.add_argument("--test-from-train", type=_fraction(False), default=None, metavar="F",
-                   help="carve the test set as a stratified fraction F of train (e.g. 0.2 for an npz FER copy)")
+    g.add_argument("--test-fraction", "--test-from-train", dest="test_from_train", type=_fraction(False),
+                   default=None, metavar="F",
+                   help="carve the test set as a stratified fraction F of train (e.g. 0.2 for an npz FER copy; "
+                        "an image folder without val/ or test/: default 0.2)")
+    g.add_argument("--image-size", type=_int_at_least(1), default=None, metavar="S",
+                   help="resize every image to SxS (default: as stored)")
+    g.add_argument("--normalize", choices=NORMALIZE, default="paper",
+                   help="'paper' = mean = std = 0.5 (default), 'imagenet' = ImageNet's per-channel statistics")
+    g.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="skip",
+                   help="image folders: skip an undecodable file with a warning (default; the count is reported) "
+                        "or stop with an error naming it")
+    g.add_argument("--cache-mb", type=_positive_float, default=4096.0, metavar="MIB",
+                   help="image folders: decode once into memory when the uint8 images take at most this many MiB, "
+                        "else stream them from disk with DataLoader workers (default: 4096)")
     g.add_argument("--max-train-samples", type=_int_at_least(1), default=None, metavar="N",
                    help="train on a fixed random subset of N images (smoke tests)")
 
 
-def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
+def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_model: bool = True) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs_default,
                    help=f"passes over the training set (default: {epochs_default}, the paper's)")
-    g.add_argument("--granularity", choices=("layer", "channel"), default="layer",
+    g.add_argument("--granularity", choices=GRANULARITIES, default="layer",
                    help="AdAct weights per layer (the paper) or per channel (default: layer)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda, then mps, then cpu")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (GPU)")
@@ -146,6 +180,24 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
     g.add_argument("--restart", action="store_true",
                    help="discard what the output folder holds (checkpoints, metrics, results) and train from "
                         "scratch; without it a rerun resumes, and a folder of other settings is refused")
+    g.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N", help="default: 64")
+    g.add_argument("--test-batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="adamw (the paper's, default) or sgd (momentum 0.9, Nesterov)")
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    g.add_argument("--weight-decay", type=float, default=0.01, metavar="WD",
+                   help="AdamW's decoupled weight decay, or SGD's L2 penalty (default: 0.01)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="none",
+                   help="learning-rate schedule: none (constant, the paper's; default) or cosine (to 0)")
+    g.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0, metavar="E",
+                   help="linear learning-rate warm-up over E epochs, per step (default: 0)")
+    g.add_argument("--label-smoothing", type=_fraction(True), default=0.0, metavar="F",
+                   help="cross-entropy label smoothing (default: 0, the paper's)")
+    g.add_argument("--no-decay-adact", action="store_true",
+                   help="exempt AdAct logits and PReLU slopes from weight decay (plain AdamW decays them)")
+    g.add_argument("--hflip", action="store_true", help="random horizontal flips (the paper: none)")
+    g.add_argument("--crop-padding", type=_int_at_least(0), default=0, metavar="P",
+                   help="random crops with P pixels of padding (default: 0 = off)")
     s = p.add_argument_group("sharpening of the AdAct mixtures (off by default: the paper has none)")
     s.add_argument("--temperature-schedule", type=_temperatures, default=None, metavar="T0:T1",
                    help="anneal the softmax temperature of every AdAct unit geometrically from T0 to T1 over "
@@ -155,10 +207,19 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
                         "loss (default: 0)")
     s.add_argument("--adact-lr-mult", type=_positive_float, default=1.0, metavar="M",
                    help="learning rate of the AdAct logits = M x --lr (DARTS uses a smaller one; default: 1)")
-    a = p.add_argument_group("model (our assumptions: the paper's layer table is missing)")
+    a = p.add_argument_group("model")
+    if with_model:
+        a.add_argument("--model", type=_model, default="convnet", metavar="SPEC",
+                       help="convnet (the paper's, default), torchvision:NAME, timm:NAME (pip install 'adact[timm]'), "
+                            "path/to/file.py:factory or package.module:factory (called with num_classes and "
+                            "in_channels where it takes them)")
+        a.add_argument("--pretrained", action="store_true",
+                       help="torchvision/timm weights, only if already on disk (nothing is downloaded)")
     a.add_argument("--channels", type=_int_at_least(1), nargs="+", default=None, metavar="C",
-                   help=f"conv widths, one per block (default: {' '.join(map(str, DEFAULT_CHANNELS))})")
-    a.add_argument("--kernel-size", type=_int_at_least(1), default=3, metavar="K", help="conv kernel (default: 3)")
+                   help=f"ConvNet conv widths, one per block (our assumption, the paper's table is missing; default: "
+                        f"{' '.join(map(str, DEFAULT_CHANNELS))})")
+    a.add_argument("--kernel-size", type=_int_at_least(1), default=3, metavar="K",
+                   help="ConvNet conv kernel (default: 3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,9 +253,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
                         "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
                         "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
-    _add_run_args(r)
+    _add_run_args(r, with_model=False)
     _add_data_args(r)
     r.set_defaults(func=_cmd_reproduce)
+
+    s = sub.add_parser(
+        "search", help="the paper's pipeline on your model and data: AdAct -> choices -> optimized and baseline",
+        description="Per dataset and seed: train the model with an AdAct unit at every activation (adactify), read "
+                    "each unit's dominant activation at the best epoch (by validation accuracy with --val-fraction, "
+                    "else by test accuracy), then train from scratch with the same seed the optimized model (each "
+                    "unit fixed to its choice) and the baseline (the model as written). Writes a table (mean ± sd, "
+                    "paired differences with 95% CIs), the choices, a heatmap of every unit's weights, trajectories "
+                    "and a report. Rerunning the same command skips finished runs and resumes interrupted ones.",
+        epilog="Example: adact search --model torchvision:resnet18 --dataset imagefolder:data/pets --image-size 64 "
+               "--val-fraction 0.1 --seeds 0 1",
+    )
+    s.add_argument("--dataset", "--datasets", dest="datasets", type=_dataset, nargs="+", required=True,
+                   metavar="NAME", help=f"dataset(s) to search on. Valid: {_DATASET_HELP}")
+    s.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="training seeds; the three models share each seed (default: 0 1 2)")
+    s.add_argument("--out", default="runs/search", metavar="DIR", help="output folder (default: runs/search)")
+    s.add_argument("--baselines", type=_activation, nargs="+", default=[], metavar="NAME",
+                   help="besides the model as written, train it with one activation everywhere for each NAME, as "
+                        "extra baselines with a column and paired differences each (e.g. --baselines relu mish)")
+    s.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
+                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
+                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
+    _add_run_args(s)
+    _add_data_args(s)
+    s.set_defaults(func=_cmd_search)
 
     t = sub.add_parser("train", help="train one model into a run folder",
                        description="Train one ConvNet with the paper's protocol (AdamW, lr 1e-3, batch 64, best "
@@ -202,21 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Example: adact train --dataset digits --activation elu mish mish silu --epochs 5")
     t.add_argument("--dataset", type=_dataset, default="digits", metavar="NAME", help=f"default: digits. {_DATASET_HELP}")
     t.add_argument("--activation", type=_activation, nargs="+", default=["adact"], metavar="NAME",
-                   help="'adact', one activation name for every block, or one name per block "
-                        f"(default: adact). Names: {', '.join(ACTIVATION_NAMES)}")
+                   help="'adact', 'baseline' (the model as written), one activation name for every ConvNet block, "
+                        f"or one name per block / AdAct site (default: adact). Names: {', '.join(ACTIVATION_NAMES)}")
     t.add_argument("--seed", type=_int_at_least(0), default=0,
                    help="seed of init, shuffling and RReLU noise (default: 0)")
     t.add_argument("--out", default=None, metavar="DIR",
                    help="run folder (default: runs/train/<dataset>_<activation>_seed<k>)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N", help="default: 64")
-    t.add_argument("--test-batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
-    t.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    t.add_argument("--weight-decay", type=float, default=0.01, metavar="WD", help="AdamW weight decay (default: 0.01)")
-    t.add_argument("--no-decay-adact", action="store_true",
-                   help="exempt AdAct logits and PReLU slopes from weight decay (plain AdamW decays them)")
-    t.add_argument("--hflip", action="store_true", help="random horizontal flips (the paper: none)")
-    t.add_argument("--crop-padding", type=_int_at_least(0), default=0, metavar="P",
-                   help="random crops with P pixels of padding (default: 0 = off)")
     _add_run_args(t)
     _add_data_args(t)
     t.set_defaults(func=_cmd_train)
@@ -241,58 +320,73 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands ------------------------------------------------------------------------------
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from adact.reproduce import ReproduceConfig, reproduce
+def _train_config(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
+    """The TrainConfig of the parsed options: every field with an option of its name, then ``fixed``.
 
-    cfg = ReproduceConfig(
-        datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out, epochs=args.epochs,
-        data_dir=args.data_dir, download=args.download, val_fraction=args.val_fraction, jobs=args.jobs,
-        device=args.device, quiet=args.quiet, granularity=args.granularity, fer_split=args.fer_split,
-        test_from_train=args.test_from_train, max_train_samples=args.max_train_samples, bf16=args.bf16,
-        compile=args.compile, channels=args.channels, kernel_size=args.kernel_size, fused=not args.reference,
-        baselines=list(dict.fromkeys(args.baselines)), **_sharpening(args), sync_bn=args.sync_bn,
-    )
+    The one place options become settings, for every command.
+    """
+    from dataclasses import fields
+
+    from adact.train import TrainConfig
+
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values["fused"] = not args.reference
+    values["decay_adact"] = not args.no_decay_adact
+    if args.channels is None:
+        values.pop("channels", None)
+    else:
+        values["channels"] = list(args.channels)
+    for key in ("activation", "dataset", "seed"):  # per run: given by the command
+        values.pop(key, None)
+    values.update(fixed)
+    return TrainConfig(**values)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from adact.reproduce import paper_config, reproduce
+
+    cfg = paper_config(datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out,
+                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args),
+                       baselines=list(dict.fromkeys(args.baselines)), sync_bn=args.sync_bn)
     reproduce(cfg, restart=args.restart)
     return 0
 
 
-def _sharpening(args: argparse.Namespace) -> dict[str, Any]:
-    return {"temperature_schedule": args.temperature_schedule, "entropy_weight": args.entropy_weight,
-            "adact_lr_mult": args.adact_lr_mult}
+def _cmd_search(args: argparse.Namespace) -> int:
+    from adact.model_zoo import BASELINE
+    from adact.search import SearchConfig, search
 
+    # The model as written is always search's first baseline; --baselines adds one-activation ones.
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    from adact.train import TrainConfig
-
-    acts: list[str] = args.activation
-    n_blocks = len(args.channels) if args.channels else len(DEFAULT_CHANNELS)
-    if len(acts) not in (1, n_blocks):
-        raise ValueError(f"--activation got {len(acts)} names but the net has {n_blocks} blocks; "
-                         f"give one name, or one per block")
-    extra: dict[str, Any] = {"channels": list(args.channels)} if args.channels else {}
-    return TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, download=args.download, fer_split=args.fer_split,
-        test_from_train=args.test_from_train, val_fraction=args.val_fraction,
-        activation=acts[0] if len(acts) == 1 else acts, granularity=args.granularity,
-        kernel_size=args.kernel_size, epochs=args.epochs, batch_size=args.batch_size,
-        test_batch_size=args.test_batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        decay_adact=not args.no_decay_adact, hflip=args.hflip, crop_padding=args.crop_padding, seed=args.seed,
-        device=args.device, bf16=args.bf16, compile=args.compile, fused=not args.reference,
-        max_train_samples=args.max_train_samples, **_sharpening(args), **extra,
-    )
+    cfg = SearchConfig(datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out,
+                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args), preset="search",
+                       baselines=[BASELINE, *dict.fromkeys(args.baselines)], sync_bn=args.sync_bn)
+    search(cfg, restart=args.restart)
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from adact.reproduce import check_dataset, dataset_slug, load_data
+    from adact.search import load_data
     from adact.train import DivergedError, train
 
-    config = _train_config(args)
-    check_dataset(config.dataset, config.data_dir)
+    acts: list[str] = args.activation
+    if args.model.strip().lower() == "convnet":
+        n_blocks = len(args.channels) if args.channels else len(DEFAULT_CHANNELS)
+        if len(acts) not in (1, n_blocks):
+            raise ValueError(f"--activation got {len(acts)} names but the net has {n_blocks} blocks; "
+                             f"give one name, or one per block")
+    config = _train_config(args, dataset=args.dataset, seed=args.seed,
+                           activation=acts[0] if len(acts) == 1 else acts)
+    spec = DatasetSpec.parse(config.dataset)
+    spec.check(config.data_dir)
     act = config.activation if isinstance(config.activation, str) else "-".join(config.activation)
-    out = Path(args.out or f"runs/train/{dataset_slug(config.dataset)}_{act}_seed{config.seed}")
-    data = load_data(config)
+    model = "" if config.model == "convnet" else "".join(c if c.isalnum() else "-" for c in config.model) + "_"
+    out = Path(args.out or f"runs/train/{model}{spec.slug}_{act}_seed{config.seed}")
+    data = load_data(config, args.quiet)
     if not args.quiet:
         print(f"{data} -> {out}")
+    if data.info.get("bad_images"):
+        print(f"skipped {data.info['bad_images']} image(s) that cannot be decoded (see the warnings)")
     try:
         result = train(config, out, data=data, quiet=args.quiet, restart=args.restart, sync_bn=args.sync_bn)
     except DivergedError as e:
@@ -321,14 +415,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from adact.reproduce import analyze_run, is_reproduce_dir, rerender
+    from adact.report import analyze_run, rerender
+    from adact.search import is_search_dir
 
     path = Path(args.path)
     if not path.exists():
-        raise FileNotFoundError(f"no such run folder, checkpoint or reproduce folder: {path}")
-    if is_reproduce_dir(path):
+        raise FileNotFoundError(f"no such run folder, checkpoint or reproduce folder (or search folder): {path}")
+    if is_search_dir(path):
         if args.out is not None:
-            raise ValueError("--out applies to a single run; a reproduce folder is re-rendered in place")
+            raise ValueError("--out applies to a single run; a search folder or a reproduce folder is re-rendered "
+                             "in place")
         results = rerender(path)
         print(results["table_text"])
         for ds, figs in results["figures"].items():

@@ -188,16 +188,18 @@ def all_sum(*values: float) -> tuple[float, ...]:
     return tuple(t.tolist())
 
 
-def shard_loss(logits: Tensor, y: Tensor, global_batch: int) -> Tensor:
+def shard_loss(logits: Tensor, y: Tensor, global_batch: int, label_smoothing: float = 0.0) -> Tensor:
     """This rank's part of the global batch's mean cross-entropy, scaled for DDP.
 
     DDP averages gradients over ``W`` ranks, so each rank returns ``W * sum(its losses) /
     global_batch``: the average is then exactly the gradient of the global batch's mean, even
-    when the slices differ in size. A single process gets the plain mean.
+    when the slices differ in size. A single process gets the plain mean. ``label_smoothing`` is
+    passed to ``F.cross_entropy`` (it is per sample, so the scaling holds with it too).
     """
     if not _active():
-        return F.cross_entropy(logits.float(), y)
-    return F.cross_entropy(logits.float(), y, reduction="sum") * (dist.get_world_size() / global_batch)
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    return (F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=label_smoothing)
+            * (dist.get_world_size() / global_batch))
 
 
 def global_mean(loss: Tensor) -> Tensor:

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from adact.activations import ACTIVATIONS
 from adact.analysis import consensus
 from adact.io import atomic_write, make_dir
 
-__all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_trajectories", "plot_weights", "save_figure"]
+__all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_choice_trajectories", "plot_heatmap",
+           "plot_trajectories", "plot_weights", "save_figure"]
 
 # The paper's seven candidates get the most distinct colours (tab10 order); other registry names
 # follow. Keyed by registry name so a colour never depends on the candidate order of a model.
@@ -140,8 +142,101 @@ def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], ti
     return save_figure(fig, stem)
 
 
+def plot_heatmap(mix: np.ndarray, paths: Sequence[str], candidates: Sequence[str], title: str, stem: str | Path,
+                 note: str = "") -> list[Path]:
+    """Softmax weights of every unit as a heatmap: one row per unit, one column per candidate.
+
+    Readable for any number of units (a ResNet-50 has 49), where bar groups are not. Cells show
+    the mean over seeds; a black box marks each unit's most common choice, and the row label
+    names it.
+
+    Args:
+        mix: ``(seeds, units, candidates)`` softmax weights.
+        paths: the units' module paths (row labels).
+        candidates, title, stem, note: as in :func:`plot_weights`.
+    """
+    mix = np.asarray(mix, dtype=float)
+    if mix.ndim != 3 or mix.shape[2] != len(candidates):
+        raise ValueError(f"mix must be (seeds, units, {len(candidates)}); got {mix.shape}")
+    n_seeds, n_units, k = mix.shape
+    mean = mix.mean(0)
+    chosen = consensus(mix, candidates)
+    labels = [f"{p or '(root)'} → {c}" + (f" ({m}/{n})" if n > 1 else "")
+              for p, (c, m, n) in zip(list(paths) + [f"unit {i + 1}" for i in range(len(paths), n_units)], chosen)]
+    fig = Figure(figsize=(2.2 + 0.75 * k + 0.07 * max(len(x) for x in labels), 1.6 + 0.28 * n_units),
+                 layout="constrained")
+    ax = fig.subplots()
+    # Centred on the uniform 1/k: above it (warm) the unit prefers a candidate, below (cool) it avoids it.
+    from matplotlib.colors import TwoSlopeNorm
+
+    norm = TwoSlopeNorm(vcenter=1.0 / k, vmin=min(float(mean.min()), 1.0 / k - 1e-6),
+                        vmax=max(float(mean.max()), 1.0 / k + 1e-6))
+    im = ax.imshow(mean, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
+    ax.set_xticks(range(k), list(candidates), rotation=30, ha="right")
+    ax.set_yticks(range(n_units), labels, fontsize=8)
+    for i, (c, _, _) in enumerate(chosen):
+        j = list(candidates).index(c)
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+        if n_units <= 60 and k <= 10:
+            dark = abs(float(norm(mean[i, j])) - 0.5) > 0.35  # white text on the darkest cells
+            ax.text(j, i, f"{mean[i, j]:.3f}", ha="center", va="center", fontsize=6.5,
+                    color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, label=f"softmax weight (white = uniform 1/{k})", shrink=min(1.0, 8 / max(n_units, 1)) + 0.3)
+    spread = f"mean over {n_seeds} seeds" if n_seeds > 1 else "one run"
+    fig.suptitle(f"{title}\n" + (f"{note}; " if note else "") + spread, fontsize=11)
+    return save_figure(fig, stem)
+
+
+def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]],
+                             candidates: Sequence[str], paths: Sequence[str], title: str, stem: str | Path,
+                             note: str = "") -> list[Path]:
+    """For many units: how each unit's final choice emerged -- its softmax weight per epoch, as a heatmap.
+
+    One row per unit (labelled with its final consensus choice), one column per epoch; the colour
+    is the mean over seeds of that choice's softmax weight (white = uniform 1/K). One image
+    instead of one panel per unit, so 50 units stay readable and cheap to draw.
+
+    Args:
+        histories, epochs, candidates: as in :func:`plot_trajectories`.
+        paths: the units' module paths (row labels).
+        title, stem, note: as in :func:`plot_weights`.
+    """
+    if not histories:
+        raise ValueError("plot_choice_trajectories needs at least one run's history")
+    all_epochs = sorted({int(e) for es in epochs for e in es})
+    n_units, k = histories[0].shape[1:]
+    grid = np.full((len(histories), len(all_epochs), n_units, k), np.nan)
+    col = {e: i for i, e in enumerate(all_epochs)}
+    for s_, (h, es) in enumerate(zip(histories, epochs)):
+        for row, e in zip(h, es):
+            grid[s_, col[int(e)]] = row
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(grid, 0)  # (epochs, units, k)
+    last = np.array([h[-1] for h in histories])  # (seeds, units, k): the final epoch
+    chosen = consensus(last, candidates)
+    idx = [list(candidates).index(c) for c, _, _ in chosen]
+    values = np.stack([mean[:, u, j] for u, j in enumerate(idx)])  # (units, epochs)
+    from matplotlib.colors import TwoSlopeNorm
+
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    norm = TwoSlopeNorm(vcenter=1.0 / k, vmin=min(lo, 1.0 / k - 1e-6), vmax=max(hi, 1.0 / k + 1e-6))
+    labels = [f"{p or '(root)'} → {c}" for p, (c, _, _) in zip(paths, chosen)]
+    fig = Figure(figsize=(3.0 + 0.45 * len(all_epochs) + 0.07 * max(len(x) for x in labels), 1.6 + 0.28 * n_units),
+                 layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
+    ax.set_xticks(range(len(all_epochs)), [str(e) for e in all_epochs])
+    ax.set_xlabel("epoch")
+    ax.set_yticks(range(n_units), labels, fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"softmax weight of the final choice (white = 1/{k})")
+    spread = f"mean over {len(histories)} seeds" if len(histories) > 1 else "one run"
+    fig.suptitle(f"{title}\n{spread}" + (f"; {note}" if note else ""), fontsize=11)
+    return save_figure(fig, stem)
+
+
 def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]], candidates: Sequence[str],
-                      title: str, stem: str | Path, note: str = "") -> list[Path]:
+                      title: str, stem: str | Path, note: str = "",
+                      unit_names: Sequence[str] | None = None) -> list[Path]:
     """Softmax weight of every candidate vs epoch, one panel per layer.
 
     Args:
@@ -149,6 +244,7 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
         epochs: per seed, the epoch numbers of the rows.
         candidates: names along the last axis.
         title, stem, note: as in :func:`plot_weights`.
+        unit_names: panel titles (default: ``layer 1``, ``layer 2``, ...).
 
     Lines are the mean over seeds, the band spans the seeds' min to max.
     """
@@ -166,8 +262,14 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
             grid[s, col[int(e)]] = row
     with np.errstate(all="ignore"):
         mean, lo, hi = np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
-    fig = Figure(figsize=(max(7.0, 3.0 * n_layers), 3.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, n_layers, sharey=True))
+    # Up to 6 panels in a row (the paper's ConvNet: one row); a model with many units wraps.
+    cols = min(n_layers, 6)
+    rows = -(-n_layers // cols)
+    fig = Figure(figsize=(max(7.0, 3.0 * cols), 3.8 if rows == 1 else 1.2 + 2.6 * rows), layout="constrained")
+    grid_axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
+    for extra in grid_axes[n_layers:]:
+        extra.set_visible(False)
+    axes = grid_axes[:n_layers]
     x = np.array(all_epochs)
     marker = "o" if len(x) <= 20 else None
     for layer, ax in enumerate(axes):
@@ -178,7 +280,7 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
             if len(histories) > 1:
                 ax.fill_between(x, lo[:, layer, j], hi[:, layer, j], color=c, alpha=0.12, linewidth=0)
         ax.axhline(1.0 / k, color="#444444", linewidth=0.8, linestyle="--", label=f"uniform 1/{k}")
-        ax.set_title(f"layer {layer + 1}", fontsize=10)
+        ax.set_title(f"layer {layer + 1}" if not unit_names else unit_names[layer], fontsize=10 if rows == 1 else 8)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if len(x) <= 20:

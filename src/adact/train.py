@@ -47,9 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from adact import distributed, sharpen
+from adact.confidence import discretization_gap, model_confidence
 from adact.data import DataSplits, DeviceLoader, load_dataset
 from adact.data.arrays import check_splits
-from adact.defaults import DEVICES
+from adact.data.registry import normalization
+from adact.dataspec import DatasetSpec
+from adact.defaults import BAD_IMAGE_POLICIES, DEVICES, GRANULARITIES, NORMALIZE, OPTIMIZERS, SCHEDULES
 from adact.io import (
     WriteError,
     atomic_save,
@@ -60,7 +63,7 @@ from adact.io import (
     read_json,
     remove_stale_temps,
 )
-from adact.confidence import discretization_gap, model_confidence
+from adact.model_zoo import BASELINE, check_input, create_model, parse_model, with_activation
 from adact.models import DEFAULT_CHANNELS, ConvNet
 from adact.surgery import adact_units, dominant_activations
 
@@ -70,6 +73,7 @@ __all__ = [
     "RESULT_KEYS",
     "RUN_FILES",
     "ResumeWarning",
+    "RunFolder",
     "TrainConfig",
     "UnsafeCheckpointError",
     "adact_weights",
@@ -77,6 +81,8 @@ __all__ = [
     "config_diff",
     "evaluate",
     "load_checkpoint",
+    "lr_factor",
+    "model_kwargs",
     "read_checkpoint",
     "resolve_device",
     "result_lacks_gap",
@@ -86,8 +92,50 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "adact-checkpoint-1"
 _CHECKPOINT_KEYS = ("model", "optimizer", "config", "model_kwargs", "epoch", "metrics", "best", "rng")
+
+
+class RunFolder:
+    """The files of one run folder: the one place their names are spelled.
+
+    Example::
+
+        >>> run = RunFolder("runs/x/seed0/adact")
+        >>> run.result  # PosixPath('runs/x/seed0/adact/result.json')
+    """
+
+    CONFIG = "config.json"
+    METRICS = "metrics.csv"
+    BEST = "best.pt"
+    LAST = "last.pt"
+    PREV = "last.prev.pt"
+    RESULT = "result.json"
+    #: What ``restart=True`` discards (figures of `adact analyze` stay).
+    FILES: tuple[str, ...] = (CONFIG, METRICS, BEST, LAST, PREV, RESULT)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / self.CONFIG)
+    metrics = property(lambda self: self.path / self.METRICS)
+    best = property(lambda self: self.path / self.BEST)
+    last = property(lambda self: self.path / self.LAST)
+    prev = property(lambda self: self.path / self.PREV)
+    result = property(lambda self: self.path / self.RESULT)
+
+    def started(self) -> bool:
+        """Whether a run began here (a config or a checkpoint) -- finished or not."""
+        return self.last.is_file() or self.config.is_file()
+
+    def checkpoint(self) -> Path | None:
+        """best.pt, else last.pt, else None: the checkpoint choices and figures are read from."""
+        return next((p for p in (self.best, self.last) if p.is_file()), None)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+
 #: The files of a run folder that ``restart=True`` discards (figures of `adact analyze` stay).
-RUN_FILES: tuple[str, ...] = ("config.json", "metrics.csv", "best.pt", "last.pt", "last.prev.pt", "result.json")
+RUN_FILES: tuple[str, ...] = RunFolder.FILES
 #: result.json keys a finished run must have; without them the run is finished again from last.pt.
 RESULT_KEYS: tuple[str, ...] = ("status", "best_test_acc", "best_epoch", "final_test_acc", "val_selected_test_acc",
                                 "epochs_run", "n_params", "n_adact_units", "n_adact_params", "config")
@@ -97,22 +145,32 @@ RESULT_KEYS: tuple[str, ...] = ("status", "best_test_acc", "best_epoch", "final_
 class TrainConfig:
     """Everything that defines a training run; saved as config.json and inside checkpoints."""
 
-    dataset: str = "digits"  # a name from adact.data.DATASETS or "npz:PATH"
+    dataset: str = "digits"  # a name from adact.data.DATASETS, "npz:PATH" or "imagefolder:PATH"
     data_dir: str = "data"  # root folder of the named datasets
     download: bool = False  # let torchvision download fmnist / cifar10 / svhn
     fer_split: str = "paper"  # fer2013: "paper" (Training split 80/20) or "official"
     test_from_train: float | None = None  # carve the test set from train (fraction), e.g. 0.2 for FER npz
     val_fraction: float = 0.0  # fraction of train held out for validation-based model selection
     split_seed: int = 0  # seed of the fixed data splits (not the training seed)
-    activation: str | list[str] = "adact"  # "adact", a registry name, or one name per block
+    image_size: int | None = None  # resize images to image_size x image_size (None: as stored)
+    normalize: str = "paper"  # "paper" (mean = std = 0.5) or "imagenet"
+    on_bad_image: str = "skip"  # image folders: "skip" undecodable files (counted) or stop with an "error"
+    cache_mb: float = 4096.0  # image folders: decode into memory up to this many MiB, else stream from disk
+    model: str = "convnet"  # "convnet" (the paper's), "torchvision:NAME", "timm:NAME", "file.py:factory", "pkg.mod:f"
+    pretrained: bool = False  # torchvision/timm weights, only if already on disk (nothing is downloaded)
+    activation: str | list[str] = "adact"  # "adact", "baseline", a registry name (convnet), or one name per site
     granularity: str = "layer"  # AdAct logits per "layer" (paper) or per "channel"
     channels: list[int] = field(default_factory=lambda: list(DEFAULT_CHANNELS))  # conv widths (ours)
     kernel_size: int = 3  # conv kernel (ours; the paper's table is missing)
     epochs: int = 15  # passes over the training set
     batch_size: int = 64  # training images per step
     test_batch_size: int = 1000  # images per evaluation batch
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (torch default)
+    optimizer: str = "adamw"  # "adamw" (the paper's) or "sgd" (momentum 0.9, Nesterov)
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay (torch default), or SGD's L2 penalty
+    schedule: str = "none"  # "none" (constant lr, the paper's) or "cosine" (to 0 at the last step)
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (per step)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (the paper: none)
     decay_adact: bool = True  # also decay AdAct logits and PReLU slopes (plain AdamW does)
     hflip: bool = False  # random horizontal flips (off: the paper uses no augmentation)
     crop_padding: int = 0  # random-crop padding in pixels (0 = off)
@@ -141,8 +199,25 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; valid: {', '.join(DEVICES)}")
-        if self.granularity not in ("layer", "channel"):
-            raise ValueError(f"unknown granularity {self.granularity!r}; valid: layer, channel")
+        for name, value, valid in (("granularity", self.granularity, GRANULARITIES),
+                                   ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                   ("normalize", self.normalize, NORMALIZE),
+                                   ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        self.dataset = str(DatasetSpec.parse(self.dataset))  # one spelling of a dataset everywhere
+        kind, _ = parse_model(self.model)
+        if kind == "convnet":
+            self.model = "convnet"
+        elif isinstance(self.activation, str) and self.activation not in ("adact", BASELINE):
+            raise ValueError(f"--model {self.model} trains 'adact', 'baseline' or one activation per AdAct site, "
+                             f"not {self.activation!r}")
         self.channels = [int(c) for c in self.channels]
         if self.temperature_schedule is not None:
             self.temperature_schedule = sharpen.parse_temperature_schedule(self.temperature_schedule)
@@ -164,6 +239,18 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def load_data(self, quiet: bool = False) -> DataSplits:
+        """This run's dataset, with its splits and image options applied."""
+        return load_dataset(self.dataset, self.data_dir, self.download, val_fraction=self.val_fraction,
+                            seed=self.split_seed, fer_split=self.fer_split, test_from_train=self.test_from_train,
+                            image_size=self.image_size, on_bad_image=self.on_bad_image, cache_mb=self.cache_mb,
+                            quiet=quiet)
+
+
+#: Settings that change how data is held, not what is trained: a run resumes across them.
+_NEUTRAL_KEYS = frozenset({"cache_mb"})
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig) if not callable(f.default_factory)}
+
 
 class DivergedError(RuntimeError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
@@ -184,11 +271,12 @@ class ResumeWarning(UserWarning):
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value.
 
-    A TrainConfig setting that ``old`` lacks (it was saved before the setting existed) counts as
-    its default, which is what that run was trained with.
+    A setting ``old`` lacks counts as its default (it was saved before the setting existed, so
+    that is what the run was trained with), so such a run folder still matches a config that
+    leaves it at the default.
     """
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    return [f"{k} {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in new if old.get(k, defaults.get(k)) != new[k]]
+    return [f"{k} {old.get(k, _DEFAULTS.get(k))!r} -> {new[k]!r}" for k in new
+            if k not in _NEUTRAL_KEYS and old.get(k, _DEFAULTS.get(k)) != new[k]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,22 +297,36 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_kwargs(config: TrainConfig, data: DataSplits) -> dict[str, Any]:
-    """ConvNet constructor arguments; stored in checkpoints so a model rebuilds from the file."""
+    """The model's constructor arguments; stored in checkpoints so a model rebuilds from the file."""
+    if config.model != "convnet":
+        return {"model": config.model, "in_channels": data.in_channels, "num_classes": data.num_classes,
+                "image_size": list(data.image_size), "activation": config.activation,
+                "granularity": config.granularity, "fused": config.fused, "pretrained": config.pretrained}
     return {
         "in_channels": data.in_channels,
         "num_classes": data.num_classes,
         "image_size": list(data.image_size),
-        "activation": config.activation,
+        "activation": "relu" if config.activation == BASELINE else config.activation,  # the ConvNet as written
         "channels": list(config.channels),
         "kernel_size": config.kernel_size,
         "adact_kwargs": {"granularity": config.granularity, "fused": config.fused},
     }
 
 
-def build_model(kwargs: dict[str, Any]) -> ConvNet:
+def build_model(kwargs: dict[str, Any]) -> nn.Module:
+    """The model of :func:`model_kwargs`: the paper's ConvNet, or a named model in its run's variant."""
     kw = dict(kwargs)
     kw["image_size"] = tuple(kw["image_size"])
-    return ConvNet(**kw)
+    spec = kw.pop("model", "convnet")
+    if spec == "convnet":
+        return ConvNet(**kw)
+    model = create_model(spec, num_classes=kw["num_classes"], in_channels=kw["in_channels"],
+                         pretrained=kw["pretrained"])
+    example = torch.zeros(2, kw["in_channels"], *kw["image_size"]) if kw["granularity"] == "channel" else None
+    model = with_activation(model, kw["activation"], granularity=kw["granularity"], fused=kw["fused"],
+                            example_inputs=example)
+    check_input(model, spec, kw["in_channels"], kw["image_size"], kw["num_classes"])
+    return model
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -348,20 +450,22 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ConvNet, dict[str, Any]]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint from the file alone; returns ``(model, checkpoint)``.
 
     The file is read with :func:`read_checkpoint`, so a checkpoint holding code is refused
     (:class:`UnsafeCheckpointError`) without running it.
     """
     ckpt = read_checkpoint(path, map_location)
-    model = build_model(ckpt["model_kwargs"])
+    # The file holds every weight: a named model is rebuilt without its pretrained ones (which may be gone).
+    kwargs = {**ckpt["model_kwargs"], "pretrained": False} if "model" in ckpt["model_kwargs"] else ckpt["model_kwargs"]
+    model = build_model(kwargs)
     model.load_state_dict(ckpt["model"])
     return model, ckpt
 
 
 def _summary(config: TrainConfig, metrics: list[dict[str, Any]], model: nn.Module, status: str,
-             message: str, wall_s: float, best_weights: dict[str, Any] | None) -> dict[str, Any]:
+             message: str, wall_s: float, selected: dict[str, Any]) -> dict[str, Any]:
     best = max(metrics, key=lambda r: r["test_acc"]) if metrics else None
     has_val = bool(metrics) and metrics[0].get("val_acc") is not None
     val_best = max(metrics, key=lambda r: r["val_acc"]) if has_val else None
@@ -379,7 +483,8 @@ def _summary(config: TrainConfig, metrics: list[dict[str, Any]], model: nn.Modul
         "val_selected_test_acc": val_best["test_acc"] if val_best else None,  # honest selection
         "val_best_epoch": val_best["epoch"] if val_best else None,
         "dominant": {k: [n, w] for k, (n, w) in dominant_activations(model).items()},  # last epoch
-        "best_weights": best_weights,  # choices and weights at the best epoch (see adact_weights)
+        "best_weights": selected.get("weights"),  # choices and weights at the best epoch (see adact_weights)
+        "val_best_weights": selected.get("val_weights"),  # ... at the best epoch by validation accuracy
         "weights": unit_weights(model),
         "n_adact_units": len(units),
         "n_adact_params": sum(p.numel() for _, u in units for p in u.parameters()),
@@ -396,10 +501,11 @@ def _check_folder(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     checkpoints, so the checkpoints' own check cannot catch it).
     """
     new = asdict(config)
-    result = read_json(out / "result.json") if (out / "result.json").is_file() else None
-    saved = read_json(out / "config.json") if (out / "config.json").is_file() else None
-    for name, old in (("result.json", result.get("config") if isinstance(result, dict) else None),
-                      ("config.json", saved)):
+    run = RunFolder(out)
+    result = read_json(run.result) if run.result.is_file() else None
+    saved = read_json(run.config) if run.config.is_file() else None
+    for name, old in ((run.RESULT, result.get("config") if isinstance(result, dict) else None),
+                      (run.CONFIG, saved)):
         if isinstance(old, dict) and (diff := config_diff(old, new)):
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}; see its {name}); "
                              f"use another --out folder, or rerun with --restart to discard that run")
@@ -423,7 +529,7 @@ def _resume_point(out: Path, config: TrainConfig, device: torch.device) -> dict[
     :class:`ResumeWarning`, losing at most two epochs; the damaged file is removed so it never
     becomes the fallback itself.
     """
-    last, prev = out / "last.pt", out / "last.prev.pt"
+    last, prev = RunFolder(out).last, RunFolder(out).prev
     problems: list[str] = []
     for path in (last, prev):
         if not path.is_file():
@@ -455,7 +561,7 @@ def _save_last(ckpt: dict[str, Any], out: Path) -> None:
     last.pt is replaced atomically and is never missing: the old one is first hard-linked
     (copied where links are not supported) to last.prev.pt.
     """
-    last, prev = out / "last.pt", out / "last.prev.pt"
+    last, prev = RunFolder(out).last, RunFolder(out).prev
     if last.is_file():
         link = prev.with_name(f".{prev.name}.hardlink.tmp")  # the temp-file pattern: removed if left behind
         try:
@@ -473,7 +579,7 @@ def _train_set(config: TrainConfig, data: DataSplits) -> Any:
     if config.max_train_samples is not None and config.max_train_samples < len(train_set):
         g = torch.Generator().manual_seed(config.split_seed)
         keep = torch.randperm(len(train_set), generator=g)[: config.max_train_samples].sort().values
-        train_set = type(train_set)(train_set.x[keep], train_set.y[keep])
+        train_set = train_set.subset(keep)
     return train_set
 
 
@@ -505,9 +611,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
             return prev
     device = distributed.setup(resolve_device(config.device))  # [distributed] cuda:LOCAL_RANK, NCCL / gloo
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction,
-                            seed=config.split_seed, fer_split=config.fer_split,
-                            test_from_train=config.test_from_train)
+        data = config.load_data(quiet)
     check_splits(data)
     train_set = _train_set(config, data)
     torch.manual_seed(config.seed)
@@ -537,15 +641,22 @@ def result_lacks_gap(result: dict[str, Any], out: str | Path) -> bool:
     :func:`train` then measures the gap on best.pt and adds it to result.json, without training.
     """
     return (result.get("status") == "done" and bool(result.get("n_adact_units"))
-            and "discretization_gap" not in result and (Path(out) / "best.pt").is_file())
+            and "discretization_gap" not in result and RunFolder(out).best.is_file())
+
+
+def _norm(config: TrainConfig, data: DataSplits, device: torch.device) -> dict[str, Any]:
+    """The DeviceLoader arguments every loader of a run shares: its normalization and device."""
+    mean, std = normalization(config.normalize, data.in_channels)
+    return {"mean": mean, "std": std, "device": device}
 
 
 def _loaders(config: TrainConfig, data: DataSplits, train_set: Any,
              device: torch.device) -> tuple[DeviceLoader, DeviceLoader]:
     shard = distributed.shard()  # [distributed] this rank's slice of every (global) batch
-    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, device=device,
-                                hflip=config.hflip, crop_padding=config.crop_padding, **shard)
-    return train_loader, DeviceLoader(data.test, config.test_batch_size, device=device, **shard)
+    norm = _norm(config, data, device)
+    train_loader = DeviceLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+                                hflip=config.hflip, crop_padding=config.crop_padding, **norm, **shard)
+    return train_loader, DeviceLoader(data.test, config.test_batch_size, **norm, **shard)
 
 
 def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: Any, data: DataSplits,
@@ -556,7 +667,7 @@ def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: 
     the checkpoint's per-channel weights).
     """
     train_loader, test_loader = _loaders(config, data, train_set, device)
-    model, ckpt = load_checkpoint(out / "best.pt", device)
+    model, ckpt = load_checkpoint(RunFolder(out).best, device)
     mkw = ckpt["model_kwargs"]
     result = dict(result)
     if isinstance(result.get("best_weights"), dict) and "confidence" not in result["best_weights"]:
@@ -564,19 +675,22 @@ def _add_gap(config: TrainConfig, out: Path, result: dict[str, Any], train_set: 
                                   "confidence": [c.to_json() for c in model_confidence(model)]}
     result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
     if distributed.writer():  # [distributed] every rank measured (evaluate all-reduces); one writes
-        atomic_write_json(out / "result.json", result)
+        atomic_write_json(RunFolder(out).result, result)
     return result
 
 
 def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model: nn.Module, mkw: dict[str, Any],
          device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
-    result_path = out / "result.json"
+    result_path = out / RunFolder.RESULT
     write = distributed.writer()  # [distributed] rank 0 writes files and prints; a single process always
     quiet = quiet or not write
     shard = distributed.shard()  # [distributed] this rank's slice of every (global) batch
-    opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    opt = _optimizer(model, config)
+    # Each group's own peak lr (the AdAct logits' may be scaled by adact_lr_mult), taken before a
+    # checkpoint's state is loaded: the warm-up/cosine factor multiplies these every step.
+    base_lrs = [float(g["lr"]) for g in opt.param_groups]
     train_loader, test_loader = _loaders(config, data, train_set, device)
-    val_loader = (DeviceLoader(data.val, config.test_batch_size, device=device, **shard)
+    val_loader = (DeviceLoader(data.val, config.test_batch_size, **_norm(config, data, device), **shard)
                   if data.val is not None else None)
 
     metrics: list[dict[str, Any]] = []
@@ -593,7 +707,7 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         if write:
             print(f"{out}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
     if write:
-        atomic_write_json(out / "config.json", asdict(config))
+        atomic_write_json(RunFolder(out).config, asdict(config))
 
     step_model = torch.compile(model) if config.compile else model
     step_model = distributed.wrap(step_model, device)  # [distributed] DDP; unchanged in one process
@@ -609,17 +723,19 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
         distributed.seed_epoch(config.seed, epoch)  # [distributed] per-rank RReLU noise, resumable
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = _progress(len(train_loader), f"{config.dataset} {_act_label(config)} ep {epoch}/{config.epochs}", quiet)
-        for i, (x, y) in enumerate(train_loader):
+        step = (epoch - 1) * steps  # the schedules are functions of the step, so a resumed run needs no state
+        label = f"{DatasetSpec.parse(config.dataset).display} {_act_label(config)}"
+        bar = _progress(len(train_loader), f"{label} ep {epoch}/{config.epochs}", quiet)
+        for x, y in train_loader:
             if schedule is not None:
-                sharpen.set_temperature(model, schedule((epoch - 1) * steps + i))
+                sharpen.set_temperature(model, schedule(step))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = step_model(x)  # (B, num_classes)
             # [distributed] shard_loss is F.cross_entropy(logits.float(), y) in one process; on N ranks
             # it is scaled so DDP's average is the global batch's gradient, and global_mean (the
             # global batch's loss) is NaN on every rank if it is on any, so all ranks stop together.
             # The entropy penalty depends only on the (replicated) logits: the same on every rank.
-            ce = distributed.shard_loss(logits, y, train_loader.global_batch)
+            ce = distributed.shard_loss(logits, y, train_loader.global_batch, config.label_smoothing)
             batch_loss = distributed.global_mean(ce)
             loss = ce + config.entropy_weight * sharpen.mixture_entropy(model) if config.entropy_weight else ce
             if not (torch.isfinite(batch_loss) and torch.isfinite(loss)):
@@ -628,9 +744,13 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
                         else "no checkpoint kept (it diverged before finishing an epoch)")
                 message = f"loss became {batch_loss.item()} in epoch {epoch}; {kept}"
                 break
+            factor = lr_factor(config, step, steps)
+            for group, base_lr in zip(opt.param_groups, base_lrs):
+                group["lr"] = base_lr * factor
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
             loss_sum += batch_loss.item() * train_loader.global_batch  # cross-entropy only, as without a penalty
             correct += int((logits.argmax(1) == y).sum())
             seen += train_loader.global_batch
@@ -665,20 +785,23 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
             val = f" val {val_acc:.4f}" if val_acc is not None else ""
             print(f"epoch {epoch:>2}: loss {row['train_loss']:.4f} test {test_acc:.4f}{val} "
                   f"({row['images_per_s']:.0f} img/s)", flush=True)
-        ckpt = _checkpoint(model, opt, config, mkw, epoch, metrics, best)
-        if test_acc > best["test_acc"]:
+        improved = test_acc > best["test_acc"]
+        if improved:
             # The weights of the best epoch travel in result.json too, so the choices can be read
             # (and ConvNet-Optimized built) from a run folder whose checkpoints were not kept.
-            best = {"test_acc": test_acc, "epoch": epoch, "weights": adact_weights(model)}
-            ckpt["best"] = best
-            if write:
-                atomic_save(ckpt, out / "best.pt")
+            best = {**best, "test_acc": test_acc, "epoch": epoch, "weights": adact_weights(model)}
+        if val_acc is not None and val_acc > best.get("val_acc", -1.0):
+            # The honest selection: the weights of the epoch the validation split picks.
+            best = {**best, "val_acc": val_acc, "val_epoch": epoch, "val_weights": adact_weights(model)}
+        ckpt = _checkpoint(model, opt, config, mkw, epoch, metrics, best)
+        if improved and write:
+            atomic_save(ckpt, RunFolder(out).best)
         # last.pt is the resume point, so it is written after metrics and best are consistent.
         if write:
-            _write_metrics_csv(out / "metrics.csv", metrics)
+            _write_metrics_csv(RunFolder(out).metrics, metrics)
             _save_last(ckpt, out)
 
-    result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best.get("weights"))
+    result = _summary(config, metrics, model, status, message, time.perf_counter() - wall0, best)
     if status == "done" and has_units:
         distributed.barrier()  # [distributed] rank 0's last best.pt is on disk before any rank reads it
         result["discretization_gap"] = _best_epoch_gap(out, mkw, device, train_loader, test_loader, config.bf16)
@@ -693,6 +816,28 @@ def _run(config: TrainConfig, out: Path, data: DataSplits, train_set: Any, model
     return result
 
 
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, config)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The multiple of ``config.lr`` at optimizer step ``step`` (0-based): warm-up, then the schedule.
+
+    Warm-up rises linearly over ``warmup_epochs`` (reaching 1 at its last step); ``cosine`` then
+    falls to 0 at the end of the last epoch. With the defaults it is always 1 (the paper's).
+    """
+    total = config.epochs * steps_per_epoch
+    warm = round(config.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return 1.0
+
+
 def _sharpness(model: nn.Module) -> dict[str, float]:
     """metrics.csv columns of an AdAct model: its softmax temperature and mean normalised entropy."""
     with torch.no_grad():
@@ -704,7 +849,7 @@ def _best_epoch_gap(out: Path, mkw: dict[str, Any], device: torch.device, train_
                     test_loader: DeviceLoader, bf16: bool) -> dict[str, Any]:
     """The discretization gap of the best epoch's model (best.pt), for result.json."""
     model = build_model(mkw).to(device)
-    ckpt = read_checkpoint(out / "best.pt", device)
+    ckpt = read_checkpoint(RunFolder(out).best, device)
     model.load_state_dict(ckpt["model"])
     train_loader.set_epoch(0)  # training used epochs 1..E: a fixed order of its own, for every rerun
     gap = discretization_gap(model, train_loader, test_loader, bf16=bf16).to_json()

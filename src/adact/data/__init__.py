@@ -1,4 +1,4 @@
-"""Datasets held in memory as uint8 tensors, and a loader that batches them on the device.
+"""Datasets held in memory as uint8 tensors (or image folders streamed from disk), and a loader that batches them.
 
 - :func:`load_dataset` -- ``"fmnist"``, ``"cifar10"``, ``"svhn"`` (torchvision), ``"fer2013"``
   (Kaggle csv or image folders), ``"digits"`` (scikit-learn, offline) or ``"npz:PATH"``;
@@ -7,11 +7,13 @@
 
 Modules: :mod:`~adact.data.arrays` (containers, stratified carving), :mod:`~adact.data.loader`,
 :mod:`~adact.data.registry`, and one per source: :mod:`~adact.data.torchvision_sets`,
-:mod:`~adact.data.fer2013`, :mod:`~adact.data.digits`, :mod:`~adact.data.npz`.
+:mod:`~adact.data.fer2013`, :mod:`~adact.data.digits`, :mod:`~adact.data.npz`,
+:mod:`~adact.data.imagefolder` (``"imagefolder:PATH"``, parsed with :class:`adact.dataspec.DatasetSpec`).
 """
 
 from adact.data.arrays import ArrayDataset, DataSplits, stratified_split
 from adact.data.fer2013 import EMOTIONS
+from adact.data.imagefolder import FileSplit
 from adact.data.loader import DeviceLoader
 from adact.data.npz import NPZ_KEYS
 from adact.data.registry import DATASETS, FER_SPLITS, load_dataset
@@ -24,6 +26,7 @@ __all__ = [
     "ArrayDataset",
     "DataSplits",
     "DeviceLoader",
+    "FileSplit",
     "load_dataset",
     "stratified_split",
 ]

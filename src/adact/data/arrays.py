@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,12 @@ class ArrayDataset:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image."""
+        c, h, w = self.x.shape[1:]
+        return int(c), int(h), int(w)
+
     def subset(self, indices: np.ndarray | torch.Tensor | Sequence[int]) -> ArrayDataset:
         """A new split holding the samples at ``indices`` (copied, in the given order)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -67,19 +74,19 @@ class DataSplits:
     """
 
     name: str
-    train: ArrayDataset
-    test: ArrayDataset
-    val: ArrayDataset | None
+    train: Any  # ArrayDataset, or adact.data.imagefolder.FileSplit for images streamed from disk
+    test: Any
+    val: Any | None
     classes: list[str]
     info: dict[str, object] = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:
-        return int(self.train.x.shape[1])
+        return int(self.train.image_shape[0])
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+        return int(self.train.image_shape[1]), int(self.train.image_shape[2])
 
     @property
     def num_classes(self) -> int:

@@ -63,6 +63,8 @@ class DeviceLoader:
         crop_padding: zero-pad each side by this many pixels and take a random crop of the
             original size (``RandomCrop(size, padding=p)``); 0 disables it. Default: 0.
         drop_last: drop the last batch if it is smaller than ``batch_size``. Default: False.
+        workers: for a :class:`~adact.data.imagefolder.FileSplit` (images left on disk), the
+            ``DataLoader`` worker processes that decode them. Default: 2.
         rank, world_size: data parallelism (``adact.distributed``): every rank walks the same
             global batches of ``batch_size`` in the same order and yields only its contiguous
             slice of each (sizes differ by at most one; a rank may get an empty slice of a short
@@ -87,16 +89,19 @@ class DeviceLoader:
     def __init__(self, ds: ArrayDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  device: str | torch.device = "cpu", mean: float | Sequence[float] = 0.5,
                  std: float | Sequence[float] = 0.5, hflip: bool = False, crop_padding: int = 0,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
-        if not isinstance(ds, ArrayDataset):
-            raise TypeError(f"DeviceLoader needs an adact.data.ArrayDataset, got {type(ds).__name__}")
+                 drop_last: bool = False, workers: int = 2, rank: int = 0,
+                 world_size: int = 1) -> None:
+        from adact.data.imagefolder import FileSplit
+
+        if not isinstance(ds, (ArrayDataset, FileSplit)):
+            raise TypeError(f"DeviceLoader needs an adact.data.ArrayDataset or FileSplit, got {type(ds).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-        channels = int(ds.x.shape[1])
+        channels = int(ds.image_shape[0])
         means = _per_channel(mean, channels, "mean")
         stds = _per_channel(std, channels, "std")
         if any(s <= 0 for s in stds):
@@ -109,9 +114,14 @@ class DeviceLoader:
         self.hflip = hflip
         self.crop_padding = crop_padding
         self.drop_last = drop_last
+        # Images left on disk are decoded per batch by DataLoader workers, in the same order an
+        # in-memory split would be read; everything after decoding is shared.
+        self.files = ds if isinstance(ds, FileSplit) else None
+        self.workers = workers
+        self.n = len(ds)
+        self.x = ds.x.to(self.device) if isinstance(ds, ArrayDataset) else None
         self.rank, self.world_size = rank, world_size
         self.global_batch = 0
-        self.x = ds.x.to(self.device)
         self.y = ds.y.to(self.device)
         # (x/255 - m)/s computed as (x - 255 m) / (255 s): with the default 0.5/0.5 every step is
         # exact, so pixels 0 and 255 land exactly on -1 and 1 (a multiply by 1/127.5 would not).
@@ -129,28 +139,43 @@ class DeviceLoader:
         self._epoch = int(epoch)
 
     def __len__(self) -> int:
-        n = int(self.x.shape[0])
+        n = self.n
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self._epoch
         self._epoch += 1
-        n = int(self.x.shape[0])
+        n = self.n
         if self.shuffle:
             order = torch.randperm(n, generator=_generator(self.seed, epoch, _SHUFFLE_STREAM)).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
         # Random numbers are drawn on the CPU so an epoch is identical on every device.
         aug_gen = _generator(self.seed, epoch, _AUGMENT_STREAM) if (self.hflip or self.crop_padding) else None
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            self.global_batch = full = int(idx.numel())
-            lo, hi = _shard_bounds(full, self.world_size, self.rank)
-            idx = idx[lo:hi]
-            x = self.x.index_select(0, idx)
+        batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+        # Every rank walks the same global batches; each keeps (and, for files, decodes) only its
+        # contiguous slice, so sharding never changes which samples a global step sees.
+        bounds = [_shard_bounds(int(b.numel()), self.world_size, self.rank) for b in batches]
+        shards = [b[lo:hi] for b, (lo, hi) in zip(batches, bounds)]
+        decoded = self._decoded(shards) if self.files is not None else None
+        for whole, idx, (lo, _) in zip(batches, shards, bounds):
+            self.global_batch = full = int(whole.numel())
+            x = self.x.index_select(0, idx) if decoded is None else next(decoded).to(self.device)
             if aug_gen is not None:
                 x = self._augment(x, aug_gen, full, lo)
             yield x.float().sub_(self._offset).div_(self._denom), self.y.index_select(0, idx)
+
+    def _decoded(self, batches: list[Tensor]) -> Iterator[Tensor]:
+        from torch.utils.data import DataLoader
+
+        assert self.files is not None
+        # A rank's slice of a short last batch may be empty; the DataLoader cannot collate an
+        # empty batch, so those are produced here as empty uint8 images instead.
+        loader = DataLoader(self.files, batch_sampler=[b.cpu().tolist() for b in batches if b.numel()],
+                            num_workers=self.workers, persistent_workers=False)
+        full = (x for x, _ in loader)
+        empty = torch.empty((0, *self.files.image_shape), dtype=torch.uint8)
+        return (next(full) if b.numel() else empty for b in batches)
 
     def _augment(self, x: Tensor, gen: torch.Generator, full: int, lo: int) -> Tensor:
         # Draws cover the whole global batch of ``full`` samples in the single-process order;

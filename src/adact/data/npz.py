@@ -24,19 +24,9 @@ NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 
 def resolve_npz_path(spec: str, root: Path) -> Path:
     """The file named by ``spec``: as given (``~`` expanded), else relative to the data root."""
-    if not spec:
-        raise ValueError("'npz:' needs a file path, e.g. 'npz:/data/fer2013.npz'")
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    tried = [str(path)]
-    if not path.is_absolute():
-        under_root = root / path
-        if under_root.is_file():
-            return under_root
-        tried.append(str(under_root))
-    raise FileNotFoundError(f"npz file not found: tried {' and '.join(repr(t) for t in tried)}. Pass an existing "
-                            f".npz with arrays {', '.join(NPZ_KEYS)} as 'npz:PATH'")
+    from adact.dataspec import DatasetSpec
+
+    return DatasetSpec.parse(f"npz:{spec}").resolve_path(root)
 
 
 def _images(arr: np.ndarray, key: str, path: Path) -> np.ndarray:

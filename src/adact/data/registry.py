@@ -3,14 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
+import torch
+
 from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, check_splits, stratified_split
+from adact.dataspec import DatasetSpec
 from adact.defaults import DATASETS, FER_SPLITS
 
-__all__ = ["DATASETS", "FER_SPLITS", "load_dataset"]
+__all__ = ["DATASETS", "FER_SPLITS", "NORMALIZATION", "load_dataset", "resize_split"]
 
 PAPER_FER_TEST_FRACTION = 0.2
+#: Test fraction carved from a single image folder when ``test_from_train`` is not given.
+DEFAULT_FOLDER_TEST_FRACTION = 0.2
+
+#: ``--normalize``: per-channel (mean, std) of ``(x / 255 - mean) / std``. "paper" maps pixels to [-1, 1].
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "paper": ((0.5,), (0.5,)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+# defaults.NORMALIZE lists these names for the CLI without importing torch; a test keeps the two equal.
+
+
+def normalization(name: str, channels: int) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` per channel; ImageNet's statistics on grayscale images are their channel means."""
+    if name not in NORMALIZATION:
+        raise ValueError(f"unknown normalization {name!r}; valid: {', '.join(NORMALIZATION)}")
+    mean, std = NORMALIZATION[name]
+    if len(mean) == channels:
+        return list(mean), list(std)
+    return [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+
+
+def resize_split(ds: ArrayDataset, size: int, chunk: int = 4096) -> ArrayDataset:
+    """``ds`` with every image resized to ``size`` x ``size`` (bilinear, antialiased), still uint8."""
+    import torch.nn.functional as F
+
+    if ds.image_shape[1:] == (size, size):
+        return ds
+    parts = []
+    for i in range(0, len(ds), chunk):  # in chunks: a float copy of a whole split can be large
+        x = F.interpolate(ds.x[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        parts.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    x = torch.cat(parts) if parts else torch.zeros((0, ds.image_shape[0], size, size), dtype=torch.uint8)
+    return ArrayDataset(x, ds.y)
 
 def _raw_loader(name: str, root: Path, download: bool) -> Callable[[], RawSplits]:
     if name == "fmnist":
@@ -37,11 +75,14 @@ def _check_fraction(value: float | None, what: str) -> None:
 
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, *, val_fraction: float = 0.0,
-                 seed: int = 0, fer_split: str = "paper", test_from_train: float | None = None) -> DataSplits:
+                 seed: int = 0, fer_split: str = "paper", test_from_train: float | None = None,
+                 image_size: int | None = None, on_bad_image: str = "skip", cache_mb: float = 4096.0,
+                 quiet: bool = False) -> DataSplits:
     r"""Load a dataset's splits into memory as uint8 tensors.
 
     Args:
-        name: one of :data:`DATASETS` or ``"npz:PATH"``:
+        name: one of :data:`DATASETS`, ``"npz:PATH"`` or ``"imagefolder:PATH"`` (parsed by
+            :class:`adact.dataspec.DatasetSpec`, case-insensitively):
 
             - ``"fmnist"``, ``"cifar10"``, ``"svhn"``: through torchvision's FashionMNIST / CIFAR10 /
               SVHN classes, from their usual places under ``root`` (``FashionMNIST/raw/``,
@@ -57,6 +98,9 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
               ``(N, H, W)`` or ``(N, H, W, C)``, integer labels) and optional ``classes``; a relative
               PATH not found from the working directory is also tried under ``root``. See
               :mod:`adact.data.npz`.
+            - ``"imagefolder:PATH"``: ``PATH/train/<class>/*`` and ``PATH/val/`` (or ``test/``), or one
+              folder of class subfolders, split stratified by ``test_from_train`` (default 0.2). See
+              :mod:`adact.data.imagefolder`.
         root: data folder (the CLI's ``--data-dir``). Default: ``"data"``.
         download: let torchvision fetch fmnist / cifar10 / svhn when they are not already there
             with matching checksums (a no-op when they are). FER2013 cannot be downloaded (Kaggle
@@ -76,6 +120,13 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
             every dataset; e.g. ``load_dataset("npz:fer2013.npz", test_from_train=0.2)`` applies the
             paper's FER protocol to an npz holding the official splits. For ``"fer2013"`` with
             ``fer_split="paper"`` it overrides the 0.2. Default: None (keep the source's test split).
+        image_size: resize every image to ``image_size`` x ``image_size`` (bilinear, antialiased).
+            Default: None (keep the source's size).
+        on_bad_image: image folders: ``"skip"`` an image that cannot be decoded (with a warning; the
+            count is in ``info["bad_images"]``) or stop with an ``"error"`` naming it. Default: "skip".
+        cache_mb: image folders: decode once into memory when the uint8 images take at most this many
+            MiB, else stream them from disk. Default: 4096.
+        quiet: no progress bar while decoding an image folder. Default: False.
 
     Returns:
         :class:`DataSplits` with ``info`` recording source, protocol, seed and counts.
@@ -91,33 +142,38 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
         >>> data.in_channels, data.image_size, data.num_classes
         (1, (48, 48), 7)
     """
-    if not isinstance(name, str):
-        raise ValueError(f"dataset name must be a string, got {type(name).__name__}")
+    spec = DatasetSpec.parse(name)
     if fer_split not in FER_SPLITS:
         raise ValueError(f"fer_split must be one of {', '.join(FER_SPLITS)}, got {fer_split!r}")
     _check_fraction(test_from_train, "test_from_train")
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
     root = Path(root).expanduser()
-    key = name.strip()
+    key = spec.value if spec.kind == "named" else spec.kind
+    carve = test_from_train
 
-    if key.lower().startswith("npz:"):
-        from adact.data.npz import load_npz, resolve_npz_path
+    if spec.kind == "npz":
+        from adact.data.npz import load_npz
 
-        path = resolve_npz_path(key[4:], root)
-        train, test, classes, info = load_npz(path)
-        display = f"npz:{path.stem}"
-    elif key.lower() in DATASETS:
-        key = key.lower()
-        train, test, classes, info = _raw_loader(key, root, download)()
-        display = key
+        train, test, classes, info = load_npz(spec.resolve_path(root))
+    elif spec.kind == "imagefolder":
+        from adact.data.imagefolder import load_imagefolder
+
+        train, test, classes, info = load_imagefolder(spec.resolve_path(root), image_size=image_size,
+                                                      on_bad_image=on_bad_image, cache_mb=cache_mb, quiet=quiet)
+        if test is None:
+            carve = DEFAULT_FOLDER_TEST_FRACTION if test_from_train is None else test_from_train
+            test = train.subset([])
     else:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, npz:PATH "
-                         f"(a .npz file with x_train, y_train, x_test, y_test)")
+        train, test, classes, info = _raw_loader(spec.value, root, download)()
+    display = spec.display
+    if image_size is not None and spec.kind != "imagefolder":  # image folders resize while decoding
+        train, test = resize_split(train, image_size), resize_split(test, image_size)
 
     info = dict(info)
     notes = list(info.pop("notes", []))  # type: ignore[call-overload]
-    carve = test_from_train
     if key == "fer2013":
         if fer_split == "official":
             if test_from_train is not None:
@@ -131,14 +187,14 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
 
     if carve is not None:
         keep, hold = stratified_split(train.y, float(carve), seed, what="test split")
-        notes.append(f"test = stratified {carve:g} of the source's training split (seed {seed}); the source's "
-                     f"test split ({len(test)} images) is unused")
+        notes.append(f"test = stratified {carve:g} of the source's training split (seed {seed})"
+                     + (f"; the source's test split ({len(test)} images) is unused" if len(test) else ""))
         if key != "fer2013":
             info["protocol"] = f"test carved from train: stratified {1 - carve:.0%}/{carve:.0%} split, seed {seed}"
         info["unused_source_test"] = len(test)
         train, test = train.subset(keep), train.subset(hold)
 
-    val: ArrayDataset | None = None
+    val: Any = None
     if val_fraction > 0:
         keep, hold = stratified_split(train.y, float(val_fraction), seed,
                                       what="validation split")

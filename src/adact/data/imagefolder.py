@@ -1,0 +1,210 @@
+"""Image folders (``imagefolder:PATH``): torchvision's ``ImageFolder`` layout, decoded once.
+
+Layouts:
+
+* ``PATH/train/<class>/*`` with ``PATH/val/<class>/*`` (or ``PATH/test/``): the given splits;
+* ``PATH/<class>/*`` (or ``PATH/train/`` alone): one folder, split stratified later
+  (``test_from_train``, the CLI's ``--test-fraction``, default 0.2).
+
+Classes are the sorted subfolder names of the training folder, as in ``ImageFolder``. Images are
+grayscale (1 channel) when every file is, else RGB (3 channels; alpha dropped). They are
+resized to ``image_size`` x ``image_size`` when given, and must otherwise share one size.
+
+Images are decoded once into uint8 tensors in memory when they fit in ``cache_mb`` MiB (the
+usual case: 50,000 RGB images of 32x32 take 146 MiB); beyond that they stay on disk as a
+:class:`FileSplit` and are decoded per batch by a ``DataLoader`` with worker processes. A file
+that cannot be decoded is skipped with a warning (``on_bad_image="skip"``, the count is in the
+dataset's ``info``) or stops loading with an error naming it (``"error"``).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adact.data.arrays import ArrayDataset, as_split
+from adact.defaults import BAD_IMAGE_POLICIES
+
+__all__ = ["BAD_IMAGE_POLICIES", "IMAGE_EXTENSIONS", "BadImageWarning", "FileSplit", "decode_image",
+           "load_imagefolder"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_GRAY_MODES = {"1", "L", "I", "I;16", "F"}
+
+
+class BadImageWarning(UserWarning):
+    """An image file could not be decoded and was skipped."""
+
+
+@dataclass(repr=False)
+class FileSplit:
+    """A split left on disk: image files, labels, and the ``(C, H, W)`` every file decodes to."""
+
+    files: list[str]
+    y: torch.Tensor
+    image_shape: tuple[int, int, int]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, indices: np.ndarray | torch.Tensor | Sequence[int]) -> FileSplit:
+        idx = np.asarray(indices, dtype=np.int64)
+        return FileSplit([self.files[i] for i in idx.tolist()], self.y[torch.as_tensor(idx)].contiguous(),
+                         self.image_shape)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        c, h, w = self.image_shape
+        return torch.from_numpy(decode_image(self.files[i], "L" if c == 1 else "RGB", (h, w))), int(self.y[i])
+
+    def __repr__(self) -> str:
+        c, h, w = self.image_shape
+        return f"FileSplit(n={len(self)}, image=({c}, {h}, {w}), on disk)"
+
+
+def decode_image(path: str | Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One image file as uint8 ``(C, H, W)`` in ``mode`` (``"L"`` or ``"RGB"``), resized to ``size``."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert(mode)
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
+        arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return {c: sorted(p for p in (folder / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            for c in classes}
+
+
+def _layout(root: Path) -> tuple[Path, Path | None]:
+    if (root / "train").is_dir():
+        test = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+        return root / "train", test
+    return root, None
+
+
+def _bad(path: Path, error: BaseException, policy: str, bad: list[str]) -> None:
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+    if policy == "error":
+        raise ValueError(f"cannot decode image {path} ({reason}); fix or remove it, or pass --on-bad-image skip")
+    warnings.warn(f"skipped image {path}: cannot decode it ({reason})", BadImageWarning, stacklevel=4)
+    bad.append(str(path))
+
+
+def _scan(files: list[tuple[Path, int]], policy: str, bad: list[str]) -> list[tuple[Path, int, str, tuple[int, int]]]:
+    """Read every file's header (mode, size): cheap, and it catches files that are not images at all."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for path, label in files:
+        try:
+            with Image.open(path) as img:
+                out.append((path, label, img.mode, (img.height, img.width)))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            _bad(path, e, policy, bad)
+    return out
+
+
+def _progress(total: int, desc: str, quiet: bool) -> Any:
+    if quiet or not sys.stderr.isatty():  # as in training: bars only on a terminal
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+
+def _decode_all(items: list[tuple[Path, int, str, tuple[int, int]]], mode: str, size: tuple[int, int] | None,
+                policy: str, bad: list[str], desc: str, quiet: bool) -> ArrayDataset:
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    bar = _progress(len(items), desc, quiet)
+    for path, label, _, _ in items:
+        try:
+            xs.append(decode_image(path, mode, size))
+            ys.append(label)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated or damaged data
+            _bad(path, e, policy, bad)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    c = 1 if mode == "L" else 3
+    h, w = size if size is not None else (items[0][3] if items else (1, 1))
+    x = np.stack(xs) if xs else np.zeros((0, c, h, w), dtype=np.uint8)
+    return as_split(x, np.asarray(ys, dtype=np.int64))
+
+
+def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image: str = "skip",
+                     cache_mb: float = 4096.0, quiet: bool = False) -> tuple[Any, Any, list[str], dict[str, object]]:
+    """Read an image folder; returns ``(train, test or None, classes, info)``.
+
+    Splits are :class:`~adact.data.ArrayDataset` when every image fits in ``cache_mb`` MiB as
+    uint8, else :class:`FileSplit`. ``test`` is None for a single folder (the caller carves it).
+
+    Raises:
+        ValueError: no classes or no images, a test folder with classes the training folder
+            lacks, images of different sizes without ``image_size``, or (``on_bad_image="error"``)
+            an image that cannot be decoded -- the message names the file.
+    """
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+    train_dir, test_dir = _layout(root)
+    per_class = _class_files(train_dir)
+    classes = list(per_class)
+    if not classes:
+        raise ValueError(f"{train_dir} holds no class subfolders; an image folder is <class>/<image> "
+                         f"(or train/<class>/ and val/<class>/)")
+    index = {c: i for i, c in enumerate(classes)}
+    splits: dict[str, list[tuple[Path, int]]] = {"train": [(p, index[c]) for c, ps in per_class.items() for p in ps]}
+    if test_dir is not None:
+        test_classes = _class_files(test_dir)
+        extra = [c for c in test_classes if c not in index]
+        if extra:
+            raise ValueError(f"{test_dir} has classes the training folder {train_dir} lacks: {', '.join(extra[:5])}")
+        splits["test"] = [(p, index[c]) for c, ps in test_classes.items() for p in ps]
+    bad: list[str] = []
+    scanned = {k: _scan(v, on_bad_image, bad) for k, v in splits.items()}
+    if not scanned["train"]:
+        raise ValueError(f"{train_dir} holds no readable images ({', '.join(IMAGE_EXTENSIONS)})")
+    everything = [it for v in scanned.values() for it in v]
+    mode = "L" if all(m in _GRAY_MODES for _, _, m, _ in everything) else "RGB"
+    if image_size is not None:
+        size: tuple[int, int] | None = (image_size, image_size)
+    else:
+        sizes = {s for _, _, _, s in everything}
+        if len(sizes) > 1:
+            (a, sa), (b, sb) = [(next(str(p) for p, _, _, s in everything if s == z), z) for z in sorted(sizes)[:2]]
+            raise ValueError(f"images in {root} have different sizes ({a} is {sa[1]}x{sa[0]}, {b} is "
+                             f"{sb[1]}x{sb[0]}); pass --image-size S to resize them all to SxS")
+        size = None
+    c = 1 if mode == "L" else 3
+    h, w = size if size is not None else everything[0][3]
+    nbytes = len(everything) * c * h * w
+    cached = nbytes <= cache_mb * 2**20
+    out: dict[str, Any] = {}
+    for k, items in scanned.items():
+        if cached:
+            out[k] = _decode_all(items, mode, size, on_bad_image, bad, f"decoding {root.name}/{k}", quiet)
+        else:
+            out[k] = FileSplit([str(p) for p, _, _, _ in items], torch.tensor([lab for _, lab, _, _ in items],
+                                                                               dtype=torch.int64), (c, h, w))
+    info: dict[str, object] = {
+        "source": str(root.resolve()), "format": "imagefolder",
+        "protocol": f"{train_dir.name}/ and {test_dir.name}/" if test_dir is not None else "one folder",
+        "mode": mode, "resized_to": list(size) if size is not None else None,
+        "storage": (f"decoded once into memory ({nbytes / 2**20:.1f} MiB <= {cache_mb:g} MiB)" if cached else
+                    f"streamed from disk ({nbytes / 2**20:.1f} MiB > {cache_mb:g} MiB)"),
+        "bad_images": len(bad), "bad_image_files": bad[:20],
+    }
+    return out["train"], out.get("test"), classes, info
+

@@ -1,0 +1,108 @@
+"""``DatasetSpec``: the one parser of a dataset argument (``digits``, ``npz:PATH``, ``imagefolder:PATH``).
+
+Every place that needs to know what a dataset argument means -- the CLI, :func:`adact.data.load_dataset`,
+run-folder names, figure titles, the paper's Table 1 lookup -- asks a :class:`DatasetSpec`, so a prefix
+is parsed once, case-insensitively, and nowhere else. Imports nothing heavy (``adact --help`` uses it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from adact.defaults import DATASETS
+
+__all__ = ["DATASET_HELP", "DatasetSpec"]
+
+DATASET_HELP = (f"{', '.join(DATASETS)}, npz:PATH (arrays x_train, y_train, x_test, y_test) or imagefolder:PATH "
+                f"(PATH/train/<class>/* and PATH/val/ or test/, or one folder of class subfolders)")
+
+_PREFIXES = ("npz", "imagefolder")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A parsed dataset argument.
+
+    Attributes:
+        kind: ``"named"`` (one of :data:`adact.defaults.DATASETS`), ``"npz"`` or ``"imagefolder"``.
+        value: the name (lower case) or the path as given.
+    """
+
+    kind: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> DatasetSpec:
+        """Parse ``text``; prefixes and names are case-insensitive. Raises ValueError for anything else."""
+        if not isinstance(text, str):
+            raise ValueError(f"a dataset must be given as a string, got {type(text).__name__}")
+        key = text.strip()
+        prefix, sep, rest = key.partition(":")
+        if sep and prefix.lower() in _PREFIXES:
+            if not rest:
+                raise ValueError(f"{prefix.lower()}: needs a path, e.g. '{prefix.lower()}:data/mine'")
+            return cls(prefix.lower(), rest)
+        if key.lower() in DATASETS:
+            return cls("named", key.lower())
+        raise ValueError(f"unknown dataset {text!r}; valid: {DATASET_HELP}")
+
+    def __str__(self) -> str:
+        return self.value if self.kind == "named" else f"{self.kind}:{self.value}"
+
+    @property
+    def stem(self) -> str:
+        """The name, or the file/folder name of a path (``npz:data/fer2013.npz`` -> ``fer2013``)."""
+        if self.kind == "named":
+            return self.value
+        path = Path(self.value.rstrip("/\\"))
+        return (path.stem if self.kind == "npz" else path.name) or "data"
+
+    @property
+    def slug(self) -> str:
+        """Folder name of this dataset's runs: the name, ``npz-<stem>`` or ``imagefolder-<folder>``."""
+        if self.kind == "named":
+            return self.value
+        return f"{self.kind}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.stem)
+
+    @property
+    def display(self) -> str:
+        """A short label for titles: ``npz:fer2013``, ``imagefolder:pets``, ``digits``."""
+        return self.value if self.kind == "named" else f"{self.kind}:{self.stem}"
+
+    @property
+    def paper_key(self) -> str | None:
+        """The paper's Table 1 row this dataset is a copy of (by name or file stem), else None."""
+        from adact.analysis import PAPER_TABLE1  # deferred: analysis imports numpy and scipy
+
+        name = self.stem.lower()
+        return name if name in PAPER_TABLE1 else None
+
+    def resolve_path(self, data_dir: str | Path) -> Path:
+        """The file or folder of an ``npz:`` / ``imagefolder:`` spec: as given, else under ``data_dir``.
+
+        Raises:
+            FileNotFoundError: neither exists (the message lists both paths tried).
+        """
+        if self.kind == "named":
+            raise ValueError(f"{self} is a named dataset, not a path")
+        path = Path(self.value).expanduser()
+        found = path.is_file() if self.kind == "npz" else path.is_dir()
+        tried = [str(path)]
+        if not found and not path.is_absolute():
+            under = Path(data_dir).expanduser() / path
+            if under.is_file() if self.kind == "npz" else under.is_dir():
+                return under
+            tried.append(str(under))
+        if found:
+            return path
+        what = ("an .npz with arrays x_train, y_train, x_test, y_test" if self.kind == "npz"
+                else "a folder of class subfolders (or train/ and val/ or test/ holding them)")
+        raise FileNotFoundError(f"{self.kind} {'file' if self.kind == 'npz' else 'folder'} not found: tried "
+                                f"{' and '.join(repr(t) for t in tried)}. Pass {what} as '{self.kind}:PATH'")
+
+    def check(self, data_dir: str | Path) -> None:
+        """Raise FileNotFoundError now for a missing ``npz:`` file or ``imagefolder:`` folder."""
+        if self.kind != "named":
+            self.resolve_path(data_dir)

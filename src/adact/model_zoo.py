@@ -1,0 +1,260 @@
+"""Models by name: ``convnet``, ``torchvision:NAME``, ``timm:NAME``, ``path/file.py:factory``, ``pkg.mod:factory``.
+
+:func:`create_model` builds the model as written (its own activations), with the classifier
+sized to ``num_classes`` and the stem to ``in_channels``; :func:`with_activation` then makes
+the variant a run trains: AdAct units at every activation (:func:`adact.adactify`), the model as
+written (``"baseline"``), or each unit fixed to a chosen activation (:func:`adact.optimize`).
+:func:`check_input` runs one forward pass so a model that cannot take the data's images fails
+with a clear message before training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["BASELINE", "check_input", "create_model", "parse_model", "with_activation"]
+
+#: The ``activation`` of a run that trains the model as written.
+BASELINE = "baseline"
+
+
+def parse_model(spec: str) -> tuple[str, str]:
+    """``(kind, name)``: kind is ``convnet``, ``torchvision``, ``timm`` or ``code`` (a user factory).
+
+    Raises:
+        ValueError: an empty name or a spec of no known form.
+    """
+    text = spec.strip()
+    if text.lower() == "convnet":
+        return "convnet", "convnet"
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix.lower() in ("torchvision", "timm"):
+        if not rest:
+            raise ValueError(f"--model {spec!r} needs a model name, e.g. {prefix.lower()}:resnet18")
+        return prefix.lower(), rest
+    head, sep, factory = text.rpartition(":")
+    if sep and head and factory.isidentifier():
+        return "code", text
+    raise ValueError(f"unknown model {spec!r}; valid: convnet, torchvision:NAME, timm:NAME, path/to/file.py:factory "
+                     f"or package.module:factory")
+
+
+def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError:
+        raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
+    if not pretrained:
+        return builder(weights=None, num_classes=num_classes)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not file.is_file():
+        raise ValueError(f"--pretrained: the weights of torchvision:{name} are not at hand (expected {file}); "
+                         f"adact does not download them: fetch {weights.url} to that path, or drop --pretrained")
+    return builder(weights=weights)  # with ImageNet's 1000 classes; the head is replaced below
+
+
+def _timm(name: str, num_classes: int, in_channels: int, pretrained: bool) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"--model timm:{name} needs timm, which is not installed: pip install 'adact[timm]'") from None
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+    try:
+        with _hub_offline(pretrained):
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
+    except Exception as e:  # noqa: BLE001 -- hub errors have many types; none is the user's bug to trace
+        if not pretrained:
+            raise
+        raise ValueError(f"--pretrained: cannot load the weights of timm:{name} ({e}); drop --pretrained, or put "
+                         f"them in the Hugging Face cache first") from None
+
+
+@contextlib.contextmanager
+def _hub_offline(active: bool) -> Iterator[None]:
+    """Weights from the local Hugging Face cache only: adact never downloads (and never waits on a network)."""
+    if not active:
+        yield
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _import_factory(spec: str) -> Any:
+    target, _, factory = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--model {spec}: no file {path}")
+        mod_name = f"adact_user_model_{abs(hash(str(path.resolve())))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ValueError(f"--model {spec}: cannot import {path}")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[mod_name] = module  # spawned workers import it again from the path
+            loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ValueError(f"--model {spec}: cannot import module {target!r} ({e})") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise ValueError(f"--model {spec}: {target} has no callable {factory!r}")
+    return fn
+
+
+def _call_factory(fn: Any, spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
+              if k in params or takes_any}
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _first(model: nn.Module, kind: type[nn.Module], last: bool = False) -> tuple[str, nn.Module] | None:
+    found = [(n, m) for n, m in model.named_modules() if type(m) is kind]
+    if not found:
+        return None
+    return found[-1] if last else found[0]
+
+
+def _set(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
+
+
+def _adapt(model: nn.Module, num_classes: int, in_channels: int) -> nn.Module:
+    """Resize the first conv's inputs and the last linear layer's outputs where they differ."""
+    stem = _first(model, nn.Conv2d)
+    if stem is not None and stem[1].in_channels != in_channels and stem[1].groups == 1:
+        path, conv = stem
+        new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                        conv.padding, conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+        with torch.no_grad():  # keep pretrained filters: their mean over the old input channels
+            new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)  # type: ignore[union-attr]
+        _set(model, path, new)
+    head = _first(model, nn.Linear, last=True)
+    if head is not None and head[1].out_features != num_classes:
+        path, lin = head
+        _set(model, path, nn.Linear(lin.in_features, num_classes, bias=lin.bias is not None))
+    return model
+
+
+def create_model(spec: str, *, num_classes: int, in_channels: int, pretrained: bool = False) -> nn.Module:
+    """The model named by ``spec``, as written, for ``in_channels`` inputs and ``num_classes`` outputs.
+
+    ``torchvision:NAME`` and ``timm:NAME`` are built with random weights unless ``pretrained``
+    (then the weights must already be on disk: nothing is downloaded). A user factory is called
+    with ``num_classes`` and ``in_channels`` where its signature accepts them. Afterwards the
+    first ``nn.Conv2d`` and the last ``nn.Linear`` are replaced where their sizes differ.
+
+    Raises:
+        ValueError: an unknown spec, a missing optional library, or weights not at hand.
+        FileNotFoundError: a factory file that does not exist.
+    """
+    kind, name = parse_model(spec)
+    if kind == "convnet":
+        raise ValueError("create_model builds named models; the paper's ConvNet is adact.ConvNet")
+    if kind == "torchvision":
+        model = _torchvision(name, num_classes, pretrained)
+    elif kind == "timm":
+        model = _timm(name, num_classes, in_channels, pretrained)
+    else:
+        model = _call_factory(_import_factory(name), spec, num_classes, in_channels)
+    return _adapt(model, num_classes, in_channels)
+
+
+def with_activation(model: nn.Module, activation: str | Sequence[str], *, granularity: str = "layer",
+                    fused: bool = True, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """The variant of ``model`` a run trains.
+
+    Args:
+        model: the model as written (from :func:`create_model`).
+        activation: ``"adact"`` (an AdAct unit at every activation call site), ``"baseline"``
+            (unchanged), or one activation name per AdAct site, in module order: the optimized
+            model, each site fixed to its choice with default hyper-parameters (a PReLU slope starts
+            at 0.25, as when training from scratch).
+        granularity, fused: passed to each AdAct unit.
+        example_inputs: a batch for :func:`adact.adactify` to count calls in untraceable modules
+            (needed for ``granularity="channel"``).
+    """
+    from adact.surgery import adact_units, adactify, optimize
+
+    if activation == BASELINE:
+        return model
+    if isinstance(activation, str) and activation != "adact":
+        raise ValueError(f"activation {activation!r}: a named model takes 'adact', 'baseline' or one activation "
+                         f"name per AdAct site")
+    kwargs: dict[str, Any] = {"granularity": granularity, "adact_kwargs": {"fused": fused}}
+    if example_inputs is not None:
+        kwargs["example_inputs"] = example_inputs
+    converted = adactify(model, **kwargs)
+    if activation == "adact":
+        return converted
+    units = adact_units(converted)
+    choices = list(activation)
+    if len(choices) != len(units):
+        raise ValueError(f"{len(choices)} chosen activations for a model with {len(units)} AdAct sites; the choices "
+                         f"must come from the same model")
+    with torch.no_grad():
+        for (path, unit), choice in zip(units, choices):
+            if choice not in unit.candidates:
+                raise ValueError(f"site {path}: {choice!r} is not one of its candidates {list(unit.candidates)}")
+            # Make the choice the unit's dominant activation; optimize() then swaps in that plain module.
+            unit.logits.zero_()
+            unit.logits[..., list(unit.candidates).index(choice)] = 1.0
+    return optimize(converted, reinit=True)
+
+
+def check_input(model: nn.Module, spec: str, in_channels: int, image_size: tuple[int, int], num_classes: int) -> None:
+    """One forward pass of two blank images in eval mode; a model that cannot take them is a clear error."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            out = model(torch.zeros(2, in_channels, *image_size, device=device))
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model {spec} cannot run on {in_channels}x{image_size[0]}x{image_size[1]} images ({first}); "
+                         f"resize them with --image-size S (e.g. 32, or 224 for ImageNet models)") from None
+    finally:
+        model.train(was_training)
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model {spec} returns {shape} for 2 images, not (2, {num_classes}) logits; its factory "
+                         f"should take num_classes or end in an nn.Linear adact can resize")

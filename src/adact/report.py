@@ -1,0 +1,459 @@
+"""The summary of a search or reproduction folder: tables, choices, figures and the report.
+
+:func:`render` reads every run folder of an ``adact search`` / ``adact reproduce`` output folder
+(through :func:`adact.search.collect`) and (re)writes the table (``table.md``/``.csv``, or the
+paper preset's ``table1.*``), ``choices.md``/``.json``, the figures, ``report.md`` and
+``results.json``; ``adact analyze OUT`` calls it without training. :func:`analyze_run` does the
+same for one run folder or checkpoint.
+
+Beside the accuracy tables (one column and paired differences per baseline), the report holds
+issue 14's discretization-gap table (the AdAct model against its own argmax), the confidence of
+each choice (weak choices are marked in choices.md and the figures) and a line on sharpening.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adact.analysis import (
+    METRICS,
+    PAPER_TABLE1,
+    RunRecord,
+    WeightHistory,
+    build_summary,
+    fmt_acc,
+    model_label,
+    read_weight_history,
+    render_choices_md,
+    render_gap_md,
+    render_table_csv,
+    render_table_md,
+    render_weights_text,
+)
+from adact.confidence import WEAK_MARGIN, render_confidence_text, render_gap_text
+from adact.dataspec import DatasetSpec
+from adact.defaults import DEFAULT_CHANNELS
+from adact.io import atomic_write_json, atomic_write_text, folder_lock, read_json, remove_stale_temps
+from adact.plots import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
+from adact.search import SearchConfig, collect, load_manifest
+from adact.train import RunFolder, adact_weights, load_checkpoint
+
+__all__ = ["analyze_run", "render", "rerender"]
+
+#: Up to this many units, the trajectories get one panel per unit (all candidates); beyond, a heatmap.
+_PANELS = 6
+
+
+def _histories(records: list[RunRecord], out: Path) -> tuple[dict[str, WeightHistory], list[str]]:
+    """The weight history of every finished AdAct run (by run path), and what could not be read."""
+    hists: dict[str, WeightHistory] = {}
+    problems: list[str] = []
+    for r in records:
+        if r.model != "adact" or r.status != "done" or not r.mix:
+            continue
+        path = RunFolder(out / r.path).metrics
+        if not path.is_file():
+            problems.append(f"{path} is missing: no weight trajectories for {r.dataset} seed {r.seed}")
+            continue
+        try:
+            h = read_weight_history(path)
+        except (ValueError, OSError) as e:
+            problems.append(f"{e}: no weight trajectories for {r.dataset} seed {r.seed}")
+            continue
+        if h is not None:
+            hists[r.path] = h
+    return hists, problems
+
+
+def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, WeightHistory],
+             out: Path) -> dict[str, dict[str, list[str]]]:
+    figs: dict[str, dict[str, list[str]]] = {}
+    for ds in cfg.datasets:
+        spec = DatasetSpec.parse(ds)
+        slug, name = spec.slug, spec.display
+        runs = [r for r in records if r.dataset == ds and r.model == "adact" and r.status == "done" and r.mix]
+        if not runs:
+            continue
+        cands = runs[0].candidates or []
+        n = len(runs)
+        seeds = ", ".join(str(r.seed) for r in runs)
+        entry: dict[str, list[str]] = {}
+        note = f"{_selection(cfg)} of seed{'s' if n > 1 else ''} {seeds}"
+        if cfg.preset == "paper":  # the paper's figures: bars per layer
+            paths = plot_weights(np.array([r.raw for r in runs]), np.array([r.mix for r in runs]), cands,
+                                 f"{name}: AdAct weights per layer", out / "figures" / f"{slug}_weights", note=note,
+                                 weak=_weak_flags(runs))
+        else:  # any number of units: one heatmap row per unit
+            paths = plot_heatmap(np.array([r.mix for r in runs]), runs[0].layer_paths or [], cands,
+                                 f"{name}: AdAct softmax weights per unit", out / "figures" / f"{slug}_weights",
+                                 note=note)
+        entry["weights"] = [str(p.relative_to(out)) for p in paths]
+        found = [hists[r.path] for r in runs if r.path in hists]
+        if found:
+            if cfg.preset == "paper" or len(found[0].paths) <= _PANELS:
+                paths = plot_trajectories([h.mix for h in found], [h.epochs for h in found], found[0].candidates,
+                                          f"{name}: AdAct softmax weights during training",
+                                          out / "figures" / f"{slug}_trajectories",
+                                          unit_names=None if cfg.preset == "paper" else found[0].paths)
+            else:  # a panel per unit is unreadable (and slow to draw) for a ResNet's 17 or 50 units
+                paths = plot_choice_trajectories([h.mix for h in found], [h.epochs for h in found],
+                                                 found[0].candidates, found[0].paths,
+                                                 f"{name}: how each unit's choice emerged during training",
+                                                 out / "figures" / f"{slug}_trajectories")
+            entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
+        figs[ds] = entry
+    return figs
+
+
+def _weak_flags(runs: list[RunRecord]) -> np.ndarray | None:
+    """``(seeds, layers)`` weak flags of the runs, or None when a run has no confidences."""
+    if not all(r.confidence and r.mix and len(r.confidence) == len(r.mix) for r in runs):
+        return None
+    return np.array([[bool(c["weak"]) for c in r.confidence or []] for r in runs])
+
+
+def rerender(out: str | Path) -> dict[str, Any]:
+    """:func:`render` for ``adact analyze OUT``: under the folder's lock, after removing stale temp files."""
+    out = Path(out)
+    load_manifest(out)  # not an output folder: fail before the lock file is made
+    with folder_lock(out):
+        remove_stale_temps(out)
+        remove_stale_temps(out / "figures")
+        return render(out)
+
+
+def render(out: str | Path) -> dict[str, Any]:
+    """(Re)write the table (.md/.csv), choices.md/.json, figures, report.md and results.json from the runs.
+
+    Every run folder is read, and every text composed, before the first file is written, so a
+    damaged run folder cannot leave table1.md rewritten and report.md not: it is reported in
+    ``problems`` (and in report.md) instead.
+    """
+    out = Path(out)
+    cfg, records = collect(out)
+    hists, problems = _histories(records, out)
+    problems = [f"{r.path}: {r.message}" for r in records if r.status == "damaged"] + problems
+    preset, paper = cfg.spec, cfg.preset == "paper"
+    summary = build_summary(records, cfg.datasets, cfg.baselines, paper)
+    tables = {m: render_table_md(summary, m) for m in METRICS}
+    tables["gap"] = render_gap_md(summary)
+    choices = _choices_json(cfg, records)
+    val_hint = "" if cfg.train.val_fraction > 0 else _no_val_hint(cfg)
+    title = "Table 1" if paper else "Test accuracy"
+    heading = "Table 1: test accuracy" if paper else "Test accuracy"
+    table1_md = (f"# {heading} over seeds {cfg.seeds}, {cfg.train.epochs} epochs\n\n"
+                 + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" + (val_hint if m == "val" else "")
+                           for m in METRICS)
+                 + f"## {_GAP_TITLE}\n\n{tables['gap']}\n{_gap_notes(cfg)}\n"
+                 + _table_notes(cfg))
+    choices_md = ("# Chosen activations per layer\n\n"
+                  + render_choices_md(records, cfg.datasets, cfg.baselines, _selection(cfg)))
+    table_text = (f"{title} -- " + METRICS["best"][1] + "\n" + tables["best"] + "\n" + _GAP_TITLE + "\n"
+                  + tables["gap"] + _weak_lines(records) + _status_lines(records))
+
+    figures = _figures(cfg, records, hists, out)
+    atomic_write_text(out / f"{preset.table}.md", table1_md)
+    atomic_write_text(out / f"{preset.table}.csv", render_table_csv(summary))
+    atomic_write_text(out / "choices.md", choices_md)
+    atomic_write_json(out / "choices.json", choices)
+    atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures, problems))
+    results = {
+        "format": "adact-results-2",  # 2: diffs per baseline (diffs[model][baseline][metric]), gap, confidence
+        "settings": asdict(cfg),
+        "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "paper_table1": PAPER_TABLE1 if paper else None,
+        "summary": summary,
+        "choices": choices,
+        "runs": [r.to_json() for r in records],
+        "figures": figures,
+        "problems": problems,
+        "files": [f"{preset.table}.md", f"{preset.table}.csv", "choices.md", "choices.json", "report.md",
+                  "results.json"],
+        "table_text": table_text,
+    }
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _no_val_hint(cfg: SearchConfig) -> str:
+    return (f"No validation split in these runs, so this table is empty: run `{cfg.spec.command}` again with "
+            "`--val-fraction 0.1` (into a new `--out` folder) to fill it.\n\n")
+
+
+def _selection(cfg: SearchConfig) -> str:
+    """Which epoch the choices come from, in words."""
+    if cfg.spec.val_choices and cfg.train.val_fraction > 0:
+        return "validation-selected epoch"
+    return "best checkpoint"
+
+
+def _choices_json(cfg: SearchConfig, records: list[RunRecord]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for ds in cfg.datasets:
+        recs = [r for r in records if r.dataset == ds]
+        params = {r.model: (r.result or {}).get("n_params") for r in recs if r.result}
+        adact = next((r.result for r in recs if r.model == "adact" and r.result), None)
+        out[ds] = {
+            "per_seed": {str(r.seed): {"status": r.status, "choices": r.choices, "weights": r.choice_weights,
+                                       "paths": r.layer_paths, "confidence": r.confidence,
+                                       "discretization_gap": r.gap()}
+                         for r in recs if r.model == "adact"},
+            "n_adact_units": adact["n_adact_units"] if adact else None,
+            "n_adact_params": adact["n_adact_params"] if adact else None,  # 8 * units for per-layer units
+            "n_params": params,
+        }
+    return out
+
+
+_PAPER_NOTES = """\
+Cells: mean ± sample sd over seeds (n = finished runs); runs that diverged, were skipped or are
+incomplete are counted beside the cell and left out of the mean. Differences are paired by seed:
+mean of (model − baseline) with a 95% paired t interval (n = 1: no interval). "paper" is the paper's
+Table 1, which is best-on-test.
+
+Best-on-test picks the epoch by its test accuracy, so it is optimistic: the test set is used for
+model selection. Final-epoch uses no selection; validation-selected picks the epoch on a held-out
+part of the training set (`--val-fraction`) and is the honest estimate.
+"""
+
+
+def _table_notes(cfg: SearchConfig) -> str:
+    if cfg.preset == "paper":
+        return _PAPER_NOTES
+    return _PAPER_NOTES.replace('"paper" is the paper\'s\nTable 1, which is best-on-test.',
+                                "Baseline is the model as written.")
+
+
+_GAP_TITLE = "Discretization gap: the AdAct model against its own argmax"
+
+_GAP_NOTES = """\
+Mixture: the AdAct model's best-on-test accuracy. Argmax: that same checkpoint with every unit
+replaced by its chosen activation (learned PReLU slopes kept), no retraining, BatchNorm statistics
+recomputed on training batches. A gap near 0 means the choices carry what the mixture learned; a
+large negative one means the mixture is not the model we keep. Optimized − argmax is what
+retraining from scratch (the paper's Optimized) adds over the free argmax model. Runs trained
+before the gap was recorded have none and are not counted.
+"""
+
+
+def _gap_notes(cfg: SearchConfig) -> str:
+    return _GAP_NOTES if cfg.preset == "paper" else _GAP_NOTES.replace("(the paper's Optimized)", "(the optimized model)")
+
+
+def _weak_lines(records: list[RunRecord]) -> str:
+    """One line per dataset with weak choices: how many of its layer choices have margin < WEAK_MARGIN."""
+    lines = []
+    for ds in dict.fromkeys(r.dataset for r in records):
+        confs = [c for r in records if r.dataset == ds and r.model == "adact" and r.confidence for c in r.confidence]
+        weak = sum(bool(c["weak"]) for c in confs)
+        if confs:
+            lines.append(f"{ds}: {weak} of {len(confs)} layer choices are weak (margin to the runner-up < "
+                         f"{WEAK_MARGIN:g}); see choices.md\n")
+    return "".join(lines)
+
+
+def _status_lines(records: list[RunRecord]) -> str:
+    bad = [r for r in records if r.status != "done"]
+    return "".join(f"  {r.dataset} seed {r.seed} {model_label(r.model)}: {r.status}"
+                   + (f" -- {r.message}" if r.message else "") + "\n" for r in bad)
+
+
+def _sharpening_line(cfg: SearchConfig) -> str:
+    t = cfg.train
+    parts = []
+    if t.temperature_schedule:
+        t0, t1 = t.temperature_schedule
+        parts.append(f"softmax temperature annealed {t0:g} → {t1:g}")
+    if t.entropy_weight:
+        parts.append(f"entropy penalty λ = {t.entropy_weight:g}")
+    if t.adact_lr_mult != 1.0:
+        parts.append(f"AdAct logits at {t.adact_lr_mult:g} × the learning rate")
+    if not parts:
+        return "Sharpening: none (the paper's AdAct)."
+    return "Sharpening of the AdAct runs (not in the paper): " + "; ".join(parts) + "."
+
+
+def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str], choices_md: str,
+            figures: dict[str, dict[str, list[str]]], problems: list[str]) -> str:
+    t, paper, table = cfg.train, cfg.preset == "paper", cfg.spec.table
+    if paper:
+        head = [
+            "# AdAct reproduction report",
+            "",
+            f"Datasets: {', '.join(f'`{d}`' for d in cfg.datasets)}; seeds {cfg.seeds}; {t.epochs} epochs; "
+            f"AdAct granularity `{t.granularity}`; channels "
+            f"{t.channels if list(t.channels) != list(DEFAULT_CHANNELS) else 'default (32, 64, 128, 256)'}; "
+            f"validation fraction {t.val_fraction}"
+            + (f"; training subsampled to {t.max_train_samples} images" if t.max_train_samples else "") + ".",
+            "",
+            "Protocol (the paper's): per dataset and seed, train ConvNet-AdAct; read each layer's dominant "
+            "activation (largest softmax weight) from its best checkpoint; train "
+            + ", ".join(f"ConvNet-{model_label(b)}" for b in cfg.baselines) + " (one activation everywhere) and "
+            "ConvNet-Optimized (layer i uses choice i) from scratch with the same seed. AdamW, lr 1e-3, "
+            "batch 64, test accuracy after every epoch.",
+        ]
+    else:
+        head = [
+            f"# {cfg.spec.title}",
+            "",
+            f"Model `{t.model}`{' (pretrained)' if t.pretrained else ''}; datasets "
+            f"{', '.join(f'`{d}`' for d in cfg.datasets)}; seeds {cfg.seeds}; {t.epochs} epochs"
+            + (f"; images resized to {t.image_size}x{t.image_size}" if t.image_size else "")
+            + f"; AdAct granularity `{t.granularity}`; validation fraction {t.val_fraction}"
+            + (f"; training subsampled to {t.max_train_samples} images" if t.max_train_samples else "") + ".",
+            "",
+            f"Training: {t.optimizer}, lr {t.lr:g}, weight decay {t.weight_decay:g}, schedule {t.schedule}"
+            + (f" after {t.warmup_epochs:g} warm-up epochs" if t.warmup_epochs else "")
+            + f", label smoothing {t.label_smoothing:g}, batch {t.batch_size}, normalization {t.normalize}"
+            + (", bf16" if t.bf16 else "") + ".",
+            "",
+            "Protocol: per dataset and seed, train the model with an AdAct unit at every activation "
+            f"(`adactify`); read each unit's dominant activation (largest softmax weight) at its {_selection(cfg)}; "
+            "then train from scratch, with the same seed, the optimized model (each unit fixed to its choice) "
+            "and the baseline (the model as written, with its own activations)"
+            + "".join(f", {model_label(b)} everywhere" for b in cfg.baselines[1:]) + ".",
+        ]
+    lines = head + [
+        "",
+        _sharpening_line(cfg),
+        "",
+        f"Files: [{table}.md]({table}.md), [{table}.csv]({table}.csv), [choices.md](choices.md), "
+        "[choices.json](choices.json), [results.json](results.json).",
+        "",
+        "## Table 1: best-on-test accuracy (the paper's number)" if paper else "## Best-on-test accuracy",
+        "",
+        tables["best"],
+        "This selection uses the test set to pick the epoch and is optimistic; the two tables below do not.",
+        "",
+        "## Final-epoch accuracy",
+        "",
+        tables["final"],
+        "## Validation-selected accuracy",
+        "",
+    ]
+    if t.val_fraction > 0:
+        lines += [tables["val"]]
+    else:
+        lines += [_no_val_hint(cfg).strip(), ""]
+    lines += [f"## {_GAP_TITLE}", "", tables["gap"], _gap_notes(cfg)]
+    lines += ["## Chosen activations", ""]
+    lines += [("\n" + choices_md.split("\n", 2)[2]).replace("\n## ", "\n### ").strip(), ""]
+    lines += ["## Figures", "",
+              "Per dataset, the AdAct weights of each layer at the best checkpoint (raw logits and softmax "
+              "weights, as in the paper's Figures 1-4; every activation has the same colour in every figure), "
+              "and the softmax weights over the epochs." if paper else
+              f"Per dataset, the softmax weights of every unit at the {_selection(cfg)} (one heatmap row per unit, "
+              "mean over seeds; the box marks the most common choice), and the softmax weights over the epochs.", ""]
+    if not figures:
+        lines += ["No finished AdAct run, so no figures.", ""]
+    for ds, entry in figures.items():
+        lines += [f"### `{ds}`", ""]
+        for kind, caption in (("weights", "weights per layer"), ("trajectories", "softmax weights over epochs")):
+            if kind in entry:
+                png = entry[kind][0]
+                svg = next((p for p in entry[kind] if p.endswith(".svg")), None)
+                lines += [f"![{ds} {caption}]({png})", ""]
+                if svg:
+                    lines += [f"({caption}: [SVG]({svg}))", ""]
+    lines += ["## Runs", "",
+              "| dataset | seed | model | status | best | final | argmax − mixture | epochs | time (s) | folder |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        res = r.result or {}
+        wall = f"{res['wall_s']:.0f}" if res.get("wall_s") is not None else "—"
+        gap = r.gap()
+        lines.append(f"| `{r.dataset}` | {r.seed} | {model_label(r.model)} | {r.status} | "
+                     f"{fmt_acc(res.get('best_test_acc'))} | {fmt_acc(res.get('final_test_acc'))} | "
+                     f"{'—' if gap is None else format(gap['gap'], '+.4f').replace('-', '−')} | "
+                     f"{res.get('epochs_run', '—')} | {wall} | [{r.path}]({r.path}) |")
+    notes = [r for r in records if r.status != "done"]
+    if notes:
+        lines += ["", "### Runs that did not finish", ""]
+        lines += [f"- `{r.dataset}` seed {r.seed} {model_label(r.model)}: **{r.status}**"
+                  + (f" — {r.message}" if r.message else "") for r in notes]
+    if problems:
+        lines += ["", "### Damaged or missing files", ""] + [f"- {p}" for p in problems]
+    reproducible = ("- On a CPU a run is bit-reproducible for a fixed number of torch threads; `--jobs` sets "
+                    "cores // jobs threads per run, so changing it changes float rounding and the last digits.")
+    if paper:
+        lines += ["", "## Notes", "",
+                  "- Choices come from the AdAct run's best checkpoint (the epoch whose accuracy Table 1 "
+                  "reports); the final model's choices are in each run's result.json (`dominant`).",
+                  reproducible,
+                  "- The ConvNet's layer sizes are not in the paper's text; ours are an assumption "
+                  "(see `adact.models`).",
+                  "- The paper has no `digits` row: it is scikit-learn's bundled 8x8 digits upsampled to 16x16, "
+                  "the offline smoke test of this pipeline.", ""]
+    else:
+        lines += ["", "## Notes", "",
+                  f"- Choices come from the AdAct run's {_selection(cfg)}; the final model's choices are in each "
+                  "run's result.json (`dominant`).",
+                  reproducible, ""]
+    return "\n".join(lines)
+
+
+# --- one run or checkpoint -------------------------------------------------------------------
+
+
+def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
+    """Weight table and figures of one run folder or checkpoint.
+
+    A run folder is read from its best.pt (last.pt when there is no best.pt), matching the
+    checkpoint :func:`reproduce` takes its choices from. Figures go to ``out`` (default: the
+    run folder). Returns the text table and the figure paths.
+    """
+    path = Path(path)
+    if path.is_dir():
+        ckpt = RunFolder(path).checkpoint()
+        if ckpt is None:
+            raise FileNotFoundError(f"{path} holds no best.pt or last.pt: not a run folder of `adact train`")
+        run_dir = path
+    elif path.is_file():
+        ckpt, run_dir = path, path.parent
+    else:
+        raise FileNotFoundError(f"no such run folder or checkpoint: {path}")
+    model, meta = load_checkpoint(ckpt)
+    w = adact_weights(model)
+    config = meta["config"]
+    head = f"{ckpt} (epoch {meta['epoch']}, dataset {config['dataset']}, activation {config['activation']})"
+    if not w["paths"]:
+        return head + "\nno AdAct units in this model: nothing to analyze\n", []
+    text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
+    text += render_confidence_text(w["confidence"])
+    result = read_json(RunFolder(run_dir).result) if RunFolder(run_dir).result.is_file() else {}
+    gap = result.get("discretization_gap") if isinstance(result, dict) else None
+    if gap and gap.get("epoch") == meta["epoch"]:  # the gap of this very checkpoint, not another epoch's
+        text += render_gap_text(gap)
+    hist, note = None, ""
+    if RunFolder(run_dir).metrics.is_file():
+        try:
+            hist = read_weight_history(RunFolder(run_dir).metrics)
+        except (ValueError, OSError) as e:
+            note = f"no weight trajectories: {e}\n"
+    fig_dir = Path(out) if out is not None else run_dir
+    name = DatasetSpec.parse(config["dataset"]).display
+    note_ckpt = f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}"
+    many = len(w["paths"]) > _PANELS  # a ResNet's 17 units: heatmaps, not 17 bar groups or panels
+    if many:
+        files = plot_heatmap(np.array([w["mix"]]), w["paths"], w["candidates"],
+                             f"{name}: AdAct softmax weights per unit", fig_dir / "weights", note=note_ckpt)
+    else:
+        weak = np.array([[c["weak"] for c in w["confidence"]]])
+        files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"],
+                             f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt, weak=weak)
+    if hist is not None and many:
+        files += plot_choice_trajectories([hist.mix], [hist.epochs], hist.candidates, hist.paths,
+                                          f"{name}: how each unit's choice emerged during training",
+                                          fig_dir / "trajectories", note=f"seed {config['seed']}")
+    elif hist is not None:
+        files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
+                                   f"{name}: AdAct softmax weights during training",
+                                   fig_dir / "trajectories", note=f"seed {config['seed']}")
+    return text + note, files

@@ -1,0 +1,93 @@
+"""Image folders, DatasetSpec, --image-size and --normalize: what `imagefolder:PATH` reads and how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adact.data import DeviceLoader, load_dataset
+from adact.data.imagefolder import BadImageWarning, FileSplit
+from adact.data.registry import normalization, resize_split
+from adact.dataspec import DatasetSpec
+from test_search import CLASSES, write_image_folder
+
+
+def test_dataset_spec_parses_once_case_insensitively(tmp_path: Path) -> None:
+    assert DatasetSpec.parse("Digits") == DatasetSpec("named", "digits")
+    assert str(DatasetSpec.parse("NPZ:data/FER2013.npz")) == "npz:data/FER2013.npz"
+    spec = DatasetSpec.parse("ImageFolder:some/where/Pets/")
+    assert spec.kind == "imagefolder" and spec.slug == "imagefolder-Pets" and spec.display == "imagefolder:Pets"
+    assert DatasetSpec.parse("npz:x/fmnist.npz").paper_key == "fmnist"
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        DatasetSpec.parse("mnist")
+    with pytest.raises(ValueError, match="needs a path"):
+        DatasetSpec.parse("imagefolder:")
+    (tmp_path / "data" / "pets").mkdir(parents=True)
+    assert DatasetSpec.parse("imagefolder:pets").resolve_path(tmp_path / "data") == tmp_path / "data" / "pets"
+    with pytest.raises(FileNotFoundError, match="imagefolder folder not found"):
+        DatasetSpec.parse("imagefolder:nowhere").check(tmp_path)
+
+
+def test_train_and_val_folders_png_and_jpeg(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets", per_class={"train": 6, "val": 2})
+    with pytest.warns(BadImageWarning, match=r"broken\.png"):
+        data = load_dataset(f"imagefolder:{root}", quiet=True)
+    assert data.classes == list(CLASSES) and data.image_size == (16, 16) and data.in_channels == 3
+    assert len(data.train) == 18 and len(data.test) == 6  # 3 classes x 6 (the broken file skipped) / x 2
+    assert data.info["bad_images"] == 1 and data.info["bad_image_files"][0].endswith("broken.png")
+    assert data.train.class_counts() == [6, 6, 6]
+    # Pixels survive decoding: the PNGs exactly, the JPEGs (quality 95) closely.
+    png = np.asarray(Image.open(root / "train" / "dog" / "0.png"))
+    idx = 6  # the first dog image (sorted by class, then file name: 0.png, 1.jpg, ...)
+    assert np.array_equal(data.train.x[idx].permute(1, 2, 0).numpy(), png)
+
+
+def test_bad_image_error_names_the_file(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets", per_class={"train": 2, "test": 2})
+    with pytest.raises(ValueError, match=r"cannot decode image \S+broken\.png .*--on-bad-image skip"):
+        load_dataset(f"imagefolder:{root}", on_bad_image="error")
+
+
+def test_one_folder_is_split_stratified(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets", per_class={"all": 10}, corrupt=False)
+    data = load_dataset(f"imagefolder:{root / 'all'}", quiet=True)  # class subfolders directly
+    assert len(data.test) == 6 and data.test.class_counts() == [2, 2, 2]  # default 0.2
+    data = load_dataset(f"imagefolder:{root / 'all'}", test_from_train=0.5, val_fraction=0.2, quiet=True)
+    assert len(data.test) == 15 and data.val is not None and len(data.val) == 3
+    assert "test carved from train" in str(data.info["protocol"])
+
+
+def test_grayscale_sizes_and_resizing(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "g", per_class={"train": 2, "val": 2}, corrupt=False, gray=True)
+    data = load_dataset(f"imagefolder:{root}", image_size=8)
+    assert data.in_channels == 1 and data.image_size == (8, 8)
+    Image.new("L", (20, 12)).save(root / "train" / "cat" / "odd.png")
+    with pytest.raises(ValueError, match=r"different sizes .*--image-size S"):
+        load_dataset(f"imagefolder:{root}")
+    digits = load_dataset("digits", image_size=32)
+    assert digits.image_size == (32, 32) and digits.train.x.dtype == torch.uint8
+    same = resize_split(digits.train, 32)
+    assert same is digits.train
+
+
+def test_streamed_images_give_the_same_batches_as_cached_ones(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets", per_class={"train": 6, "val": 2}, corrupt=False)
+    cached = load_dataset(f"imagefolder:{root}", quiet=True)
+    streamed = load_dataset(f"imagefolder:{root}", cache_mb=0.0001, quiet=True)
+    assert isinstance(streamed.train, FileSplit) and "streamed" in str(streamed.info["storage"])
+    a = DeviceLoader(cached.train, 5, shuffle=True, seed=3, hflip=True)
+    b = DeviceLoader(streamed.train, 5, shuffle=True, seed=3, hflip=True, workers=0)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_normalization() -> None:
+    assert normalization("paper", 3) == ([0.5] * 3, [0.5] * 3)
+    mean, std = normalization("imagenet", 3)
+    assert mean == [0.485, 0.456, 0.406] and std == [0.229, 0.224, 0.225]
+    mean, _ = normalization("imagenet", 1)
+    assert mean == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
