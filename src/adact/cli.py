@@ -222,6 +222,16 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_mod
                    help="ConvNet conv kernel (default: 3)")
 
 
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    """The options ``reproduce`` and ``search`` share: seeds and parallel jobs."""
+    p.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="training seeds; the models of a dataset share each seed (default: 0 1 2)")
+    p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
+                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
+                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="adact",
@@ -243,16 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--datasets", type=_dataset, nargs="+", default=["digits"], metavar="NAME",
                    help=f"datasets to run (default: digits, offline). Valid: {_DATASET_HELP}")
-    r.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
-                   help="training seeds; the three models share each seed (default: 0 1 2)")
     r.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: runs/reproduce)")
     r.add_argument("--baselines", type=_activation, nargs="+", default=["relu"], metavar="NAME",
                    help="train a model with one activation everywhere for each NAME, as baselines with a column and "
                         "paired differences each (default: relu, the paper's; e.g. --baselines relu mish)")
-    r.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
-                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
-                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
+    _add_pipeline_args(r)
     _add_run_args(r, with_model=False)
     _add_data_args(r)
     r.set_defaults(func=_cmd_reproduce)
@@ -270,16 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dataset", "--datasets", dest="datasets", type=_dataset, nargs="+", required=True,
                    metavar="NAME", help=f"dataset(s) to search on. Valid: {_DATASET_HELP}")
-    s.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
-                   help="training seeds; the three models share each seed (default: 0 1 2)")
     s.add_argument("--out", default="runs/search", metavar="DIR", help="output folder (default: runs/search)")
     s.add_argument("--baselines", type=_activation, nargs="+", default=[], metavar="NAME",
                    help="besides the model as written, train it with one activation everywhere for each NAME, as "
                         "extra baselines with a column and paired differences each (e.g. --baselines relu mish)")
-    s.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
-                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
-                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
+    _add_pipeline_args(s)
     _add_run_args(s)
     _add_data_args(s)
     s.set_defaults(func=_cmd_search)
