@@ -223,3 +223,25 @@ def test_weight_figure_labels_mark_weak_choices() -> None:
     assert _consensus_labels(mix[:1], ["relu", "elu", "mish"], weak[:1]) == ["relu", "relu\n(weak)"]
     # a 1:1 tie goes to the larger mean weight
     assert _consensus_labels(mix, ["relu", "elu", "mish"]) == ["relu (2/2)", "mish (1/2)"]
+
+
+def test_heatmap_labels_mark_weak_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+
+    from adact import plots
+
+    labels: list[str] = []
+    real = Axes.set_yticks
+
+    def spy(self: Axes, ticks: object, tick_labels: object = None, **kw: object) -> object:
+        labels.extend(tick_labels or [])
+        return real(self, ticks, tick_labels, **kw)
+
+    monkeypatch.setattr(Axes, "set_yticks", spy)
+    mix = np.array([[[0.5, 0.3, 0.2], [0.34, 0.33, 0.33]], [[0.6, 0.2, 0.2], [0.36, 0.32, 0.32]]])
+    weak = np.array([[False, True], [False, True]])
+    files = plots.plot_heatmap(mix, ["a", "b"], ["relu", "elu", "mish"], "t", tmp_path / "h", weak=weak)
+    assert all(f.exists() for f in files)
+    assert labels == ["a → relu (2/2)", "b → relu (2/2), weak 2/2"]
+    with pytest.raises(ValueError, match="weak must be"):
+        plots.plot_heatmap(mix, ["a", "b"], ["relu", "elu", "mish"], "t", tmp_path / "h", weak=weak[:, :1])

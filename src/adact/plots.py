@@ -143,7 +143,7 @@ def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], ti
 
 
 def plot_heatmap(mix: np.ndarray, paths: Sequence[str], candidates: Sequence[str], title: str, stem: str | Path,
-                 note: str = "") -> list[Path]:
+                 note: str = "", weak: np.ndarray | None = None) -> list[Path]:
     """Softmax weights of every unit as a heatmap: one row per unit, one column per candidate.
 
     Readable for any number of units (a ResNet-50 has 49), where bar groups are not. Cells show
@@ -153,16 +153,25 @@ def plot_heatmap(mix: np.ndarray, paths: Sequence[str], candidates: Sequence[str
     Args:
         mix: ``(seeds, units, candidates)`` softmax weights.
         paths: the units' module paths (row labels).
-        candidates, title, stem, note: as in :func:`plot_weights`.
+        candidates, title, stem, note, weak: as in :func:`plot_weights` (``weak``: ``(seeds, units)``);
+            a unit whose choice is weak in some seed gets "weak" (or "weak k/n") in its label.
     """
     mix = np.asarray(mix, dtype=float)
     if mix.ndim != 3 or mix.shape[2] != len(candidates):
         raise ValueError(f"mix must be (seeds, units, {len(candidates)}); got {mix.shape}")
     n_seeds, n_units, k = mix.shape
+    if weak is not None:
+        weak = np.asarray(weak, dtype=bool)
+        if weak.shape != mix.shape[:2]:
+            raise ValueError(f"weak must be (seeds, units) = {mix.shape[:2]}, got {weak.shape}")
     mean = mix.mean(0)
     chosen = consensus(mix, candidates)
     labels = [f"{p or '(root)'} → {c}" + (f" ({m}/{n})" if n > 1 else "")
               for p, (c, m, n) in zip(list(paths) + [f"unit {i + 1}" for i in range(len(paths), n_units)], chosen)]
+    if weak is not None:
+        for i, count in enumerate(weak.sum(0).tolist()):
+            if count:  # margin to the runner-up < 0.05 in `count` seeds
+                labels[i] += ", weak" if n_seeds == 1 else f", weak {count}/{n_seeds}"
     fig = Figure(figsize=(2.2 + 0.75 * k + 0.07 * max(len(x) for x in labels), 1.6 + 0.28 * n_units),
                  layout="constrained")
     ax = fig.subplots()

@@ -92,7 +92,7 @@ def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, Weigh
         else:  # any number of units: one heatmap row per unit
             paths = plot_heatmap(np.array([r.mix for r in runs]), runs[0].layer_paths or [], cands,
                                  f"{name}: AdAct softmax weights per unit", out / "figures" / f"{slug}_weights",
-                                 note=note)
+                                 note=note, weak=_weak_flags(runs))
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
         found = [hists[r.path] for r in runs if r.path in hists]
         if found:
@@ -441,11 +441,11 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     name = DatasetSpec.parse(config["dataset"]).display
     note_ckpt = f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}"
     many = len(w["paths"]) > _PANELS  # a ResNet's 17 units: heatmaps, not 17 bar groups or panels
+    weak = np.array([[c["weak"] for c in w["confidence"]]]) if w.get("confidence") else None
     if many:
         files = plot_heatmap(np.array([w["mix"]]), w["paths"], w["candidates"],
-                             f"{name}: AdAct softmax weights per unit", fig_dir / "weights", note=note_ckpt)
+                             f"{name}: AdAct softmax weights per unit", fig_dir / "weights", note=note_ckpt, weak=weak)
     else:
-        weak = np.array([[c["weak"] for c in w["confidence"]]])
         files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"],
                              f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt, weak=weak)
     if hist is not None and many:
