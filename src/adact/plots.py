@@ -196,6 +196,24 @@ def plot_heatmap(mix: np.ndarray, paths: Sequence[str], candidates: Sequence[str
     return save_figure(fig, stem)
 
 
+def _epoch_grid(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]]) -> tuple[list[int], np.ndarray]:
+    """Every epoch any seed ran, and the histories on that common axis: ``(seeds, epochs, units, k)``.
+
+    Seeds may have run different numbers of epochs (a diverged or interrupted run): their missing
+    epochs are NaN.
+    """
+    all_epochs = sorted({int(e) for es in epochs for e in es})
+    n_units, k = histories[0].shape[1:]
+    grid = np.full((len(histories), len(all_epochs), n_units, k), np.nan)
+    col = {e: i for i, e in enumerate(all_epochs)}
+    for s, (h, es) in enumerate(zip(histories, epochs)):
+        if h.shape[1:] != (n_units, k):
+            raise ValueError(f"history {s} has shape {h.shape}, expected (epochs, {n_units}, {k})")
+        for row, e in zip(h, es):
+            grid[s, col[int(e)]] = row
+    return all_epochs, grid
+
+
 def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]],
                              candidates: Sequence[str], paths: Sequence[str], title: str, stem: str | Path,
                              note: str = "") -> list[Path]:
@@ -212,13 +230,8 @@ def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[S
     """
     if not histories:
         raise ValueError("plot_choice_trajectories needs at least one run's history")
-    all_epochs = sorted({int(e) for es in epochs for e in es})
-    n_units, k = histories[0].shape[1:]
-    grid = np.full((len(histories), len(all_epochs), n_units, k), np.nan)
-    col = {e: i for i, e in enumerate(all_epochs)}
-    for s_, (h, es) in enumerate(zip(histories, epochs)):
-        for row, e in zip(h, es):
-            grid[s_, col[int(e)]] = row
+    all_epochs, grid = _epoch_grid(histories, epochs)
+    n_units, k = grid.shape[2:]
     with np.errstate(all="ignore"):
         mean = np.nanmean(grid, 0)  # (epochs, units, k)
     last = np.array([h[-1] for h in histories])  # (seeds, units, k): the final epoch
@@ -259,16 +272,8 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
     """
     if not histories:
         raise ValueError("plot_trajectories needs at least one run's history")
-    all_epochs = sorted({int(e) for es in epochs for e in es})
-    n_layers, k = histories[0].shape[1:]
-    # Seeds may have run different numbers of epochs (a diverged or interrupted run): pad with NaN.
-    grid = np.full((len(histories), len(all_epochs), n_layers, k), np.nan)
-    col = {e: i for i, e in enumerate(all_epochs)}
-    for s, (h, es) in enumerate(zip(histories, epochs)):
-        if h.shape[1:] != (n_layers, k):
-            raise ValueError(f"history {s} has shape {h.shape}, expected (epochs, {n_layers}, {k})")
-        for row, e in zip(h, es):
-            grid[s, col[int(e)]] = row
+    all_epochs, grid = _epoch_grid(histories, epochs)
+    n_layers, k = grid.shape[2:]
     with np.errstate(all="ignore"):
         mean, lo, hi = np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
     # Up to 6 panels in a row (the paper's ConvNet: one row); a model with many units wraps.
