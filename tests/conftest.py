@@ -41,3 +41,37 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch) -> FailWrites:
         monkeypatch.setattr(adact.io.os, "fsync", fsync)
 
     return arm
+
+
+KillAtStep = Callable[[int], Callable[[], None]]
+
+
+@pytest.fixture
+def kill_at_step(monkeypatch: pytest.MonkeyPatch) -> KillAtStep:
+    """``disarm = kill_at_step(n)``: models that training builds raise KeyboardInterrupt at their n-th training step.
+
+    Steps are counted over every model built while armed (so across runs); ``disarm()`` restores
+    the real ``build_model``. Simulates a kill -9 between two checkpoints.
+    """
+    import adact.train
+
+    real = adact.train.build_model
+    steps = {"n": 0}
+
+    def arm(n: int) -> Callable[[], None]:
+        def build_with_kill(kwargs: dict[str, object]) -> torch.nn.Module:
+            model = real(kwargs)
+
+            def hook(module: torch.nn.Module, _inp: object) -> None:
+                if module.training:
+                    steps["n"] += 1
+                    if steps["n"] == n:
+                        raise KeyboardInterrupt
+
+            model.register_forward_pre_hook(hook)
+            return model
+
+        monkeypatch.setattr(adact.train, "build_model", build_with_kill)
+        return lambda: monkeypatch.setattr(adact.train, "build_model", real)
+
+    return arm

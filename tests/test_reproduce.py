@@ -176,7 +176,7 @@ def test_rerun_skips_finished_runs(done_run: tuple[ReproduceConfig, dict[str, An
 
 def test_killed_run_resumes_and_missing_run_is_redone_identically(
         done_run: tuple[ReproduceConfig, dict[str, Any], list[str]], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        kill_at_step: Any) -> None:
     cfg, results, _ = done_run
     out = tmp_path / "copy"
     shutil.copytree(cfg.out, out)
@@ -186,28 +186,13 @@ def test_killed_run_resumes_and_missing_run_is_redone_identically(
     untouched = {k: v for k, v in _mtimes(out).items() if "seed0" in k or "adact" in k}
     copy_cfg = replace(cfg, out=str(out))
 
-    real_build = adact.train.build_model
-    steps = {"n": 0}
-
-    def build_with_kill(kwargs: dict[str, Any]) -> torch.nn.Module:
-        model = real_build(kwargs)
-
-        def hook(module: torch.nn.Module, _inp: Any) -> None:
-            if module.training:
-                steps["n"] += 1
-                if steps["n"] == 3:  # 128 images / batch 64: the first step of epoch 2
-                    raise KeyboardInterrupt
-
-        model.register_forward_pre_hook(hook)
-        return model
-
-    monkeypatch.setattr(adact.train, "build_model", build_with_kill)
+    disarm = kill_at_step(3)  # 128 images / batch 64: the first step of epoch 2
     with pytest.raises(KeyboardInterrupt):
         reproduce(copy_cfg, log=lambda _: None)
     assert torch.load(seed1 / "relu" / "last.pt", weights_only=True)["epoch"] == 1
     assert not (seed1 / "relu" / "result.json").exists()
 
-    monkeypatch.setattr(adact.train, "build_model", real_build)
+    disarm()
     again = reproduce(copy_cfg, log=lambda _: None)
     assert {k: v for k, v in _mtimes(out).items() if k in untouched} == untouched
     old = {(r["seed"], r["model"]): r for r in results["runs"]}

@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import Tensor
 
-import adact.train
 from adact import AdAct, ConvNet, adact_reference
 from adact.confidence import normalised_entropy
 from adact.data import DataSplits, load_dataset
@@ -257,29 +256,14 @@ def test_entropy_penalty_sharpens_the_mixtures(tmp_path: Path, digits: DataSplit
 
 
 def test_sharpened_run_resumes_to_the_same_numbers(tmp_path: Path, digits: DataSplits,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   kill_at_step: Any) -> None:
     cfg = TrainConfig(activation="adact", epochs=2, seed=2, temperature_schedule=[2.0, 0.2], entropy_weight=0.5,
                       adact_lr_mult=3.0, **TINY)
     train(cfg, tmp_path / "straight", data=digits, quiet=True)
-    real_build = adact.train.build_model
-    calls = {"n": 0}
-
-    def build_with_kill(kwargs: dict[str, Any]) -> torch.nn.Module:
-        model = real_build(kwargs)
-
-        def hook(module: torch.nn.Module, _inp: Any) -> None:
-            if module.training:
-                calls["n"] += 1
-                if calls["n"] == 6:  # the 2nd step of epoch 2
-                    raise KeyboardInterrupt
-
-        model.register_forward_pre_hook(hook)
-        return model
-
-    monkeypatch.setattr(adact.train, "build_model", build_with_kill)
+    disarm = kill_at_step(6)  # the 2nd step of epoch 2
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "killed", data=digits, quiet=True)
-    monkeypatch.setattr(adact.train, "build_model", real_build)
+    disarm()
     train(cfg, tmp_path / "killed", data=digits, quiet=True)
     a, b = read_json(tmp_path / "straight" / "result.json"), read_json(tmp_path / "killed" / "result.json")
     for key in ("best_test_acc", "final_test_acc", "weights", "best_weights", "discretization_gap"):

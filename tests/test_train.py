@@ -48,26 +48,11 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, digits: DataSplits,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     kill_at_step: Any) -> None:
     config = TrainConfig(activation="adact", epochs=3, seed=5, **TINY)  # AdAct: RReLU noise needs the RNG state
     train(config, tmp_path / "straight", data=digits, quiet=True)
 
-    real_build = adact.train.build_model
-    calls = {"n": 0}
-
-    def build_with_kill(kwargs: dict[str, Any]) -> torch.nn.Module:
-        model = real_build(kwargs)
-
-        def hook(module: torch.nn.Module, _inp: Any) -> None:
-            if module.training:
-                calls["n"] += 1
-                if calls["n"] == STEPS_PER_EPOCH + 2:  # the 2nd step of epoch 2
-                    raise KeyboardInterrupt
-
-        model.register_forward_pre_hook(hook)
-        return model
-
-    monkeypatch.setattr(adact.train, "build_model", build_with_kill)
+    disarm = kill_at_step(STEPS_PER_EPOCH + 2)  # the 2nd step of epoch 2
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         train(config, killed, data=digits, quiet=True)
@@ -75,7 +60,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, digits: Dat
     assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 1
     assert len(_rows(killed)) == 1
 
-    monkeypatch.setattr(adact.train, "build_model", real_build)
+    disarm()
     result = train(config, killed, data=digits, quiet=True)
     assert result["status"] == "done" and result["epochs_run"] == 3
     _assert_same_run(tmp_path / "straight", killed)
