@@ -75,3 +75,12 @@ def kill_at_step(monkeypatch: pytest.MonkeyPatch) -> KillAtStep:
         return lambda: monkeypatch.setattr(adact.train, "build_model", real)
 
     return arm
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as dead; Linux /proc)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from adact.cli import main
+from conftest import pid_alive
 
 TINY = ["--channels", "4", "8", "8", "8", "--max-train-samples", "128", "--epochs", "2", "--reference",
         "--device", "cpu", "--quiet"]
@@ -323,13 +324,6 @@ def _children(pid: int) -> dict[int, str]:
     return kids
 
 
-def _running(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
     import signal
@@ -352,12 +346,12 @@ def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 30
-        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        while any(pid_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_running(w) for w in workers), "a worker outlived `kill -9` of adact reproduce"
+        assert not any(pid_alive(w) for w in workers), "a worker outlived `kill -9` of adact reproduce"
     finally:
         parent.kill()
         parent.wait()
         for w in workers:  # a failed test must not leave orphans behind either
-            if _running(w):
+            if pid_alive(w):
                 os.kill(w, signal.SIGKILL)

@@ -22,6 +22,7 @@ from adact.io import read_json
 import adact.search
 from adact.reproduce import checkpoint_weights, collect, paper_config, render, reproduce
 from adact.search import SearchConfig as ReproduceConfig
+from conftest import pid_alive
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -350,15 +351,6 @@ def test_second_reproduce_into_a_locked_folder_is_refused(tmp_path: Path) -> Non
         holder.wait()
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_workers_die_when_the_main_process_is_killed(tmp_path: Path) -> None:
     import os
@@ -381,18 +373,18 @@ def test_workers_die_when_the_main_process_is_killed(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         workers = [int(p) for p in parent.stdout.readline().split()]
-        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        assert len(workers) == 2 and all(pid_alive(w) for w in workers)
         os.kill(parent.pid, signal.SIGKILL)  # what `kill -9` of `adact reproduce` does
         parent.wait()
         deadline = time.monotonic() + 30
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(pid_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(w) for w in workers), "a worker outlived its killed parent"
+        assert not any(pid_alive(w) for w in workers), "a worker outlived its killed parent"
     finally:
         parent.kill()
         parent.wait()
         for w in workers:  # a failed test must not leave orphans behind either
-            if _alive(w):
+            if pid_alive(w):
                 os.kill(w, signal.SIGKILL)
 
 
