@@ -423,14 +423,23 @@ def test_table1_says_how_to_fill_the_validation_row(done_run: tuple[ReproduceCon
     assert "run `adact reproduce` again with `--val-fraction 0.1`" in val_section
 
 
-def test_published_folder_from_before_search_renders_unchanged(tmp_path: Path) -> None:
-    """docs/results/table1 was written by `adact reproduce` before it became a preset of search
-    (flat settings in reproduce.json): it still reads, and re-renders to the same files."""
-    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "table1"
-    if not (published / "reproduce.json").is_file():
-        pytest.skip("no published reproduce folder in this checkout")
-    out = tmp_path / "table1"
-    shutil.copytree(published, out, ignore=shutil.ignore_patterns("figures"))
+def test_folder_from_before_search_renders_unchanged(done_run: tuple[ReproduceConfig, dict[str, Any], list[str]],
+                                                      tmp_path: Path) -> None:
+    """Folders written by `adact reproduce` before it became a preset of search (flat settings in
+    reproduce.json, format adact-reproduce-1; published results were) still read, and render to
+    the same files as the folder with today's manifest."""
+    cfg, _, _ = done_run
+    out = tmp_path / "old"
+    shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns("figures", "*.pt"))
+    t = cfg.train
+    flat = {"datasets": cfg.datasets, "seeds": cfg.seeds, "out": "runs/elsewhere", "jobs": cfg.jobs, "quiet": True,
+            **{k: getattr(t, k) for k in ("epochs", "data_dir", "download", "val_fraction", "device", "granularity",
+                                          "fer_split", "test_from_train", "max_train_samples", "bf16", "compile",
+                                          "channels", "kernel_size", "fused")}}
+    (out / "reproduce.json").write_text(json.dumps({"format": "adact-reproduce-1", "config": flat}))
+    cfg_back, records = collect(out)
+    assert (cfg_back.preset, cfg_back.baselines, cfg_back.seeds) == ("paper", ["relu"], cfg.seeds)
+    assert cfg_back.train.channels == t.channels and cfg_back.out == str(out)
     render(out)
     for name in ("table1.md", "table1.csv", "choices.md", "choices.json", "report.md"):
-        assert (out / name).read_text() == (published / name).read_text(), name
+        assert (out / name).read_text() == (Path(cfg.out) / name).read_text(), name
