@@ -95,3 +95,27 @@ def test_script_runs_as_a_program(folders: tuple[Path, Path]) -> None:
 
     out = subprocess.run([sys.executable, str(SCRIPT), str(folders[0])], capture_output=True, text=True, check=True)
     assert "## Accuracy" in out.stdout and "## Sharpening" not in out.stdout
+
+
+def test_gap_runs_fill_seeds_without_a_gap(folders: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A published folder whose seed 0 kept no gap, plus that seed retrained for it (--gap-runs)."""
+    import json
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(folders[0], plain)
+    result = plain / "digits" / "seed0" / "adact" / "result.json"
+    r = read_json(result)
+    del r["discretization_gap"]
+    result.write_text(json.dumps(r))
+    rerun = folders[0] / "digits" / "seed0" / "adact"  # stands in for an `adact train` run of seed 0
+    assert _tables().main([str(plain), "--gap-runs", str(rerun)]) == 0
+    text = capsys.readouterr().out
+    row = _row(text, "Discretization gap", "digits, with seeds 0 retrained for the gap")
+    assert row[1].endswith("(n=2)") and row[4] == "—"
+    assert _row(text, "Discretization gap", "digits")[1].endswith("(n=1)")
+    detail = text.split("## Discretization gap per run\n", 1)[1]
+    assert "| digits | retrained for the gap | 0 |" in detail and "| digits | reproduce | 1 |" in detail
+    with pytest.raises(ValueError, match="no discretization gap"):
+        _tables().main([str(plain), "--gap-runs", str(plain / "digits" / "seed0" / "adact")])

@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     python docs/results/tables.py docs/results/table1-fmnist docs/results/table1-cifar10 \
-        docs/results/table1-fer --sharp docs/results/table1-cifar10-sharp
+        docs/results/table1-fer --sharp docs/results/table1-cifar10-sharp \
+        --gap-runs docs/results/gap-cifar10/seed0 docs/results/gap-cifar10/seed1
 
 Each positional folder is an ``adact reproduce`` output folder (one dataset each here). ``--sharp``
 names a folder trained with a sharpening option; it is compared with the positional folder of the
@@ -21,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from adact.analysis import PAPER_TABLE1, RunRecord, build_summary, consensus, model_label, paired_diff, paper_key
+from adact.analysis import (PAPER_TABLE1, RunRecord, build_summary, consensus, model_label, paired_diff,
+                            paper_key, summarize)
+from adact.io import read_json
 from adact.search import collect
 
 NAMES = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "fer2013": "FER2013", "svhn": "SVHN"}
@@ -146,19 +149,70 @@ def confidence_table(folders: Sequence[str], sharp: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def gap_table(folders: Sequence[str], sharp: str | None = None) -> str:
+def gap_table(folders: Sequence[str], sharp: str | None = None, gap_runs: Sequence[str] = ()) -> str:
+    """Mixture and argmax accuracy per folder; with ``gap_runs``, also each dataset's gaps with the
+    seeds retrained for it added (those have no Optimized run of the same training)."""
     head = ["Dataset", "mixture (AdAct)", "argmax, no retraining", "argmax − mixture", "Optimized − argmax",
             "gap per seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    extra = [_gap_run(f) for f in gap_runs]
     for folder, label in [*[(f, "") for f in folders], *([(sharp, ", sharpened")] if sharp else [])]:
         cfg, records, summary = load(folder)
         for ds, entry in summary.items():
             g = entry["gap"]
-            per_seed = ", ".join(f"{r.seed}: {_sign(r.gap()['argmax_acc'] - r.gap()['mixture_acc'])}"  # type: ignore[index]
-                                 for r in records if r.dataset == ds and r.model == "adact" and r.gap())
+            gaps = {r.seed: r.gap() for r in records if r.dataset == ds and r.model == "adact" and r.gap()}
+            per_seed = ", ".join(f"{s}: {_sign(v['argmax_acc'] - v['mixture_acc'])}"  # type: ignore[index]
+                                 for s, v in gaps.items())
             lines.append(f"| {_name(ds)}{label} | {_cell(g['mixture'])} | {_cell(g['argmax'])} | "
                          f"{_diff(g['argmax_minus_mixture'])} | {_diff(g['optimized_minus_argmax'])} | "
                          f"{per_seed or '—'} |")
+            more = {int(r["seed"]): r["discretization_gap"] for r in extra if r["dataset"] == ds
+                    and int(r["seed"]) not in gaps} if not label else {}
+            if more:
+                both = {**gaps, **more}
+                mix = {s: float(v["mixture_acc"]) for s, v in both.items()}
+                arg = {s: float(v["argmax_acc"]) for s, v in both.items()}
+                lines.append(f"| {_name(ds)}, with seeds {', '.join(map(str, sorted(more)))} retrained for the gap | "
+                             f"{_cell(summarize(mix).to_json())} | {_cell(summarize(arg).to_json())} | "
+                             f"{_diff(paired_diff(arg, mix).to_json())} | — | "
+                             + ", ".join(f"{s}: {_sign(arg[s] - mix[s])}" for s in sorted(both)) + " |")
+    return "\n".join(lines)
+
+
+def _gap_run(folder: str) -> dict[str, Any]:
+    """An ``adact train`` AdAct run folder kept for its discretization gap (a seed retrained for it)."""
+    r = read_json(Path(folder) / "result.json")
+    if not isinstance(r, dict) or not r.get("discretization_gap"):
+        raise ValueError(f"{folder}: result.json has no discretization gap")
+    return r
+
+
+def _choices_with_slopes(run: Path, choices: Sequence[str]) -> str:
+    """Choices of a run, each PReLU with the learned slope it keeps in the argmax model (choices.json)."""
+    path = run / "choices.json"
+    sites = read_json(path)["sites"] if path.is_file() else [{} for _ in choices]
+    return ", ".join(f"{c} ({site['prelu_weight'][0]:+.2f})".replace("-", "−") if c == "prelu" and
+                     site.get("prelu_weight") else c for c, site in zip(choices, sites))
+
+
+def gap_detail_table(folders: Sequence[str], sharp: str | None = None, gap_runs: Sequence[str] = ()) -> str:
+    """Every AdAct run with a gap: its choices (a PReLU with its learned slope), mixture, argmax, gap."""
+    lines = ["| Dataset | run | seed | choices at the best epoch (PReLU: learned slope) | mixture | argmax | gap |",
+             "|---|---|---|---|---|---|---|"]
+
+    def row(ds: str, label: str, seed: int, run: Path, choices: Sequence[str], g: dict[str, Any]) -> str:
+        return (f"| {_name(ds)} | {label} | {seed} | {_choices_with_slopes(run, choices)} | {g['mixture_acc']:.4f} | "
+                f"{g['argmax_acc']:.4f} | {_sign(g['argmax_acc'] - g['mixture_acc'])} |")
+
+    for folder, label in [*[(f, "reproduce") for f in folders], *([(sharp, "sharpened")] if sharp else [])]:
+        _, records, _ = load(folder)
+        for r in records:
+            if r.model == "adact" and (g := r.gap()) is not None:
+                lines.append(row(r.dataset, label, r.seed, Path(folder) / r.path, r.choices or [], g))
+    for folder in gap_runs:
+        r = _gap_run(folder)
+        lines.append(row(r["dataset"], "retrained for the gap", int(r["seed"]), Path(folder),
+                         r["best_weights"]["choices"], r["discretization_gap"]))
     return "\n".join(lines)
 
 
@@ -183,8 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", help="adact reproduce output folders")
     p.add_argument("--sharp", help="a sharpened run folder, compared with the positional folder of its dataset")
+    p.add_argument("--gap-runs", nargs="+", default=[], metavar="RUN",
+                   help="adact train AdAct run folders that retrained a seed whose published run kept no checkpoint, "
+                        "for its discretization gap")
     args = p.parse_args(argv)
-    for f in [*args.folders, *([args.sharp] if args.sharp else [])]:
+    for f in [*args.folders, *([args.sharp] if args.sharp else []), *args.gap_runs]:
         if not Path(f).is_dir():
             p.error(f"{f} is not a folder")
     out = ["## Accuracy", accuracy_table(args.folders), "## Per seed (best-on-test / validation-selected)",
@@ -192,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for metric in ("best", "val"):
         out += [f"## Paired differences, {SELECTIONS[metric]}", paired_table(args.folders, metric)]
     out += ["## Confidence", confidence_table(args.folders, args.sharp), "## Discretization gap",
-            gap_table(args.folders, args.sharp)]
+            gap_table(args.folders, args.sharp, args.gap_runs), "## Discretization gap per run",
+            gap_detail_table(args.folders, args.sharp, args.gap_runs)]
     if args.sharp:
         plain = next((f for f in args.folders if set(load(f)[0].datasets) & set(load(args.sharp)[0].datasets)), None)
         if plain:
