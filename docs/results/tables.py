@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from adact.analysis import (PAPER_TABLE1, RunRecord, build_summary, consensus, model_label, paired_diff,
-                            paper_key, summarize)
+from adact.analysis import (PAPER_TABLE1, RunRecord, build_summary, consensus, fmt_cell, fmt_diff, fmt_signed,
+                            gap_summary, model_label, paired_diff, paper_key)
 from adact.io import read_json
 from adact.search import collect
 
@@ -35,56 +35,39 @@ def _name(ds: str) -> str:
     return NAMES.get(paper_key(ds) or "", ds)
 
 
-def _sign(x: float) -> str:
-    return f"{x:+.4f}".replace("-", "−")
+Loaded = tuple[Any, list[RunRecord], dict[str, Any], str]  # settings, runs, summary, folder
 
 
-def _diff(d: dict[str, Any], digits: int = 4) -> str:
-    if d["n"] == 0:
-        return "—"
-    if d["ci_low"] is None:
-        return f"{_sign(d['mean'])} (n=1)"
-    return f"{_sign(d['mean'])} [{_sign(d['ci_low'])}, {_sign(d['ci_high'])}] (n={d['n']})"
-
-
-def _cell(s: dict[str, Any]) -> str:
-    if s["n"] == 0:
-        return "—"
-    sd = f" ± {s['std']:.4f}" if s["std"] is not None else ""
-    return f"{s['mean']:.4f}{sd} (n={s['n']})"
-
-
-def load(folder: str) -> tuple[Any, list[RunRecord], dict[str, Any]]:
+def load(folder: str) -> Loaded:
+    """Read a reproduce folder once: its settings, run records and summary (and the folder)."""
     cfg, records = collect(folder)
-    return cfg, records, build_summary(records, cfg.datasets, cfg.baselines or ["relu"])
+    return cfg, records, build_summary(records, cfg.datasets, cfg.baselines or ["relu"]), folder
 
 
-def accuracy_table(folders: Sequence[str]) -> str:
+def accuracy_table(loaded: Sequence[Loaded]) -> str:
     """Per dataset and selection: every model's mean ± sd, the paper's row first."""
-    loaded = [load(f) for f in folders]
     models = ["adact", "relu", "mish", "optimized"]
     head = ["Dataset", "Selection"] + [model_label(m) for m in models]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for cfg, _, summary in loaded:
+    for cfg, _, summary, _ in loaded:
         for ds, entry in summary.items():
             paper = PAPER_TABLE1.get(paper_key(ds) or "")
             if paper:
                 lines.append(f"| {_name(ds)} | **paper** (best-on-test, one run) | "
                              + " | ".join(f"{paper[m]:.3f}" if m in paper else "—" for m in models) + " |")
             for metric in ("best", "val", "final"):
-                cells = [_cell(entry["models"][m][metric]) if m in entry["models"] else "not run" for m in models]
+                cells = [fmt_cell(entry["models"][m][metric]) if m in entry["models"] else "not run" for m in models]
                 first = "" if paper else _name(ds)
                 lines.append(f"| {first} | ours, {SELECTIONS[metric]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def per_seed_table(folders: Sequence[str]) -> str:
+def per_seed_table(loaded: Sequence[Loaded]) -> str:
     """Best-on-test / validation-selected accuracy of every run."""
     models = ["adact", "relu", "mish", "optimized"]
     head = ["Dataset", "seed"] + [model_label(m) for m in models]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for folder in folders:
-        cfg, records, _ = load(folder)
+    for cfg, records, _, _ in loaded:
         for ds in cfg.datasets:
             for i, seed in enumerate(cfg.seeds):
                 cells = []
@@ -98,18 +81,17 @@ def per_seed_table(folders: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def paired_table(folders: Sequence[str], metric: str) -> str:
+def paired_table(loaded: Sequence[Loaded], metric: str) -> str:
     """Paired differences of AdAct and Optimized to each baseline, and Optimized − AdAct."""
     pairs = [("optimized", "relu"), ("optimized", "mish"), ("adact", "relu"), ("adact", "mish"),
              ("mish", "relu"), ("optimized", "adact")]
     head = ["Dataset"] + [f"{model_label(a)} − {model_label(b)}" for a, b in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for folder in folders:
-        cfg, records, _ = load(folder)
+    for cfg, records, _, _ in loaded:
         for ds in cfg.datasets:
             vals = {m: {r.seed: v for r in records if r.dataset == ds and r.model == m
                         and (v := r.value(metric)) is not None} for m in ("adact", "relu", "mish", "optimized")}
-            lines.append(f"| {_name(ds)} | " + " | ".join(_diff(paired_diff(vals[a], vals[b]).to_json())
+            lines.append(f"| {_name(ds)} | " + " | ".join(fmt_diff(paired_diff(vals[a], vals[b]).to_json())
                                                          for a, b in pairs) + " |")
     return "\n".join(lines)
 
@@ -133,58 +115,56 @@ def _confidence_rows(ds_name: str, adact: list[RunRecord], label: str = "") -> l
     return rows
 
 
-def confidence_table(folders: Sequence[str], sharp: str | None = None) -> str:
+def _labelled(loaded: Sequence[Loaded], sharp: Loaded | None, plain: str, sharpened: str) -> list[tuple[Loaded, str]]:
+    return [*((f, plain) for f in loaded), *([(sharp, sharpened)] if sharp else [])]
+
+
+def confidence_table(loaded: Sequence[Loaded], sharp: Loaded | None = None) -> str:
     head = ["Dataset", "layer", "most common choice", "choice per seed", "top weight", "margin, mean (min)",
             "weak", "entropy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for folder in folders:
-        cfg, records, _ = load(folder)
+    for (cfg, records, _, _), label in _labelled(loaded, sharp, "", ", sharpened"):
         for ds in cfg.datasets:
-            lines += _confidence_rows(_name(ds), [r for r in records if r.dataset == ds and r.model == "adact"])
-    if sharp:
-        cfg, records, _ = load(sharp)
-        for ds in cfg.datasets:
-            lines += _confidence_rows(f"{_name(ds)}, sharpened", [r for r in records if r.dataset == ds
-                                                                  and r.model == "adact"])
+            lines += _confidence_rows(f"{_name(ds)}{label}", [r for r in records if r.dataset == ds
+                                                              and r.model == "adact"])
     return "\n".join(lines)
 
 
-def gap_table(folders: Sequence[str], sharp: str | None = None, gap_runs: Sequence[str] = ()) -> str:
+def gap_run(folder: str) -> RunRecord:
+    """An ``adact train`` AdAct run folder kept for its discretization gap (a seed retrained for it)."""
+    r = read_json(Path(folder) / "result.json")
+    if not isinstance(r, dict) or not r.get("discretization_gap"):
+        raise ValueError(f"{folder}: result.json has no discretization gap")
+    return RunRecord(r["dataset"], "", int(r["seed"]), "adact", "done", path=folder, result=r,
+                     choices=r["best_weights"]["choices"])
+
+
+def _per_seed_gaps(adact: Sequence[RunRecord]) -> str:
+    gaps = {r.seed: g for r in adact if (g := r.gap()) is not None}
+    return ", ".join(f"{s}: {fmt_signed(g['argmax_acc'] - g['mixture_acc'])}" for s, g in sorted(gaps.items())) or "—"
+
+
+def gap_table(loaded: Sequence[Loaded], sharp: Loaded | None = None, gap_runs: Sequence[RunRecord] = ()) -> str:
     """Mixture and argmax accuracy per folder; with ``gap_runs``, also each dataset's gaps with the
     seeds retrained for it added (those have no Optimized run of the same training)."""
     head = ["Dataset", "mixture (AdAct)", "argmax, no retraining", "argmax − mixture", "Optimized − argmax",
             "gap per seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    extra = [_gap_run(f) for f in gap_runs]
-    for folder, label in [*[(f, "") for f in folders], *([(sharp, ", sharpened")] if sharp else [])]:
-        cfg, records, summary = load(folder)
+    for (_, records, summary, _), label in _labelled(loaded, sharp, "", ", sharpened"):
         for ds, entry in summary.items():
             g = entry["gap"]
-            gaps = {r.seed: r.gap() for r in records if r.dataset == ds and r.model == "adact" and r.gap()}
-            per_seed = ", ".join(f"{s}: {_sign(v['argmax_acc'] - v['mixture_acc'])}"  # type: ignore[index]
-                                 for s, v in gaps.items())
-            lines.append(f"| {_name(ds)}{label} | {_cell(g['mixture'])} | {_cell(g['argmax'])} | "
-                         f"{_diff(g['argmax_minus_mixture'])} | {_diff(g['optimized_minus_argmax'])} | "
-                         f"{per_seed or '—'} |")
-            more = {int(r["seed"]): r["discretization_gap"] for r in extra if r["dataset"] == ds
-                    and int(r["seed"]) not in gaps} if not label else {}
+            adact = [r for r in records if r.dataset == ds and r.model == "adact" and r.gap()]
+            lines.append(f"| {_name(ds)}{label} | {fmt_cell(g['mixture'])} | {fmt_cell(g['argmax'])} | "
+                         f"{fmt_diff(g['argmax_minus_mixture'])} | {fmt_diff(g['optimized_minus_argmax'])} | "
+                         f"{_per_seed_gaps(adact)} |")
+            have = {r.seed for r in adact}
+            more = [r for r in gap_runs if r.dataset == ds and r.seed not in have] if not label else []
             if more:
-                both = {**gaps, **more}
-                mix = {s: float(v["mixture_acc"]) for s, v in both.items()}
-                arg = {s: float(v["argmax_acc"]) for s, v in both.items()}
-                lines.append(f"| {_name(ds)}, with seeds {', '.join(map(str, sorted(more)))} retrained for the gap | "
-                             f"{_cell(summarize(mix).to_json())} | {_cell(summarize(arg).to_json())} | "
-                             f"{_diff(paired_diff(arg, mix).to_json())} | — | "
-                             + ", ".join(f"{s}: {_sign(arg[s] - mix[s])}" for s in sorted(both)) + " |")
+                both = gap_summary([*adact, *more], {})
+                lines.append(f"| {_name(ds)}, with seeds {', '.join(str(r.seed) for r in more)} retrained for the "
+                             f"gap | {fmt_cell(both['mixture'])} | {fmt_cell(both['argmax'])} | "
+                             f"{fmt_diff(both['argmax_minus_mixture'])} | — | {_per_seed_gaps([*adact, *more])} |")
     return "\n".join(lines)
-
-
-def _gap_run(folder: str) -> dict[str, Any]:
-    """An ``adact train`` AdAct run folder kept for its discretization gap (a seed retrained for it)."""
-    r = read_json(Path(folder) / "result.json")
-    if not isinstance(r, dict) or not r.get("discretization_gap"):
-        raise ValueError(f"{folder}: result.json has no discretization gap")
-    return r
 
 
 def _choices_with_slopes(run: Path, choices: Sequence[str]) -> str:
@@ -195,31 +175,25 @@ def _choices_with_slopes(run: Path, choices: Sequence[str]) -> str:
                      site.get("prelu_weight") else c for c, site in zip(choices, sites))
 
 
-def gap_detail_table(folders: Sequence[str], sharp: str | None = None, gap_runs: Sequence[str] = ()) -> str:
+def gap_detail_table(loaded: Sequence[Loaded], sharp: Loaded | None = None,
+                     gap_runs: Sequence[RunRecord] = ()) -> str:
     """Every AdAct run with a gap: its choices (a PReLU with its learned slope), mixture, argmax, gap."""
     lines = ["| Dataset | run | seed | choices at the best epoch (PReLU: learned slope) | mixture | argmax | gap |",
              "|---|---|---|---|---|---|---|"]
-
-    def row(ds: str, label: str, seed: int, run: Path, choices: Sequence[str], g: dict[str, Any]) -> str:
-        return (f"| {_name(ds)} | {label} | {seed} | {_choices_with_slopes(run, choices)} | {g['mixture_acc']:.4f} | "
-                f"{g['argmax_acc']:.4f} | {_sign(g['argmax_acc'] - g['mixture_acc'])} |")
-
-    for folder, label in [*[(f, "reproduce") for f in folders], *([(sharp, "sharpened")] if sharp else [])]:
-        _, records, _ = load(folder)
-        for r in records:
-            if r.model == "adact" and (g := r.gap()) is not None:
-                lines.append(row(r.dataset, label, r.seed, Path(folder) / r.path, r.choices or [], g))
-    for folder in gap_runs:
-        r = _gap_run(folder)
-        lines.append(row(r["dataset"], "retrained for the gap", int(r["seed"]), Path(folder),
-                         r["best_weights"]["choices"], r["discretization_gap"]))
+    runs = [(r, label, Path(folder) / r.path) for (_, records, _, folder), label
+            in _labelled(loaded, sharp, "reproduce", "sharpened") for r in records if r.model == "adact"]
+    runs += [(r, "retrained for the gap", Path(r.path)) for r in gap_runs]
+    for r, label, run in runs:
+        if (g := r.gap()) is not None:
+            lines.append(f"| {_name(r.dataset)} | {label} | {r.seed} | {_choices_with_slopes(run, r.choices or [])} | "
+                         f"{g['mixture_acc']:.4f} | {g['argmax_acc']:.4f} | "
+                         f"{fmt_signed(g['argmax_acc'] - g['mixture_acc'])} |")
     return "\n".join(lines)
 
 
-def sharpening_table(plain: str, sharp: str) -> str:
+def sharpening_table(plain: Loaded, sharp: Loaded) -> str:
     """The sharpened AdAct and its Optimized model against the plain ones, paired by seed."""
-    _, prec, _ = load(plain)
-    cfg, srec, _ = load(sharp)
+    prec, (cfg, srec, _, _) = plain[1], sharp
     lines = ["| Dataset | selection | model | plain | sharpened | sharpened − plain |", "|---|---|---|---|---|---|"]
     for ds in cfg.datasets:
         for metric in ("best", "val"):
@@ -229,7 +203,7 @@ def sharpening_table(plain: str, sharp: str) -> str:
                      and r.seed in a}
                 mean = lambda d: f"{np.mean(list(d.values())):.4f} (n={len(d)})" if d else "—"  # noqa: E731
                 lines.append(f"| {_name(ds)} | {SELECTIONS[metric]} | {model_label(m)} | {mean(b)} | {mean(a)} | "
-                             f"{_diff(paired_diff(a, b).to_json())} |")
+                             f"{fmt_diff(paired_diff(a, b).to_json())} |")
     return "\n".join(lines)
 
 
@@ -244,17 +218,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in [*args.folders, *([args.sharp] if args.sharp else []), *args.gap_runs]:
         if not Path(f).is_dir():
             p.error(f"{f} is not a folder")
-    out = ["## Accuracy", accuracy_table(args.folders), "## Per seed (best-on-test / validation-selected)",
-           per_seed_table(args.folders)]
+    loaded = [load(f) for f in args.folders]  # each folder is read once
+    sharp = load(args.sharp) if args.sharp else None
+    extra = [gap_run(f) for f in args.gap_runs]
+    out = ["## Accuracy", accuracy_table(loaded), "## Per seed (best-on-test / validation-selected)",
+           per_seed_table(loaded)]
     for metric in ("best", "val"):
-        out += [f"## Paired differences, {SELECTIONS[metric]}", paired_table(args.folders, metric)]
-    out += ["## Confidence", confidence_table(args.folders, args.sharp), "## Discretization gap",
-            gap_table(args.folders, args.sharp, args.gap_runs), "## Discretization gap per run",
-            gap_detail_table(args.folders, args.sharp, args.gap_runs)]
-    if args.sharp:
-        plain = next((f for f in args.folders if set(load(f)[0].datasets) & set(load(args.sharp)[0].datasets)), None)
+        out += [f"## Paired differences, {SELECTIONS[metric]}", paired_table(loaded, metric)]
+    out += ["## Confidence", confidence_table(loaded, sharp), "## Discretization gap", gap_table(loaded, sharp, extra),
+            "## Discretization gap per run", gap_detail_table(loaded, sharp, extra)]
+    if sharp:
+        plain = next((f for f in loaded if set(f[0].datasets) & set(sharp[0].datasets)), None)
         if plain:
-            out += ["## Sharpening", sharpening_table(plain, args.sharp)]
+            out += ["## Sharpening", sharpening_table(plain, sharp)]
     print("\n\n".join(out))
     return 0
 

@@ -47,6 +47,10 @@ __all__ = [
     "confidence_rows",
     "consensus",
     "fmt_acc",
+    "fmt_cell",
+    "fmt_diff",
+    "fmt_signed",
+    "gap_summary",
     "model_label",
     "models_for",
     "paired_diff",
@@ -223,7 +227,7 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
     ``baselines`` are the run folders compared with: ``("relu",)`` for the paper, ``("baseline",
     ...)`` for ``adact search`` (the model as written, then any one-activation baselines).
     ``diffs[model][baseline][metric]`` is the paired difference model − baseline for AdAct and
-    Optimized; ``gap`` summarises the AdAct runs' discretization gaps (:func:`_gap_summary`).
+    Optimized; ``gap`` summarises the AdAct runs' discretization gaps (:func:`gap_summary`).
     ``paper`` puts the paper's Table 1 values beside datasets that have them (``show_paper``
     records the choice for the renderers). Returns plain JSON-able dicts (``Summary``/``PairedDiff``
     already converted).
@@ -246,7 +250,7 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
         for m in ("adact", "optimized"):
             entry["diffs"][m] = {b: {metric: paired_diff(per_model[m][metric], per_model[b][metric]).to_json()
                                      for metric in METRICS} for b in baselines}
-        entry["gap"] = _gap_summary([r for r in recs if r.model == "adact"], per_model["optimized"]["best"])
+        entry["gap"] = gap_summary([r for r in recs if r.model == "adact"], per_model["optimized"]["best"])
         entry["show_paper"] = paper
         paper_row = PAPER_TABLE1.get(entry["paper_key"] or "") if paper else None
         entry["paper"] = dict(paper_row) if paper_row else None
@@ -254,7 +258,7 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
     return out
 
 
-def _gap_summary(adact: Sequence[RunRecord], optimized_best: dict[int, float]) -> dict[str, Any]:
+def gap_summary(adact: Sequence[RunRecord], optimized_best: dict[int, float]) -> dict[str, Any]:
     """Mixture and argmax accuracy over seeds, argmax − mixture, and Optimized (retrained) − argmax."""
     gaps = {r.seed: g for r in adact if (g := r.gap()) is not None}
     mixture = {s: float(g["mixture_acc"]) for s, g in gaps.items()}
@@ -271,12 +275,14 @@ def fmt_acc(x: float | None, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _fmt_signed(x: float) -> str:
+def fmt_signed(x: float) -> str:
+    """``x`` with its sign and a typographic minus, 4 decimals."""
     return f"{x:+.4f}".replace("-", "−")
 
 
-def _fmt_cell(s: dict[str, Any], status: dict[str, int]) -> str:
-    bad = {k: v for k, v in status.items() if k not in ("done",)}
+def fmt_cell(s: dict[str, Any], status: dict[str, int] | None = None) -> str:
+    """A :class:`Summary` (as JSON) as ``mean ± sd (n=k)``, with non-finished runs of ``status`` noted."""
+    bad = {k: v for k, v in (status or {}).items() if k not in ("done",)}
     note = ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
     if s["n"] == 0:
         return note or "—"
@@ -284,12 +290,13 @@ def _fmt_cell(s: dict[str, Any], status: dict[str, int]) -> str:
     return cell + (f"; {note}" if note else "")
 
 
-def _fmt_diff(d: dict[str, Any]) -> str:
+def fmt_diff(d: dict[str, Any]) -> str:
+    """A :class:`PairedDiff` (as JSON) as ``mean [low, high] (n=k)``."""
     if d["n"] == 0:
         return "—"
     if d["ci_low"] is None:
-        return f"{_fmt_signed(d['mean'])} (n=1, CI n/a)"
-    return f"{_fmt_signed(d['mean'])} [{_fmt_signed(d['ci_low'])}, {_fmt_signed(d['ci_high'])}] (n={d['n']})"
+        return f"{fmt_signed(d['mean'])} (n=1, CI n/a)"
+    return f"{fmt_signed(d['mean'])} [{fmt_signed(d['ci_low'])}, {fmt_signed(d['ci_high'])}] (n={d['n']})"
 
 
 def _baselines(summary: dict[str, Any]) -> list[str]:
@@ -320,10 +327,10 @@ def render_table_md(summary: dict[str, Any], metric: str = "best") -> str:
     for ds, e in summary.items():
         row = [f"`{ds}`"]
         for m in models:
-            row.append(_fmt_cell(e["models"][m][metric], e["status"][m]))
+            row.append(fmt_cell(e["models"][m][metric], e["status"][m]))
             if with_paper and m in MODELS:
                 row.append(fmt_acc(e["paper"][m], 3) if e["paper"] else "—")
-        row += [_fmt_diff(e["diffs"][m][b][metric]) for b in baselines for m in ("adact", "optimized")]
+        row += [fmt_diff(e["diffs"][m][b][metric]) for b in baselines for m in ("adact", "optimized")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -340,8 +347,8 @@ def render_gap_md(summary: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for ds, e in summary.items():
         g = e["gap"]
-        lines.append(f"| `{ds}` | {_fmt_cell(g['mixture'], {})} | {_fmt_cell(g['argmax'], {})} | "
-                     f"{_fmt_diff(g['argmax_minus_mixture'])} | {_fmt_diff(g['optimized_minus_argmax'])} |")
+        lines.append(f"| `{ds}` | {fmt_cell(g['mixture'], {})} | {fmt_cell(g['argmax'], {})} | "
+                     f"{fmt_diff(g['argmax_minus_mixture'])} | {fmt_diff(g['optimized_minus_argmax'])} |")
     return "\n".join(lines) + "\n"
 
 
