@@ -138,6 +138,15 @@ def test_choices_and_consensus() -> None:
     recs[0].confidence[0] = confidence_from_mixture([0.34, 0.33, 0.33], cands).to_json()
     assert "relu (0.500; margin 0.010) **weak**" in render_choices_md(recs, ["digits"])
     assert "| **weak choices** | 1/3 | 0/3 |" in render_choices_md(recs, ["digits"])
+    # A PReLU choice shows its learned slope; a negative one is marked (its argmax is V-shaped).
+    pre = ["relu", "prelu", "mish"]
+    recs[1].choices, recs[1].candidates = ["prelu", "mish"], pre
+    recs[1].confidence = [confidence_from_mixture(recs[1].mix[0], pre, prelu_slope=-0.41).to_json(),
+                          confidence_from_mixture(recs[1].mix[1], pre, prelu_slope=-0.41).to_json()]
+    md = render_choices_md(recs, ["digits"])
+    assert "| 1 | prelu (0.500; margin 0.200; slope -0.41) **negative slope** | mish (0.600; margin 0.300) |" in md
+    recs[1].confidence[0]["prelu_slope"] = 0.3
+    assert "prelu (0.500; margin 0.200; slope +0.30) |" in render_choices_md(recs, ["digits"])
 
 
 def _baseline_records() -> list[RunRecord]:

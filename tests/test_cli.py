@@ -133,6 +133,19 @@ def test_reproduce_and_analyze_its_folder(tmp_path: Path, capsys: pytest.Capture
     assert main(["analyze", str(out)]) == 0
     assert "Table 1" in capsys.readouterr().out and (out / "report.md").is_file()
     assert "a reproduce folder is re-rendered in place" in _error(capsys, ["analyze", str(out), "--out", "x"])
+    # Each choice's confidence records the learned PReLU slope; a PReLU choice whose slope went
+    # negative is flagged in the printed summary and in choices.md.
+    result_path = next(out.glob("*/seed0/adact/result.json"))
+    result = json.loads(result_path.read_text())
+    confs = result["best_weights"]["confidence"]
+    assert all(isinstance(c["prelu_slope"], float) for c in confs)
+    result["best_weights"]["choices"][0] = confs[0]["choice"] = "prelu"
+    confs[0]["prelu_slope"] = -0.3
+    result_path.write_text(json.dumps(result))
+    assert main(["analyze", str(out)]) == 0
+    assert "1 of 4 layer choices are PReLU with a negative learned slope" in capsys.readouterr().out
+    row = next(line for line in (out / "choices.md").read_text().splitlines() if line.startswith("| 0 |"))
+    assert row.split(" | ")[1].startswith("prelu (") and "slope -0.30)" in row and "**negative slope**" in row
 
 
 # --- the issue-10 edges: every row is one line (or a recovery), never a traceback --------------

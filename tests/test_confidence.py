@@ -16,8 +16,10 @@ from adact.confidence import (
     confidence_from_mixture,
     discretization_gap,
     model_confidence,
+    negative_prelu,
     normalised_entropy,
     recompute_batchnorm,
+    render_confidence_text,
     unit_confidence,
 )
 from adact.data import DataSplits, DeviceLoader, load_dataset
@@ -100,6 +102,39 @@ def test_lower_temperature_raises_confidence_not_the_choice() -> None:
     assert warm.choice == cold.choice == "silu"
     assert cold.top > warm.top and cold.margin > warm.margin and cold.entropy < warm.entropy
     assert warm.weak and not cold.weak
+
+
+def test_prelu_slope_is_recorded_and_a_negative_one_flagged() -> None:
+    unit = AdAct()
+    with torch.no_grad():
+        unit.logits.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))  # prelu
+        unit.prelu_weight.fill_(-0.37)
+    c = unit_confidence(unit, "u")
+    assert c.choice == "prelu" and c.prelu_slope == pytest.approx(-0.37)
+    assert negative_prelu(c) and negative_prelu(c.to_json())
+    text = render_confidence_text([c])
+    assert "-0.37" in text and "NEG-SLOPE" in text
+    with torch.no_grad():
+        unit.prelu_weight.fill_(0.1)
+    assert not negative_prelu(unit_confidence(unit))  # a positive slope is a PReLU like the retrained one
+    with torch.no_grad():
+        unit.prelu_weight.fill_(-0.37)
+        unit.logits[6] = 2.0  # mish: the slope of a candidate that is not chosen does not matter
+    c = unit_confidence(unit)
+    assert c.choice == "mish" and c.prelu_slope == pytest.approx(-0.37) and not negative_prelu(c)
+    assert "NEG-SLOPE" not in render_confidence_text([c])
+
+
+def test_channel_unit_records_the_mean_slope_and_old_records_are_not_flagged() -> None:
+    unit = AdAct(granularity="channel", num_channels=4)
+    with torch.no_grad():
+        unit.prelu_weight.copy_(torch.tensor([-0.4, -0.2, 0.0, 0.2]))
+    assert unit_confidence(unit).prelu_slope == pytest.approx(-0.1)
+    assert unit_confidence(AdAct(candidates=["relu", "silu"])).prelu_slope is None  # no PReLU candidate
+    old = confidence_from_mixture([0.1, 0.9], ["relu", "prelu"]).to_json()
+    del old["prelu_slope"]  # a result.json written before slopes were recorded
+    assert not negative_prelu(old)
+    assert "NEG-SLOPE" not in render_confidence_text([old])
 
 
 def test_model_confidence_lists_units_in_module_order() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from adact.confidence import WEAK_MARGIN
+from adact.confidence import WEAK_MARGIN, negative_prelu
 
 __all__ = [
     "METRICS",
@@ -387,7 +387,9 @@ def _choice_cell(choice: str, weight: float, conf: dict[str, Any] | None) -> str
     if conf is None:
         return f"{choice} ({weight:.3f})"
     agree = f"; agree {conf['agreement']:.2f}" if conf.get("agreement") is not None else ""
-    return f"{choice} ({weight:.3f}; margin {conf['margin']:.3f}{agree})" + (" **weak**" if conf["weak"] else "")
+    slope = f"; slope {conf['prelu_slope']:+.2f}" if choice == "prelu" and conf.get("prelu_slope") is not None else ""
+    return (f"{choice} ({weight:.3f}; margin {conf['margin']:.3f}{agree}{slope})" + (" **weak**" if conf["weak"] else "")
+            + (" **negative slope**" if negative_prelu(conf) else ""))
 
 
 def confidence_rows(records: Sequence[RunRecord], n_layers: int) -> list[str]:
@@ -444,7 +446,10 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
             parts.append("Cells: chosen activation (its softmax weight; margin to the runner-up; for per-channel units "
                          f"the share of channels that agree), read from the AdAct run's {selection}. **weak**: "
                          f"margin < {WEAK_MARGIN:g}, a choice a little noise could flip. Entropy: normalised, "
-                         "0 = one-hot, 1 = uniform.\n")
+                         "0 = one-hot, 1 = uniform. PReLU choices show their learned slope; **negative slope**: "
+                         "the argmax keeps it, and PReLU with a negative slope is V-shaped, a different function "
+                         "from the PReLU (slope 0.25) that the optimized model is retrained from, so expect a large "
+                         "discretization gap.\n")
         parts.append(_params_md(recs, baselines))
     return "\n".join(parts)
 

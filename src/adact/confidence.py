@@ -8,7 +8,13 @@ mixture was 0.9 / 0.02 / ... or 0.16 / 0.15 / .... :func:`unit_confidence` says 
 * ``entropy``: the normalised entropy :math:`H(p) / \\log K` (0 = one-hot, 1 = uniform);
 * ``agreement`` (``granularity="channel"`` only): the share of channels whose own argmax is the
   layer's choice;
-* ``weak``: ``margin < WEAK_MARGIN`` (0.05), a choice that a little noise could flip.
+* ``weak``: ``margin < WEAK_MARGIN`` (0.05), a choice that a little noise could flip;
+* ``prelu_slope``: the unit's learned PReLU slope (the channel mean for a per-channel unit).
+
+A PReLU choice whose slope went negative inside the mixture (:func:`negative_prelu`) needs a
+second look: the argmax keeps that slope, and ``max(0, x) + a * min(0, x)`` with ``a < 0`` is a
+V-shaped, non-monotonic function, not the PReLU (slope 0.25) that an optimized model is retrained
+from. In our runs such choices carry nearly all of the discretization gap (docs/RESULTS.md).
 
 For a per-channel unit the layer's choice, ``top`` and ``margin`` come from the channel-mean
 mixture (the choice :func:`adact.optimize` keeps), and ``entropy`` is the mean of the channels'
@@ -42,6 +48,7 @@ __all__ = [
     "confidence_from_mixture",
     "discretization_gap",
     "model_confidence",
+    "negative_prelu",
     "normalised_entropy",
     "recompute_batchnorm",
     "render_confidence_text",
@@ -95,6 +102,7 @@ class UnitConfidence:
     entropy: float
     agreement: float | None  # per-channel units only
     weak: bool
+    prelu_slope: float | None = None  # None when PReLU is not a candidate (or not known)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,7 +118,7 @@ def _top_two(p: Tensor) -> tuple[int, float, float]:
 
 def confidence_from_mixture(mix: Sequence[float] | Tensor, candidates: Sequence[str], path: str = "",
                             channel_mix: Sequence[Sequence[float]] | Tensor | None = None,
-                            weak_margin: float = WEAK_MARGIN) -> UnitConfidence:
+                            weak_margin: float = WEAK_MARGIN, prelu_slope: float | None = None) -> UnitConfidence:
     """:class:`UnitConfidence` of one unit from its softmax weights.
 
     Args:
@@ -120,12 +128,15 @@ def confidence_from_mixture(mix: Sequence[float] | Tensor, candidates: Sequence[
         channel_mix: a per-channel unit's weights, ``(C, K)``; gives ``agreement`` and the mean
             per-channel entropy. Default: None (a per-layer unit, or channels not known).
         weak_margin: margins below this are ``weak``. Default: :data:`WEAK_MARGIN`.
+        prelu_slope: the unit's learned PReLU slope, recorded as is. Default: None (not known).
     """
     p = torch.as_tensor(mix, dtype=torch.float64)
     if p.dim() != 1 or p.numel() != len(candidates) or p.numel() == 0:
         raise ValueError(f"mix must hold one weight per candidate ({len(candidates)}), got shape {tuple(p.shape)}")
     if not (math.isfinite(weak_margin) and 0.0 <= weak_margin <= 1.0):
         raise ValueError(f"weak_margin must be in [0, 1], got {weak_margin}")
+    if prelu_slope is not None:
+        prelu_slope = float(prelu_slope)
     idx, top, second = _top_two(p)
     agreement: float | None = None
     entropy = float(normalised_entropy(p))
@@ -136,7 +147,7 @@ def confidence_from_mixture(mix: Sequence[float] | Tensor, candidates: Sequence[
         agreement = float((c.argmax(-1) == idx).double().mean())
         entropy = float(normalised_entropy(c).mean())
     margin = top - second
-    return UnitConfidence(path, candidates[idx], top, margin, entropy, agreement, margin < weak_margin)
+    return UnitConfidence(path, candidates[idx], top, margin, entropy, agreement, margin < weak_margin, prelu_slope)
 
 
 def unit_confidence(unit: AdAct, path: str = "", weak_margin: float = WEAK_MARGIN) -> UnitConfidence:
@@ -144,15 +155,28 @@ def unit_confidence(unit: AdAct, path: str = "", weak_margin: float = WEAK_MARGI
 
     Example::
 
-        >>> unit_confidence(AdAct())          # a fresh unit is a uniform mixture
-        UnitConfidence(path='', choice='relu', top=0.142..., margin=0.0, entropy=1.0, agreement=None, weak=True)
+        >>> c = unit_confidence(AdAct())      # a fresh unit is a uniform mixture
+        >>> c.choice, c.margin, round(c.entropy, 6), c.weak, c.prelu_slope
+        ('relu', 0.0, 1.0, True, 0.25)
     """
     if not isinstance(unit, AdAct):
         raise TypeError(f"unit_confidence expects an AdAct unit, got {type(unit).__name__}")
     p = unit.mixture()
+    slope = None if unit.prelu_weight is None else float(unit.prelu_weight.detach().float().mean())
     if p.dim() == 2:
-        return confidence_from_mixture(p.mean(0), unit.candidates, path, p, weak_margin)
-    return confidence_from_mixture(p, unit.candidates, path, None, weak_margin)
+        return confidence_from_mixture(p.mean(0), unit.candidates, path, p, weak_margin, slope)
+    return confidence_from_mixture(p, unit.candidates, path, None, weak_margin, slope)
+
+
+def negative_prelu(confidence: UnitConfidence | dict[str, Any]) -> bool:
+    """True for a PReLU choice whose learned slope is negative (see the module docstring).
+
+    Accepts a :class:`UnitConfidence` or its JSON form; one recorded before slopes were
+    (no ``prelu_slope``) is never flagged.
+    """
+    c = confidence.to_json() if isinstance(confidence, UnitConfidence) else confidence
+    slope = c.get("prelu_slope")
+    return c.get("choice") == "prelu" and slope is not None and slope < 0.0
 
 
 def model_confidence(model: nn.Module, weak_margin: float = WEAK_MARGIN) -> list[UnitConfidence]:
@@ -162,17 +186,23 @@ def model_confidence(model: nn.Module, weak_margin: float = WEAK_MARGIN) -> list
 
 def render_confidence_text(confidence: Sequence[UnitConfidence | dict[str, Any]],
                            weak_margin: float = WEAK_MARGIN) -> str:
-    """A fixed-width table of per-unit confidences (``adact analyze``); ``WEAK`` marks weak choices."""
+    """A fixed-width table of per-unit confidences (``adact analyze``).
+
+    ``WEAK`` marks weak choices, ``NEG-SLOPE`` PReLU choices with a negative learned slope
+    (:func:`negative_prelu`); ``slope`` is shown for PReLU choices only.
+    """
     rows = [c.to_json() if isinstance(c, UnitConfidence) else dict(c) for c in confidence]
     if not rows:
         return ""
     lines = [f"confidence of each choice (weak: margin to the runner-up < {weak_margin:g}; entropy 0 = one-hot, "
              f"1 = uniform)",
-             f"{'layer':<8}{'unit':<16}{'choice':>12}{'top':>9}{'margin':>9}{'entropy':>9}{'agree':>8}"]
+             f"{'layer':<8}{'unit':<16}{'choice':>12}{'top':>9}{'margin':>9}{'entropy':>9}{'agree':>8}{'slope':>8}"]
     for i, c in enumerate(rows):
         agree = "—" if c.get("agreement") is None else f"{c['agreement']:.2f}"
+        slope = f"{c['prelu_slope']:+.2f}" if c["choice"] == "prelu" and c.get("prelu_slope") is not None else "—"
         lines.append(f"{i + 1:<8}{c['path']:<16}{c['choice']:>12}{c['top']:>9.4f}{c['margin']:>9.4f}"
-                     f"{c['entropy']:>9.4f}{agree:>8}" + ("   WEAK" if c["weak"] else ""))
+                     f"{c['entropy']:>9.4f}{agree:>8}{slope:>8}" + ("   WEAK" if c["weak"] else "")
+                     + ("   NEG-SLOPE" if negative_prelu(c) else ""))
     return "\n".join(lines) + "\n\n"
 
 

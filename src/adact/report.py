@@ -36,7 +36,7 @@ from adact.analysis import (
     render_table_md,
     render_weights_text,
 )
-from adact.confidence import WEAK_MARGIN, render_confidence_text, render_gap_text
+from adact.confidence import WEAK_MARGIN, negative_prelu, render_confidence_text, render_gap_text
 from adact.dataspec import DatasetSpec
 from adact.defaults import DEFAULT_CHANNELS
 from adact.io import atomic_write_json, atomic_write_text, folder_lock, read_json, remove_stale_temps
@@ -253,9 +253,13 @@ def _weak_lines(records: list[RunRecord]) -> str:
     for ds in dict.fromkeys(r.dataset for r in records):
         confs = [c for r in records if r.dataset == ds and r.model == "adact" and r.confidence for c in r.confidence]
         weak = sum(bool(c["weak"]) for c in confs)
+        neg = sum(negative_prelu(c) for c in confs)
         if confs:
             lines.append(f"{ds}: {weak} of {len(confs)} layer choices are weak (margin to the runner-up < "
                          f"{WEAK_MARGIN:g}); see choices.md\n")
+        if neg:
+            lines.append(f"{ds}: {neg} of {len(confs)} layer choices are PReLU with a negative learned slope "
+                         f"(V-shaped at the argmax, where the discretization gap comes from); see choices.md\n")
     return "".join(lines)
 
 
