@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -42,13 +43,20 @@ def act_color(name: str) -> str:
 
 
 def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Write ``stem.<fmt>`` for each format through a temporary file and a rename (never half a file)."""
+    """Write ``stem.<fmt>`` for each format through a temporary file and a rename (never half a file).
+
+    The same figure gives the same bytes every time (no date, fixed SVG ids), so re-rendering a
+    published results folder changes a figure's file only when the figure changed.
+    """
     stem = Path(stem)
     make_dir(stem.parent)
     written = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=150, bbox_inches="tight"))
+        meta = {"Date": None} if fmt in ("svg", "pdf") else None
+        with matplotlib.rc_context({"svg.hashsalt": "adact"}):
+            atomic_write(path, lambda f, fmt=fmt, meta=meta: fig.savefig(f, format=fmt, dpi=150, bbox_inches="tight",
+                                                                        metadata=meta))
         written.append(path)
     return written
 
