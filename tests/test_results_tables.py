@@ -58,7 +58,8 @@ def test_tables_match_the_run_folders(folders: tuple[Path, Path], capsys: pytest
     assert _tables().main([str(plain), "--sharp", str(sharp)]) == 0
     text = capsys.readouterr().out
     for section in ("Accuracy", "Per seed (best-on-test / validation-selected)", "Paired differences, best-on-test",
-                    "Paired differences, validation-selected", "Confidence", "Discretization gap", "Sharpening"):
+                    "Paired differences, validation-selected", "Confidence", "Discretization gap",
+                    "PReLU slope inside the mixture", "Sharpening"):
         assert f"## {section}\n" in text
 
     # Optimized − Mish, best-on-test: the mean of the two per-seed differences, with an interval.
@@ -78,6 +79,16 @@ def test_tables_match_the_run_folders(folders: tuple[Path, Path], capsys: pytest
     sharpening = text.split("## Sharpening\n", 1)[1]
     line = next(ln for ln in sharpening.splitlines() if "| best-on-test | Optimized |" in ln)
     assert f"{sum(d) / 2:+.4f}".replace("-", "−") in line
+
+    # The learned PReLU slope of every layer: its range over the seeds and how many are negative.
+    slopes = [[c["prelu_slope"] for c in read_json(plain / "digits" / f"seed{s}" / "adact" / "result.json")
+               ["best_weights"]["confidence"]] for s in (0, 1)]
+    row = _row(text, "PReLU slope inside the mixture", "digits")
+    assert row[1] == "2" and len(row) == 6
+    for i, cell in enumerate(row[2:]):
+        lo, hi = min(sl[i] for sl in slopes), max(sl[i] for sl in slopes)
+        neg = sum(sl[i] < 0 for sl in slopes)
+        assert cell == f"{lo:+.2f} to {hi:+.2f} ({neg}/2 < 0)".replace("-", "−")
 
     # The confidence table: one row per layer (4) for each folder (2), the sharpened one labelled.
     conf = text.split("## Confidence\n", 1)[1].split("\n## ", 1)[0]

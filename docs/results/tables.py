@@ -136,7 +136,7 @@ def gap_run(folder: str) -> RunRecord:
     if not isinstance(r, dict) or not r.get("discretization_gap"):
         raise ValueError(f"{folder}: result.json has no discretization gap")
     return RunRecord(r["dataset"], "", int(r["seed"]), "adact", "done", path=folder, result=r,
-                     choices=r["best_weights"]["choices"])
+                     choices=r["best_weights"]["choices"], confidence=r["best_weights"].get("confidence"))
 
 
 def _per_seed_gaps(adact: Sequence[RunRecord]) -> str:
@@ -167,12 +167,41 @@ def gap_table(loaded: Sequence[Loaded], sharp: Loaded | None = None, gap_runs: S
     return "\n".join(lines)
 
 
-def _choices_with_slopes(run: Path, choices: Sequence[str]) -> str:
-    """Choices of a run, each PReLU with the learned slope it keeps in the argmax model (choices.json)."""
-    path = run / "choices.json"
-    sites = read_json(path)["sites"] if path.is_file() else [{} for _ in choices]
-    return ", ".join(f"{c} ({site['prelu_weight'][0]:+.2f})".replace("-", "−") if c == "prelu" and
-                     site.get("prelu_weight") else c for c, site in zip(choices, sites))
+def _slopes(r: RunRecord) -> list[float | None]:
+    """Each unit's learned PReLU slope at the best epoch (the run's recorded confidences)."""
+    return [c.get("prelu_slope") for c in r.confidence or []]
+
+
+def _choices_with_slopes(r: RunRecord) -> str:
+    """Choices of a run, each PReLU with the learned slope it keeps in the argmax model."""
+    slopes = _slopes(r) or [None] * len(r.choices or [])
+    return ", ".join(f"{c} ({s:+.2f})".replace("-", "−") if c == "prelu" and s is not None else c
+                     for c, s in zip(r.choices or [], slopes))
+
+
+def slope_table(loaded: Sequence[Loaded], sharp: Loaded | None = None, gap_runs: Sequence[RunRecord] = ()) -> str:
+    """Per dataset and layer: the range of the PReLU slope learned inside the mixture, and how often it is negative."""
+    groups: list[tuple[str, list[RunRecord]]] = []
+    for (cfg, records, _, _), label in _labelled(loaded, sharp, "", ", sharpened"):
+        for ds in cfg.datasets:
+            runs = [r for r in records if r.dataset == ds and r.model == "adact"]
+            if not label:
+                runs += [r for r in gap_runs if r.dataset == ds]
+            groups.append((f"{_name(ds)}{label}", runs))
+    n_layers = max((len(_slopes(r)) for _, runs in groups for r in runs), default=0)
+    head = ["Dataset", "runs"] + [f"layer {i + 1}" for i in range(n_layers)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for name, runs in groups:
+        known = [sl for r in runs if len(sl := _slopes(r)) == n_layers and all(x is not None for x in sl)]
+        if not known:
+            lines.append(f"| {name} | 0 | " + " | ".join(["—"] * n_layers) + " |")
+            continue
+        cells = []
+        for i in range(n_layers):
+            v = [float(sl[i]) for sl in known]  # type: ignore[arg-type]
+            cells.append(f"{min(v):+.2f} to {max(v):+.2f} ({sum(x < 0 for x in v)}/{len(v)} < 0)".replace("-", "−"))
+        lines.append(f"| {name} | {len(known)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def gap_detail_table(loaded: Sequence[Loaded], sharp: Loaded | None = None,
@@ -180,12 +209,12 @@ def gap_detail_table(loaded: Sequence[Loaded], sharp: Loaded | None = None,
     """Every AdAct run with a gap: its choices (a PReLU with its learned slope), mixture, argmax, gap."""
     lines = ["| Dataset | run | seed | choices at the best epoch (PReLU: learned slope) | mixture | argmax | gap |",
              "|---|---|---|---|---|---|---|"]
-    runs = [(r, label, Path(folder) / r.path) for (_, records, _, folder), label
-            in _labelled(loaded, sharp, "reproduce", "sharpened") for r in records if r.model == "adact"]
-    runs += [(r, "retrained for the gap", Path(r.path)) for r in gap_runs]
-    for r, label, run in runs:
+    runs = [(r, label) for (_, records, _, _), label in _labelled(loaded, sharp, "reproduce", "sharpened")
+            for r in records if r.model == "adact"]
+    runs += [(r, "retrained for the gap") for r in gap_runs]
+    for r, label in runs:
         if (g := r.gap()) is not None:
-            lines.append(f"| {_name(r.dataset)} | {label} | {r.seed} | {_choices_with_slopes(run, r.choices or [])} | "
+            lines.append(f"| {_name(r.dataset)} | {label} | {r.seed} | {_choices_with_slopes(r)} | "
                          f"{g['mixture_acc']:.4f} | {g['argmax_acc']:.4f} | "
                          f"{fmt_signed(g['argmax_acc'] - g['mixture_acc'])} |")
     return "\n".join(lines)
@@ -226,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for metric in ("best", "val"):
         out += [f"## Paired differences, {SELECTIONS[metric]}", paired_table(loaded, metric)]
     out += ["## Confidence", confidence_table(loaded, sharp), "## Discretization gap", gap_table(loaded, sharp, extra),
-            "## Discretization gap per run", gap_detail_table(loaded, sharp, extra)]
+            "## Discretization gap per run", gap_detail_table(loaded, sharp, extra),
+            "## PReLU slope inside the mixture", slope_table(loaded, sharp, extra)]
     if sharp:
         plain = next((f for f in loaded if set(f[0].datasets) & set(sharp[0].datasets)), None)
         if plain:
