@@ -113,7 +113,7 @@ def test_prelu_slope_is_recorded_and_a_negative_one_flagged() -> None:
     assert c.choice == "prelu" and c.prelu_slope == pytest.approx(-0.37)
     assert negative_prelu(c) and negative_prelu(c.to_json())
     text = render_confidence_text([c])
-    assert "-0.37" in text and "NEG-SLOPE" in text
+    assert "-0.37" in text and "NEG-SLOPE" in text and "V-shaped" in text  # the mark, and a line saying what it means
     with torch.no_grad():
         unit.prelu_weight.fill_(0.1)
     assert not negative_prelu(unit_confidence(unit))  # a positive slope is a PReLU like the retrained one
@@ -134,7 +134,7 @@ def test_channel_unit_records_the_mean_slope_and_old_records_are_not_flagged() -
     old = confidence_from_mixture([0.1, 0.9], ["relu", "prelu"]).to_json()
     del old["prelu_slope"]  # a result.json written before slopes were recorded
     assert not negative_prelu(old)
-    assert "NEG-SLOPE" not in render_confidence_text([old])
+    assert "NEG-SLOPE" not in render_confidence_text([old]) and "V-shaped" not in render_confidence_text([old])
 
 
 def test_model_confidence_lists_units_in_module_order() -> None:

@@ -203,6 +203,9 @@ def render_confidence_text(confidence: Sequence[UnitConfidence | dict[str, Any]]
         lines.append(f"{i + 1:<8}{c['path']:<16}{c['choice']:>12}{c['top']:>9.4f}{c['margin']:>9.4f}"
                      f"{c['entropy']:>9.4f}{agree:>8}{slope:>8}" + ("   WEAK" if c["weak"] else "")
                      + ("   NEG-SLOPE" if negative_prelu(c) else ""))
+    if any(negative_prelu(c) for c in rows):
+        lines.append("NEG-SLOPE: PReLU whose slope was learned negative inside the mixture; alone it is V-shaped, "
+                     "so the argmax model is a different function (expect a large discretization gap)")
     return "\n".join(lines) + "\n\n"
 
 
