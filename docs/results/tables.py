@@ -175,7 +175,7 @@ def _slopes(r: RunRecord) -> list[float | None]:
 def _choices_with_slopes(r: RunRecord) -> str:
     """Choices of a run, each PReLU with the learned slope it keeps in the argmax model."""
     slopes = _slopes(r) or [None] * len(r.choices or [])
-    return ", ".join(f"{c} ({s:+.2f})".replace("-", "−") if c == "prelu" and s is not None else c
+    return ", ".join(f"{c} ({fmt_signed(s, 2)})" if c == "prelu" and s is not None else c
                      for c, s in zip(r.choices or [], slopes))
 
 
@@ -199,7 +199,7 @@ def slope_table(loaded: Sequence[Loaded], sharp: Loaded | None = None, gap_runs:
         cells = []
         for i in range(n_layers):
             v = [float(sl[i]) for sl in known]  # type: ignore[arg-type]
-            cells.append(f"{min(v):+.2f} to {max(v):+.2f} ({sum(x < 0 for x in v)}/{len(v)} < 0)".replace("-", "−"))
+            cells.append(f"{fmt_signed(min(v), 2)} to {fmt_signed(max(v), 2)} ({sum(x < 0 for x in v)}/{len(v)} < 0)")
         lines.append(f"| {name} | {len(known)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -275,9 +275,9 @@ def fmt_acc(x: float | None, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def fmt_signed(x: float) -> str:
-    """``x`` with its sign and a typographic minus, 4 decimals."""
-    return f"{x:+.4f}".replace("-", "−")
+def fmt_signed(x: float, digits: int = 4) -> str:
+    """``x`` with its sign and a typographic minus, ``digits`` decimals."""
+    return f"{x:+.{digits}f}".replace("-", "−")
 
 
 def fmt_cell(s: dict[str, Any], status: dict[str, int] | None = None) -> str:
