@@ -95,7 +95,7 @@ def test_train_then_analyze_run_folder_and_checkpoint(tmp_path: Path, capsys: py
     assert "discretization gap: mixture" in out and "confidence of each choice" in out
 
     assert main(["analyze", str(run)]) == 0
-    text = capsys.readouterr().out
+    text = text_best = capsys.readouterr().out
     assert "raw weights (logits)" in text and "softmax weights" in text and "best.pt" in text
     conf_rows = text.split("confidence of each choice")[1].splitlines()[2:6]
     assert len(conf_rows) == 4 and all(row.split()[1].startswith("features.") for row in conf_rows)
@@ -110,6 +110,21 @@ def test_train_then_analyze_run_folder_and_checkpoint(tmp_path: Path, capsys: py
     text = capsys.readouterr().out
     assert "last.pt" in text and "confidence of each choice" in text
     assert (figs / "weights.png").read_bytes()[:4] == b"\x89PNG" and (figs / "trajectories.png").is_file()
+
+    # A published run folder keeps no checkpoint: analyze reads the best epoch's weights from result.json.
+    published = tmp_path / "published"
+    published.mkdir()
+    for name in ("config.json", "metrics.csv", "result.json"):
+        shutil.copy(run / name, published / name)
+    assert main(["analyze", str(published)]) == 0
+    from_json = capsys.readouterr().out
+    assert "result.json (best epoch" in from_json and "no checkpoint in this folder" in from_json
+    # the same epoch as best.pt, so the same table, confidences and gap
+    table = [t.split("raw weights (logits)")[1].split("figure:")[0] for t in (from_json, text_best)]
+    assert table[0] == table[1] and "discretization gap: mixture" in table[0]
+    assert (published / "weights.png").read_bytes()[:4] == b"\x89PNG" and (published / "trajectories.png").is_file()
+    (published / "result.json").write_text('{"status": "done"}')
+    assert "is not the result.json of an `adact train` run" in _error(capsys, ["analyze", str(published)])
 
 
 def test_train_fixed_activations_and_divergence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -301,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     a = sub.add_parser("analyze", help="weight table and figures of a run folder, checkpoint or reproduce folder",
-                       description="For a run folder (read from best.pt) or a checkpoint: print each layer's raw and "
-                                   "softmax weights with the dominant activation, and draw its figures. For an "
+                       description="For a run folder (read from best.pt, or from result.json when it keeps no "
+                                   "checkpoint) or a checkpoint: print each layer's raw and softmax weights with the "
+                                   "dominant activation, and draw its figures. For an "
                                    "`adact reproduce` output folder: re-render tables, figures and report from its "
                                    "run folders without training.")
     a.add_argument("path", metavar="PATH", help="run folder, best.pt/last.pt, or reproduce output folder")

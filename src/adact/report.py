@@ -36,7 +36,13 @@ from adact.analysis import (
     render_table_md,
     render_weights_text,
 )
-from adact.confidence import WEAK_MARGIN, negative_prelu, render_confidence_text, render_gap_text
+from adact.confidence import (
+    WEAK_MARGIN,
+    confidence_from_mixture,
+    negative_prelu,
+    render_confidence_text,
+    render_gap_text,
+)
 from adact.dataspec import DatasetSpec
 from adact.defaults import DEFAULT_CHANNELS
 from adact.io import atomic_write_json, atomic_write_text, folder_lock, read_json, remove_stale_temps
@@ -410,14 +416,20 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     """Weight table and figures of one run folder or checkpoint.
 
     A run folder is read from its best.pt (last.pt when there is no best.pt), matching the
-    checkpoint :func:`reproduce` takes its choices from. Figures go to ``out`` (default: the
-    run folder). Returns the text table and the figure paths.
+    checkpoint :func:`reproduce` takes its choices from. A run folder without checkpoints (a
+    published one: ``config.json``, ``metrics.csv``, ``result.json``) is read from the weights
+    ``result.json`` recorded at the best epoch. Figures go to ``out`` (default: the run folder).
+    Returns the text table and the figure paths.
     """
     path = Path(path)
     if path.is_dir():
-        ckpt = RunFolder(path).checkpoint()
+        folder = RunFolder(path)
+        ckpt = folder.checkpoint()
         if ckpt is None:
-            raise FileNotFoundError(f"{path} holds no best.pt or last.pt: not a run folder of `adact train`")
+            if folder.result.is_file():
+                return _analyze_result(path, out)
+            raise FileNotFoundError(f"{path} holds no best.pt, last.pt or result.json: not a run folder of "
+                                    "`adact train`")
         run_dir = path
     elif path.is_file():
         ckpt, run_dir = path, path.parent
@@ -429,11 +441,41 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     head = f"{ckpt} (epoch {meta['epoch']}, dataset {config['dataset']}, activation {config['activation']})"
     if not w["paths"]:
         return head + "\nno AdAct units in this model: nothing to analyze\n", []
-    text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
-    text += render_confidence_text(w["confidence"])
     result = read_json(RunFolder(run_dir).result) if RunFolder(run_dir).result.is_file() else {}
-    gap = result.get("discretization_gap") if isinstance(result, dict) else None
-    if gap and gap.get("epoch") == meta["epoch"]:  # the gap of this very checkpoint, not another epoch's
+    return _analyze(head, w, result if isinstance(result, dict) else {}, meta["epoch"], config, run_dir,
+                    Path(out) if out is not None else run_dir, f"{ckpt.name}, epoch {meta['epoch']}")
+
+
+def _analyze_result(run_dir: Path, out: str | Path | None) -> tuple[str, list[Path]]:
+    """:func:`analyze_run` of a run folder without checkpoints, from its result.json."""
+    path = RunFolder(run_dir).result
+    result = read_json(path)
+    if not isinstance(result, dict) or not isinstance(result.get("config"), dict):
+        raise ValueError(f"{path} is not the result.json of an `adact train` run (no 'config'); nothing to analyze")
+    config = result["config"]
+    epoch = result.get("best_epoch")
+    head = (f"{path} (best epoch {epoch}, dataset {config.get('dataset')}, activation {config.get('activation')}; "
+            "no checkpoint in this folder: the weights result.json recorded at the best epoch)")
+    if not result.get("n_adact_units"):
+        return head + "\nno AdAct units in this model: nothing to analyze\n", []
+    w = result.get("best_weights")
+    if not isinstance(w, dict) or not all(k in w for k in ("paths", "candidates", "raw", "mix")):
+        raise ValueError(f"{path} holds no weights of a best epoch (status {result.get('status')!r}); rerun the same "
+                         "`adact train` command to finish the run, then analyze it")
+    if not w.get("confidence"):  # runs from before confidences were recorded: the per-layer ones follow from mix
+        w = {**w, "confidence": [confidence_from_mixture(m, w["candidates"], unit).to_json()
+                                 for m, unit in zip(w["mix"], w["paths"])]}
+    return _analyze(head, w, result, epoch, config, run_dir, Path(out) if out is not None else run_dir,
+                    f"result.json, best epoch {epoch}")
+
+
+def _analyze(head: str, w: dict[str, Any], result: dict[str, Any], epoch: int | None, config: dict[str, Any],
+             run_dir: Path, fig_dir: Path, source: str) -> tuple[str, list[Path]]:
+    """Text and figures of one epoch's AdAct weights ``w`` (see :func:`adact.train.adact_weights`)."""
+    text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
+    text += render_confidence_text(w.get("confidence") or [])
+    gap = result.get("discretization_gap")
+    if gap and gap.get("epoch") == epoch:  # the gap of this very epoch, not another one's
         text += render_gap_text(gap)
     hist, note = None, ""
     if RunFolder(run_dir).metrics.is_file():
@@ -441,9 +483,8 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
             hist = read_weight_history(RunFolder(run_dir).metrics)
         except (ValueError, OSError) as e:
             note = f"no weight trajectories: {e}\n"
-    fig_dir = Path(out) if out is not None else run_dir
     name = DatasetSpec.parse(config["dataset"]).display
-    note_ckpt = f"{ckpt.name}, epoch {meta['epoch']}, seed {config['seed']}"
+    note_ckpt = f"{source}, seed {config['seed']}"
     many = len(w["paths"]) > _PANELS  # a ResNet's 17 units: heatmaps, not 17 bar groups or panels
     weak = np.array([[c["weak"] for c in w["confidence"]]]) if w.get("confidence") else None
     if many:
