@@ -441,7 +441,8 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     head = f"{ckpt} (epoch {meta['epoch']}, dataset {config['dataset']}, activation {config['activation']})"
     if not w["paths"]:
         return head + "\nno AdAct units in this model: nothing to analyze\n", []
-    result = read_json(RunFolder(run_dir).result) if RunFolder(run_dir).result.is_file() else {}
+    result_path = RunFolder(run_dir).result
+    result = read_json(result_path) if result_path.is_file() else {}
     return _analyze(head, w, result if isinstance(result, dict) else {}, meta["epoch"], config, run_dir,
                     Path(out) if out is not None else run_dir, f"{ckpt.name}, epoch {meta['epoch']}")
 
@@ -478,9 +479,10 @@ def _analyze(head: str, w: dict[str, Any], result: dict[str, Any], epoch: int | 
     if gap and gap.get("epoch") == epoch:  # the gap of this very epoch, not another one's
         text += render_gap_text(gap)
     hist, note = None, ""
-    if RunFolder(run_dir).metrics.is_file():
+    metrics = RunFolder(run_dir).metrics
+    if metrics.is_file():
         try:
-            hist = read_weight_history(RunFolder(run_dir).metrics)
+            hist = read_weight_history(metrics)
         except (ValueError, OSError) as e:
             note = f"no weight trajectories: {e}\n"
     name = DatasetSpec.parse(config["dataset"]).display
