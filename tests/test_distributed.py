@@ -249,8 +249,19 @@ def test_without_random_activations_two_ranks_follow_one_process_to_rounding(tmp
     for a, b in zip(_rows(one), _rows(tmp_path / "two"), strict=True):
         assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5
         assert float(a["train_acc"]) == float(b["train_acc"])
-        assert abs(float(a["test_loss"]) - float(b["test_loss"])) < 1e-3
-        assert abs(float(a["test_acc"]) - float(b["test_acc"])) <= 1 / 360 + 1e-9  # at most one image
+        # Evaluation is looser on purpose. A conv bias in front of BatchNorm has a true gradient of
+        # zero, so what it gets is rounding noise, which AdamW scales up to steps of size lr: those
+        # biases (and the running means that follow them) drift apart between any two runs whose sums
+        # round differently, and only eval mode sees it. Measured: test loss 1.04e-3 apart on an
+        # AVX2 CPU (AMD EPYC Zen 3), under 1e-3 with AVX-512; the parameters that matter agree below.
+        assert abs(float(a["test_loss"]) - float(b["test_loss"])) < 1e-2 * float(a["test_loss"])
+        assert abs(float(a["test_acc"]) - float(b["test_acc"])) <= 3 / 360 + 1e-9  # at most three images
+    sa = torch.load(one / "last.pt", weights_only=True)["model"]
+    sb = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    drift = {k for k in sa if k.endswith(".0.bias") or k.endswith(".running_mean")}  # see above
+    assert drift and sa.keys() == sb.keys()
+    for k in sa.keys() - drift:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.slow
