@@ -496,12 +496,12 @@ def test_native_equals_eager(
         # are off by 1e-5 to 3e-4 of their scale: native must be about as close to the float64
         # truth as the eager float32 kernels are. The error is that of the extreme inputs' huge
         # terms, rounded differently by each level (FMA contraction, summation order by vector
-        # width): measured up to 2.4x eager's at AVX2 (silu+mish), hence 3x for the fixed levels.
-        factor = 2 if isa == "native" else 3
+        # width): measured up to 2.4x eager's at AVX2 (silu+mish), hence 3x. "native" is whichever
+        # level this CPU has (AVX2 on AMD Zen 3: the same 2.4x), so it gets the same bound.
         for a, b, t in zip(results["native"][2:], results["eager"][2:], truth[2:]):
             scale = float(t.abs().max())
             err_native, err_eager = float((a.double() - t).abs().max()), float((b.double() - t).abs().max())
-            assert err_native <= max(1e-4 * scale, factor * err_eager), (err_native, err_eager, scale)
+            assert err_native <= max(1e-4 * scale, 3 * err_eager), (err_native, err_eager, scale)
 
 
 def test_native_is_deterministic_across_thread_counts() -> None:
