@@ -370,7 +370,12 @@ def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
             time.sleep(0.5)
             workers = [p for p, cmd in _children(parent.pid).items() if "spawn_main" in cmd]
         assert len(workers) == 2, "reproduce did not start two workers"
-        time.sleep(2)  # let them import torch and start training
+        # Kill mid-training, not mid-import: a worker still importing torch (slow on a loaded
+        # machine) only notices its dead parent when its initializer runs, which can take longer
+        # than the 30 s below. Each training run writes its config.json first.
+        while len(list((tmp_path / "rep").glob("*/seed0/*/config.json"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(list((tmp_path / "rep").glob("*/seed0/*/config.json"))) == 2, "the two runs did not start"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 30
