@@ -13,7 +13,7 @@ GAP = {"npz-cifar10": "gap-cifar10", "npz-fmnist": "gap-fmnist", "npz-fer2013": 
 for f in sorted(Path("docs/results").glob("table1-*/*/seed*/adact/result.json")):
     r = json.loads(f.read_text())
     w = r["best_weights"]
-    if w.get("confidence") and r.get("discretization_gap"):
+    if w.get("confidence") and (r.get("discretization_gap") or r.get("discretization_gap_note")):
         continue
     assert r["config"].get("granularity", "layer") == "layer"
     w["confidence"] = [confidence_from_mixture(m, w["candidates"], p).to_json() for p, m in zip(w["paths"], w["mix"])]
