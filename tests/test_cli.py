@@ -373,9 +373,12 @@ def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
         # Kill mid-training, not mid-import: a worker still importing torch (slow on a loaded
         # machine) only notices its dead parent when its initializer runs, which can take longer
         # than the 30 s below. Each training run writes its config.json first.
-        while len(list((tmp_path / "rep").glob("*/seed0/*/config.json"))) < 2 and time.monotonic() < deadline:
+        def started() -> int:
+            return len(list((tmp_path / "rep").glob("*/seed0/*/config.json")))
+
+        while started() < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert len(list((tmp_path / "rep").glob("*/seed0/*/config.json"))) == 2, "the two runs did not start"
+        assert started() == 2, "the two runs did not start"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 30

@@ -14,6 +14,7 @@ from adact import AdAct, ConvNet, DEFAULT_CANDIDATES
 from adact.confidence import (
     WEAK_MARGIN,
     confidence_from_mixture,
+    confidence_from_weights,
     discretization_gap,
     model_confidence,
     negative_prelu,
@@ -52,6 +53,15 @@ def test_normalised_entropy_gradient_is_finite_at_a_zero_weight() -> None:
 
 
 # --- per unit ----------------------------------------------------------------------------------
+
+
+def test_confidence_from_weights_of_a_recorded_run_by_hand() -> None:
+    """A result.json's best_weights (paths, candidates, mix) -> one JSON confidence per unit, in order."""
+    w = {"paths": ["f.0", "f.1"], "candidates": ["relu", "elu", "mish"], "mix": [[0.2, 0.5, 0.3], [0.34, 0.33, 0.33]]}
+    got = confidence_from_weights(w)
+    assert [(c["path"], c["choice"], c["weak"]) for c in got] == [("f.0", "elu", False), ("f.1", "relu", True)]
+    assert got[0]["margin"] == pytest.approx(0.2) and got[1]["margin"] == pytest.approx(0.01)
+    assert got == [confidence_from_mixture(m, w["candidates"], p).to_json() for p, m in zip(w["paths"], w["mix"])]
 
 
 def test_confidence_from_mixture_by_hand() -> None:

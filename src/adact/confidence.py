@@ -46,6 +46,7 @@ __all__ = [
     "GapResult",
     "UnitConfidence",
     "confidence_from_mixture",
+    "confidence_from_weights",
     "discretization_gap",
     "model_confidence",
     "negative_prelu",
@@ -148,6 +149,17 @@ def confidence_from_mixture(mix: Sequence[float] | Tensor, candidates: Sequence[
         entropy = float(normalised_entropy(c).mean())
     margin = top - second
     return UnitConfidence(path, candidates[idx], top, margin, entropy, agreement, margin < weak_margin, prelu_slope)
+
+
+def confidence_from_weights(weights: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-unit confidences, as JSON, of recorded weights: a ``result.json``'s ``best_weights``.
+
+    For runs from before confidences were recorded. ``weights`` needs ``paths``, ``candidates``
+    and ``mix`` (see :func:`adact.train.adact_weights`). Exact for per-layer units; a per-channel
+    unit's ``mix`` is its channel mean, so its channel agreement is not known (None).
+    """
+    return [confidence_from_mixture(m, weights["candidates"], path).to_json()
+            for path, m in zip(weights["paths"], weights["mix"])]
 
 
 def unit_confidence(unit: AdAct, path: str = "", weak_margin: float = WEAK_MARGIN) -> UnitConfidence:

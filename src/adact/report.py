@@ -38,7 +38,7 @@ from adact.analysis import (
 )
 from adact.confidence import (
     WEAK_MARGIN,
-    confidence_from_mixture,
+    confidence_from_weights,
     negative_prelu,
     render_confidence_text,
     render_gap_text,
@@ -464,8 +464,7 @@ def _analyze_result(run_dir: Path, out: str | Path | None) -> tuple[str, list[Pa
         raise ValueError(f"{path} holds no weights of a best epoch (status {result.get('status')!r}); rerun the same "
                          "`adact train` command to finish the run, then analyze it")
     if not w.get("confidence"):  # runs from before confidences were recorded: the per-layer ones follow from mix
-        w = {**w, "confidence": [confidence_from_mixture(m, w["candidates"], unit).to_json()
-                                 for m, unit in zip(w["mix"], w["paths"])]}
+        w = {**w, "confidence": confidence_from_weights(w)}
     return _analyze(head, w, result, epoch, config, run_dir, Path(out) if out is not None else run_dir,
                     f"result.json, best epoch {epoch}")
 

@@ -61,7 +61,7 @@ import torch
 from adact import distributed
 from adact.activations import ACTIVATIONS
 from adact.analysis import RunRecord, fmt_acc, model_label, models_for
-from adact.confidence import confidence_from_mixture
+from adact.confidence import confidence_from_weights
 from adact.data import DataSplits
 from adact.data.imagefolder import BadImageWarning
 from adact.dataspec import DatasetSpec
@@ -698,8 +698,7 @@ def _read_choices(rec: RunRecord, run: Path, validation: bool) -> None:
         if rec.confidence is None and granularity == "layer":
             # Runs from before confidences were recorded: a per-layer unit's is exact from its weights
             # (a per-channel unit's needs each channel's, which only its checkpoint has).
-            rec.confidence = [confidence_from_mixture(m, w["candidates"], p).to_json()
-                              for p, m in zip(w["paths"], w["mix"])]
+            rec.confidence = confidence_from_weights(w)
     except (OSError, ValueError, KeyError, TypeError) as e:  # no best.pt, a refused or damaged one
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         rec.status, rec.result = "damaged", None
