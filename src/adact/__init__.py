@@ -17,16 +17,16 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "ACTIVATIONS": "adact.activations",
-    "DEFAULT_CANDIDATES": "adact.activations",
+    "DEFAULT_CANDIDATES": "adact.paper",
     "create_act": "adact.act_factory",
     "get_act_layer": "adact.act_factory",
     "list_activations": "adact.activations",
     "ConvNet": "adact.models",
     "DEFAULT_TARGETS": "adact.surgery",
     "AdactifyReport": "adact.surgery",
-    "adact_units": "adact.surgery",
+    "adact_units": "adact.choice",
     "adactify": "adact.surgery",
-    "dominant_activations": "adact.surgery",
+    "dominant_activations": "adact.choice",
     "optimize": "adact.surgery",
     "apply_choices": "adact.surgery",
     "save_choices": "adact.surgery",
@@ -57,12 +57,13 @@ __all__ = [
 
 if TYPE_CHECKING:
     from adact import data
-    from adact.activations import ACTIVATIONS, DEFAULT_CANDIDATES, list_activations
+    from adact.activations import ACTIVATIONS, list_activations
     from adact.act_factory import create_act, get_act_layer
+    from adact.choice import adact_units, dominant_activations
     from adact.models import ConvNet
+    from adact.paper import DEFAULT_CANDIDATES
     from adact.surgery import (
-        DEFAULT_TARGETS, AdactifyReport, adact_units, adactify, apply_choices, dominant_activations, optimize,
-        save_choices,
+        DEFAULT_TARGETS, AdactifyReport, adactify, apply_choices, optimize, save_choices,
     )  # fmt: skip
     from adact.reference import adact_reference
     from adact.unit import AdAct

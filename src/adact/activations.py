@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adact.config import ACTIVATION_NAMES
+from adact.errors import UserError
+from adact.paper import DEFAULT_CANDIDATES
+
 __all__ = [
     "ACTIVATIONS",
     "DEFAULT_CANDIDATES",
@@ -35,9 +39,6 @@ __all__ = [
 #: RReLU's default bounds (``nn.RReLU``): slope ~ U(1/8, 1/3) in training, its mean in eval.
 RRELU_LOWER: float = 1.0 / 8.0
 RRELU_UPPER: float = 1.0 / 3.0
-
-#: The paper's pool, in the paper's order.
-DEFAULT_CANDIDATES: tuple[str, ...] = ("relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish")
 
 #: name -> torch.nn module class (default hyper-parameters).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -91,7 +92,8 @@ _FUNCTIONAL: dict[str, ActFn] = {
     "relu6": lambda x, _w, _t: F.relu6(x),
     "identity": lambda x, _w, _t: x,
 }
-assert _FUNCTIONAL.keys() == ACTIVATIONS.keys()
+# The names are declared once, in adact.config (the command line lists them without importing torch).
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES and _FUNCTIONAL.keys() == ACTIVATIONS.keys()
 
 ActLayer = Union[str, type[nn.Module], Callable[..., nn.Module]]
 
@@ -106,7 +108,7 @@ def _check_name(name: str) -> str:
         raise TypeError(f"activation name must be a str, got {type(name).__name__}: {name!r}")
     key = name.lower().replace("-", "_")
     if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+        raise UserError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
     return key
 
 

@@ -1,9 +1,13 @@
 """The ``adact`` command: ``reproduce`` the paper, ``train`` one model, ``analyze`` a run.
 
-User mistakes (bad arguments, unknown names, missing or damaged files) and the file system's
-refusals (a full disk, a read-only or missing folder, no permission) end with one line
-``adact: error: ...`` and exit status 2, all decided in :func:`main`; a diverged training run
-exits with 1. Anything else is a bug and keeps its traceback.
+A thin adapter: options become :mod:`adact.config` settings (their defaults and choices are read
+from there) and each command calls the library.
+
+User mistakes (:class:`adact.errors.UserError`: bad arguments, unknown names, missing or
+damaged files) and the file system's refusals (any ``OSError``: a full disk, a read-only or
+missing folder, no permission) end with one line ``adact: error: ...`` and exit status 2, all
+decided in :func:`main`; a diverged training run exits with 1. Anything else is a bug: its
+traceback is printed with a line on how to report it, and the exit status is 1.
 
 torch is imported only when a command runs, so ``adact --help`` and ``--version`` are fast.
 """
@@ -17,29 +21,36 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from adact import __version__
-from adact.dataspec import DATASET_HELP, DatasetSpec
-from adact.defaults import (
+from adact.config import (
     ACTIVATION_NAMES,
     BAD_IMAGE_POLICIES,
-    DEFAULT_CHANNELS,
+    BASELINE,
     DEVICES,
     FER_SPLITS,
     GRANULARITIES,
     NORMALIZE,
     OPTIMIZERS,
+    PAPER,
     SCHEDULES,
+    SEARCH,
+    SearchConfig,
+    TrainConfig,
+    parse_model,
+    parse_temperature_schedule,
+    train_default,
 )
-from adact.io import FolderLockedError, WriteError, one_line_warnings
-
-if TYPE_CHECKING:
-    from adact.train import TrainConfig
+from adact.dataspec import DATASET_HELP, DatasetSpec
+from adact.errors import UserError
+from adact.runs.io import WriteError, one_line_warnings
 
 __all__ = ["build_parser", "main"]
 
 _DATASET_HELP = DATASET_HELP
+_D = train_default  # every training option's default is TrainConfig's
+_SEARCH = SearchConfig()  # ... and every search option's, SearchConfig's
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,14 +108,10 @@ def _non_negative_float(text: str) -> float:
 
 
 def _temperatures(text: str) -> list[float]:
-    parts = text.split(":")
     try:
-        pair = [float(p) for p in parts]
-    except ValueError:
-        pair = []
-    if len(pair) != 2 or not all(0 < t < float("inf") for t in pair):
-        raise argparse.ArgumentTypeError(f"expected T0:T1 with two temperatures > 0 (e.g. 1:0.1), got {text!r}")
-    return pair
+        return parse_temperature_schedule(text)
+    except (UserError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"{e} (e.g. 1:0.1)") from None
 
 
 def _jobs(text: str) -> int | None:
@@ -114,16 +121,14 @@ def _jobs(text: str) -> int | None:
 def _dataset(text: str) -> str:
     try:
         return str(DatasetSpec.parse(text))
-    except ValueError as e:
+    except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _model(text: str) -> str:
-    from adact.model_zoo import parse_model
-
     try:
         parse_model(text)
-    except ValueError as e:
+    except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
@@ -137,11 +142,12 @@ def _activation(text: str) -> str:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", default="data", metavar="DIR", help="root folder of the datasets (default: data)")
+    g.add_argument("--data-dir", default=_D("data_dir"), metavar="DIR",
+                   help=f"root folder of the datasets (default: {_D('data_dir')})")
     g.add_argument("--download", action="store_true", help="let torchvision download fmnist / cifar10 / svhn")
-    g.add_argument("--val-fraction", type=_fraction(True), default=0.0, metavar="F",
+    g.add_argument("--val-fraction", type=_fraction(True), default=_D("val_fraction"), metavar="F",
                    help="hold out this stratified fraction of train for validation-based selection (default: 0)")
-    g.add_argument("--fer-split", choices=FER_SPLITS, default="paper",
+    g.add_argument("--fer-split", choices=FER_SPLITS, default=_D("fer_split"),
                    help="fer2013: 'paper' = stratified 80/20 split of Training (default), 'official' = "
                         "Training vs PublicTest+PrivateTest")
     g.add_argument("--test-fraction", "--test-from-train", dest="test_from_train", type=_fraction(False),
@@ -150,25 +156,26 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "an image folder without val/ or test/: default 0.2)")
     g.add_argument("--image-size", type=_int_at_least(1), default=None, metavar="S",
                    help="resize every image to SxS (default: as stored)")
-    g.add_argument("--normalize", choices=NORMALIZE, default="paper",
+    g.add_argument("--normalize", choices=NORMALIZE, default=_D("normalize"),
                    help="'paper' = mean = std = 0.5 (default), 'imagenet' = ImageNet's per-channel statistics")
-    g.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="skip",
+    g.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default=_D("on_bad_image"),
                    help="image folders: skip an undecodable file with a warning (default; the count is reported) "
                         "or stop with an error naming it")
-    g.add_argument("--cache-mb", type=_positive_float, default=4096.0, metavar="MIB",
+    g.add_argument("--cache-mb", type=_positive_float, default=_D("cache_mb"), metavar="MIB",
                    help="image folders: decode once into memory when the uint8 images take at most this many MiB, "
-                        "else stream them from disk with DataLoader workers (default: 4096)")
+                        f"else stream them from disk with DataLoader workers (default: {_D('cache_mb'):g})")
     g.add_argument("--max-train-samples", type=_int_at_least(1), default=None, metavar="N",
                    help="train on a fixed random subset of N images (smoke tests)")
 
 
-def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_model: bool = True) -> None:
+def _add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    epochs_default = _D("epochs")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs_default,
                    help=f"passes over the training set (default: {epochs_default}, the paper's)")
-    g.add_argument("--granularity", choices=GRANULARITIES, default="layer",
+    g.add_argument("--granularity", choices=GRANULARITIES, default=_D("granularity"),
                    help="AdAct weights per layer (the paper) or per channel (default: layer)")
-    g.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda, then mps, then cpu")
+    g.add_argument("--device", choices=DEVICES, default=_D("device"), help="auto = cuda, then mps, then cpu")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (GPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -180,36 +187,38 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_mod
     g.add_argument("--restart", action="store_true",
                    help="discard what the output folder holds (checkpoints, metrics, results) and train from "
                         "scratch; without it a rerun resumes, and a folder of other settings is refused")
-    g.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N", help="default: 64")
-    g.add_argument("--test-batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+    g.add_argument("--batch-size", type=_int_at_least(1), default=_D("batch_size"), metavar="N",
+                   help=f"default: {_D('batch_size')}")
+    g.add_argument("--test-batch-size", type=_int_at_least(1), default=_D("test_batch_size"), metavar="N",
+                   help=f"default: {_D('test_batch_size')}")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=_D("optimizer"),
                    help="adamw (the paper's, default) or sgd (momentum 0.9, Nesterov)")
-    g.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=0.01, metavar="WD",
-                   help="AdamW's decoupled weight decay, or SGD's L2 penalty (default: 0.01)")
-    g.add_argument("--schedule", choices=SCHEDULES, default="none",
+    g.add_argument("--lr", type=_positive_float, default=_D("lr"), help=f"peak learning rate (default: {_D('lr'):g})")
+    g.add_argument("--weight-decay", type=float, default=_D("weight_decay"), metavar="WD",
+                   help=f"AdamW's decoupled weight decay, or SGD's L2 penalty (default: {_D('weight_decay'):g})")
+    g.add_argument("--schedule", choices=SCHEDULES, default=_D("schedule"),
                    help="learning-rate schedule: none (constant, the paper's; default) or cosine (to 0)")
-    g.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0, metavar="E",
+    g.add_argument("--warmup-epochs", type=_non_negative_float, default=_D("warmup_epochs"), metavar="E",
                    help="linear learning-rate warm-up over E epochs, per step (default: 0)")
-    g.add_argument("--label-smoothing", type=_fraction(True), default=0.0, metavar="F",
+    g.add_argument("--label-smoothing", type=_fraction(True), default=_D("label_smoothing"), metavar="F",
                    help="cross-entropy label smoothing (default: 0, the paper's)")
     g.add_argument("--no-decay-adact", action="store_true",
                    help="exempt AdAct logits and PReLU slopes from weight decay (plain AdamW decays them)")
     g.add_argument("--hflip", action="store_true", help="random horizontal flips (the paper: none)")
-    g.add_argument("--crop-padding", type=_int_at_least(0), default=0, metavar="P",
+    g.add_argument("--crop-padding", type=_int_at_least(0), default=_D("crop_padding"), metavar="P",
                    help="random crops with P pixels of padding (default: 0 = off)")
     s = p.add_argument_group("sharpening of the AdAct mixtures (off by default: the paper has none)")
-    s.add_argument("--temperature-schedule", type=_temperatures, default=None, metavar="T0:T1",
+    s.add_argument("--temperature-schedule", type=_temperatures, default=_D("temperature_schedule"), metavar="T0:T1",
                    help="anneal the softmax temperature of every AdAct unit geometrically from T0 to T1 over "
                         "training (logits divided by T; e.g. 1:0.1). Default: none (T = 1)")
-    s.add_argument("--entropy-weight", type=_non_negative_float, default=0.0, metavar="LAMBDA",
+    s.add_argument("--entropy-weight", type=_non_negative_float, default=_D("entropy_weight"), metavar="LAMBDA",
                    help="add LAMBDA x the mean normalised entropy of the mixtures (0 one-hot, 1 uniform) to the "
                         "loss (default: 0)")
-    s.add_argument("--adact-lr-mult", type=_positive_float, default=1.0, metavar="M",
+    s.add_argument("--adact-lr-mult", type=_positive_float, default=_D("adact_lr_mult"), metavar="M",
                    help="learning rate of the AdAct logits = M x --lr (DARTS uses a smaller one; default: 1)")
     a = p.add_argument_group("model")
     if with_model:
-        a.add_argument("--model", type=_model, default="convnet", metavar="SPEC",
+        a.add_argument("--model", type=_model, default=_D("model"), metavar="SPEC",
                        help="convnet (the paper's, default), torchvision:NAME, timm:NAME (pip install 'adact[timm]'), "
                             "path/to/file.py:factory or package.module:factory (called with num_classes and "
                             "in_channels where it takes them)")
@@ -217,15 +226,15 @@ def _add_run_args(p: argparse.ArgumentParser, epochs_default: int = 15, with_mod
                        help="torchvision/timm weights, only if already on disk (nothing is downloaded)")
     a.add_argument("--channels", type=_int_at_least(1), nargs="+", default=None, metavar="C",
                    help=f"ConvNet conv widths, one per block (our assumption, the paper's table is missing; default: "
-                        f"{' '.join(map(str, DEFAULT_CHANNELS))})")
-    a.add_argument("--kernel-size", type=_int_at_least(1), default=3, metavar="K",
-                   help="ConvNet conv kernel (default: 3)")
+                        f"{' '.join(map(str, _D('channels')))})")
+    a.add_argument("--kernel-size", type=_int_at_least(1), default=_D("kernel_size"), metavar="K",
+                   help=f"ConvNet conv kernel (default: {_D('kernel_size')})")
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     """The options ``reproduce`` and ``search`` share: seeds and parallel jobs."""
-    p.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2], metavar="SEED",
-                   help="training seeds; the models of a dataset share each seed (default: 0 1 2)")
+    p.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=_SEARCH.seeds, metavar="SEED",
+                   help=f"training seeds; the models of a dataset share each seed (default: {' '.join(map(str, _SEARCH.seeds))})")
     p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                    help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
                         "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
@@ -253,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--datasets", type=_dataset, nargs="+", default=["digits"], metavar="NAME",
                    help=f"datasets to run (default: digits, offline). Valid: {_DATASET_HELP}")
-    r.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: runs/reproduce)")
+    r.add_argument("--out", default=PAPER.out, metavar="DIR", help=f"output folder (default: {PAPER.out})")
     r.add_argument("--baselines", type=_activation, nargs="+", default=["relu"], metavar="NAME",
                    help="train a model with one activation everywhere for each NAME, as baselines with a column and "
                         "paired differences each (default: relu, the paper's; e.g. --baselines relu mish)")
@@ -275,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dataset", "--datasets", dest="datasets", type=_dataset, nargs="+", required=True,
                    metavar="NAME", help=f"dataset(s) to search on. Valid: {_DATASET_HELP}")
-    s.add_argument("--out", default="runs/search", metavar="DIR", help="output folder (default: runs/search)")
+    s.add_argument("--out", default=SEARCH.out, metavar="DIR", help=f"output folder (default: {SEARCH.out})")
     s.add_argument("--baselines", type=_activation, nargs="+", default=[], metavar="NAME",
                    help="besides the model as written, train it with one activation everywhere for each NAME, as "
                         "extra baselines with a column and paired differences each (e.g. --baselines relu mish)")
@@ -288,11 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train one ConvNet with the paper's protocol (AdamW, lr 1e-3, batch 64, best "
                                    "epoch on test kept). Rerunning resumes an interrupted run.",
                        epilog="Example: adact train --dataset digits --activation elu mish mish silu --epochs 5")
-    t.add_argument("--dataset", type=_dataset, default="digits", metavar="NAME", help=f"default: digits. {_DATASET_HELP}")
+    t.add_argument("--dataset", type=_dataset, default=_D("dataset"), metavar="NAME",
+                   help=f"default: {_D('dataset')}. {_DATASET_HELP}")
     t.add_argument("--activation", type=_activation, nargs="+", default=["adact"], metavar="NAME",
                    help="'adact', 'baseline' (the model as written), one activation name for every ConvNet block, "
                         f"or one name per block / AdAct site (default: adact). Names: {', '.join(ACTIVATION_NAMES)}")
-    t.add_argument("--seed", type=_int_at_least(0), default=0,
+    t.add_argument("--seed", type=_int_at_least(0), default=_D("seed"),
                    help="seed of init, shuffling and RReLU noise (default: 0)")
     t.add_argument("--out", default=None, metavar="DIR",
                    help="run folder (default: runs/train/<dataset>_<activation>_seed<k>)")
@@ -328,8 +338,6 @@ def _train_config(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
     """
     from dataclasses import fields
 
-    from adact.train import TrainConfig
-
     values: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values["fused"] = not args.reference
     values["decay_adact"] = not args.no_decay_adact
@@ -344,7 +352,7 @@ def _train_config(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from adact.reproduce import paper_config, reproduce
+    from adact.experiments.reproduce import paper_config, reproduce
 
     cfg = paper_config(datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out,
                        jobs=args.jobs, quiet=args.quiet, train=_train_config(args),
@@ -354,8 +362,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from adact.model_zoo import BASELINE
-    from adact.search import SearchConfig, search
+    from adact.experiments.search import search
 
     # The model as written is always search's first baseline; --baselines adds one-activation ones.
 
@@ -367,14 +374,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from adact.search import load_data
-    from adact.train import DivergedError, train
+    from adact.training.build import load_data
+    from adact.training.loop import DivergedError, train
 
     acts: list[str] = args.activation
     if args.model.strip().lower() == "convnet":
-        n_blocks = len(args.channels) if args.channels else len(DEFAULT_CHANNELS)
+        n_blocks = len(args.channels) if args.channels else len(_D("channels"))
         if len(acts) not in (1, n_blocks):
-            raise ValueError(f"--activation got {len(acts)} names but the net has {n_blocks} blocks; "
+            raise UserError(f"--activation got {len(acts)} names but the net has {n_blocks} blocks; "
                              f"give one name, or one per block")
     config = _train_config(args, dataset=args.dataset, seed=args.seed,
                            activation=acts[0] if len(acts) == 1 else acts)
@@ -400,7 +407,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         chosen = ", ".join(f"{p}: {n} ({w:.3f})" for p, (n, w) in result["dominant"].items())
         print(f"dominant activations (final model): {chosen}")
     if result.get("discretization_gap"):
-        from adact.confidence import render_confidence_text, render_gap_text
+        from adact.reporting.tables import render_confidence_text, render_gap_text
 
         print(f"best epoch ({result['best_epoch']}):")
         text = render_confidence_text(result["best_weights"]["confidence"])
@@ -416,15 +423,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from adact.report import analyze_run, rerender
-    from adact.search import is_search_dir
+    from adact.reporting.analyze import analyze_run
+    from adact.reporting.render import rerender
+    from adact.runs.manifest import is_search_dir
 
     path = Path(args.path)
     if not path.exists():
         raise FileNotFoundError(f"no such run folder, checkpoint or reproduce folder (or search folder): {path}")
     if is_search_dir(path):
         if args.out is not None:
-            raise ValueError("--out applies to a single run; a search folder or a reproduce folder is re-rendered "
+            raise UserError("--out applies to a single run; a search folder or a reproduce folder is re-rendered "
                              "in place")
         results = rerender(path)
         print(results["table_text"])
@@ -473,16 +481,34 @@ def _user_error(e: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for a bug (keeps its traceback)."""
     if isinstance(e, OSError) and e.errno is not None:
         return _os_error_line(e)
-    if isinstance(e, (ValueError, FileNotFoundError, FolderLockedError)):
+    if isinstance(e, (UserError, OSError)):
         return str(e)
     return None
 
 
+def _report_bug() -> None:
+    """Print the current exception's traceback and how to report it, with what a report needs."""
+    import platform
+    import traceback
+
+    traceback.print_exc()
+    try:
+        import torch
+
+        versions = f"torch {torch.__version__}"
+    except ImportError:  # pragma: no cover - adact needs torch; say so rather than fail here
+        versions = "torch not importable"
+    print(f"adact: internal error: this is a bug in adact {__version__} ({versions}, Python "
+          f"{platform.python_version()} on {platform.system()} {platform.machine()}), not in what you gave it. "
+          f"Please report it with the traceback above, the command you ran and the output of `adact info`.",
+          file=sys.stderr)
+
+
 def _distributed() -> Any:
-    """``adact.distributed`` when torchrun started this process, else None (it imports torch)."""
+    """``adact.training.distributed`` when torchrun started this process, else None (it imports torch)."""
     if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1"):
         return None
-    from adact import distributed
+    from adact.training import distributed
 
     return distributed
 
@@ -490,7 +516,8 @@ def _distributed() -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adact`` console script; returns the exit status.
 
-    Every user error of every command becomes one line ``adact: error: ...`` here, exit status 2.
+    Every user error of every command becomes one line ``adact: error: ...`` here, exit status 2;
+    any other exception is a bug: its traceback and how to report it, exit status 1.
     Under torchrun, only rank 0 prints to stdout, and a rank that loses another rank (killed,
     crashed, unreachable) ends with one line saying so, exit status 2.
     """
@@ -514,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if message is None and dist is not None:  # [distributed] a lost rank is not a bug of ours
                 message = dist.peer_failure_message(e)
             if message is None:
-                raise
+                _report_bug()
+                return 1
             print(f"adact: error: {message}", file=sys.stderr)
             return 2
         if dist is not None:  # [distributed] only after success: tearing down after a lost peer can block

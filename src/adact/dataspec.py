@@ -11,9 +11,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from adact.defaults import DATASETS
+from adact.errors import UserError
+from adact.paper import PAPER_TABLE1
 
-__all__ = ["DATASET_HELP", "DatasetSpec"]
+__all__ = ["DATASETS", "DATASET_HELP", "DatasetSpec"]
+
+DATASETS: tuple[str, ...] = ("fmnist", "cifar10", "svhn", "fer2013", "digits")
+"""Named datasets; any ``.npz`` file is also accepted as ``"npz:PATH"``, a folder as ``"imagefolder:PATH"``."""
 
 DATASET_HELP = (f"{', '.join(DATASETS)}, npz:PATH (arrays x_train, y_train, x_test, y_test) or imagefolder:PATH "
                 f"(PATH/train/<class>/* and PATH/val/ or test/, or one folder of class subfolders)")
@@ -26,7 +30,7 @@ class DatasetSpec:
     """A parsed dataset argument.
 
     Attributes:
-        kind: ``"named"`` (one of :data:`adact.defaults.DATASETS`), ``"npz"`` or ``"imagefolder"``.
+        kind: ``"named"`` (one of :data:`DATASETS`), ``"npz"`` or ``"imagefolder"``.
         value: the name (lower case) or the path as given.
     """
 
@@ -37,16 +41,16 @@ class DatasetSpec:
     def parse(cls, text: str) -> DatasetSpec:
         """Parse ``text``; prefixes and names are case-insensitive. Raises ValueError for anything else."""
         if not isinstance(text, str):
-            raise ValueError(f"a dataset must be given as a string, got {type(text).__name__}")
+            raise UserError(f"a dataset must be given as a string, got {type(text).__name__}")
         key = text.strip()
         prefix, sep, rest = key.partition(":")
         if sep and prefix.lower() in _PREFIXES:
             if not rest:
-                raise ValueError(f"{prefix.lower()}: needs a path, e.g. '{prefix.lower()}:data/mine'")
+                raise UserError(f"{prefix.lower()}: needs a path, e.g. '{prefix.lower()}:data/mine'")
             return cls(prefix.lower(), rest)
         if key.lower() in DATASETS:
             return cls("named", key.lower())
-        raise ValueError(f"unknown dataset {text!r}; valid: {DATASET_HELP}")
+        raise UserError(f"unknown dataset {text!r}; valid: {DATASET_HELP}")
 
     def __str__(self) -> str:
         return self.value if self.kind == "named" else f"{self.kind}:{self.value}"
@@ -74,8 +78,6 @@ class DatasetSpec:
     @property
     def paper_key(self) -> str | None:
         """The paper's Table 1 row this dataset is a copy of (by name or file stem), else None."""
-        from adact.analysis import PAPER_TABLE1  # deferred: analysis imports numpy and scipy
-
         name = self.stem.lower()
         return name if name in PAPER_TABLE1 else None
 
@@ -86,7 +88,7 @@ class DatasetSpec:
             FileNotFoundError: neither exists (the message lists both paths tried).
         """
         if self.kind == "named":
-            raise ValueError(f"{self} is a named dataset, not a path")
+            raise UserError(f"{self} is a named dataset, not a path")
         path = Path(self.value).expanduser()
         found = path.is_file() if self.kind == "npz" else path.is_dir()
         tried = [str(path)]

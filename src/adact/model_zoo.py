@@ -22,32 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from adact.errors import UserError
+from adact.config import BASELINE, parse_model
+
 __all__ = ["BASELINE", "check_input", "create_model", "parse_model", "with_activation"]
-
-#: The ``activation`` of a run that trains the model as written.
-BASELINE = "baseline"
-
-
-def parse_model(spec: str) -> tuple[str, str]:
-    """``(kind, name)``: kind is ``convnet``, ``torchvision``, ``timm`` or ``code`` (a user factory).
-
-    Raises:
-        ValueError: an empty name or a spec of no known form.
-    """
-    text = spec.strip()
-    if text.lower() == "convnet":
-        return "convnet", "convnet"
-    prefix, sep, rest = text.partition(":")
-    if sep and prefix.lower() in ("torchvision", "timm"):
-        if not rest:
-            raise ValueError(f"--model {spec!r} needs a model name, e.g. {prefix.lower()}:resnet18")
-        return prefix.lower(), rest
-    head, sep, factory = text.rpartition(":")
-    if sep and head and factory.isidentifier():
-        return "code", text
-    raise ValueError(f"unknown model {spec!r}; valid: convnet, torchvision:NAME, timm:NAME, path/to/file.py:factory "
-                     f"or package.module:factory")
-
 
 def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     import torchvision
@@ -55,13 +33,13 @@ def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     try:
         builder = torchvision.models.get_model_builder(name)
     except ValueError:
-        raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
+        raise UserError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
     if not pretrained:
         return builder(weights=None, num_classes=num_classes)
     weights = torchvision.models.get_model_weights(name).DEFAULT
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not file.is_file():
-        raise ValueError(f"--pretrained: the weights of torchvision:{name} are not at hand (expected {file}); "
+        raise UserError(f"--pretrained: the weights of torchvision:{name} are not at hand (expected {file}); "
                          f"adact does not download them: fetch {weights.url} to that path, or drop --pretrained")
     return builder(weights=weights)  # with ImageNet's 1000 classes; the head is replaced below
 
@@ -70,16 +48,16 @@ def _timm(name: str, num_classes: int, in_channels: int, pretrained: bool) -> nn
     try:
         import timm
     except ImportError:
-        raise ValueError(f"--model timm:{name} needs timm, which is not installed: pip install 'adact[timm]'") from None
+        raise UserError(f"--model timm:{name} needs timm, which is not installed: pip install 'adact[timm]'") from None
     if not timm.is_model(name):
-        raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+        raise UserError(f"timm has no model {name!r}; see timm.list_models()")
     try:
         with _hub_offline(pretrained):
             return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
     except Exception as e:  # noqa: BLE001 -- hub errors have many types; none is the user's bug to trace
         if not pretrained:
             raise
-        raise ValueError(f"--pretrained: cannot load the weights of timm:{name} ({e}); drop --pretrained, or put "
+        raise UserError(f"--pretrained: cannot load the weights of timm:{name} ({e}); drop --pretrained, or put "
                          f"them in the Hugging Face cache first") from None
 
 
@@ -113,7 +91,7 @@ def _import_factory(spec: str) -> Any:
         if module is None:
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
             if loader_spec is None or loader_spec.loader is None:
-                raise ValueError(f"--model {spec}: cannot import {path}")
+                raise UserError(f"--model {spec}: cannot import {path}")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module  # spawned workers import it again from the path
             loader_spec.loader.exec_module(module)
@@ -121,10 +99,10 @@ def _import_factory(spec: str) -> Any:
         try:
             module = importlib.import_module(target)
         except ImportError as e:
-            raise ValueError(f"--model {spec}: cannot import module {target!r} ({e})") from None
+            raise UserError(f"--model {spec}: cannot import module {target!r} ({e})") from None
     fn = getattr(module, factory, None)
     if not callable(fn):
-        raise ValueError(f"--model {spec}: {target} has no callable {factory!r}")
+        raise UserError(f"--model {spec}: {target} has no callable {factory!r}")
     return fn
 
 
@@ -138,7 +116,7 @@ def _call_factory(fn: Any, spec: str, num_classes: int, in_channels: int) -> nn.
               if k in params or takes_any}
     model = fn(**kwargs)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+        raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -187,7 +165,7 @@ def create_model(spec: str, *, num_classes: int, in_channels: int, pretrained: b
     """
     kind, name = parse_model(spec)
     if kind == "convnet":
-        raise ValueError("create_model builds named models; the paper's ConvNet is adact.ConvNet")
+        raise UserError("create_model builds named models; the paper's ConvNet is adact.ConvNet")
     if kind == "torchvision":
         model = _torchvision(name, num_classes, pretrained)
     elif kind == "timm":
@@ -216,7 +194,7 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
     if activation == BASELINE:
         return model
     if isinstance(activation, str) and activation != "adact":
-        raise ValueError(f"activation {activation!r}: a named model takes 'adact', 'baseline' or one activation "
+        raise UserError(f"activation {activation!r}: a named model takes 'adact', 'baseline' or one activation "
                          f"name per AdAct site")
     kwargs: dict[str, Any] = {"granularity": granularity, "adact_kwargs": {"fused": fused}}
     if example_inputs is not None:
@@ -227,12 +205,12 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
     units = adact_units(converted)
     choices = list(activation)
     if len(choices) != len(units):
-        raise ValueError(f"{len(choices)} chosen activations for a model with {len(units)} AdAct sites; the choices "
+        raise UserError(f"{len(choices)} chosen activations for a model with {len(units)} AdAct sites; the choices "
                          f"must come from the same model")
     with torch.no_grad():
         for (path, unit), choice in zip(units, choices):
             if choice not in unit.candidates:
-                raise ValueError(f"site {path}: {choice!r} is not one of its candidates {list(unit.candidates)}")
+                raise UserError(f"site {path}: {choice!r} is not one of its candidates {list(unit.candidates)}")
             # Make the choice the unit's dominant activation; optimize() then swaps in that plain module.
             unit.logits.zero_()
             unit.logits[..., list(unit.candidates).index(choice)] = 1.0
@@ -249,12 +227,12 @@ def check_input(model: nn.Module, spec: str, in_channels: int, image_size: tuple
             out = model(torch.zeros(2, in_channels, *image_size, device=device))
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model {spec} cannot run on {in_channels}x{image_size[0]}x{image_size[1]} images ({first}); "
+        raise UserError(f"model {spec} cannot run on {in_channels}x{image_size[0]}x{image_size[1]} images ({first}); "
                          f"resize them with --image-size S (e.g. 32, or 224 for ImageNet models)") from None
     finally:
         model.train(was_training)
     logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model {spec} returns {shape} for 2 images, not (2, {num_classes}) logits; its factory "
+        raise UserError(f"model {spec} returns {shape} for 2 images, not (2, {num_classes}) logits; its factory "
                          f"should take num_classes or end in an nn.Linear adact can resize")

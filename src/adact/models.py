@@ -13,16 +13,17 @@ from collections.abc import Sequence
 import torch.fx
 from torch import Tensor, nn
 
+from adact.errors import UserError
 from adact.activations import ActLayer
 from adact.act_factory import get_act_layer
-from adact.defaults import DEFAULT_CHANNELS
+from adact.paper import DEFAULT_CHANNELS
 from adact.unit import AdAct
 
 __all__ = ["ConvNet", "DEFAULT_CHANNELS", "convnet_from_choices"]
 
 def _check_input(x: Tensor, in_channels: int, image_size: tuple[int, int]) -> None:
     if x.dim() != 4 or x.shape[1] != in_channels or tuple(x.shape[2:]) != tuple(image_size):
-        raise ValueError(
+        raise UserError(
             f"ConvNet(in_channels={in_channels}, image_size={tuple(image_size)}) expects input of shape "
             f"(N, {in_channels}, {image_size[0]}, {image_size[1]}), got {tuple(x.shape)}"
         )
@@ -83,21 +84,21 @@ class ConvNet(nn.Module):
     ) -> None:
         channels = tuple(int(c) for c in channels)
         if not channels or any(c < 1 for c in channels):
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+            raise UserError(f"channels must be a non-empty sequence of positive ints, got {channels}")
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
+            raise UserError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
+            raise UserError(f"kernel_size must be a positive odd int, got {kernel_size}")
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if min(h, w) < 2 ** len(channels):
-            raise ValueError(
+            raise UserError(
                 f"image_size {(h, w)} is too small for {len(channels)} max-pool 2x2 blocks; "
                 f"need at least {2 ** len(channels)} pixels per side"
             )
         if kernel_size > 2 * min(h, w) - 1:
             # Padding keeps any kernel "valid", but taps beyond 2 * side - 1 only ever see zero
             # padding while the cost grows with kernel_size**2: a typo, not a model.
-            raise ValueError(
+            raise UserError(
                 f"kernel_size {kernel_size} is larger than the {h}x{w} input images allow; use at most "
                 f"{2 * min(h, w) - 1} (2 * side - 1; wider kernels only see zero padding; the default is 3)"
             )
@@ -106,7 +107,7 @@ class ConvNet(nn.Module):
         else:
             acts = list(activation)  # type: ignore[arg-type]
             if len(acts) != len(channels):
-                raise ValueError(
+                raise UserError(
                     f"activation list has {len(acts)} entries but the net has {len(channels)} "
                     f"conv blocks; give one name per block or a single name"
                 )

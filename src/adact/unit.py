@@ -37,7 +37,7 @@ class AdAct(nn.Module):
 
     :math:`T` is the softmax temperature, 1 by default (the paper's unit). A temperature below 1
     sharpens the mixture towards its argmax without changing which candidate that is;
-    :mod:`adact.sharpen` anneals it during training. It is a buffer, so it is saved with the
+    :mod:`adact.training.sharpen` anneals it during training. It is a buffer, so it is saved with the
     model's ``state_dict`` and a reloaded unit computes the mixture it was trained with.
 
     Args:
@@ -222,8 +222,25 @@ class AdAct(nn.Module):
             p = p.mean(0)
         return {name: float(v) for name, v in zip(self.candidates, p.tolist())}
 
+    def choice(self) -> tuple[str, float]:
+        """The unit's choice: the candidate with the largest softmax weight, and that weight.
+
+        A ``granularity="channel"`` unit's choice is the winner of its channel-mean mixture (the
+        layer's choice, the one :func:`adact.optimize` keeps). Ties go to the candidate listed
+        first, so a fresh unit (a uniform mixture) chooses its first candidate with weight ``1/K``.
+        Every reader of a choice in adact asks this method (see :mod:`adact.choice`).
+        """
+        p = self.mixture()
+        if p.dim() == 2:
+            p = p.mean(0)
+        idx = int(torch.argmax(p))  # the first maximum: ties resolve in candidate order
+        return self.candidates[idx], float(p[idx])
+
     def dominant(self) -> str | list[str]:
-        """Name of the candidate with the largest weight (a list, one per channel, for "channel")."""
+        """Name of the candidate with the largest weight; for "channel", each channel's own (a list).
+
+        For the unit's choice (the layer's, per-channel units included) use :meth:`choice`.
+        """
         idx = self.mixture().argmax(-1)
         if idx.dim() == 0:
             return self.candidates[int(idx)]

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from adact.errors import UserError
+
 __all__ = ["MAX_CLASSES", "ArrayDataset", "DataSplits", "RawSplits", "as_split", "check_splits", "stratified_split"]
 
 MAX_CLASSES = 100_000
@@ -33,13 +35,13 @@ class ArrayDataset:
             raise TypeError(f"ArrayDataset needs torch tensors, got x={type(self.x).__name__}, "
                             f"y={type(self.y).__name__}; convert with torch.from_numpy")
         if self.x.dtype != torch.uint8 or self.x.dim() != 4:
-            raise ValueError(f"ArrayDataset.x must be a uint8 tensor of shape (N, C, H, W); got "
+            raise UserError(f"ArrayDataset.x must be a uint8 tensor of shape (N, C, H, W); got "
                              f"{self.x.dtype} with shape {tuple(self.x.shape)}")
         if self.y.dtype != torch.int64 or self.y.dim() != 1:
-            raise ValueError(f"ArrayDataset.y must be an int64 tensor of shape (N,); got "
+            raise UserError(f"ArrayDataset.y must be an int64 tensor of shape (N,); got "
                              f"{self.y.dtype} with shape {tuple(self.y.shape)}")
         if len(self.x) != len(self.y):
-            raise ValueError(f"ArrayDataset has {len(self.x)} images but {len(self.y)} labels")
+            raise UserError(f"ArrayDataset has {len(self.x)} images but {len(self.y)} labels")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -106,17 +108,17 @@ def check_splits(data: DataSplits) -> None:
     every label in ``0..num_classes-1``.
     """
     if len(data.train) == 0:
-        raise ValueError(f"{data.name}: the training split is empty")
+        raise UserError(f"{data.name}: the training split is empty")
     if len(data.test) == 0:
-        raise ValueError(f"{data.name}: the test split is empty; a run is evaluated on it after every epoch")
+        raise UserError(f"{data.name}: the test split is empty; a run is evaluated on it after every epoch")
     if not 1 <= data.num_classes <= MAX_CLASSES:
-        raise ValueError(f"{data.name}: {data.num_classes} classes; adact supports 1 to {MAX_CLASSES:,}")
+        raise UserError(f"{data.name}: {data.num_classes} classes; adact supports 1 to {MAX_CLASSES:,}")
     for split_name, split in (("train", data.train), ("test", data.test), ("val", data.val)):
         if split is None or len(split) == 0:
             continue
         lo, hi = int(split.y.min()), int(split.y.max())
         if lo < 0 or hi >= data.num_classes:
-            raise ValueError(f"{data.name}: {split_name} labels span {lo}..{hi}, outside the "
+            raise UserError(f"{data.name}: {split_name} labels span {lo}..{hi}, outside the "
                              f"{data.num_classes} classes 0..{data.num_classes - 1}")
 
 
@@ -145,7 +147,7 @@ def stratified_split(labels: np.ndarray | torch.Tensor, fraction: float, seed: i
         ValueError: ``fraction`` is not in (0, 1), or some class is too small to be split.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"{what} fraction must be in (0, 1), got {fraction}")
+        raise UserError(f"{what} fraction must be in (0, 1), got {fraction}")
     from sklearn.model_selection import train_test_split  # deferred: sklearn import is slow
 
     y = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
@@ -154,7 +156,7 @@ def stratified_split(labels: np.ndarray | torch.Tensor, fraction: float, seed: i
         keep, hold = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
     except ValueError as e:
         counts = np.bincount(y) if len(y) else np.zeros(0, dtype=np.int64)
-        raise ValueError(f"cannot carve a stratified {what} of {fraction:g} from {len(y)} samples with "
+        raise UserError(f"cannot carve a stratified {what} of {fraction:g} from {len(y)} samples with "
                          f"class counts {counts.tolist()}: every class needs at least 2 samples and the "
                          f"{what} at least one per class; use a larger fraction or more data "
                          f"(scikit-learn said: {e})") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adact.errors import UserError
 from adact.data.arrays import RawSplits, as_split
 
 __all__ = ["EMOTIONS", "find_fer2013", "read_fer2013_csv", "read_fer2013_folders", "load_fer2013"]
@@ -69,12 +70,12 @@ def read_fer2013_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"'{path}' is empty; expected Kaggle's fer2013.csv with columns emotion, pixels, Usage")
+            raise UserError(f"'{path}' is empty; expected Kaggle's fer2013.csv with columns emotion, pixels, Usage")
         # Some re-exports (icml_face_data.csv) pad the names with spaces.
         names = [h.strip() for h in header]
         missing = [c for c in ("emotion", "pixels", "Usage") if c not in names]
         if missing:
-            raise ValueError(f"'{path}' lacks column(s) {', '.join(missing)}; found {', '.join(names)}. "
+            raise UserError(f"'{path}' lacks column(s) {', '.join(missing)}; found {', '.join(names)}. "
                              f"Expected Kaggle's fer2013.csv with columns emotion, pixels, Usage")
         ie, ip, iu = names.index("emotion"), names.index("pixels"), names.index("Usage")
         for line, row in enumerate(reader, start=2):
@@ -86,17 +87,17 @@ def read_fer2013_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 usage = row[iu].strip()
                 pixels = np.fromstring(row[ip], dtype=np.int64, sep=" ")
             except (ValueError, IndexError):
-                raise ValueError(f"{where}: cannot parse the row (expected an integer emotion, "
+                raise UserError(f"{where}: cannot parse the row (expected an integer emotion, "
                                  f"space-separated integer pixels and a Usage)") from None
             if usage not in rows:
-                raise ValueError(f"{where}: Usage '{usage}' is not one of {', '.join(_USAGES)}")
+                raise UserError(f"{where}: Usage '{usage}' is not one of {', '.join(_USAGES)}")
             if not 0 <= label < len(EMOTIONS):
-                raise ValueError(f"{where}: emotion {label} is outside 0..{len(EMOTIONS) - 1}")
+                raise UserError(f"{where}: emotion {label} is outside 0..{len(EMOTIONS) - 1}")
             if pixels.size != _SIDE * _SIDE:
-                raise ValueError(f"{where}: expected {_SIDE * _SIDE} pixel values ({_SIDE}x{_SIDE}), "
+                raise UserError(f"{where}: expected {_SIDE * _SIDE} pixel values ({_SIDE}x{_SIDE}), "
                                  f"got {pixels.size}")
             if pixels.min() < 0 or pixels.max() > 255:
-                raise ValueError(f"{where}: pixel values must lie in 0..255")
+                raise UserError(f"{where}: pixel values must lie in 0..255")
             rows[usage][0].append(pixels.astype(np.uint8).reshape(_SIDE, _SIDE))
             rows[usage][1].append(label)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -112,7 +113,7 @@ def _read_class_folders(split_dir: Path) -> tuple[np.ndarray, np.ndarray, list[s
     by_name = {}
     for sub in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         if sub.name.lower() not in EMOTIONS:
-            raise ValueError(f"unexpected folder '{sub}': FER2013 class folders must be named "
+            raise UserError(f"unexpected folder '{sub}': FER2013 class folders must be named "
                              f"{', '.join(EMOTIONS)}")
         by_name[sub.name.lower()] = sub
     images: list[np.ndarray] = []
@@ -127,17 +128,17 @@ def _read_class_folders(split_dir: Path) -> tuple[np.ndarray, np.ndarray, list[s
                 with Image.open(file) as im:
                     arr = np.asarray(im.convert("L"), dtype=np.uint8)
             except OSError as e:
-                raise ValueError(f"cannot read image '{file}': {e}") from None
+                raise UserError(f"cannot read image '{file}': {e}") from None
             if size is None:
                 size = arr.shape
             elif arr.shape != size:
-                raise ValueError(f"image '{file}' is {arr.shape[1]}x{arr.shape[0]} but earlier images in "
+                raise UserError(f"image '{file}' is {arr.shape[1]}x{arr.shape[0]} but earlier images in "
                                  f"'{split_dir}' are {size[1]}x{size[0]}; all images must have one size")
             images.append(arr)
             labels.append(label)
             files.append(str(file.relative_to(split_dir)))
     if not images:
-        raise ValueError(f"no .png/.jpg images found in the class folders of '{split_dir}'")
+        raise UserError(f"no .png/.jpg images found in the class folders of '{split_dir}'")
     return np.stack(images), np.asarray(labels, dtype=np.int64), files
 
 
@@ -149,7 +150,7 @@ def read_fer2013_folders(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], t
     xtr, ytr, _ = _read_class_folders(folder / "train")
     xte, yte, _ = _read_class_folders(folder / "test")
     if xtr.shape[1:] != xte.shape[1:]:
-        raise ValueError(f"train images in '{folder}' are {xtr.shape[1:]} but test images are {xte.shape[1:]}")
+        raise UserError(f"train images in '{folder}' are {xtr.shape[1:]} but test images are {xte.shape[1:]}")
     return (xtr, ytr), (xte, yte)
 
 
@@ -173,5 +174,5 @@ def load_fer2013(root: Path, download: bool) -> RawSplits:
         info = {"source": str(path), "format": "image folders train/<emotion>, test/<emotion>",
                 "official_test": "test/"}
     if len(ytr) == 0:
-        raise ValueError(f"FER2013 at '{path}' has no training images")
+        raise UserError(f"FER2013 at '{path}' has no training images")
     return as_split(xtr[:, None], ytr), as_split(xte[:, None], yte), list(EMOTIONS), info

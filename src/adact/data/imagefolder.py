@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from adact.errors import UserError
 from adact.data.arrays import ArrayDataset, as_split
-from adact.defaults import BAD_IMAGE_POLICIES
+from adact.config import BAD_IMAGE_POLICIES
 
 __all__ = ["BAD_IMAGE_POLICIES", "IMAGE_EXTENSIONS", "BadImageWarning", "FileSplit", "decode_image",
            "load_imagefolder"]
@@ -96,7 +97,7 @@ def _layout(root: Path) -> tuple[Path, Path | None]:
 def _bad(path: Path, error: BaseException, policy: str, bad: list[str]) -> None:
     reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
     if policy == "error":
-        raise ValueError(f"cannot decode image {path} ({reason}); fix or remove it, or pass --on-bad-image skip")
+        raise UserError(f"cannot decode image {path} ({reason}); fix or remove it, or pass --on-bad-image skip")
     warnings.warn(f"skipped image {path}: cannot decode it ({reason})", BadImageWarning, stacklevel=4)
     bad.append(str(path))
 
@@ -157,12 +158,12 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
             an image that cannot be decoded -- the message names the file.
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+        raise UserError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
     train_dir, test_dir = _layout(root)
     per_class = _class_files(train_dir)
     classes = list(per_class)
     if not classes:
-        raise ValueError(f"{train_dir} holds no class subfolders; an image folder is <class>/<image> "
+        raise UserError(f"{train_dir} holds no class subfolders; an image folder is <class>/<image> "
                          f"(or train/<class>/ and val/<class>/)")
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, list[tuple[Path, int]]] = {"train": [(p, index[c]) for c, ps in per_class.items() for p in ps]}
@@ -170,12 +171,12 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
         test_classes = _class_files(test_dir)
         extra = [c for c in test_classes if c not in index]
         if extra:
-            raise ValueError(f"{test_dir} has classes the training folder {train_dir} lacks: {', '.join(extra[:5])}")
+            raise UserError(f"{test_dir} has classes the training folder {train_dir} lacks: {', '.join(extra[:5])}")
         splits["test"] = [(p, index[c]) for c, ps in test_classes.items() for p in ps]
     bad: list[str] = []
     scanned = {k: _scan(v, on_bad_image, bad) for k, v in splits.items()}
     if not scanned["train"]:
-        raise ValueError(f"{train_dir} holds no readable images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{train_dir} holds no readable images ({', '.join(IMAGE_EXTENSIONS)})")
     everything = [it for v in scanned.values() for it in v]
     mode = "L" if all(m in _GRAY_MODES for _, _, m, _ in everything) else "RGB"
     if image_size is not None:
@@ -184,7 +185,7 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
         sizes = {s for _, _, _, s in everything}
         if len(sizes) > 1:
             (a, sa), (b, sb) = [(next(str(p) for p, _, _, s in everything if s == z), z) for z in sorted(sizes)[:2]]
-            raise ValueError(f"images in {root} have different sizes ({a} is {sa[1]}x{sa[0]}, {b} is "
+            raise UserError(f"images in {root} have different sizes ({a} is {sa[1]}x{sa[0]}, {b} is "
                              f"{sb[1]}x{sb[0]}); pass --image-size S to resize them all to SxS")
         size = None
     c = 1 if mode == "L" else 3

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adact.errors import UserError
 from adact.data.arrays import ArrayDataset
 
 __all__ = ["DeviceLoader"]
@@ -33,7 +34,7 @@ def _per_channel(value: float | Sequence[float], channels: int, what: str) -> li
     if len(vals) == 1:
         vals = vals * channels
     if len(vals) != channels:
-        raise ValueError(f"{what} needs 1 or {channels} values (one per channel), got {len(vals)}")
+        raise UserError(f"{what} needs 1 or {channels} values (one per channel), got {len(vals)}")
     return vals
 
 
@@ -65,7 +66,7 @@ class DeviceLoader:
         drop_last: drop the last batch if it is smaller than ``batch_size``. Default: False.
         workers: for a :class:`~adact.data.imagefolder.FileSplit` (images left on disk), the
             ``DataLoader`` worker processes that decode them. Default: 2.
-        rank, world_size: data parallelism (``adact.distributed``): every rank walks the same
+        rank, world_size: data parallelism (``adact.training.distributed``): every rank walks the same
             global batches of ``batch_size`` in the same order and yields only its contiguous
             slice of each (sizes differ by at most one; a rank may get an empty slice of a short
             last batch). Augmentation is drawn for the whole global batch, so the samples are
@@ -96,16 +97,16 @@ class DeviceLoader:
         if not isinstance(ds, (ArrayDataset, FileSplit)):
             raise TypeError(f"DeviceLoader needs an adact.data.ArrayDataset or FileSplit, got {type(ds).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
+            raise UserError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+            raise UserError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         channels = int(ds.image_shape[0])
         means = _per_channel(mean, channels, "mean")
         stds = _per_channel(std, channels, "std")
         if any(s <= 0 for s in stds):
-            raise ValueError(f"std must be positive, got {stds}")
+            raise UserError(f"std must be positive, got {stds}")
 
         self.device = torch.device(device)
         self.batch_size = batch_size

@@ -15,42 +15,36 @@ from pathlib import Path
 
 import numpy as np
 
+from adact.errors import UserError
 from adact.data.arrays import MAX_CLASSES, RawSplits, as_split
 
-__all__ = ["NPZ_KEYS", "load_npz", "resolve_npz_path"]
+__all__ = ["NPZ_KEYS", "load_npz"]
 
 NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 
 
-def resolve_npz_path(spec: str, root: Path) -> Path:
-    """The file named by ``spec``: as given (``~`` expanded), else relative to the data root."""
-    from adact.dataspec import DatasetSpec
-
-    return DatasetSpec.parse(f"npz:{spec}").resolve_path(root)
-
-
 def _images(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
     if arr.dtype != np.uint8:
-        raise ValueError(f"'{path}': {key} has dtype {arr.dtype}, but images must be uint8 (0..255); "
+        raise UserError(f"'{path}': {key} has dtype {arr.dtype}, but images must be uint8 (0..255); "
                          f"convert them first, e.g. np.clip(x * 255, 0, 255).round().astype(np.uint8) for "
                          f"floats in [0, 1]")
     if arr.ndim == 3:
         return arr[:, None]
     if arr.ndim == 4:
         if arr.shape[-1] > 4 and arr.shape[1] <= 4:
-            raise ValueError(f"'{path}': {key} has shape {arr.shape}, which looks channels-first; images must be "
+            raise UserError(f"'{path}': {key} has shape {arr.shape}, which looks channels-first; images must be "
                              f"channels-last (N, H, W, C): use x.transpose(0, 2, 3, 1)")
         return arr.transpose(0, 3, 1, 2)
-    raise ValueError(f"'{path}': {key} has shape {arr.shape}; expected (N, H, W) or (N, H, W, C)")
+    raise UserError(f"'{path}': {key} has shape {arr.shape}; expected (N, H, W) or (N, H, W, C)")
 
 
 def _labels(arr: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
     if arr.dtype.kind not in "iu":
-        raise ValueError(f"'{path}': {key} has dtype {arr.dtype}; labels must be integers")
+        raise UserError(f"'{path}': {key} has dtype {arr.dtype}; labels must be integers")
     if arr.ndim != 1:
-        raise ValueError(f"'{path}': {key} has shape {arr.shape}; labels must be 1-D (N,)")
+        raise UserError(f"'{path}': {key} has shape {arr.shape}; labels must be 1-D (N,)")
     if len(arr) != n:
-        raise ValueError(f"'{path}': {key} has {len(arr)} labels but x_{key[2:]} has {n} images")
+        raise UserError(f"'{path}': {key} has {len(arr)} labels but x_{key[2:]} has {n} images")
     return arr.astype(np.int64)
 
 
@@ -59,46 +53,46 @@ def load_npz(path: Path) -> RawSplits:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"cannot read '{path}' as a NumPy .npz archive ({e})") from None
+        raise UserError(f"cannot read '{path}' as a NumPy .npz archive ({e})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"'{path}' is a single .npy array, not an .npz archive with {', '.join(NPZ_KEYS)}")
+        raise UserError(f"'{path}' is a single .npy array, not an .npz archive with {', '.join(NPZ_KEYS)}")
     with archive:
         found = list(archive.files)
         missing = [k for k in NPZ_KEYS if k not in found]
         if missing:
-            raise ValueError(f"'{path}' lacks required array(s) {', '.join(missing)}; found "
+            raise UserError(f"'{path}' lacks required array(s) {', '.join(missing)}; found "
                              f"{', '.join(found) or 'none'}. An npz dataset needs {', '.join(NPZ_KEYS)} "
                              f"(and optionally classes)")
         try:
             arrays = {k: archive[k] for k in (*NPZ_KEYS, *(["classes"] if "classes" in found else []))}
         except ValueError as e:
-            raise ValueError(f"'{path}': an array is stored as pickled Python objects, which adact does not load "
+            raise UserError(f"'{path}': an array is stored as pickled Python objects, which adact does not load "
                              f"({e}); save class names as a string array, np.array(names, dtype=str)") from None
     x_train = _images(arrays["x_train"], "x_train", path)
     x_test = _images(arrays["x_test"], "x_test", path)
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(f"'{path}': x_train images are (C, H, W) = {x_train.shape[1:]} but x_test images are "
+        raise UserError(f"'{path}': x_train images are (C, H, W) = {x_train.shape[1:]} but x_test images are "
                          f"{x_test.shape[1:]}; both splits need one image shape")
     if len(x_train) == 0:
-        raise ValueError(f"'{path}': x_train is empty")
+        raise UserError(f"'{path}': x_train is empty")
     y_train = _labels(arrays["y_train"], "y_train", len(x_train), path)
     y_test = _labels(arrays["y_test"], "y_test", len(x_test), path)
     if len(x_test) == 0:
-        raise ValueError(f"'{path}': x_test is empty; a run is evaluated on the test split after every epoch")
+        raise UserError(f"'{path}': x_test is empty; a run is evaluated on the test split after every epoch")
     all_y = np.concatenate([y_train, y_test])
     if all_y.min() < 0:
-        raise ValueError(f"'{path}': labels must be >= 0, found {int(all_y.min())}")
+        raise UserError(f"'{path}': labels must be >= 0, found {int(all_y.min())}")
     if all_y.max() >= MAX_CLASSES:
         # Checked before anything is sized by the label: K = max label + 1 class names would be built.
-        raise ValueError(f"'{path}': label {int(all_y.max())} would mean {int(all_y.max()) + 1:,} classes; adact "
+        raise UserError(f"'{path}': label {int(all_y.max())} would mean {int(all_y.max()) + 1:,} classes; adact "
                          f"supports at most {MAX_CLASSES:,}. Labels must be 0..K-1")
     if "classes" in arrays:
         names = arrays["classes"]
         if names.ndim != 1:
-            raise ValueError(f"'{path}': classes has shape {names.shape}; expected a 1-D array of names")
+            raise UserError(f"'{path}': classes has shape {names.shape}; expected a 1-D array of names")
         classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
         if all_y.max() >= len(classes):
-            raise ValueError(f"'{path}': label {int(all_y.max())} is out of range for {len(classes)} classes "
+            raise UserError(f"'{path}': label {int(all_y.max())} is out of range for {len(classes)} classes "
                              f"(labels must lie in 0..{len(classes) - 1})")
     else:
         classes = [str(i) for i in range(int(all_y.max()) + 1)]

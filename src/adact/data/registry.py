@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from adact.errors import UserError
 from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, check_splits, stratified_split
 from adact.dataspec import DatasetSpec
-from adact.defaults import DATASETS, FER_SPLITS
+from adact.config import DATASETS, FER_SPLITS
 
 __all__ = ["DATASETS", "FER_SPLITS", "NORMALIZATION", "load_dataset", "resize_split"]
 
@@ -29,7 +30,7 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 def normalization(name: str, channels: int) -> tuple[list[float], list[float]]:
     """``(mean, std)`` per channel; ImageNet's statistics on grayscale images are their channel means."""
     if name not in NORMALIZATION:
-        raise ValueError(f"unknown normalization {name!r}; valid: {', '.join(NORMALIZATION)}")
+        raise UserError(f"unknown normalization {name!r}; valid: {', '.join(NORMALIZATION)}")
     mean, std = NORMALIZATION[name]
     if len(mean) == channels:
         return list(mean), list(std)
@@ -71,7 +72,7 @@ def _raw_loader(name: str, root: Path, download: bool) -> Callable[[], RawSplits
 
 def _check_fraction(value: float | None, what: str) -> None:
     if value is not None and not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{what} must be in (0, 1), got {value}")
+        raise UserError(f"{what} must be in (0, 1), got {value}")
 
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, *, val_fraction: float = 0.0,
@@ -134,7 +135,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     Raises:
         ValueError: unknown name, bad option value, or malformed data (message says which).
         FileNotFoundError: FER2013 or the npz file is missing (message says where to put it).
-        RuntimeError: torchvision's files are missing, corrupted, or could not be downloaded.
+        DatasetFilesError: torchvision's files are missing, corrupted, or could not be downloaded.
 
     Example::
 
@@ -144,12 +145,12 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     """
     spec = DatasetSpec.parse(name)
     if fer_split not in FER_SPLITS:
-        raise ValueError(f"fer_split must be one of {', '.join(FER_SPLITS)}, got {fer_split!r}")
+        raise UserError(f"fer_split must be one of {', '.join(FER_SPLITS)}, got {fer_split!r}")
     _check_fraction(test_from_train, "test_from_train")
     if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if image_size is not None and image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
+        raise UserError(f"image_size must be >= 1, got {image_size}")
     root = Path(root).expanduser()
     key = spec.value if spec.kind == "named" else spec.kind
     carve = test_from_train
@@ -177,7 +178,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     if key == "fer2013":
         if fer_split == "official":
             if test_from_train is not None:
-                raise ValueError("fer_split='official' keeps the official test set, so it cannot be combined with "
+                raise UserError("fer_split='official' keeps the official test set, so it cannot be combined with "
                                  "test_from_train; use fer_split='paper' (optionally with test_from_train) instead")
             info["protocol"] = f"official: train = Training, test = {info.get('official_test')}"
         else:

@@ -14,8 +14,16 @@ import numpy as np
 import torch
 
 from adact.data.arrays import ArrayDataset, RawSplits, as_split
+from adact.errors import UserError
 
-__all__ = ["load_fmnist", "load_cifar10", "load_svhn"]
+__all__ = ["DatasetFilesError", "load_cifar10", "load_fmnist", "load_svhn"]
+
+
+class DatasetFilesError(UserError, RuntimeError):
+    """torchvision's files of a dataset are missing, corrupted, or could not be downloaded.
+
+    A ``RuntimeError`` too, as torchvision's own error is.
+    """
 
 
 def _fmnist_expected(root: Path) -> tuple[Path, list[str], str]:
@@ -39,7 +47,7 @@ def _svhn_expected(root: Path) -> tuple[Path, list[str], str]:
 
 
 def _not_found(title: str, root: Path, expected: tuple[Path, list[str], str], download: bool,
-               cause: BaseException) -> RuntimeError:
+               cause: BaseException) -> DatasetFilesError:
     folder, files, hint = expected
     missing = [f for f in files if not (folder / f).is_file()]
     if len(missing) == len(files):
@@ -53,7 +61,7 @@ def _not_found(title: str, root: Path, expected: tuple[Path, list[str], str], do
                   f"copy the files there by hand")
     else:
         action = "Pass --download (download=True) to fetch and verify them, or copy them there by hand"
-    return RuntimeError(f"{title} not found under data root '{root}': expected {', '.join(files)} in "
+    return DatasetFilesError(f"{title} not found under data root '{root}': expected {', '.join(files)} in "
                         f"'{folder}' ({problem}). {action}; {hint}.")
 
 

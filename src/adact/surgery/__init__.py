@@ -3,7 +3,8 @@
 * :func:`adactify` puts an :class:`adact.AdAct` unit at every activation call site of a model
   (activation modules, including transformers' and timm's classes, and activation function
   calls through ``torch.fx``), in place; :class:`AdactifyReport` says what it did and missed.
-* :func:`dominant_activations` reads which activation each unit has chosen.
+* :func:`dominant_activations` reads which activation each unit has chosen (owned by :mod:`adact.choice`,
+  re-exported here).
 * :func:`optimize` builds the paper's "Optimized" model: a copy with each unit replaced by a
   plain ``torch.nn`` module of its choice.
 * :func:`save_choices` / :func:`apply_choices` carry the choices to a fresh model in another program.
@@ -15,14 +16,8 @@ Modules: :mod:`~adact.surgery.targets` (what is an activation), :mod:`~adact.sur
 :mod:`~adact.surgery.choices`.
 """
 
-from adact.surgery.choices import (
-    ExportableRReLU,
-    adact_units,
-    apply_choices,
-    dominant_activations,
-    optimize,
-    save_choices,
-)
+from adact.choice import adact_units, dominant_activations
+from adact.surgery.choices import ExportableRReLU, apply_choices, optimize, save_choices
 from adact.surgery.core import adactify
 from adact.surgery.functional import TracedForward
 from adact.surgery.report import AdactifyReport, MissedSite, Site

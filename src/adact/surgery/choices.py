@@ -1,5 +1,7 @@
-"""Reading, fixing and moving the units' choices: ``dominant_activations``, ``optimize``,
-``save_choices`` and ``apply_choices``."""
+"""Fixing and moving the units' choices: ``optimize``, ``save_choices`` and ``apply_choices``.
+
+What a unit chose is :meth:`adact.AdAct.choice` (read for a whole model by :mod:`adact.choice`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import copy
 import importlib
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adact.activations import ACTIVATIONS
+from adact.choice import adact_units, dominant_activations
+from adact.errors import UserError
 from adact.surgery.core import CONFIG_ATTR, adactify
 from adact.surgery.modules import instances, replace
 from adact.unit import AdAct
@@ -23,53 +26,13 @@ from adact.unit import AdAct
 __all__ = [
     "CHOICES_FORMAT",
     "ExportableRReLU",
-    "adact_units",
     "apply_choices",
-    "dominant_activations",
     "optimize",
     "save_choices",
 ]
 
 #: The ``"format"`` field of a :func:`save_choices` file.
 CHOICES_FORMAT = "adact.choices/1"
-
-
-def adact_units(model: nn.Module) -> list[tuple[str, AdAct]]:
-    """The model's AdAct units as ``(path, unit)`` pairs, in module order.
-
-    A unit registered under several paths is listed once, under its first path. The root
-    module itself, if it is an AdAct unit, has path ``""``.
-    """
-    return [(path, m) for path, m in model.named_modules() if isinstance(m, AdAct)]
-
-
-def dominant_activations(model: nn.Module) -> OrderedDict[str, tuple[str, float]]:
-    """Each AdAct unit's chosen activation: ``path -> (name, softmax weight)``, in module order.
-
-    The choice is the candidate with the largest softmax weight; ties go to the candidate
-    listed first (so a freshly initialised unit, a uniform mixture, reports its first
-    candidate with weight ``1/K``). A ``granularity="channel"`` unit reports the winner of
-    its channel-mean mixture and that candidate's mean weight.
-
-    Example::
-
-        >>> net = ConvNet(activation="adact")
-        >>> dominant_activations(net)
-        OrderedDict([('features.0.2', ('relu', 0.142...)), ...])
-    """
-    out: OrderedDict[str, tuple[str, float]] = OrderedDict()
-    for path, unit in adact_units(model):
-        out[path] = _layer_choice(unit)
-    return out
-
-
-def _layer_choice(unit: AdAct) -> tuple[str, float]:
-    p = unit.mixture()
-    if p.dim() == 2:
-        p = p.mean(0)
-    # torch.argmax returns the first maximum, so ties resolve in candidate order.
-    idx = int(torch.argmax(p))
-    return unit.candidates[idx], float(p[idx])
 
 
 class ExportableRReLU(nn.RReLU):
@@ -106,7 +69,7 @@ def _plain(name: str, slope: Tensor | None, device: torch.device, training: bool
 
 
 def _plain_module(unit: AdAct, reinit: bool) -> nn.Module:
-    name, _ = _layer_choice(unit)
+    name, _ = unit.choice()
     slope = unit.prelu_weight.detach() if unit.prelu_weight is not None else None
     if name == "prelu" and reinit and slope is not None:
         # Keep the slope's shape so optimized models share one state_dict layout.
@@ -175,7 +138,7 @@ def save_choices(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """
     sites: list[dict[str, Any]] = []
     for site, unit in adact_units(model):
-        choice, weight = _layer_choice(unit)
+        choice, weight = unit.choice()
         mixture = unit.mixture()
         sites.append(
             {
@@ -211,7 +174,7 @@ def _resolve_names(names: Sequence[str]) -> list[str | type[nn.Module]]:
             for part in qualname.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
-            raise ValueError(
+            raise UserError(
                 f"apply_choices: cannot import the target class {name!r} saved with the choices ({e}); "
                 f"pass targets=... to apply_choices"
             ) from e
@@ -248,7 +211,7 @@ def apply_choices(
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or data.get("format") != CHOICES_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not an adact choices file (format {CHOICES_FORMAT!r})")
+        raise UserError(f"{os.fspath(path)!r} is not an adact choices file (format {CHOICES_FORMAT!r})")
     config = data.get("adactify") or {}
     if targets is None and config.get("targets"):
         targets = _resolve_names(config["targets"])
@@ -260,7 +223,7 @@ def apply_choices(
     if saved != have:
         missing = [p for p in saved if p not in have][:5]
         extra = [p for p in have if p not in saved][:5]
-        raise ValueError(
+        raise UserError(
             f"apply_choices: the model's {len(have)} sites do not match the {len(saved)} saved ones "
             f"(saved but not found: {missing}; found but not saved: {extra}); is it the same architecture?"
         )

@@ -12,6 +12,7 @@ from typing import Any, Literal, overload
 
 from torch import nn
 
+from adact.errors import UserError
 from adact.activations import DEFAULT_CANDIDATES
 from adact.surgery.functional import convert_calls
 from adact.surgery.modules import convert_modules, instances, make_call_sites, replace
@@ -153,19 +154,19 @@ def adactify(
         raise TypeError(f"adactify expects an nn.Module, got {type(model).__name__}")
     spec = resolve_targets(targets)
     if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        raise UserError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
     if channel_dim not in (None, 1, -1):
-        raise ValueError(f"channel_dim must be None, 1 or -1, got {channel_dim!r}")
+        raise UserError(f"channel_dim must be None, 1 or -1, got {channel_dim!r}")
     unit_kwargs = dict(adact_kwargs or {})
     clash = {"candidates", "granularity", "num_channels", "channel_dim"} & unit_kwargs.keys()
     if clash:
-        raise ValueError(
+        raise UserError(
             f"adact_kwargs must not set {sorted(clash)}; pass candidates/granularity/channel_dim to "
             f"adactify (num_channels is inferred)"
         )
     AdAct(candidates, **unit_kwargs)  # validates candidates and kwargs before any surgery
     if granularity == "channel" and example_inputs is None:
-        raise ValueError(
+        raise UserError(
             'granularity="channel" needs example_inputs to infer the number of channels at each site'
         )
     factory = UnitFactory(tuple(candidates), unit_kwargs, model_device(model))
@@ -273,7 +274,7 @@ def _apply_probe(
             counts = {len(v) for v in invocations.values()}
             if len(counts) > 1:
                 name = type(caller).__name__ if caller is not None else "the model"
-                raise ValueError(
+                raise UserError(
                     f"adactify: the unit at {paths[0]!r} is called a different number of times in "
                     f"different calls of its caller {name}, so its call sites cannot be told apart. "
                     f"Give each call site its own module."
@@ -310,14 +311,14 @@ def _apply_probe(
 def _channel_dim(shape: Any, channel_dim: int | None, path: str) -> int:
     if shape is None or len(shape) < 2:
         got = "it was not called" if shape is None else f"its input had shape {tuple(shape)}"
-        raise ValueError(
+        raise UserError(
             f"cannot infer the channel count of the site {path!r} from example_inputs ({got}); "
             f'granularity="channel" needs an input with a channel dim there'
         )
     if channel_dim is not None:
         return channel_dim
     if len(shape) == 3:
-        raise ValueError(
+        raise UserError(
             f'granularity="channel" at {path!r}: its input has shape {tuple(shape)}, where dim 1 is '
             f"the channels of an (N, C, L) feature map but the positions of an (N, L, E) token "
             f"sequence. Pass channel_dim=1 for the first or channel_dim=-1 for the second."

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adact.errors import UserError
 from adact.unit import AdAct
 
 __all__ = [
@@ -265,18 +266,18 @@ def resolve_targets(targets: Targets) -> TargetSpec:
         return TargetSpec(frozenset(DEFAULT_TARGETS), ())
     items = (targets,) if isinstance(targets, (str, type)) else tuple(targets)
     if not items:
-        raise ValueError("targets is empty; pass None for the default activation kinds")
+        raise UserError("targets is empty; pass None for the default activation kinds")
     kinds: set[str] = set()
     classes: list[type[nn.Module]] = []
     for t in items:
         if isinstance(t, str):
             key = t.lower().replace("-", "_")
             if key not in KNOWN_KINDS:
-                raise ValueError(f"unknown target {t!r}; valid names: {', '.join(KNOWN_KINDS)}")
+                raise UserError(f"unknown target {t!r}; valid names: {', '.join(KNOWN_KINDS)}")
             kinds.add(key)
         elif isinstance(t, type) and issubclass(t, nn.Module):
             if issubclass(t, AdAct):
-                raise ValueError("targets must not include AdAct: its units are never replaced")
+                raise UserError("targets must not include AdAct: its units are never replaced")
             classes.append(t)
         else:
             raise TypeError(

@@ -1,10 +1,10 @@
 """The summary of a search or reproduction folder: tables, choices, figures and the report.
 
 :func:`render` reads every run folder of an ``adact search`` / ``adact reproduce`` output folder
-(through :func:`adact.search.collect`) and (re)writes the table (``table.md``/``.csv``, or the
+(through :func:`adact.reporting.records.collect`) and (re)writes the table (``table.md``/``.csv``, or the
 paper preset's ``table1.*``), ``choices.md``/``.json``, the figures, ``report.md`` and
-``results.json``; ``adact analyze OUT`` calls it without training. :func:`analyze_run` does the
-same for one run folder or checkpoint.
+``results.json``; ``adact analyze OUT`` calls it without training
+(:func:`adact.reporting.analyze.analyze_run` does the same for one run folder or checkpoint).
 
 Beside the accuracy tables (one column and paired differences per baseline), the report holds
 issue 14's discretization-gap table (the AdAct model against its own argmax), the confidence of
@@ -21,39 +21,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from adact.analysis import (
-    METRICS,
-    PAPER_TABLE1,
-    RunRecord,
-    WeightHistory,
-    build_summary,
+from adact.errors import UserError
+from adact.choice import WEAK_MARGIN, negative_prelu
+from adact.config import SearchConfig
+from adact.dataspec import DatasetSpec
+from adact.paper import DEFAULT_CHANNELS, PAPER_TABLE1
+from adact.reporting.analyze import PANELS
+from adact.reporting.figures import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
+from adact.reporting.records import METRICS, RunRecord, WeightHistory, collect, read_weight_history
+from adact.reporting.stats import build_summary
+from adact.reporting.tables import (
     fmt_acc,
     model_label,
-    read_weight_history,
     render_choices_md,
     render_gap_md,
     render_table_csv,
     render_table_md,
-    render_weights_text,
 )
-from adact.confidence import (
-    WEAK_MARGIN,
-    confidence_from_weights,
-    negative_prelu,
-    render_confidence_text,
-    render_gap_text,
-)
-from adact.dataspec import DatasetSpec
-from adact.defaults import DEFAULT_CHANNELS
-from adact.io import atomic_write_json, atomic_write_text, folder_lock, read_json, remove_stale_temps
-from adact.plots import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
-from adact.search import SearchConfig, collect, load_manifest
-from adact.train import RunFolder, adact_weights, load_checkpoint
+from adact.runs.io import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
+from adact.runs.manifest import load_manifest
 
-__all__ = ["analyze_run", "render", "rerender"]
-
-#: Up to this many units, the trajectories get one panel per unit (all candidates); beyond, a heatmap.
-_PANELS = 6
+__all__ = ["render", "rerender"]
 
 
 def _histories(records: list[RunRecord], out: Path) -> tuple[dict[str, WeightHistory], list[str]]:
@@ -102,7 +90,7 @@ def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, Weigh
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
         found = [hists[r.path] for r in runs if r.path in hists]
         if found:
-            if cfg.preset == "paper" or len(found[0].paths) <= _PANELS:
+            if cfg.preset == "paper" or len(found[0].paths) <= PANELS:
                 paths = plot_trajectories([h.mix for h in found], [h.epochs for h in found], found[0].candidates,
                                           f"{name}: AdAct softmax weights during training",
                                           out / "figures" / f"{slug}_trajectories",
@@ -407,99 +395,3 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
                   "run's result.json (`dominant`).",
                   reproducible, ""]
     return "\n".join(lines)
-
-
-# --- one run or checkpoint -------------------------------------------------------------------
-
-
-def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
-    """Weight table and figures of one run folder or checkpoint.
-
-    A run folder is read from its best.pt (last.pt when there is no best.pt), matching the
-    checkpoint :func:`reproduce` takes its choices from. A run folder without checkpoints (a
-    published one: ``config.json``, ``metrics.csv``, ``result.json``) is read from the weights
-    ``result.json`` recorded at the best epoch. Figures go to ``out`` (default: the run folder).
-    Returns the text table and the figure paths.
-    """
-    path = Path(path)
-    if path.is_dir():
-        folder = RunFolder(path)
-        ckpt = folder.checkpoint()
-        if ckpt is None:
-            if folder.result.is_file():
-                return _analyze_result(path, out)
-            raise FileNotFoundError(f"{path} holds no best.pt, last.pt or result.json: not a run folder of "
-                                    "`adact train`")
-        run_dir = path
-    elif path.is_file():
-        ckpt, run_dir = path, path.parent
-    else:
-        raise FileNotFoundError(f"no such run folder or checkpoint: {path}")
-    model, meta = load_checkpoint(ckpt)
-    w = adact_weights(model)
-    config = meta["config"]
-    head = f"{ckpt} (epoch {meta['epoch']}, dataset {config['dataset']}, activation {config['activation']})"
-    if not w["paths"]:
-        return head + "\nno AdAct units in this model: nothing to analyze\n", []
-    result_path = RunFolder(run_dir).result
-    result = read_json(result_path) if result_path.is_file() else {}
-    return _analyze(head, w, result if isinstance(result, dict) else {}, meta["epoch"], config, run_dir,
-                    Path(out) if out is not None else run_dir, f"{ckpt.name}, epoch {meta['epoch']}")
-
-
-def _analyze_result(run_dir: Path, out: str | Path | None) -> tuple[str, list[Path]]:
-    """:func:`analyze_run` of a run folder without checkpoints, from its result.json."""
-    path = RunFolder(run_dir).result
-    result = read_json(path)
-    if not isinstance(result, dict) or not isinstance(result.get("config"), dict):
-        raise ValueError(f"{path} is not the result.json of an `adact train` run (no 'config'); nothing to analyze")
-    config = result["config"]
-    epoch = result.get("best_epoch")
-    head = (f"{path} (best epoch {epoch}, dataset {config.get('dataset')}, activation {config.get('activation')}; "
-            "no checkpoint in this folder: the weights result.json recorded at the best epoch)")
-    if not result.get("n_adact_units"):
-        return head + "\nno AdAct units in this model: nothing to analyze\n", []
-    w = result.get("best_weights")
-    if not isinstance(w, dict) or not all(k in w for k in ("paths", "candidates", "raw", "mix")):
-        raise ValueError(f"{path} holds no weights of a best epoch (status {result.get('status')!r}); rerun the same "
-                         "`adact train` command to finish the run, then analyze it")
-    if not w.get("confidence"):  # runs from before confidences were recorded: the per-layer ones follow from mix
-        w = {**w, "confidence": confidence_from_weights(w)}
-    return _analyze(head, w, result, epoch, config, run_dir, Path(out) if out is not None else run_dir,
-                    f"result.json, best epoch {epoch}")
-
-
-def _analyze(head: str, w: dict[str, Any], result: dict[str, Any], epoch: int | None, config: dict[str, Any],
-             run_dir: Path, fig_dir: Path, source: str) -> tuple[str, list[Path]]:
-    """Text and figures of one epoch's AdAct weights ``w`` (see :func:`adact.train.adact_weights`)."""
-    text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
-    text += render_confidence_text(w.get("confidence") or [])
-    gap = result.get("discretization_gap")
-    if gap and gap.get("epoch") == epoch:  # the gap of this very epoch, not another one's
-        text += render_gap_text(gap)
-    hist, note = None, ""
-    metrics = RunFolder(run_dir).metrics
-    if metrics.is_file():
-        try:
-            hist = read_weight_history(metrics)
-        except (ValueError, OSError) as e:
-            note = f"no weight trajectories: {e}\n"
-    name = DatasetSpec.parse(config["dataset"]).display
-    note_ckpt = f"{source}, seed {config['seed']}"
-    many = len(w["paths"]) > _PANELS  # a ResNet's 17 units: heatmaps, not 17 bar groups or panels
-    weak = np.array([[c["weak"] for c in w["confidence"]]]) if w.get("confidence") else None
-    if many:
-        files = plot_heatmap(np.array([w["mix"]]), w["paths"], w["candidates"],
-                             f"{name}: AdAct softmax weights per unit", fig_dir / "weights", note=note_ckpt, weak=weak)
-    else:
-        files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"],
-                             f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt, weak=weak)
-    if hist is not None and many:
-        files += plot_choice_trajectories([hist.mix], [hist.epochs], hist.candidates, hist.paths,
-                                          f"{name}: how each unit's choice emerged during training",
-                                          fig_dir / "trajectories", note=f"seed {config['seed']}")
-    elif hist is not None:
-        files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
-                                   f"{name}: AdAct softmax weights during training",
-                                   fig_dir / "trajectories", note=f"seed {config['seed']}")
-    return text + note, files

@@ -2,7 +2,7 @@
 
 The paper trains the logits like any weight and reads the argmax at the end, so a mixture may
 end far from one-hot and the kept argmax model differs from the trained one (see
-:mod:`adact.confidence`). Three standard remedies from one-shot architecture search, all off by
+the discretization gap, :mod:`adact.training.gap`). Three standard remedies from one-shot architecture search, all off by
 default:
 
 * :class:`TemperatureSchedule`: the softmax temperature :math:`T` of every unit
@@ -26,16 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adact.confidence import normalised_entropy
+from adact.errors import UserError
+from adact.choice import adact_units, normalised_entropy
 from adact.reference import mixture_weights
-from adact.surgery import adact_units
 from adact.unit import AdAct
 
 __all__ = [
     "TemperatureSchedule",
     "mixture_entropy",
     "param_groups",
-    "parse_temperature_schedule",
     "set_temperature",
 ]
 
@@ -44,7 +43,7 @@ def _check_positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
+        raise UserError(f"{name} must be finite and > 0, got {value}")
     return float(value)
 
 
@@ -75,12 +74,12 @@ class TemperatureSchedule:
         self.t0 = _check_positive("t0", t0)
         self.t1 = _check_positive("t1", t1)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+            raise UserError(f"total_steps must be a positive int, got {total_steps!r}")
         self.total_steps = total_steps
 
     def __call__(self, step: int) -> float:
         if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+            raise UserError(f"step must be >= 0, got {step}")
         if self.total_steps == 1:
             return self.t1
         frac = min(step, self.total_steps - 1) / (self.total_steps - 1)
@@ -88,27 +87,6 @@ class TemperatureSchedule:
 
     def __repr__(self) -> str:
         return f"TemperatureSchedule(t0={self.t0:g}, t1={self.t1:g}, total_steps={self.total_steps})"
-
-
-def parse_temperature_schedule(text: str | Sequence[float]) -> list[float]:
-    """``"T0:T1"`` (or a pair of numbers) as ``[T0, T1]``, both finite and > 0.
-
-    Raises:
-        ValueError: not two numbers separated by ``:``, or a temperature that is not > 0.
-    """
-    if isinstance(text, str):
-        parts = text.split(":")
-        if len(parts) != 2:
-            raise ValueError(f"temperature schedule must be T0:T1 (e.g. 1:0.1), got {text!r}")
-        try:
-            pair = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"temperature schedule must be two numbers T0:T1 (e.g. 1:0.1), got {text!r}") from None
-    else:
-        pair = list(text)
-        if len(pair) != 2:
-            raise ValueError(f"temperature schedule must be two temperatures [T0, T1], got {pair!r}")
-    return [_check_positive("T0", pair[0]), _check_positive("T1", pair[1])]
 
 
 def set_temperature(model: nn.Module, temperature: float) -> int:
@@ -125,7 +103,7 @@ def mixture_entropy(model: nn.Module) -> Tensor:
     .. math::
         \bar H = \frac{1}{n} \sum_{u=1}^{n} \tilde H\big(\mathrm{softmax}(w_u / T_u)\big)
 
-    with :math:`\tilde H` from :func:`adact.confidence.normalised_entropy` (0 = one-hot,
+    with :math:`\tilde H` from :func:`adact.choice.normalised_entropy` (0 = one-hot,
     1 = uniform); a per-channel unit contributes the mean over its channels, so every unit weighs
     the same. Add :math:`\lambda \bar H` to the loss to sharpen the mixtures.
 
@@ -170,7 +148,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_adact: bool = True
         return [{"params": [p for p in params if id(p) not in adact_ids], "weight_decay": weight_decay},
                 {"params": [p for p in params if id(p) in adact_ids], "weight_decay": 0.0}]
     if lr is None:
-        raise ValueError("param_groups needs the base lr when adact_lr_mult != 1")
+        raise UserError("param_groups needs the base lr when adact_lr_mult != 1")
     lr = _check_positive("lr", lr)
     logit_ids = {id(m.logits) for m in units}
     slope_ids = {id(m.prelu_weight) for m in units if m.prelu_weight is not None}

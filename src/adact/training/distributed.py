@@ -40,6 +40,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adact.errors import UserError
+
 __all__ = [
     "CpuSyncBatchNorm",
     "DistEnv",
@@ -98,7 +100,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"environment variable {name}={text!r} is not an integer; torchrun sets it, "
+        raise UserError(f"environment variable {name}={text!r} is not an integer; torchrun sets it, "
                          f"do not set it by hand") from None
 
 
@@ -108,7 +110,7 @@ def env() -> DistEnv:
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", rank)
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ValueError(f"inconsistent torchrun environment: WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local}")
+        raise UserError(f"inconsistent torchrun environment: WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local}")
     return DistEnv(world, rank, local)
 
 
@@ -118,9 +120,9 @@ def timeout() -> timedelta:
     try:
         seconds = float(text) if text else _DEFAULT_TIMEOUT_S
     except ValueError:
-        raise ValueError(f"{_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+        raise UserError(f"{_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
     if not seconds > 0:
-        raise ValueError(f"{_TIMEOUT_ENV} must be > 0 seconds, got {text}")
+        raise UserError(f"{_TIMEOUT_ENV} must be > 0 seconds, got {text}")
     return timedelta(seconds=seconds)
 
 
@@ -136,12 +138,12 @@ def setup(device: torch.device) -> torch.device:
         return device
     if device.type == "cuda":
         if e.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {e.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+            raise UserError(f"LOCAL_RANK {e.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
                              f"start at most that many processes per node (--nproc-per-node)")
         device = torch.device("cuda", e.local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ValueError(f"torchrun runs on CUDA or the CPU, not on {device.type}; use --device cuda or cpu")
+        raise UserError(f"torchrun runs on CUDA or the CPU, not on {device.type}; use --device cuda or cpu")
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timeout(), device_id=device if device.type == "cuda" else None)

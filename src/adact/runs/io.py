@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from adact.errors import AdactError, UserError
+
 __all__ = [
     "FolderLockedError",
     "WriteError",
@@ -45,12 +47,16 @@ os.umask(_UMASK)
 _TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
-class WriteError(OSError):
+class WriteError(AdactError, OSError):
     """Writing ``filename`` failed (no space, read-only, permission...): ``errno`` says why."""
 
 
-class FolderLockedError(RuntimeError):
-    """Another process holds the folder's lock; ``pid`` is that process (None if unknown)."""
+class FolderLockedError(UserError, RuntimeError):
+    """Another process holds the folder's lock; ``pid`` is that process (None if unknown).
+
+    A :class:`~adact.errors.UserError` (wait, stop the other process, or use another folder) and a
+    ``RuntimeError``, as it always was.
+    """
 
     def __init__(self, folder: Path, pid: int | None) -> None:
         who = f"process {pid}" if pid is not None else "another process"
@@ -145,7 +151,7 @@ def read_json(path: str | Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore it, or delete it to have it rebuilt") from None
+        raise UserError(f"{path} is not valid JSON ({e}); restore it, or delete it to have it rebuilt") from None
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The paper's experiment: the ``paper`` preset of :mod:`adact.search`.
+"""The paper's experiment: the ``paper`` preset of :mod:`adact.experiments.search`.
 
 Per dataset and seed (same seed for all three models):
 
@@ -11,64 +11,50 @@ Per dataset and seed (same seed for all three models):
 
 ``baselines`` (``--baselines relu mish``) trains one model per name with that activation in every
 block, in place of the single ReLU baseline; the tables get a column and paired differences for
-each. The sharpening options (:mod:`adact.sharpen`) apply to the AdAct runs only.
+each. The sharpening options (:mod:`adact.training.sharpen`) apply to the AdAct runs only.
 
 Layout of the output folder::
 
     OUT/reproduce.json                          settings of the latest invocation
-    OUT/<dataset>/seed<k>/<adact|relu|optimized|BASELINE>/   one adact.train run folder each
+    OUT/<dataset>/seed<k>/<adact|relu|optimized|BASELINE>/   one run folder each
     OUT/table1.md, table1.csv, choices.md, choices.json, results.json, report.md
     OUT/figures/<dataset>_weights.{png,svg}, <dataset>_trajectories.{png,svg}
 
-The running, resuming and locking are :func:`adact.search.search`'s; the files are written by
-:func:`adact.report.render`.
+The running, resuming and locking are :func:`adact.experiments.search.search`'s; the files are
+written by :func:`adact.reporting.render.render`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from adact.report import analyze_run, render, rerender
-from adact.search import SearchConfig, checkpoint_weights, collect, is_search_dir, load_data, search, worker_pool
-from adact.train import TrainConfig
+from adact.config import PAPER, SearchConfig, TrainConfig
+from adact.errors import UserError
+from adact.experiments.search import search
 
-__all__ = [
-    "analyze_run",
-    "checkpoint_weights",
-    "collect",
-    "is_reproduce_dir",
-    "load_data",
-    "paper_config",
-    "render",
-    "reproduce",
-    "rerender",
-    "worker_pool",
-]
-
-is_reproduce_dir = is_search_dir
+__all__ = ["paper_config", "reproduce"]
 
 
-def paper_config(datasets: Sequence[str] = ("digits",), seeds: Sequence[int] = (0, 1, 2), out: str = "runs/reproduce",
+def paper_config(datasets: Sequence[str] = ("digits",), seeds: Sequence[int] = (0, 1, 2), out: str = PAPER.out,
                  jobs: int | None = None, quiet: bool = False, train: TrainConfig | None = None,
                  baselines: Sequence[str] = ("relu",), sync_bn: bool = False, **train_settings: Any) -> SearchConfig:
     """The paper's preset: the ConvNet, ReLU as the baseline, choices from the best test epoch.
 
-    ``train_settings`` are :class:`~adact.train.TrainConfig` fields (e.g. ``epochs=2``, or the
+    ``train_settings`` are :class:`~adact.config.TrainConfig` fields (e.g. ``epochs=2``, or the
     sharpening ``entropy_weight=0.1``, which the AdAct runs alone get); the defaults are the
     paper's protocol. ``baselines`` replaces ReLU by one-activation-everywhere models (issue 14);
     ``sync_bn`` synchronises BatchNorm under torchrun. The defaults run offline on digits.
     """
     base = train if train is not None else TrainConfig()
-    from dataclasses import replace
-
     return SearchConfig(datasets=list(datasets), seeds=list(seeds), out=out, jobs=jobs, quiet=quiet,
                         train=replace(base, **train_settings), preset="paper", baselines=list(baselines),
                         sync_bn=sync_bn)
 
 
 def reproduce(cfg: SearchConfig, log: Callable[[str], None] = print, *, restart: bool = False) -> dict[str, Any]:
-    """Run (or resume) the paper's experiment into ``cfg.out``; see :func:`adact.search.search`."""
+    """Run (or resume) the paper's experiment into ``cfg.out``; see :func:`adact.experiments.search.search`."""
     if cfg.preset != "paper":
-        raise ValueError("reproduce() runs the paper preset; build its config with paper_config()")
+        raise UserError("reproduce() runs the paper preset; build its config with paper_config()")
     return search(cfg, log, restart=restart)

@@ -17,9 +17,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from adact.errors import UserError
 from adact.activations import ACTIVATIONS
-from adact.analysis import consensus
-from adact.io import atomic_write, make_dir
+from adact.reporting.stats import consensus
+from adact.runs.io import atomic_write, make_dir
 
 __all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_choice_trajectories", "plot_heatmap",
            "plot_trajectories", "plot_weights", "save_figure"]
@@ -118,15 +119,15 @@ def plot_weights(raw: np.ndarray, mix: np.ndarray, candidates: Sequence[str], ti
         stem: output path without suffix; writes ``stem.png`` and ``stem.svg``.
         note: a line under the title (e.g. which checkpoint the weights come from).
         weak: ``(seeds, layers)`` booleans, True where a seed's choice is weak (see
-            :mod:`adact.confidence`); such layers are labelled "weak". Default: None (no marks).
+            :mod:`adact.choice`); such layers are labelled "weak". Default: None (no marks).
     """
     raw, mix = np.asarray(raw, dtype=float), np.asarray(mix, dtype=float)
     if raw.ndim != 3 or raw.shape != mix.shape or raw.shape[2] != len(candidates):
-        raise ValueError(f"raw and mix must both be (seeds, layers, {len(candidates)}); got {raw.shape}, {mix.shape}")
+        raise UserError(f"raw and mix must both be (seeds, layers, {len(candidates)}); got {raw.shape}, {mix.shape}")
     if weak is not None:
         weak = np.asarray(weak, dtype=bool)
         if weak.shape != raw.shape[:2]:
-            raise ValueError(f"weak must be (seeds, layers) = {raw.shape[:2]}, got {weak.shape}")
+            raise UserError(f"weak must be (seeds, layers) = {raw.shape[:2]}, got {weak.shape}")
     n_seeds, n_layers, k = raw.shape
     fig = Figure(figsize=(max(7.0, 1.9 * n_layers + 2.5), 7.2), layout="constrained")
     ax_raw, ax_mix = fig.subplots(2, 1)
@@ -166,12 +167,12 @@ def plot_heatmap(mix: np.ndarray, paths: Sequence[str], candidates: Sequence[str
     """
     mix = np.asarray(mix, dtype=float)
     if mix.ndim != 3 or mix.shape[2] != len(candidates):
-        raise ValueError(f"mix must be (seeds, units, {len(candidates)}); got {mix.shape}")
+        raise UserError(f"mix must be (seeds, units, {len(candidates)}); got {mix.shape}")
     n_seeds, n_units, k = mix.shape
     if weak is not None:
         weak = np.asarray(weak, dtype=bool)
         if weak.shape != mix.shape[:2]:
-            raise ValueError(f"weak must be (seeds, units) = {mix.shape[:2]}, got {weak.shape}")
+            raise UserError(f"weak must be (seeds, units) = {mix.shape[:2]}, got {weak.shape}")
     mean = mix.mean(0)
     chosen = consensus(mix, candidates)
     labels = [f"{p or '(root)'} → {c}" + (f" ({m}/{n})" if n > 1 else "")
@@ -216,7 +217,7 @@ def _epoch_grid(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]]
     col = {e: i for i, e in enumerate(all_epochs)}
     for s, (h, es) in enumerate(zip(histories, epochs)):
         if h.shape[1:] != (n_units, k):
-            raise ValueError(f"history {s} has shape {h.shape}, expected (epochs, {n_units}, {k})")
+            raise UserError(f"history {s} has shape {h.shape}, expected (epochs, {n_units}, {k})")
         for row, e in zip(h, es):
             grid[s, col[int(e)]] = row
     return all_epochs, grid
@@ -237,7 +238,7 @@ def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[S
         title, stem, note: as in :func:`plot_weights`.
     """
     if not histories:
-        raise ValueError("plot_choice_trajectories needs at least one run's history")
+        raise UserError("plot_choice_trajectories needs at least one run's history")
     all_epochs, grid = _epoch_grid(histories, epochs)
     n_units, k = grid.shape[2:]
     with np.errstate(all="ignore"):
@@ -279,7 +280,7 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
     Lines are the mean over seeds, the band spans the seeds' min to max.
     """
     if not histories:
-        raise ValueError("plot_trajectories needs at least one run's history")
+        raise UserError("plot_trajectories needs at least one run's history")
     all_epochs, grid = _epoch_grid(histories, epochs)
     n_layers, k = grid.shape[2:]
     with np.errstate(all="ignore"):

@@ -1,0 +1,451 @@
+"""Every setting of adact, declared once: option choices, datasets, models, training and search configs.
+
+The command line reads its defaults and choices from here, the trainer and the search take the
+dataclasses, and run folders store them as JSON, so a setting has one name, one default and
+one check. This module imports nothing heavy (no torch, no numpy): ``adact --help`` reads it.
+
+* :func:`parse_model` and :class:`ModelSpec`: a ``--model`` argument, and everything a model is
+  rebuilt from (stored in checkpoints);
+* :class:`TrainConfig`: one training run (``config.json``);
+* :class:`SearchConfig` and :class:`Preset`: ``adact search`` / ``adact reproduce``;
+* :func:`config_diff`: the one comparison of two runs' settings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from adact.dataspec import DATASET_HELP, DATASETS, DatasetSpec
+from adact.errors import UserError
+from adact.paper import DEFAULT_CHANNELS
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "BAD_IMAGE_POLICIES",
+    "BASELINE",
+    "DEVICES",
+    "FER_SPLITS",
+    "GRANULARITIES",
+    "NORMALIZE",
+    "OPTIMIZERS",
+    "PAPER",
+    "PRESETS",
+    "SCHEDULES",
+    "SEARCH",
+    "ModelSpec",
+    "Preset",
+    "SearchConfig",
+    "TrainConfig",
+    "config_diff",
+    "models_for",
+    "parse_model",
+    "parse_temperature_schedule",
+    "train_default",
+]
+
+# --- option choices ------------------------------------------------------------------------
+
+FER_SPLITS: tuple[str, ...] = ("paper", "official")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+
+GRANULARITIES: tuple[str, ...] = ("layer", "channel")
+"""AdAct logits per layer (the paper's) or per channel."""
+
+NORMALIZE: tuple[str, ...] = ("paper", "imagenet")
+"""``--normalize``: mean = std = 0.5 (the paper's), or ImageNet's per-channel statistics."""
+
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+SCHEDULES: tuple[str, ...] = ("none", "cosine")
+BAD_IMAGE_POLICIES: tuple[str, ...] = ("skip", "error")
+
+ACTIVATION_NAMES: tuple[str, ...] = (
+    "relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish", "gelu", "tanh", "sigmoid", "hardswish",
+    "softplus", "selu", "celu", "hardtanh", "relu6", "identity",
+)
+"""The activation registry's names, in registry order: :data:`adact.activations.ACTIVATIONS` maps
+each to its module (and checks at import that it maps exactly these)."""
+
+#: The ``activation`` of a run that trains the model as written.
+BASELINE = "baseline"
+
+def _check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise UserError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _check_positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def parse_model(spec: str) -> tuple[str, str]:
+    """``(kind, name)``: kind is ``convnet``, ``torchvision``, ``timm`` or ``code`` (a user factory).
+
+    Raises:
+        UserError: an empty name or a spec of no known form.
+    """
+    text = spec.strip()
+    if text.lower() == "convnet":
+        return "convnet", "convnet"
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix.lower() in ("torchvision", "timm"):
+        if not rest:
+            raise UserError(f"--model {spec!r} needs a model name, e.g. {prefix.lower()}:resnet18")
+        return prefix.lower(), rest
+    head, sep, factory = text.rpartition(":")
+    if sep and head and factory.isidentifier():
+        return "code", text
+    raise UserError(f"unknown model {spec!r}; valid: convnet, torchvision:NAME, timm:NAME, path/to/file.py:factory "
+                    f"or package.module:factory")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a run's model is rebuilt from: stored in every checkpoint, so a file rebuilds its model.
+
+    Attributes:
+        model: ``"convnet"`` or a ``--model`` spec (``torchvision:resnet18``, ...).
+        in_channels, num_classes, image_size: what the data asks of the model.
+        activation: ``"adact"``, an activation name (ConvNet), or one name per AdAct site; the
+            ConvNet "as written" is ``"relu"``, a named model's is ``"baseline"``.
+        granularity: AdAct logits per ``"layer"`` or per ``"channel"``.
+        fused: AdAct units use the fused kernel.
+        pretrained: named models: start from their torchvision/timm weights.
+        channels, kernel_size: the ConvNet's widths and kernel (ignored by named models).
+
+    On disk (:meth:`to_json`) it keeps the two shapes checkpoints always had: the ConvNet's
+    constructor arguments, or ``{"model": SPEC, ...}`` for a named model.
+    """
+
+    model: str
+    in_channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+    activation: str | tuple[str, ...]
+    granularity: str = "layer"
+    fused: bool = True
+    pretrained: bool = False
+    channels: tuple[int, ...] = DEFAULT_CHANNELS
+    kernel_size: int = 3
+
+    @property
+    def is_convnet(self) -> bool:
+        return self.model == "convnet"
+
+    def to_json(self) -> dict[str, Any]:
+        act: Any = self.activation if isinstance(self.activation, str) else list(self.activation)
+        if not self.is_convnet:
+            return {"model": self.model, "in_channels": self.in_channels, "num_classes": self.num_classes,
+                    "image_size": list(self.image_size), "activation": act, "granularity": self.granularity,
+                    "fused": self.fused, "pretrained": self.pretrained}
+        return {"in_channels": self.in_channels, "num_classes": self.num_classes, "image_size": list(self.image_size),
+                "activation": act, "channels": list(self.channels), "kernel_size": self.kernel_size,
+                "adact_kwargs": {"granularity": self.granularity, "fused": self.fused}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelSpec:
+        """Read either shape of :meth:`to_json` (a checkpoint's ``model_kwargs``)."""
+        act = d["activation"]
+        common = {"in_channels": int(d["in_channels"]), "num_classes": int(d["num_classes"]),
+                  "image_size": (int(d["image_size"][0]), int(d["image_size"][1])),
+                  "activation": act if isinstance(act, str) else tuple(act)}
+        if "model" in d:
+            return cls(model=d["model"], granularity=d.get("granularity", "layer"), fused=d.get("fused", True),
+                       pretrained=bool(d.get("pretrained", False)), **common)
+        adact_kwargs = d.get("adact_kwargs") or {}
+        return cls(model="convnet", granularity=adact_kwargs.get("granularity", "layer"),
+                   fused=adact_kwargs.get("fused", True), channels=tuple(int(c) for c in d["channels"]),
+                   kernel_size=int(d.get("kernel_size", 3)), **common)
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def parse_temperature_schedule(text: str | Sequence[float]) -> list[float]:
+    """``"T0:T1"`` (or a pair of numbers) as ``[T0, T1]``, both finite and > 0.
+
+    Raises:
+        UserError: not two numbers separated by ``:``, or a temperature that is not > 0.
+    """
+    if isinstance(text, str):
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise UserError(f"temperature schedule must be T0:T1 (e.g. 1:0.1), got {text!r}")
+        try:
+            pair = [float(p) for p in parts]
+        except ValueError:
+            raise UserError(f"temperature schedule must be two numbers T0:T1 (e.g. 1:0.1), got {text!r}") from None
+    else:
+        pair = list(text)
+        if len(pair) != 2:
+            raise UserError(f"temperature schedule must be two temperatures [T0, T1], got {pair!r}")
+    return [_check_positive("T0", pair[0]), _check_positive("T1", pair[1])]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as config.json and inside checkpoints.
+
+    Protocol defaults are the paper's: AdamW, lr 1e-3, cross-entropy, batch 64 (test 1000), 15
+    epochs, test accuracy every epoch, the best kept. Weight decay is AdamW's default 0.01; the
+    paper calls plain ``AdamW(model.parameters(), lr=1e-3)``, so by default it also decays the
+    AdAct logits (pulling the mixture towards uniform) and the PReLU slope; ``decay_adact=False``
+    exempts them.
+    """
+
+    dataset: str = "digits"  # a name from DATASETS, "npz:PATH" or "imagefolder:PATH"
+    data_dir: str = "data"  # root folder of the named datasets
+    download: bool = False  # let torchvision download fmnist / cifar10 / svhn
+    fer_split: str = "paper"  # fer2013: "paper" (Training split 80/20) or "official"
+    test_from_train: float | None = None  # carve the test set from train (fraction), e.g. 0.2 for FER npz
+    val_fraction: float = 0.0  # fraction of train held out for validation-based model selection
+    split_seed: int = 0  # seed of the fixed data splits (not the training seed)
+    image_size: int | None = None  # resize images to image_size x image_size (None: as stored)
+    normalize: str = "paper"  # "paper" (mean = std = 0.5) or "imagenet"
+    on_bad_image: str = "skip"  # image folders: "skip" undecodable files (counted) or stop with an "error"
+    cache_mb: float = 4096.0  # image folders: decode into memory up to this many MiB, else stream from disk
+    model: str = "convnet"  # "convnet" (the paper's), "torchvision:NAME", "timm:NAME", "file.py:factory", "pkg.mod:f"
+    pretrained: bool = False  # torchvision/timm weights, only if already on disk (nothing is downloaded)
+    activation: str | list[str] = "adact"  # "adact", "baseline", a registry name (convnet), or one name per site
+    granularity: str = "layer"  # AdAct logits per "layer" (paper) or per "channel"
+    channels: list[int] = field(default_factory=lambda: list(DEFAULT_CHANNELS))  # conv widths (ours)
+    kernel_size: int = 3  # conv kernel (ours; the paper's table is missing)
+    epochs: int = 15  # passes over the training set
+    batch_size: int = 64  # training images per step
+    test_batch_size: int = 1000  # images per evaluation batch
+    optimizer: str = "adamw"  # "adamw" (the paper's) or "sgd" (momentum 0.9, Nesterov)
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay (torch default), or SGD's L2 penalty
+    schedule: str = "none"  # "none" (constant lr, the paper's) or "cosine" (to 0 at the last step)
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (per step)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (the paper: none)
+    decay_adact: bool = True  # also decay AdAct logits and PReLU slopes (plain AdamW does)
+    hflip: bool = False  # random horizontal flips (off: the paper uses no augmentation)
+    crop_padding: int = 0  # random-crop padding in pixels (0 = off)
+    seed: int = 0  # seeds init, shuffling, RReLU noise
+    device: str = "auto"  # auto | cpu | cuda | mps
+    bf16: bool = False  # bf16 autocast for forward passes
+    compile: bool = False  # torch.compile the model
+    fused: bool = True  # AdAct's fused kernel (False: the reference sum)
+    max_train_samples: int | None = None  # subsample the training set (smoke tests only)
+    # Sharpening (adact.training.sharpen; off by default, the paper has none). Settings older
+    # configs lack count as these defaults (config_diff), so adding one never orphans a run folder.
+    temperature_schedule: list[float] | None = None  # [T0, T1]: AdAct softmax temperature annealed T0 -> T1
+    entropy_weight: float = 0.0  # lambda: lambda * mean normalised entropy of the mixtures joins the loss
+    adact_lr_mult: float = 1.0  # learning rate of the AdAct logits relative to lr
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.test_batch_size < 1:
+            raise UserError(f"batch sizes must be >= 1, got {self.batch_size}, {self.test_batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"lr must be a positive finite number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name, value, valid in (("device", self.device, DEVICES), ("granularity", self.granularity, GRANULARITIES),
+                                   ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                   ("normalize", self.normalize, NORMALIZE),
+                                   ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)):
+            _check_choice(name, value, valid)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.warmup_epochs <= self.epochs:
+            raise UserError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"image_size must be >= 1, got {self.image_size}")
+        self.dataset = str(DatasetSpec.parse(self.dataset))  # one spelling of a dataset everywhere
+        kind, _ = parse_model(self.model)
+        if kind == "convnet":
+            self.model = "convnet"
+        elif isinstance(self.activation, str) and self.activation not in ("adact", BASELINE):
+            raise UserError(f"--model {self.model} trains 'adact', 'baseline' or one activation per AdAct site, "
+                            f"not {self.activation!r}")
+        self.channels = [int(c) for c in self.channels]
+        if self.temperature_schedule is not None:
+            self.temperature_schedule = parse_temperature_schedule(self.temperature_schedule)
+        if not (math.isfinite(self.entropy_weight) and self.entropy_weight >= 0):
+            raise UserError(f"entropy_weight must be finite and >= 0, got {self.entropy_weight}")
+        if not (math.isfinite(self.adact_lr_mult) and self.adact_lr_mult > 0):
+            raise UserError(f"adact_lr_mult must be finite and > 0, got {self.adact_lr_mult}")
+        acts = [self.activation] if isinstance(self.activation, str) else list(self.activation)
+        sharpening = {"temperature_schedule": self.temperature_schedule is not None,
+                      "entropy_weight": self.entropy_weight != 0.0, "adact_lr_mult": self.adact_lr_mult != 1.0}
+        if "adact" not in acts and any(sharpening.values()):
+            # A typo-level mistake (sharpening a ReLU run) would otherwise train the plain model silently.
+            given = ", ".join(k for k, v in sharpening.items() if v)
+            raise UserError(f"{given} sharpen AdAct mixtures, but activation {self.activation!r} has no AdAct "
+                            f"unit; use activation 'adact' or drop {given}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def activation_label(self) -> str:
+        """``adact``, ``baseline``, a name, or ``optimized`` for a per-site list (progress lines)."""
+        return self.activation if isinstance(self.activation, str) else "optimized"
+
+    def data_key(self) -> tuple[Any, ...]:
+        """The settings that decide a run's data splits: runs with equal keys share one loaded dataset."""
+        return (self.dataset, self.data_dir, self.val_fraction, self.split_seed, self.fer_split,
+                self.test_from_train, self.image_size, self.on_bad_image, self.cache_mb)
+
+
+def _field_default(f: Any) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+_TRAIN_DEFAULTS: dict[str, Any] = {f.name: _field_default(f) for f in fields(TrainConfig)}
+#: Settings that change how data is held, not what is trained: a run resumes across them.
+_NEUTRAL_KEYS = frozenset({"cache_mb"})
+
+
+def train_default(name: str) -> Any:
+    """The default of :class:`TrainConfig` field ``name`` (what ``--help`` shows)."""
+    return _TRAIN_DEFAULTS[name]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key old -> new"`` for every setting of ``new`` that ``old`` has with another value.
+
+    A setting ``old`` lacks counts as its default (it was saved before the setting existed, so
+    that is what the run was trained with), so such a run folder still matches a config that
+    leaves it at the default.
+    """
+    return [f"{k} {old.get(k, _TRAIN_DEFAULTS.get(k))!r} -> {new[k]!r}" for k in new
+            if k not in _NEUTRAL_KEYS and old.get(k, _TRAIN_DEFAULTS.get(k)) != new[k]]
+
+
+# --- search and reproduce ------------------------------------------------------------------
+
+
+def models_for(baselines: Sequence[str] = ("relu",)) -> tuple[str, ...]:
+    """The models of a search with these baselines, in table order: AdAct, baselines, Optimized."""
+    return ("adact", *baselines, "optimized")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What distinguishes ``adact reproduce`` from ``adact search``: names, the baseline, the selection."""
+
+    name: str
+    baseline: str  # the baseline's run folder name and activation
+    manifest: str  # the settings file in the output folder
+    table: str  # stem of the table files
+    title: str  # of the report
+    command: str  # the command that writes such a folder
+    val_choices: bool  # choices from the validation-selected epoch when there is a validation split
+    out: str  # the default output folder
+
+    @property
+    def models(self) -> tuple[str, str, str]:
+        """The models with the preset's default baseline (a config's are :attr:`SearchConfig.models`)."""
+        return ("adact", self.baseline, "optimized")
+
+
+SEARCH = Preset("search", BASELINE, "search.json", "table", "AdAct search report", "adact search", True, "runs/search")
+PAPER = Preset("paper", "relu", "reproduce.json", "table1", "AdAct reproduction report", "adact reproduce", False,
+               "runs/reproduce")
+PRESETS: dict[str, Preset] = {p.name: p for p in (SEARCH, PAPER)}
+
+
+@dataclass
+class SearchConfig:
+    """Settings of ``adact search`` / ``adact reproduce``.
+
+    ``train`` holds every training setting; each run's :class:`TrainConfig` is it with the
+    dataset, seed and activation replaced (see :func:`adact.experiments.plan.plan`).
+    ``baselines`` are the run folders compared with (None: the preset's, ``["baseline"]`` for
+    search, ``["relu"]`` for the paper); search always keeps the model as written first.
+    ``sync_bn`` synchronises BatchNorm over the ranks under torchrun.
+    """
+
+    datasets: list[str] = field(default_factory=lambda: ["digits"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = SEARCH.out
+    jobs: int | None = None  # parallel training processes; None = auto (see experiments.plan.resolved_jobs)
+    quiet: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "search"  # a key of PRESETS
+    baselines: list[str] | None = None  # None: the preset's (search: the model as written; paper: relu)
+    sync_bn: bool = False  # under torchrun: BatchNorm over the global batch (adact.training.distributed)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):  # read back from a manifest
+            self.train = TrainConfig.from_dict(self.train)
+        _check_choice("preset", self.preset, tuple(PRESETS))
+        self.datasets = [str(DatasetSpec.parse(d)) for d in self.datasets]
+        if self.baselines is None:  # also a manifest from before baselines existed
+            self.baselines = [self.spec.baseline]
+        self.baselines = list(self.baselines)
+        if self.preset == "search" and BASELINE not in self.baselines:
+            # search compares with the model as written first; --baselines adds to it.
+            self.baselines = [BASELINE, *self.baselines]
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models of each dataset and seed: AdAct, the baselines, Optimized."""
+        return models_for(self.baselines or [])
+
+    @property
+    def spec(self) -> Preset:
+        return PRESETS[self.preset]
+
+    def check(self) -> None:
+        """Raise :class:`UserError` (or FileNotFoundError) for settings that cannot work, before any training.
+
+        The checks that need torch (the device, torchrun) are :func:`adact.experiments.plan.validate`'s.
+        """
+        if not self.datasets:
+            raise UserError("no datasets given")
+        slugs: dict[str, str] = {}
+        for ds in self.datasets:
+            spec = DatasetSpec.parse(ds)
+            spec.check(self.train.data_dir)
+            if spec.slug in slugs:
+                raise UserError(f"datasets {slugs[spec.slug]!r} and {ds!r} would share the folder {spec.slug!r}; "
+                                f"rename one of them")
+            slugs[spec.slug] = ds
+        if not self.seeds:
+            raise UserError("no seeds given")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise UserError(f"seeds must be distinct non-negative integers, got {self.seeds}")
+        if self.jobs is not None and self.jobs < 1:
+            raise UserError(f"jobs must be >= 1, got {self.jobs}")
+        valid = ACTIVATION_NAMES if self.preset == "paper" else (BASELINE, *ACTIVATION_NAMES)
+        if not self.baselines:
+            raise UserError(f"give at least one baseline activation (the paper's is relu); valid: {', '.join(valid)}")
+        for b in self.baselines:
+            if b not in valid:
+                raise UserError(f"unknown baseline activation {b!r}; valid: {', '.join(valid)}")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise UserError(f"baselines must be distinct, got {self.baselines}")
+        if self.train.max_train_samples is not None and self.train.max_train_samples < 1:
+            raise UserError(f"max_train_samples must be >= 1, got {self.train.max_train_samples}")
+        if self.preset == "paper" and self.train.model != "convnet":
+            raise UserError("adact reproduce trains the paper's ConvNet; use adact search for --model")
+
+    def run_dir(self, dataset: str, seed: int, model: str) -> Path:
+        return self.seed_dir(dataset, seed) / model
+
+    def seed_dir(self, dataset: str, seed: int) -> Path:
+        return Path(self.out) / DatasetSpec.parse(dataset).slug / f"seed{seed}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

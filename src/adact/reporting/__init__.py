@@ -1,0 +1,1 @@
+"""Reading finished runs back and reporting them: records, statistics, tables, figures, ``render`` and ``analyze``."""

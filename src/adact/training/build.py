@@ -1,0 +1,109 @@
+"""What a run trains on and with: its data, its device and its model, built from the config alone.
+
+:func:`model_spec` turns a config and its data into a :class:`~adact.config.ModelSpec`,
+:func:`build_model` builds it, and :func:`load_checkpoint` rebuilds it from a checkpoint (the
+spec travels inside). :func:`load_data` loads a run's dataset once per process: every run of a
+search on that dataset shares the same splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adact.config import BASELINE, DEVICES, ModelSpec, TrainConfig
+from adact.data import DataSplits, load_dataset
+from adact.errors import UserError
+from adact.model_zoo import check_input, create_model, with_activation
+from adact.models import ConvNet
+from adact.runs.checkpoint import read_checkpoint
+
+__all__ = ["build_model", "load_checkpoint", "load_data", "model_spec", "resolve_device", "train_subset"]
+
+_DATA_CACHE: dict[tuple[Any, ...], DataSplits] = {}
+
+
+def load_data(config: TrainConfig, quiet: bool = True) -> DataSplits:
+    """The dataset of a run, with its splits and image options applied (cached per process)."""
+    key = config.data_key()
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_dataset(
+            config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction, seed=config.split_seed,
+            fer_split=config.fer_split, test_from_train=config.test_from_train, image_size=config.image_size,
+            on_bad_image=config.on_bad_image, cache_mb=config.cache_mb, quiet=quiet)
+    return _DATA_CACHE[key]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' requested but MPS is not available; use --device auto or cpu")
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def model_spec(config: TrainConfig, data: DataSplits) -> ModelSpec:
+    """The :class:`~adact.config.ModelSpec` of a run: its config's model for this data."""
+    act = config.activation if isinstance(config.activation, str) else tuple(config.activation)
+    if config.model == "convnet" and act == BASELINE:
+        act = "relu"  # the ConvNet as written
+    return ModelSpec(model=config.model, in_channels=data.in_channels, num_classes=data.num_classes,
+                     image_size=data.image_size, activation=act, granularity=config.granularity,
+                     fused=config.fused, pretrained=config.pretrained, channels=tuple(config.channels),
+                     kernel_size=config.kernel_size)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The model of ``spec``: the paper's ConvNet, or a named model in its run's variant.
+
+    Raises:
+        UserError: settings the model cannot take (a kernel wider than the images, a model that
+            cannot take the data's images).
+    """
+    act = spec.activation if isinstance(spec.activation, str) else list(spec.activation)
+    if spec.is_convnet:
+        return ConvNet(in_channels=spec.in_channels, num_classes=spec.num_classes, image_size=spec.image_size,
+                       activation=act, channels=list(spec.channels), kernel_size=spec.kernel_size,
+                       adact_kwargs={"granularity": spec.granularity, "fused": spec.fused})
+    model = create_model(spec.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         pretrained=spec.pretrained)
+    example = torch.zeros(2, spec.in_channels, *spec.image_size) if spec.granularity == "channel" else None
+    model = with_activation(model, act, granularity=spec.granularity, fused=spec.fused, example_inputs=example)
+    check_input(model, spec.model, spec.in_channels, spec.image_size, spec.num_classes)
+    return model
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint from the file alone; returns ``(model, checkpoint)``.
+
+    The file is read with :func:`read_checkpoint`, so a checkpoint holding code is refused
+    (:class:`UnsafeCheckpointError`) without running it.
+    """
+    ckpt = read_checkpoint(path, map_location)
+    # The file holds every weight: a named model is rebuilt without its pretrained ones (which may be gone).
+    model = build_model(replace(ModelSpec.from_json(ckpt["model_kwargs"]), pretrained=False))
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+def train_subset(config: TrainConfig, data: DataSplits) -> Any:
+    """The training split, subsampled to ``max_train_samples`` (a fixed subset per ``split_seed``)."""
+    train_set = data.train
+    if config.max_train_samples is not None and config.max_train_samples < len(train_set):
+        g = torch.Generator().manual_seed(config.split_seed)
+        keep = torch.randperm(len(train_set), generator=g)[: config.max_train_samples].sort().values
+        train_set = train_set.subset(keep)
+    return train_set
