@@ -1,16 +1,22 @@
-"""Shared pytest fixtures for the adact test-suite (keep minimal)."""
+"""Shared test setup: tiny run settings, the digits fixture, failure injection, lock holders and orphan checks."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Callable
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-import adact.io
+import adact.runs.io
+from adact.data import DataSplits
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +44,7 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch) -> FailWrites:
                 raise OSError(err, os.strerror(err))
             real(fd)
 
-        monkeypatch.setattr(adact.io.os, "fsync", fsync)
+        monkeypatch.setattr(adact.runs.io.os, "fsync", fsync)
 
     return arm
 
@@ -53,9 +59,9 @@ def kill_at_step(monkeypatch: pytest.MonkeyPatch) -> KillAtStep:
     Steps are counted over every model built while armed (so across runs); ``disarm()`` restores
     the real ``build_model``. Simulates a kill -9 between two checkpoints.
     """
-    import adact.train
+    import adact.training.loop
 
-    real = adact.train.build_model
+    real = adact.training.loop.build_model
     steps = {"n": 0}
 
     def arm(n: int) -> Callable[[], None]:
@@ -71,8 +77,8 @@ def kill_at_step(monkeypatch: pytest.MonkeyPatch) -> KillAtStep:
             model.register_forward_pre_hook(hook)
             return model
 
-        monkeypatch.setattr(adact.train, "build_model", build_with_kill)
-        return lambda: monkeypatch.setattr(adact.train, "build_model", real)
+        monkeypatch.setattr(adact.training.loop, "build_model", build_with_kill)
+        return lambda: monkeypatch.setattr(adact.training.loop, "build_model", real)
 
     return arm
 
@@ -84,3 +90,51 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
 
+
+
+# --- shared settings and fixtures --------------------------------------------------------------
+
+#: The tiny ConvNet runs of the training tests: 256 digits in batches of 64 (4 steps per epoch),
+#: small widths, the reference sum (no kernel build): about a second per epoch.
+TINY: dict[str, object] = {"dataset": "digits", "channels": [4, 8, 8, 8], "max_train_samples": 256, "device": "cpu",
+                           "fused": False}
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataSplits:
+    """The bundled digits dataset, loaded once for the whole session."""
+    from adact.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@contextlib.contextmanager
+def lock_holder(folder: Path) -> Iterator[int]:
+    """Another process holding ``folder``'s lock (:func:`adact.runs.io.folder_lock`) while the block runs; yields its PID."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from adact.runs.io import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"), str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def wait_until_dead(pids: list[int], timeout: float = 30.0) -> bool:
+    """Poll until none of ``pids`` runs (True), or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not any(pid_alive(p) for p in pids)
+
+
+def kill_orphans(pids: list[int]) -> None:
+    """SIGKILL whichever of ``pids`` still runs: a failed test must not leave orphans behind."""
+    for p in pids:
+        if pid_alive(p):
+            os.kill(p, signal.SIGKILL)

@@ -11,24 +11,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from adact.confidence import confidence_from_mixture
-
-from adact.analysis import (
-    PAPER_TABLE1,
-    RunRecord,
-    build_summary,
-    consensus,
+from adact.choice import confidence_from_mixture
+from adact.config import models_for
+from adact.paper import PAPER_TABLE1
+from adact.reporting.records import RunRecord, read_weight_history
+from adact.reporting.stats import build_summary, consensus, paired_diff, summarize
+from adact.reporting.tables import (
     model_label,
-    models_for,
-    paired_diff,
-    paper_key,
-    read_weight_history,
     render_choices_md,
     render_gap_md,
     render_table_csv,
     render_table_md,
     render_weights_text,
-    summarize,
 )
 
 
@@ -63,6 +57,11 @@ def test_summarize_uses_sample_sd() -> None:
 
 
 def test_paper_rows() -> None:
+    from adact.dataspec import DatasetSpec
+
+    def paper_key(d: str) -> str | None:
+        return DatasetSpec.parse(d).paper_key
+
     assert paper_key("fmnist") == "fmnist"
     assert paper_key("npz:/some/where/FER2013.npz") == "fer2013"
     assert paper_key("npz:mine.npz") is None and paper_key("digits") is None
@@ -224,7 +223,7 @@ def test_weight_history_and_text(tmp_path: Path) -> None:
 
 
 def test_weight_figure_labels_mark_weak_choices() -> None:
-    from adact.plots import _consensus_labels
+    from adact.reporting.figures import _consensus_labels
 
     mix = np.array([[[0.5, 0.3, 0.2], [0.34, 0.33, 0.33]], [[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]]])
     weak = np.array([[False, True], [False, False]])
@@ -237,7 +236,7 @@ def test_weight_figure_labels_mark_weak_choices() -> None:
 def test_heatmap_labels_mark_weak_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from matplotlib.axes import Axes
 
-    from adact import plots
+    from adact.reporting import figures as plots
 
     labels: list[str] = []
     real = Axes.set_yticks

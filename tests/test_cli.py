@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import kill_orphans, wait_until_dead
 
 from adact.cli import main
-from conftest import pid_alive
 
 TINY = ["--channels", "4", "8", "8", "8", "--max-train-samples", "128", "--epochs", "2", "--reference",
         "--device", "cpu", "--quiet"]
@@ -185,7 +185,7 @@ def test_version_and_help_do_not_import_torch() -> None:
 
 def test_sharpening_and_baseline_options_reach_the_configs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import adact.reproduce
+    import adact.experiments.reproduce
 
     run = tmp_path / "sharp"
     assert main(["train", "--out", str(run), "--temperature-schedule", "2:0.5", "--entropy-weight", "0.2",
@@ -194,19 +194,9 @@ def test_sharpening_and_baseline_options_reach_the_configs(tmp_path: Path, capsy
     config = json.loads((run / "config.json").read_text())
     assert (config["temperature_schedule"], config["entropy_weight"], config["adact_lr_mult"]) == ([2.0, 0.5], 0.2, 0.5)
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(adact.reproduce, "reproduce", lambda cfg, restart=False: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(adact.experiments.reproduce, "reproduce", lambda cfg, restart=False: seen.setdefault("cfg", cfg))
     assert main(["reproduce", "--baselines", "relu", "Mish", "relu", "--temperature-schedule", "1:0.1"]) == 0
     assert seen["cfg"].baselines == ["relu", "mish"] and seen["cfg"].train.temperature_schedule == [1.0, 0.1]
-
-
-def test_option_names_match_the_registries() -> None:
-    from adact.activations import list_activations
-    from adact.data.registry import NORMALIZATION
-    from adact.defaults import ACTIVATION_NAMES, GRANULARITIES, NORMALIZE
-    from adact.unit import GRANULARITIES as UNIT_GRANULARITIES
-
-    assert list(ACTIVATION_NAMES) == list_activations()
-    assert GRANULARITIES == UNIT_GRANULARITIES and NORMALIZE == tuple(NORMALIZATION)
 
 
 def _digits_npz(path: Path, **override: Any) -> Path:
@@ -276,7 +266,7 @@ def test_failed_writes_are_one_line_and_leave_no_half_file(tmp_path: Path, capsy
 
 
 def test_second_writer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from adact.io import folder_lock
+    from adact.runs.io import folder_lock
 
     with folder_lock(tmp_path):  # held by this process, through another open file: flock refuses it too
         err = _error(capsys, ["train", "--out", str(tmp_path), *TINY])
@@ -381,13 +371,8 @@ def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
         assert started() == 2, "the two runs did not start"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 30
-        while any(pid_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not any(pid_alive(w) for w in workers), "a worker outlived `kill -9` of adact reproduce"
+        assert wait_until_dead(workers), "a worker outlived `kill -9` of adact reproduce"
     finally:
         parent.kill()
         parent.wait()
-        for w in workers:  # a failed test must not leave orphans behind either
-            if pid_alive(w):
-                os.kill(w, signal.SIGKILL)
+        kill_orphans(workers)

@@ -4,35 +4,33 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from adact import AdAct, ConvNet, DEFAULT_CANDIDATES
-from adact.confidence import (
+from adact import DEFAULT_CANDIDATES, AdAct, ConvNet
+from adact.choice import (
     WEAK_MARGIN,
     confidence_from_mixture,
     confidence_from_weights,
-    discretization_gap,
     model_confidence,
     negative_prelu,
     normalised_entropy,
-    recompute_batchnorm,
-    render_confidence_text,
     unit_confidence,
 )
-from adact.data import DataSplits, DeviceLoader, load_dataset
-from adact.io import read_json
-from adact.train import TrainConfig, adact_weights, load_checkpoint, train
+from adact.choice import model_weights as adact_weights
+from adact.config import TrainConfig
+from adact.data import DataSplits, DeviceLoader
+from adact.reporting.tables import render_confidence_text
+from adact.runs.io import read_json
+from adact.training.build import load_checkpoint
+from adact.training.gap import discretization_gap, recompute_batchnorm
+from adact.training.loop import train
+from conftest import TINY
 
-TINY = {"dataset": "digits", "channels": [4, 8, 8, 8], "max_train_samples": 256, "device": "cpu", "fused": False}
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataSplits:
-    return load_dataset("digits")
 
 
 # --- normalised entropy -------------------------------------------------------------------------
@@ -241,28 +239,36 @@ def test_result_json_holds_confidence_and_gap(tmp_path: Path, digits: DataSplits
 
 def test_runs_finished_before_gaps_get_theirs_without_training(tmp_path: Path, digits: DataSplits,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import adact.search  # _previous moved from adact.reproduce with the search restructure
-    import adact.train
+    import adact.experiments.search
+    import adact.training.loop
+    from adact.experiments.workers import RunTask
+    from adact.runs.folder import RunFolder
 
     cfg = TrainConfig(activation="adact", epochs=2, **TINY)
     run = tmp_path / "a"
+
+    def previous() -> dict[str, object] | None:  # what a search skips instead of training
+        return adact.experiments.search._previous(RunTask("digits", 0, "adact", str(run), asdict(cfg), True))
+
     measured = train(cfg, run, data=digits, quiet=True)["discretization_gap"]
     old = read_json(run / "result.json")
     del old["discretization_gap"]  # as an older adact wrote it
     conf = old["best_weights"].pop("confidence")
     (run / "result.json").write_text(json.dumps(old))
-    assert adact.search._previous(run, cfg) is None  # so reproduce hands it to train again
+    assert previous() is None  # so a search hands it to train again
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(adact.train, "_run", no_training)
+    monkeypatch.setattr(adact.training.loop, "_run", no_training)
     again = train(cfg, run, data=digits, quiet=True)
     assert again["discretization_gap"] == measured == read_json(run / "result.json")["discretization_gap"]
     assert again["best_weights"]["confidence"] == conf  # filled in from best.pt as well
     old["best_weights"]["confidence"] = conf
     assert {k: v for k, v in again.items() if k != "discretization_gap"} == old
-    assert adact.search._previous(run, cfg) == again
+    assert RunFolder(run).ended(cfg) == again
+    assert previous() == {"status": "done", "message": "", "skipped": True, "best_test_acc": again["best_test_acc"],
+                          "seconds": 0.0}
     (run / "best.pt").unlink()  # without its checkpoint a published run stays as it is
     (run / "result.json").write_text(json.dumps(old))
     assert "discretization_gap" not in train(cfg, run, data=digits, quiet=True)

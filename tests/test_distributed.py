@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 
 import adact
-import adact.distributed as ddp
+import adact.training.distributed as ddp
 from adact.cli import build_parser
+from adact.config import TrainConfig
 from adact.data import DeviceLoader, load_dataset
 from adact.data.arrays import ArrayDataset
-from adact.io import read_json
-from adact.reproduce import paper_config  # the paper preset of adact.search.SearchConfig
-from adact.train import TrainConfig, train
+from adact.experiments.plan import resolved_jobs, validate
+from adact.experiments.reproduce import paper_config
+from adact.runs.io import read_json
+from adact.training.loop import train
 
 SRC = str(Path(adact.__file__).resolve().parent.parent)
 LIMIT_S = 240  # one multi-process run; digits for 2 epochs takes ~20 s on 2 shared cores
@@ -160,9 +162,9 @@ def test_jobs_place_runs_round_robin_and_do_not_mix_with_torchrun(monkeypatch: p
     assert [ddp.job_device_index(i, 3) for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert paper_config(epochs=1, device="cpu").resolved_jobs() == 1
+    assert resolved_jobs(paper_config(epochs=1, device="cpu")) == 1
     with pytest.raises(ValueError, match="use one or the other"):
-        paper_config(epochs=1, device="cpu", jobs=2).validate()
+        validate(paper_config(epochs=1, device="cpu", jobs=2))
 
 
 def test_lost_peer_is_one_readable_line_and_other_errors_are_not_one(monkeypatch: pytest.MonkeyPatch) -> None:

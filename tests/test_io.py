@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adact.io import (
+from adact.runs.io import (
     LOCK_NAME,
     FolderLockedError,
     WriteError,

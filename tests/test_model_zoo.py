@@ -12,10 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from adact.config import ModelSpec, TrainConfig
 from adact.data import load_dataset
 from adact.model_zoo import check_input, create_model, parse_model, with_activation
 from adact.surgery import adact_units
-from adact.train import TrainConfig, build_model, lr_factor, model_kwargs, train
+from adact.training.build import build_model, model_spec
+from adact.training.loop import lr_factor, train
 
 
 def test_parse_model() -> None:
@@ -115,10 +117,10 @@ def test_training_options_are_recorded_and_used(tmp_path: Path) -> None:
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["momentum"] == 0.9
     # The checkpoint rebuilds the adactified resnet from the file alone.
-    model = build_model(ckpt["model_kwargs"])
+    model = build_model(ModelSpec.from_json(ckpt["model_kwargs"]))
     model.load_state_dict(ckpt["model"])
     with pytest.raises(ValueError, match="unknown optimizer"):
         replace(cfg, optimizer="adam")
     with pytest.raises(ValueError, match="trains 'adact', 'baseline' or one activation per AdAct site"):
         replace(cfg, activation="relu")
-    assert model_kwargs(replace(cfg, model="convnet", activation="baseline"), data)["activation"] == "relu"
+    assert model_spec(replace(cfg, model="convnet", activation="baseline"), data).activation == "relu"

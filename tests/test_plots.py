@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adact.plots import plot_weights
+from adact.reporting.figures import plot_weights
 
 CANDS = ["relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish"]
 

@@ -13,16 +13,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import kill_orphans, lock_holder, pid_alive, wait_until_dead
 
-import adact.io
-import adact.reproduce
-import adact.train
+import adact.experiments.plan
+import adact.experiments.workers
+import adact.runs.io
 from adact.activations import DEFAULT_CANDIDATES
-from adact.io import read_json
-import adact.search
-from adact.reproduce import checkpoint_weights, collect, paper_config, render, reproduce
-from adact.search import SearchConfig as ReproduceConfig
-from conftest import pid_alive
+from adact.config import SearchConfig as ReproduceConfig
+from adact.experiments.plan import resolved_jobs, validate
+from adact.experiments.reproduce import paper_config, reproduce
+from adact.reporting.records import checkpoint_weights, collect
+from adact.reporting.render import render
+from adact.runs.io import read_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -167,7 +169,7 @@ def test_rerun_skips_finished_runs(done_run: tuple[ReproduceConfig, dict[str, An
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(adact.search, "train", no_training)
+    monkeypatch.setattr(adact.experiments.workers, "train", no_training)
     log: list[str] = []
     again = reproduce(cfg, log=log.append)
     assert _mtimes(Path(cfg.out)) == before
@@ -205,7 +207,7 @@ def test_killed_run_resumes_and_missing_run_is_redone_identically(
 
 
 def test_diverged_adact_run_is_reported_and_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_train, real_ce = adact.search.train, torch.nn.functional.cross_entropy
+    real_train, real_ce = adact.experiments.workers.train, torch.nn.functional.cross_entropy
 
     def flaky_train(config: Any, out: Any, **kwargs: Any) -> Any:
         if config.activation == "adact" and config.seed == 1:
@@ -214,7 +216,7 @@ def test_diverged_adact_run_is_reported_and_others_go_on(tmp_path: Path, monkeyp
                 return real_train(config, out, **kwargs)
         return real_train(config, out, **kwargs)
 
-    monkeypatch.setattr(adact.search, "train", flaky_train)
+    monkeypatch.setattr(adact.experiments.workers, "train", flaky_train)
     cfg = tiny(tmp_path / "out", epochs=1)
     log: list[str] = []
     results = reproduce(cfg, log=log.append)
@@ -230,7 +232,7 @@ def test_diverged_adact_run_is_reported_and_others_go_on(tmp_path: Path, monkeyp
     assert "diverged" in (tmp_path / "out" / "choices.md").read_text()
 
     # A rerun does not retry the diverged run (same config, same outcome) and still reports it.
-    monkeypatch.setattr(adact.search, "train", real_train)
+    monkeypatch.setattr(adact.experiments.workers, "train", real_train)
     log.clear()
     again = reproduce(cfg, log=log.append)
     assert {(r["seed"], r["model"]): r["status"] for r in again["runs"]} == status
@@ -276,25 +278,25 @@ def test_npz_named_after_a_paper_dataset_gets_its_paper_row(tmp_path: Path) -> N
 
 
 def test_default_jobs_use_the_cores_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(adact.search.os, "cpu_count", lambda: 16)
-    assert tiny(tmp_path, jobs=None, seeds=[0, 1, 2]).resolved_jobs() == 6  # 3 AdAct + 3 ReLU runs can start
-    assert tiny(tmp_path, jobs=None, seeds=list(range(10))).resolved_jobs() == 16
-    assert tiny(tmp_path, jobs=3).resolved_jobs() == 3
-    monkeypatch.setattr(adact.search.os, "cpu_count", lambda: None)
-    assert tiny(tmp_path, jobs=None).resolved_jobs() == 1
+    monkeypatch.setattr(adact.experiments.plan.os, "cpu_count", lambda: 16)
+    assert resolved_jobs(tiny(tmp_path, jobs=None, seeds=[0, 1, 2])) == 6  # 3 AdAct + 3 ReLU runs can start
+    assert resolved_jobs(tiny(tmp_path, jobs=None, seeds=list(range(10)))) == 16
+    assert resolved_jobs(tiny(tmp_path, jobs=3)) == 3
+    monkeypatch.setattr(adact.experiments.plan.os, "cpu_count", lambda: None)
+    assert resolved_jobs(tiny(tmp_path, jobs=None)) == 1
 
 
 def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
-        tiny(tmp_path, datasets=["mnist"]).validate()
+        validate(tiny(tmp_path, datasets=["mnist"]))
     with pytest.raises(FileNotFoundError, match="npz file not found"):
-        tiny(tmp_path, datasets=["npz:nowhere/fmnist.npz"]).validate()
+        validate(tiny(tmp_path, datasets=["npz:nowhere/fmnist.npz"]))
     with pytest.raises(ValueError, match="distinct"):
-        tiny(tmp_path, seeds=[1, 1]).validate()
+        validate(tiny(tmp_path, seeds=[1, 1]))
     with pytest.raises(ValueError, match="epochs"):
-        tiny(tmp_path, epochs=0).validate()
+        validate(tiny(tmp_path, epochs=0))
     with pytest.raises(ValueError, match="jobs"):
-        tiny(tmp_path, jobs=0).validate()
+        validate(tiny(tmp_path, jobs=0))
     with pytest.raises(FileNotFoundError, match="not an `adact reproduce` output folder"):
         render(tmp_path)
 
@@ -331,24 +333,11 @@ def test_unavailable_device_or_kernel_fails_before_anything_is_written(tmp_path:
 
 
 def test_second_reproduce_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\n"
-        "from adact.io import folder_lock\n"
-        "with folder_lock(sys.argv[1]):\n"
-        "    print('locked', flush=True)\n"
-        "    time.sleep(60)\n"), str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(adact.io.FolderLockedError, match=f"being written by process {holder.pid}"):
+    with lock_holder(out) as pid:
+        with pytest.raises(adact.runs.io.FolderLockedError, match=f"being written by process {pid}"):
             reproduce(tiny(out, seeds=[0], epochs=1), log=lambda _: None)
         assert not (out / "reproduce.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
@@ -357,12 +346,11 @@ def test_workers_die_when_the_main_process_is_killed(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     workers: list[int] = []
     parent = subprocess.Popen([sys.executable, "-c", (
         "import time\n"
-        "from adact.reproduce import worker_pool\n"
+        "from adact.experiments.workers import worker_pool\n"
         "if __name__ == '__main__':\n"
         "    pool = worker_pool(2, 1)\n"
         "    futures = [pool.submit(time.sleep, 120) for _ in range(2)]\n"
@@ -376,16 +364,11 @@ def test_workers_die_when_the_main_process_is_killed(tmp_path: Path) -> None:
         assert len(workers) == 2 and all(pid_alive(w) for w in workers)
         os.kill(parent.pid, signal.SIGKILL)  # what `kill -9` of `adact reproduce` does
         parent.wait()
-        deadline = time.monotonic() + 30
-        while any(pid_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not any(pid_alive(w) for w in workers), "a worker outlived its killed parent"
+        assert wait_until_dead(workers), "a worker outlived its killed parent"
     finally:
         parent.kill()
         parent.wait()
-        for w in workers:  # a failed test must not leave orphans behind either
-            if pid_alive(w):
-                os.kill(w, signal.SIGKILL)
+        kill_orphans(workers)
 
 
 def test_analyze_reports_damaged_run_folders_and_writes_every_output(

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from adact.io import read_json
-from adact.reproduce import paper_config, reproduce
+from adact.experiments.reproduce import paper_config, reproduce
+from adact.runs.io import read_json
 
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "results" / "tables.py"
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-import adact.search
+import adact.experiments.workers
 from adact.cli import main
-from adact.io import read_json
+from adact.experiments.plan import resolved_jobs, validate
+from adact.runs.io import read_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("cat", "dog", "fox")
@@ -120,7 +121,7 @@ def _rerun_is_resumed(out: Path, folder: Path, model: str, monkeypatch: pytest.M
 
     capsys.readouterr()
     with monkeypatch.context() as m:
-        m.setattr(adact.search, "train", no_training)
+        m.setattr(adact.experiments.workers, "train", no_training)
         assert _search(out, folder, model, *extra) == 0
     assert capsys.readouterr().out.count("already done, skipped") == 3
 
@@ -177,7 +178,7 @@ def test_search_user_model_file(folder: Path, tmp_path: Path, monkeypatch: pytes
 
 
 def test_many_units_get_a_heatmap_and_a_row_per_unit(folder: Path, tmp_path: Path) -> None:
-    from adact.plots import plot_heatmap
+    from adact.reporting.figures import plot_heatmap
 
     rng = np.random.default_rng(0)
     mix = rng.dirichlet(np.ones(7), size=(2, 50))
@@ -252,14 +253,13 @@ def test_search_extra_baselines_sharpening_gap_and_confidence(folder: Path, tmp_
 
 
 def test_search_jobs_and_torchrun_do_not_mix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from adact.search import SearchConfig
-    from adact.train import TrainConfig
+    from adact.config import SearchConfig, TrainConfig
 
     cfg = SearchConfig(datasets=["digits"], seeds=[0, 1], train=TrainConfig(device="cpu"), baselines=["relu"])
     assert cfg.baselines == ["baseline", "relu"]  # the model as written stays search's first baseline
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert cfg.resolved_jobs() == 1
+    assert resolved_jobs(cfg) == 1
     cfg.jobs = 2
     with pytest.raises(ValueError, match="use one or the other"):
-        cfg.validate()
+        validate(cfg)

@@ -13,25 +13,15 @@ import torch
 from torch import Tensor
 
 from adact import AdAct, ConvNet, adact_reference
-from adact.confidence import normalised_entropy
-from adact.data import DataSplits, load_dataset
-from adact.io import read_json
-from adact.sharpen import (
-    TemperatureSchedule,
-    mixture_entropy,
-    param_groups,
-    parse_temperature_schedule,
-    set_temperature,
-)
-from adact.train import TrainConfig, config_diff, train
+from adact.choice import normalised_entropy
+from adact.config import TrainConfig, config_diff, parse_temperature_schedule
+from adact.data import DataSplits
+from adact.runs.io import read_json
+from adact.training.loop import train
+from adact.training.sharpen import TemperatureSchedule, mixture_entropy, param_groups, set_temperature
+from conftest import TINY
 
 GRANULARITY = pytest.mark.parametrize("granularity", ["layer", "channel"])
-TINY = {"dataset": "digits", "channels": [4, 8, 8, 8], "max_train_samples": 256, "device": "cpu", "fused": False}
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataSplits:
-    return load_dataset("digits")
 
 
 def _pair(granularity: str, temperature: float) -> tuple[AdAct, AdAct]:

@@ -10,21 +10,18 @@ from typing import Any
 import pytest
 import torch
 
-import adact.io
-import adact.train
+import adact.runs.checkpoint
+import adact.runs.io
+from adact.config import TrainConfig
 from adact.data import DataSplits, DeviceLoader, load_dataset
-from adact.io import read_json
-from adact.train import DivergedError, TrainConfig, evaluate, load_checkpoint, train
+from adact.runs.io import read_json
+from adact.training.build import load_checkpoint
+from adact.training.evaluate import evaluate
+from adact.training.loop import DivergedError, train
+from conftest import TINY, lock_holder
 
-# 256 images in batches of 64: 4 steps per epoch; small widths keep each run around a second.
-TINY = {"dataset": "digits", "channels": [4, 8, 8, 8], "max_train_samples": 256, "device": "cpu", "fused": False}
 STEPS_PER_EPOCH = 4
 TIMING = ("seconds", "images_per_s")
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataSplits:
-    return load_dataset("digits")
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
@@ -99,7 +96,7 @@ def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(tmp_path: Path
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(adact.train.F, "cross_entropy", ce)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", ce)
     with pytest.raises(DivergedError, match="epoch 2"):
         train(TrainConfig(activation="adact", epochs=3, **TINY), tmp_path, data=digits, quiet=True)
     result = read_json(tmp_path / "result.json")
@@ -192,7 +189,7 @@ def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path: Path, dig
     train(config, run, data=digits, quiet=True)
     marker = tmp_path / "payload-ran"
     _plant_payload(run / "best.pt", marker)
-    with pytest.raises(adact.train.UnsafeCheckpointError, match=r"best.pt was refused: it holds the Python "
+    with pytest.raises(adact.runs.checkpoint.UnsafeCheckpointError, match=r"best.pt was refused: it holds the Python "
                                                                 r"object \S+, which loading would run"):
         load_checkpoint(run / "best.pt")
     assert not marker.exists()
@@ -200,7 +197,7 @@ def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path: Path, dig
     # On resume: a folder with an unfinished run whose last.pt carries the payload.
     (run / "result.json").unlink()
     _plant_payload(run / "last.pt", marker)
-    with pytest.raises(adact.train.UnsafeCheckpointError, match="last.pt was refused.*--restart"):
+    with pytest.raises(adact.runs.checkpoint.UnsafeCheckpointError, match="last.pt was refused.*--restart"):
         train(config, run, data=digits, quiet=True)
     assert not marker.exists()
 
@@ -219,7 +216,7 @@ def test_truncated_last_pt_falls_back_to_the_previous_one(tmp_path: Path, digits
     assert torch.load(run / "last.prev.pt", weights_only=True)["epoch"] == 2
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 2])
-    with pytest.warns(adact.train.ResumeWarning, match=r"last.pt is not a readable adact checkpoint \(truncated.*"
+    with pytest.warns(adact.runs.checkpoint.ResumeWarning, match=r"last.pt is not a readable adact checkpoint \(truncated.*"
                                                        r"resuming from last.prev.pt \(epoch 2\)"):
         result = train(config, run, data=digits, quiet=True)
     assert "resumed from epoch 2 of 3" in capsys.readouterr().out
@@ -232,7 +229,7 @@ def test_no_usable_checkpoint_names_the_file_and_restart(tmp_path: Path, digits:
     config = _interrupted_run(tmp_path, digits, epochs=2)
     (tmp_path / "last.pt").write_bytes(b"")
     (tmp_path / "last.prev.pt").write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(adact.train.CheckpointError, match=r"cannot resume the run in .*last.pt is not a readable "
+    with pytest.raises(adact.runs.checkpoint.CheckpointError, match=r"cannot resume the run in .*last.pt is not a readable "
                                                           r".*last.prev.pt is not a readable.*--restart"):
         train(config, tmp_path, data=digits, quiet=True)
     result = train(config, tmp_path, data=digits, quiet=True, restart=True)
@@ -255,23 +252,10 @@ def test_stale_temp_files_are_removed_on_the_next_run(tmp_path: Path, digits: Da
 
 
 def test_second_writer_is_refused_with_the_holders_pid(tmp_path: Path, digits: DataSplits) -> None:
-    import subprocess
-    import sys
-
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\n"
-        "from adact.io import folder_lock\n"
-        "with folder_lock(sys.argv[1]):\n"
-        "    print('locked', flush=True)\n"
-        "    time.sleep(60)\n"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(adact.io.FolderLockedError, match=f"being written by process {holder.pid}"):
+    with lock_holder(tmp_path) as pid:
+        with pytest.raises(adact.runs.io.FolderLockedError, match=f"being written by process {pid}"):
             train(TrainConfig(activation="relu", epochs=1, **TINY), tmp_path, data=digits, quiet=True)
         assert not (tmp_path / "config.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     # The kernel released the lock with the process: the folder is usable at once.
     assert train(TrainConfig(activation="relu", epochs=1, **TINY), tmp_path, data=digits, quiet=True)["epochs_run"] == 1
 
@@ -293,7 +277,7 @@ def test_result_json_without_its_fields_is_finished_again(tmp_path: Path, digits
     config = TrainConfig(activation="relu", epochs=1, **TINY)
     first = train(config, tmp_path, data=digits, quiet=True)
     broken = {k: v for k, v in first.items() if k != "n_params"}
-    adact.io.atomic_write_json(tmp_path / "result.json", broken)
+    adact.runs.io.atomic_write_json(tmp_path / "result.json", broken)
     again = train(config, tmp_path, data=digits, quiet=True)
     assert again["n_params"] == first["n_params"] and again["best_test_acc"] == first["best_test_acc"]
     (tmp_path / "result.json").write_text('{"status": "done", ')

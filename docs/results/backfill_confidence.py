@@ -8,8 +8,10 @@ note) are left alone.
 """
 import json
 from pathlib import Path
-from adact.confidence import confidence_from_weights
-from adact.io import atomic_write_json
+
+from adact.choice import confidence_from_weights
+from adact.runs.io import atomic_write_json
+
 GAP = {"npz-cifar10": "gap-cifar10", "npz-fmnist": "gap-fmnist", "npz-fer2013": "gap-fer"}
 for f in sorted(Path("docs/results").glob("table1-*/*/seed*/adact/result.json")):
     r = json.loads(f.read_text())

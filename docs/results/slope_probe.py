@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from adact.confidence import discretization_gap
-from adact.search import load_data
-from adact.surgery import adact_units
-from adact.train import TrainConfig, _loaders, _train_set, load_checkpoint
+from adact.choice import adact_units
+from adact.config import TrainConfig
+from adact.training.build import load_checkpoint, load_data, train_subset
+from adact.training.gap import discretization_gap
+from adact.training.task import task_for
 
 
 def main(run: Path) -> None:
@@ -29,7 +30,8 @@ def main(run: Path) -> None:
     saved = json.loads((run / "config.json").read_text())
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     data = load_data(cfg, True)
-    train_loader, test_loader = _loaders(cfg, data, _train_set(cfg, data), torch.device("cpu"))
+    loaders = task_for(cfg).loaders(cfg, data, train_subset(cfg, data), torch.device("cpu"))
+    train_loader, test_loader = loaders.train, loaders.test
     for slope in ("kept", 0.25, 0.0):
         model, _ = load_checkpoint(run / "best.pt", torch.device("cpu"))
         if slope != "kept":

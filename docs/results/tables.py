@@ -22,17 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from adact.analysis import (PAPER_TABLE1, RunRecord, build_summary, consensus, fmt_cell, fmt_diff, fmt_signed,
-                            gap_summary, model_label, paired_diff, paper_key)
-from adact.io import read_json
-from adact.search import collect
+from adact.dataspec import DatasetSpec
+from adact.paper import PAPER_TABLE1
+from adact.reporting.records import RunRecord, collect
+from adact.reporting.stats import build_summary, consensus, gap_summary, paired_diff
+from adact.reporting.tables import fmt_cell, fmt_diff, fmt_signed, model_label
+from adact.runs.io import read_json
 
 NAMES = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "fer2013": "FER2013", "svhn": "SVHN"}
 SELECTIONS = {"best": "best-on-test", "val": "validation-selected", "final": "final epoch"}
 
 
 def _name(ds: str) -> str:
-    return NAMES.get(paper_key(ds) or "", ds)
+    return NAMES.get(DatasetSpec.parse(ds).paper_key or "", ds)
 
 
 Loaded = tuple[Any, list[RunRecord], dict[str, Any], str]  # settings, runs, summary, folder
@@ -51,7 +53,7 @@ def accuracy_table(loaded: Sequence[Loaded]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for cfg, _, summary, _ in loaded:
         for ds, entry in summary.items():
-            paper = PAPER_TABLE1.get(paper_key(ds) or "")
+            paper = PAPER_TABLE1.get(DatasetSpec.parse(ds).paper_key or "")
             if paper:
                 lines.append(f"| {_name(ds)} | **paper** (best-on-test, one run) | "
                              + " | ".join(f"{paper[m]:.3f}" if m in paper else "—" for m in models) + " |")

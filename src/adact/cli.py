@@ -19,27 +19,18 @@ import errno
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from adact import __version__
+from adact import __version__, _options
 from adact.config import (
     ACTIVATION_NAMES,
-    BAD_IMAGE_POLICIES,
     BASELINE,
-    DEVICES,
-    FER_SPLITS,
-    GRANULARITIES,
-    NORMALIZE,
-    OPTIMIZERS,
     PAPER,
-    SCHEDULES,
     SEARCH,
     SearchConfig,
     TrainConfig,
-    parse_model,
-    parse_temperature_schedule,
     train_default,
 )
 from adact.dataspec import DATASET_HELP, DatasetSpec
@@ -50,206 +41,17 @@ __all__ = ["build_parser", "main"]
 
 _DATASET_HELP = DATASET_HELP
 _D = train_default  # every training option's default is TrainConfig's
-_SEARCH = SearchConfig()  # ... and every search option's, SearchConfig's
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line: ``adact: error: ...`` (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"adact: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _int_at_least(lo: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
-        return v
-
-    return parse
-
-
-def _fraction(lo_inclusive: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = (0.0 <= v < 1.0) if lo_inclusive else (0.0 < v < 1.0)
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be in {'[0' if lo_inclusive else '(0'}, 1), got {v}")
-        return v
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v >= 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
-    return v
-
-
-def _temperatures(text: str) -> list[float]:
-    try:
-        return parse_temperature_schedule(text)
-    except (UserError, TypeError) as e:
-        raise argparse.ArgumentTypeError(f"{e} (e.g. 1:0.1)") from None
-
-
-def _jobs(text: str) -> int | None:
-    return None if text == "auto" else _int_at_least(1)(text)
-
-
-def _dataset(text: str) -> str:
-    try:
-        return str(DatasetSpec.parse(text))
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _model(text: str) -> str:
-    try:
-        parse_model(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _activation(text: str) -> str:
-    key = text.lower().replace("-", "_")  # the registry's spelling rule: "Leaky-ReLU" is leaky_relu
-    if key in ("adact", "baseline") or key in ACTIVATION_NAMES:
-        return key
-    raise argparse.ArgumentTypeError(f"unknown activation {text!r}; valid: adact, {', '.join(ACTIVATION_NAMES)}")
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data-dir", default=_D("data_dir"), metavar="DIR",
-                   help=f"root folder of the datasets (default: {_D('data_dir')})")
-    g.add_argument("--download", action="store_true", help="let torchvision download fmnist / cifar10 / svhn")
-    g.add_argument("--val-fraction", type=_fraction(True), default=_D("val_fraction"), metavar="F",
-                   help="hold out this stratified fraction of train for validation-based selection (default: 0)")
-    g.add_argument("--fer-split", choices=FER_SPLITS, default=_D("fer_split"),
-                   help="fer2013: 'paper' = stratified 80/20 split of Training (default), 'official' = "
-                        "Training vs PublicTest+PrivateTest")
-    g.add_argument("--test-fraction", "--test-from-train", dest="test_from_train", type=_fraction(False),
-                   default=None, metavar="F",
-                   help="carve the test set as a stratified fraction F of train (e.g. 0.2 for an npz FER copy; "
-                        "an image folder without val/ or test/: default 0.2)")
-    g.add_argument("--image-size", type=_int_at_least(1), default=None, metavar="S",
-                   help="resize every image to SxS (default: as stored)")
-    g.add_argument("--normalize", choices=NORMALIZE, default=_D("normalize"),
-                   help="'paper' = mean = std = 0.5 (default), 'imagenet' = ImageNet's per-channel statistics")
-    g.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default=_D("on_bad_image"),
-                   help="image folders: skip an undecodable file with a warning (default; the count is reported) "
-                        "or stop with an error naming it")
-    g.add_argument("--cache-mb", type=_positive_float, default=_D("cache_mb"), metavar="MIB",
-                   help="image folders: decode once into memory when the uint8 images take at most this many MiB, "
-                        f"else stream them from disk with DataLoader workers (default: {_D('cache_mb'):g})")
-    g.add_argument("--max-train-samples", type=_int_at_least(1), default=None, metavar="N",
-                   help="train on a fixed random subset of N images (smoke tests)")
-
-
-def _add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
-    epochs_default = _D("epochs")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_int_at_least(1), default=epochs_default,
-                   help=f"passes over the training set (default: {epochs_default}, the paper's)")
-    g.add_argument("--granularity", choices=GRANULARITIES, default=_D("granularity"),
-                   help="AdAct weights per layer (the paper) or per channel (default: layer)")
-    g.add_argument("--device", choices=DEVICES, default=_D("device"), help="auto = cuda, then mps, then cpu")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (GPU)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    g.add_argument("--reference", action="store_true",
-                   help="AdAct's reference sum (one op per candidate) instead of the fused kernel")
-    g.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun: BatchNorm statistics over the global batch of all ranks (default: per "
-                        "rank, as in torchvision's reference trainers); no effect in one process")
-    g.add_argument("--restart", action="store_true",
-                   help="discard what the output folder holds (checkpoints, metrics, results) and train from "
-                        "scratch; without it a rerun resumes, and a folder of other settings is refused")
-    g.add_argument("--batch-size", type=_int_at_least(1), default=_D("batch_size"), metavar="N",
-                   help=f"default: {_D('batch_size')}")
-    g.add_argument("--test-batch-size", type=_int_at_least(1), default=_D("test_batch_size"), metavar="N",
-                   help=f"default: {_D('test_batch_size')}")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=_D("optimizer"),
-                   help="adamw (the paper's, default) or sgd (momentum 0.9, Nesterov)")
-    g.add_argument("--lr", type=_positive_float, default=_D("lr"), help=f"peak learning rate (default: {_D('lr'):g})")
-    g.add_argument("--weight-decay", type=float, default=_D("weight_decay"), metavar="WD",
-                   help=f"AdamW's decoupled weight decay, or SGD's L2 penalty (default: {_D('weight_decay'):g})")
-    g.add_argument("--schedule", choices=SCHEDULES, default=_D("schedule"),
-                   help="learning-rate schedule: none (constant, the paper's; default) or cosine (to 0)")
-    g.add_argument("--warmup-epochs", type=_non_negative_float, default=_D("warmup_epochs"), metavar="E",
-                   help="linear learning-rate warm-up over E epochs, per step (default: 0)")
-    g.add_argument("--label-smoothing", type=_fraction(True), default=_D("label_smoothing"), metavar="F",
-                   help="cross-entropy label smoothing (default: 0, the paper's)")
-    g.add_argument("--no-decay-adact", action="store_true",
-                   help="exempt AdAct logits and PReLU slopes from weight decay (plain AdamW decays them)")
-    g.add_argument("--hflip", action="store_true", help="random horizontal flips (the paper: none)")
-    g.add_argument("--crop-padding", type=_int_at_least(0), default=_D("crop_padding"), metavar="P",
-                   help="random crops with P pixels of padding (default: 0 = off)")
-    s = p.add_argument_group("sharpening of the AdAct mixtures (off by default: the paper has none)")
-    s.add_argument("--temperature-schedule", type=_temperatures, default=_D("temperature_schedule"), metavar="T0:T1",
-                   help="anneal the softmax temperature of every AdAct unit geometrically from T0 to T1 over "
-                        "training (logits divided by T; e.g. 1:0.1). Default: none (T = 1)")
-    s.add_argument("--entropy-weight", type=_non_negative_float, default=_D("entropy_weight"), metavar="LAMBDA",
-                   help="add LAMBDA x the mean normalised entropy of the mixtures (0 one-hot, 1 uniform) to the "
-                        "loss (default: 0)")
-    s.add_argument("--adact-lr-mult", type=_positive_float, default=_D("adact_lr_mult"), metavar="M",
-                   help="learning rate of the AdAct logits = M x --lr (DARTS uses a smaller one; default: 1)")
-    a = p.add_argument_group("model")
-    if with_model:
-        a.add_argument("--model", type=_model, default=_D("model"), metavar="SPEC",
-                       help="convnet (the paper's, default), torchvision:NAME, timm:NAME (pip install 'adact[timm]'), "
-                            "path/to/file.py:factory or package.module:factory (called with num_classes and "
-                            "in_channels where it takes them)")
-        a.add_argument("--pretrained", action="store_true",
-                       help="torchvision/timm weights, only if already on disk (nothing is downloaded)")
-    a.add_argument("--channels", type=_int_at_least(1), nargs="+", default=None, metavar="C",
-                   help=f"ConvNet conv widths, one per block (our assumption, the paper's table is missing; default: "
-                        f"{' '.join(map(str, _D('channels')))})")
-    a.add_argument("--kernel-size", type=_int_at_least(1), default=_D("kernel_size"), metavar="K",
-                   help=f"ConvNet conv kernel (default: {_D('kernel_size')})")
-
-
-def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    """The options ``reproduce`` and ``search`` share: seeds and parallel jobs."""
-    p.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=_SEARCH.seeds, metavar="SEED",
-                   help=f"training seeds; the models of a dataset share each seed (default: {' '.join(map(str, _SEARCH.seeds))})")
-    p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="independent runs trained in parallel processes, each with cores/N threads; on CUDA "
-                        "worker i uses GPU i mod GPUs (default: auto = one per CPU core on a CPU, one per GPU "
-                        "on CUDA). For one big run over several GPUs use torchrun instead (see the README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = _options.Parser(
         prog="adact",
         description="Learn which activation each layer should use (AdAct, ICLR 2024 Tiny Papers).",
         epilog="Start with `adact reproduce` (offline, digits, seeds 0 1 2: about 2 minutes on 2 CPU cores), "
                "then `adact analyze runs/reproduce`.",
     )
     parser.add_argument("--version", action="version", version=f"adact {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_options.Parser)
 
     r = sub.add_parser(
         "reproduce", help="the paper's experiment: AdAct -> choices -> ReLU and Optimized, Table 1 and figures",
@@ -260,15 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "interrupted ones.",
         epilog="Example: adact reproduce --datasets fmnist cifar10 svhn --download --seeds 0 1 2 --jobs 3",
     )
-    r.add_argument("--datasets", type=_dataset, nargs="+", default=["digits"], metavar="NAME",
+    r.add_argument("--datasets", type=_options.dataset, nargs="+", default=["digits"], metavar="NAME",
                    help=f"datasets to run (default: digits, offline). Valid: {_DATASET_HELP}")
     r.add_argument("--out", default=PAPER.out, metavar="DIR", help=f"output folder (default: {PAPER.out})")
-    r.add_argument("--baselines", type=_activation, nargs="+", default=["relu"], metavar="NAME",
+    r.add_argument("--baselines", type=_options.activation, nargs="+", default=["relu"], metavar="NAME",
                    help="train a model with one activation everywhere for each NAME, as baselines with a column and "
                         "paired differences each (default: relu, the paper's; e.g. --baselines relu mish)")
-    _add_pipeline_args(r)
-    _add_run_args(r, with_model=False)
-    _add_data_args(r)
+    _options.add_pipeline_args(r)
+    _options.add_run_args(r, with_model=False)
+    _options.add_data_args(r)
     r.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser(
@@ -282,32 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: adact search --model torchvision:resnet18 --dataset imagefolder:data/pets --image-size 64 "
                "--val-fraction 0.1 --seeds 0 1",
     )
-    s.add_argument("--dataset", "--datasets", dest="datasets", type=_dataset, nargs="+", required=True,
+    s.add_argument("--dataset", "--datasets", dest="datasets", type=_options.dataset, nargs="+", required=True,
                    metavar="NAME", help=f"dataset(s) to search on. Valid: {_DATASET_HELP}")
     s.add_argument("--out", default=SEARCH.out, metavar="DIR", help=f"output folder (default: {SEARCH.out})")
-    s.add_argument("--baselines", type=_activation, nargs="+", default=[], metavar="NAME",
+    s.add_argument("--baselines", type=_options.activation, nargs="+", default=[], metavar="NAME",
                    help="besides the model as written, train it with one activation everywhere for each NAME, as "
                         "extra baselines with a column and paired differences each (e.g. --baselines relu mish)")
-    _add_pipeline_args(s)
-    _add_run_args(s)
-    _add_data_args(s)
+    _options.add_pipeline_args(s)
+    _options.add_run_args(s)
+    _options.add_data_args(s)
     s.set_defaults(func=_cmd_search)
 
     t = sub.add_parser("train", help="train one model into a run folder",
                        description="Train one ConvNet with the paper's protocol (AdamW, lr 1e-3, batch 64, best "
                                    "epoch on test kept). Rerunning resumes an interrupted run.",
                        epilog="Example: adact train --dataset digits --activation elu mish mish silu --epochs 5")
-    t.add_argument("--dataset", type=_dataset, default=_D("dataset"), metavar="NAME",
+    t.add_argument("--dataset", type=_options.dataset, default=_D("dataset"), metavar="NAME",
                    help=f"default: {_D('dataset')}. {_DATASET_HELP}")
-    t.add_argument("--activation", type=_activation, nargs="+", default=["adact"], metavar="NAME",
+    t.add_argument("--activation", type=_options.activation, nargs="+", default=["adact"], metavar="NAME",
                    help="'adact', 'baseline' (the model as written), one activation name for every ConvNet block, "
                         f"or one name per block / AdAct site (default: adact). Names: {', '.join(ACTIVATION_NAMES)}")
-    t.add_argument("--seed", type=_int_at_least(0), default=_D("seed"),
+    t.add_argument("--seed", type=_options.int_at_least(0), default=_D("seed"),
                    help="seed of init, shuffling and RReLU noise (default: 0)")
     t.add_argument("--out", default=None, metavar="DIR",
                    help="run folder (default: runs/train/<dataset>_<activation>_seed<k>)")
-    _add_run_args(t)
-    _add_data_args(t)
+    _options.add_run_args(t)
+    _options.add_data_args(t)
     t.set_defaults(func=_cmd_train)
 
     a = sub.add_parser("analyze", help="weight table and figures of a run folder, checkpoint or reproduce folder",

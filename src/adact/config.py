@@ -14,13 +14,12 @@ one check. This module imports nothing heavy (no torch, no numpy): ``adact --hel
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from adact.dataspec import DATASET_HELP, DATASETS, DatasetSpec
+from adact.dataspec import DatasetSpec
 from adact.errors import UserError
 from adact.paper import DEFAULT_CHANNELS
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from adact.errors import UserError
 from adact.config import BASELINE, parse_model
+from adact.errors import UserError
 
 __all__ = ["BASELINE", "check_input", "create_model", "parse_model", "with_activation"]
 

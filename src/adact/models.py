@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch.fx
 from torch import Tensor, nn
 
-from adact.errors import UserError
-from adact.activations import ActLayer
 from adact.act_factory import get_act_layer
+from adact.activations import ActLayer
+from adact.errors import UserError
 from adact.paper import DEFAULT_CHANNELS
 from adact.unit import AdAct
 

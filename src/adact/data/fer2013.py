@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adact.errors import UserError
 from adact.data.arrays import RawSplits, as_split
+from adact.errors import UserError
 
 __all__ = ["EMOTIONS", "find_fer2013", "read_fer2013_csv", "read_fer2013_folders", "load_fer2013"]
 

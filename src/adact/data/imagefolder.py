@@ -29,12 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from adact.errors import UserError
+from adact.config import BAD_IMAGE_POLICIES, train_default
 from adact.data.arrays import ArrayDataset, as_split
-from adact.config import BAD_IMAGE_POLICIES
+from adact.errors import UserError
 
 __all__ = ["BAD_IMAGE_POLICIES", "IMAGE_EXTENSIONS", "BadImageWarning", "FileSplit", "decode_image",
            "load_imagefolder"]
+
+_CACHE_MB: float = train_default("cache_mb")  # one default for the library and the command line
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _GRAY_MODES = {"1", "L", "I", "I;16", "F"}
@@ -146,7 +148,7 @@ def _decode_all(items: list[tuple[Path, int, str, tuple[int, int]]], mode: str, 
 
 
 def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image: str = "skip",
-                     cache_mb: float = 4096.0, quiet: bool = False) -> tuple[Any, Any, list[str], dict[str, object]]:
+                     cache_mb: float = _CACHE_MB, quiet: bool = False) -> tuple[Any, Any, list[str], dict[str, object]]:
     """Read an image folder; returns ``(train, test or None, classes, info)``.
 
     Splits are :class:`~adact.data.ArrayDataset` when every image fits in ``cache_mb`` MiB as

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adact.errors import UserError
 from adact.data.arrays import ArrayDataset
+from adact.errors import UserError
 
 __all__ = ["DeviceLoader"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adact.errors import UserError
 from adact.data.arrays import MAX_CLASSES, RawSplits, as_split
+from adact.errors import UserError
 
 __all__ = ["NPZ_KEYS", "load_npz"]
 

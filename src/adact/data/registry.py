@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from adact.errors import UserError
+from adact.config import FER_SPLITS, NORMALIZE, train_default
 from adact.data.arrays import ArrayDataset, DataSplits, RawSplits, check_splits, stratified_split
-from adact.dataspec import DatasetSpec
-from adact.config import DATASETS, FER_SPLITS
+from adact.dataspec import DATASETS, DatasetSpec
+from adact.errors import UserError
 
 __all__ = ["DATASETS", "FER_SPLITS", "NORMALIZATION", "load_dataset", "resize_split"]
+
+_CACHE_MB: float = train_default("cache_mb")  # one default for the library and the command line
 
 PAPER_FER_TEST_FRACTION = 0.2
 #: Test fraction carved from a single image folder when ``test_from_train`` is not given.
@@ -24,7 +26,8 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "paper": ((0.5,), (0.5,)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-# defaults.NORMALIZE lists these names for the CLI without importing torch; a test keeps the two equal.
+# The names are declared once, in adact.config (the command line lists them without importing torch).
+assert tuple(NORMALIZATION) == NORMALIZE
 
 
 def normalization(name: str, channels: int) -> tuple[list[float], list[float]]:
@@ -77,7 +80,7 @@ def _check_fraction(value: float | None, what: str) -> None:
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, *, val_fraction: float = 0.0,
                  seed: int = 0, fer_split: str = "paper", test_from_train: float | None = None,
-                 image_size: int | None = None, on_bad_image: str = "skip", cache_mb: float = 4096.0,
+                 image_size: int | None = None, on_bad_image: str = "skip", cache_mb: float = _CACHE_MB,
                  quiet: bool = False) -> DataSplits:
     r"""Load a dataset's splits into memory as uint8 tensors.
 
@@ -126,7 +129,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
         on_bad_image: image folders: ``"skip"`` an image that cannot be decoded (with a warning; the
             count is in ``info["bad_images"]``) or stop with an ``"error"`` naming it. Default: "skip".
         cache_mb: image folders: decode once into memory when the uint8 images take at most this many
-            MiB, else stream them from disk. Default: 4096.
+            MiB, else stream them from disk. Default: ``TrainConfig.cache_mb`` (4096).
         quiet: no progress bar while decoding an image folder. Default: False.
 
     Returns:

@@ -17,8 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from adact.errors import UserError
 from adact.activations import ACTIVATIONS
+from adact.errors import UserError
 from adact.reporting.stats import consensus
 from adact.runs.io import atomic_write, make_dir
 

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from adact.errors import UserError
 from adact.choice import WEAK_MARGIN, negative_prelu
 from adact.config import SearchConfig
 from adact.dataspec import DatasetSpec
@@ -38,6 +37,7 @@ from adact.reporting.tables import (
     render_table_csv,
     render_table_md,
 )
+from adact.runs.folder import RunFolder
 from adact.runs.io import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
 from adact.runs.manifest import load_manifest
 

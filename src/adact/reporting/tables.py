@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from adact.choice import WEAK_MARGIN, UnitConfidence, negative_prelu
+from adact.config import models_for
 from adact.paper import TABLE1_MODELS
 from adact.reporting.records import METRICS, RunRecord
 from adact.reporting.stats import consensus

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adact.activations import ACTIVATIONS
-from adact.choice import adact_units, dominant_activations
+from adact.choice import adact_units
 from adact.errors import UserError
 from adact.surgery.core import CONFIG_ATTR, adactify
 from adact.surgery.modules import instances, replace

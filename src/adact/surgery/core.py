@@ -12,8 +12,8 @@ from typing import Any, Literal, overload
 
 from torch import nn
 
-from adact.errors import UserError
 from adact.activations import DEFAULT_CANDIDATES
+from adact.errors import UserError
 from adact.surgery.functional import convert_calls
 from adact.surgery.modules import convert_modules, instances, make_call_sites, replace
 from adact.surgery.probe import ExampleInputs, UnitCall, probe

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adact.choice import adact_units, model_weights
+from adact.choice import adact_units, model_weights, snapshot
 from adact.config import ModelSpec, TrainConfig
 from adact.data import DataSplits
 from adact.data.arrays import check_splits
@@ -39,7 +39,7 @@ from adact.runs.migrate import result_lacks_gap
 from adact.training import distributed, sharpen
 from adact.training.build import build_model, load_data, model_spec, resolve_device, train_subset
 from adact.training.gap import add_missing_gap, best_epoch_gap
-from adact.training.task import Loaders, Task, better, task_for
+from adact.training.task import Task, better, task_for
 
 __all__ = ["DivergedError", "lr_factor", "train", "unit_weights"]
 
@@ -267,16 +267,13 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 def unit_weights(model: nn.Module) -> dict[str, float]:
     """Flat ``{"mix/<path>/<name>": softmax weight, "raw/<path>/<name>": logit}`` for every unit (metrics.csv).
 
-    Per-channel units report the channel mean of each.
+    From :func:`adact.choice.snapshot`: per-channel units report the channel mean of each.
     """
     out: dict[str, float] = {}
-    for path, unit in adact_units(model):
-        mix, raw = unit.mixture(), unit.raw_weights()
-        if mix.dim() == 2:
-            mix, raw = mix.mean(0), raw.mean(0)
-        for name, w, r in zip(unit.candidates, mix.tolist(), raw.tolist()):
-            out[f"mix/{path}/{name}"] = w
-            out[f"raw/{path}/{name}"] = r
+    for unit in snapshot(model):
+        for name, w, r in zip(unit.candidates, unit.mix, unit.raw):
+            out[f"mix/{unit.path}/{name}"] = w
+            out[f"raw/{unit.path}/{name}"] = r
     return out
 
 

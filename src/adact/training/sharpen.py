@@ -20,14 +20,13 @@ kernel and the reference sum take as input, so autograd handles them identically
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from adact.errors import UserError
 from adact.choice import adact_units, normalised_entropy
+from adact.errors import UserError
 from adact.reference import mixture_weights
 from adact.unit import AdAct
 
