@@ -17,6 +17,7 @@ import torch
 from conftest import kill_orphans, wait_until_dead
 
 from adact.cli import main
+from adact.errors import UserError
 
 TINY = ["--channels", "4", "8", "8", "8", "--max-train-samples", "128", "--epochs", "2", "--reference",
         "--device", "cpu", "--quiet"]
@@ -376,3 +377,47 @@ def test_kill_9_of_reproduce_takes_its_workers_along(tmp_path: Path) -> None:
         parent.kill()
         parent.wait()
         kill_orphans(workers)
+
+
+@pytest.mark.parametrize("exc", [KeyError("sites"), RuntimeError("shape mismatch"), ValueError("not a UserError")])
+def test_a_bug_keeps_its_traceback_and_says_how_to_report_it(exc: Exception, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import adact.info
+
+    def broken() -> int:
+        raise exc
+
+    monkeypatch.setattr(adact.info, "main", broken)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and f"{type(exc).__name__}: " in err
+    assert "adact: internal error: this is a bug in adact" in err and "`adact info`" in err
+    assert "adact: error:" not in err
+
+
+@pytest.mark.parametrize("exc", [UserError("that file is not a run folder"),
+                                 FileNotFoundError(errno.ENOENT, "No such file or directory", "nowhere.npz")])
+def test_user_errors_and_os_errors_are_one_line(exc: Exception, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import adact.info
+
+    def refused() -> int:
+        raise exc
+
+    monkeypatch.setattr(adact.info, "main", refused)
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adact: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_every_adact_error_class_is_an_adact_error() -> None:
+    from adact.errors import AdactError
+    from adact.runs.checkpoint import CheckpointError, UnsafeCheckpointError
+    from adact.runs.folder import RunMismatchError
+    from adact.runs.io import FolderLockedError, WriteError
+    from adact.training.loop import DivergedError
+
+    for cls in (CheckpointError, UnsafeCheckpointError, RunMismatchError, FolderLockedError):
+        assert issubclass(cls, UserError), cls
+    assert issubclass(WriteError, AdactError) and issubclass(WriteError, OSError)
+    assert issubclass(DivergedError, AdactError) and issubclass(FolderLockedError, RuntimeError)

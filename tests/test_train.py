@@ -296,3 +296,39 @@ def test_unusable_inputs_fail_before_the_folder_is_made(tmp_path: Path, digits: 
         with pytest.raises(ValueError, match="CUDA is not available"):
             train(TrainConfig(activation="relu", epochs=1, **{**TINY, "device": "cuda"}), out, data=digits)
     assert not out.exists()
+
+
+def test_a_second_task_plugs_into_the_loop(tmp_path: Path, digits: DataSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop takes metric, direction, loss and evaluation from the task: a lower-is-better task works unedited."""
+    import adact.training.loop
+    from adact.training.task import ImageClassification
+
+    class ErrorRate(ImageClassification):
+        metric = "err"
+        higher_is_better = False
+
+        def count(self, output: torch.Tensor, target: torch.Tensor) -> float:
+            return int((output.argmax(1) != target).sum())
+
+        def evaluate(self, model: torch.nn.Module, loader: object, bf16: bool) -> tuple[float, float]:
+            loss, acc = super().evaluate(model, loader, bf16)  # type: ignore[arg-type]
+            return loss, 1.0 - acc
+
+    monkeypatch.setattr(adact.training.loop, "task_for", lambda config: ErrorRate())
+    config = TrainConfig(activation="adact", epochs=3, val_fraction=0.2, **TINY)
+    data = load_dataset("digits", val_fraction=0.2)
+    result = train(config, tmp_path, data=data, quiet=True)
+    rows = _rows(tmp_path)
+    errs = [float(r["test_err"]) for r in rows]
+    assert "test_acc" not in rows[0] and "train_err" in rows[0] and "val_err" in rows[0]
+    assert result["metric"] == "err" and result["higher_is_better"] is False
+    assert result["best_test_err"] == min(errs) and result["best_epoch"] == 1 + errs.index(min(errs))
+    vals = [float(r["val_err"]) for r in rows]
+    assert result["val_best_epoch"] == 1 + vals.index(min(vals))
+    assert result["final_test_err"] == errs[-1]
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(adact.training.loop, "_run", no_training)
+    assert train(config, tmp_path, data=data, quiet=True) == result  # finished: its schema is the task's

@@ -19,7 +19,7 @@ from adact.choice import UnitSnapshot, model_weights, snapshots_from_record
 from adact.config import SearchConfig
 from adact.dataspec import DatasetSpec
 from adact.errors import UserError
-from adact.runs.folder import RESULT_KEYS, RunFolder
+from adact.runs.folder import RESULT_KEYS, RunFolder, result_keys
 from adact.runs.io import read_json
 from adact.runs.manifest import load_manifest
 from adact.training.build import load_checkpoint
@@ -188,7 +188,8 @@ def _read_result(rec: RunRecord, run: Path) -> None:
     except (ValueError, OSError) as e:
         rec.status, rec.message = "damaged", f"{e}"
         return
-    missing = [k for k in RESULT_KEYS if k not in result] if isinstance(result, dict) else list(RESULT_KEYS)
+    keys = result_keys(result.get("metric", "acc")) if isinstance(result, dict) else RESULT_KEYS
+    missing = [k for k in keys if k not in result] if isinstance(result, dict) else list(keys)
     if missing or result["status"] not in ("done", "diverged"):
         what = f"lacks {', '.join(missing)}" if missing else f"has an unknown status {result['status']!r}"
         rec.status = "damaged"

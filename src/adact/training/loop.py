@@ -286,7 +286,7 @@ def _sharpness(model: nn.Module) -> dict[str, float]:
 
 def _summary(task: Task, config: TrainConfig, metrics: list[dict[str, Any]], model: nn.Module, status: str,
              message: str, wall_s: float, selected: dict[str, Any]) -> dict[str, Any]:
-    """result.json's content (the schema :data:`adact.runs.folder.RESULT_KEYS` checks)."""
+    """result.json's content (the schema :func:`adact.runs.folder.result_keys` checks)."""
     m = task.metric
     pick = max if task.higher_is_better else min
     best = pick(metrics, key=lambda r: r[f"test_{m}"]) if metrics else None
@@ -296,6 +296,8 @@ def _summary(task: Task, config: TrainConfig, metrics: list[dict[str, Any]], mod
     return {
         "status": status,  # "done" or "diverged"
         "message": message,
+        "metric": m,  # the task's metric: the keys below are best_test_<metric>, ...
+        "higher_is_better": task.higher_is_better,
         "dataset": config.dataset,
         "activation": config.activation,
         "seed": config.seed,
