@@ -40,6 +40,7 @@ __all__ = [
     "Preset",
     "SearchConfig",
     "TrainConfig",
+    "check_positive",
     "config_diff",
     "models_for",
     "parse_model",
@@ -77,7 +78,8 @@ def _check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
         raise UserError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
 
-def _check_positive(name: str, value: float) -> float:
+def check_positive(name: str, value: float) -> float:
+    """``value`` as a float; TypeError for a non-number, UserError unless finite and > 0 (messages name ``name``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
@@ -190,7 +192,7 @@ def parse_temperature_schedule(text: str | Sequence[float]) -> list[float]:
         pair = list(text)
         if len(pair) != 2:
             raise UserError(f"temperature schedule must be two temperatures [T0, T1], got {pair!r}")
-    return [_check_positive("T0", pair[0]), _check_positive("T1", pair[1])]
+    return [check_positive("T0", pair[0]), check_positive("T1", pair[1])]
 
 
 @dataclass

@@ -19,13 +19,13 @@ kernel and the reference sum take as input, so autograd handles them identically
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from adact.choice import adact_units, normalised_entropy
+from adact.config import check_positive
 from adact.errors import UserError
 from adact.reference import mixture_weights
 from adact.unit import AdAct
@@ -36,14 +36,6 @@ __all__ = [
     "param_groups",
     "set_temperature",
 ]
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise UserError(f"{name} must be finite and > 0, got {value}")
-    return float(value)
 
 
 class TemperatureSchedule:
@@ -70,8 +62,8 @@ class TemperatureSchedule:
     """
 
     def __init__(self, t0: float, t1: float, total_steps: int) -> None:
-        self.t0 = _check_positive("t0", t0)
-        self.t1 = _check_positive("t1", t1)
+        self.t0 = check_positive("t0", t0)
+        self.t1 = check_positive("t1", t1)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise UserError(f"total_steps must be a positive int, got {total_steps!r}")
         self.total_steps = total_steps
@@ -137,7 +129,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_adact: bool = True
         adact_lr_mult: learning rate of the AdAct logits relative to ``lr`` (> 0). Default: 1.0.
         lr: the base learning rate; needed when ``adact_lr_mult != 1``. Default: None.
     """
-    mult = _check_positive("adact_lr_mult", adact_lr_mult)
+    mult = check_positive("adact_lr_mult", adact_lr_mult)
     params = list(model.parameters())
     units = [m for m in model.modules() if isinstance(m, AdAct)]
     if mult == 1.0:
@@ -148,7 +140,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_adact: bool = True
                 {"params": [p for p in params if id(p) in adact_ids], "weight_decay": 0.0}]
     if lr is None:
         raise UserError("param_groups needs the base lr when adact_lr_mult != 1")
-    lr = _check_positive("lr", lr)
+    lr = check_positive("lr", lr)
     logit_ids = {id(m.logits) for m in units}
     slope_ids = {id(m.prelu_weight) for m in units if m.prelu_weight is not None}
     adact_decay = weight_decay if decay_adact else 0.0
