@@ -1,4 +1,4 @@
-"""Confidence of a choice and the discretization gap (src/adact/confidence.py), and both in result.json."""
+"""Confidence of a choice (src/adact/choice.py) and the discretization gap (src/adact/training/gap.py), in result.json."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sharpening (src/adact/sharpen.py): the unit's temperature on both paths, the schedule, the entropy
+"""Sharpening (src/adact/training/sharpen.py): the unit's temperature on both paths, the schedule, the entropy
 penalty, the logits' learning rate, and the training options that use them."""
 
 from __future__ import annotations
