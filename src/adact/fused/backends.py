@@ -74,7 +74,7 @@ class Backend:
         return self.decline(key) if why is None else why
 
     def describe(self, key: DispatchKey) -> str:
-        """Why this backend, when it takes ``key`` and no better backend that could have declined it."""
+        """Why this backend takes ``key`` (asked only when no better backend able to take it declined)."""
         return f"{ENV_VAR}={self.name}" if key.env.fused == self.name else self.title
 
     def __repr__(self) -> str:
