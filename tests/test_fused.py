@@ -14,6 +14,7 @@ import json
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from adact import AdAct, DEFAULT_CANDIDATES, adact_reference
 from adact import fused
 from adact.fused import autograd as fused_autograd
-from adact.fused import dispatch, inductor, native
+from adact.fused import backends, calibration, compiled, dispatch, inductor, keys, native
 
 RRELU_LOWER, RRELU_UPPER = 1.0 / 8.0, 1.0 / 3.0
 TOL = {torch.float64: dict(rtol=1e-6, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -583,16 +584,33 @@ def test_native_isa_builds_equal_native(tmp_path: Path, isa: str, training: bool
         torch.testing.assert_close(a, b, rtol=tol, atol=tol / 2 * scale, equal_nan=True)
 
 
-def test_native_backend_raises_where_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_native() -> object:
-        raise native.NativeBuildError("no C++ compiler found")
+def no_native(isa: str | None = None) -> native.NativeKernels:
+    raise native.NativeBuildError("no C++ compiler found")
 
+
+def broken_compile(key: dispatch.FusedKernelKey) -> object:
+    def kernel(*args: object) -> object:
+        raise RuntimeError("no C++ compiler")
+
+    return kernel
+
+
+def default_key(dtype: torch.dtype = torch.float32, training: bool = True) -> dispatch.DispatchKey:
+    """The key of the default unit on a CPU input of ``dtype`` (float32 parameters)."""
+    x, logits, slope = torch.empty(2, 3, dtype=dtype), torch.zeros(7), torch.zeros(1)
+    return keys.dispatch_key(x, logits, slope, DEFAULT_CANDIDATES, training)
+
+
+def test_native_backend_raises_where_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "native_kernels", no_native)
     dispatch.reset_kernels()
     try:
         monkeypatch.setenv(dispatch.ENV_VAR, "native")
         with pytest.raises(native.NativeBuildError, match="no C\\+\\+ compiler"):
             unit().eval()(torch.randn(40))
+        assert dispatch.explain("cpu", torch.float32, training=False) == (
+            "error", "ADACT_FUSED=native but the native build failed: no C++ compiler found"
+        )
         monkeypatch.setenv(dispatch.ENV_VAR, "auto")
         m, x = unit().eval(), torch.randn(40)
         with pytest.warns(RuntimeWarning, match="Inductor-compiled"):
@@ -621,12 +639,11 @@ def test_auto_picks_compile_over_a_slower_native_build(monkeypatch: pytest.Monke
     try:
         backend, why = dispatch.explain("cpu", torch.float32)
         assert backend == "compile" and "Inductor is faster" in why, why
-        key = dispatch.FusedKernelKey("fwd", "cpu", torch.float32, inductor.kernel_flags(DEFAULT_CANDIDATES, True, False))
-        assert dispatch.native_for(key) is None
+        assert dispatch.choose(default_key()).backend is backends.COMPILE
         verdict = json.loads(next(tmp_path.glob("adact_native_slow.calibration-*.json")).read_text())
         assert verdict["winner"] == "compile" and verdict["native_ms"] > verdict["compiled_ms"] > 0
         calls = []
-        monkeypatch.setattr(fused_autograd.NativeKernels, "forward", lambda *a: calls.append(a))
+        monkeypatch.setattr(native.NativeKernels, "forward", lambda *a: calls.append(a))
         m, x = unit().train(), torch.randn(4, 6, 10)
         torch.manual_seed(5)
         y = m(x)  # through Inductor: the native forward is never called
@@ -635,11 +652,12 @@ def test_auto_picks_compile_over_a_slower_native_build(monkeypatch: pytest.Monke
         monkeypatch.setattr(native, "native_kernels", lambda isa=None: slow)
         # A new process reads the verdict instead of measuring again.
         dispatch.reset_kernels()
-        monkeypatch.setattr(dispatch, "_measure", lambda k: pytest.fail("measured again"))
-        assert dispatch.calibrate(slow).winner == "compile"
+        monkeypatch.setattr(calibration, "_measure", lambda k: pytest.fail("measured again"))
+        assert calibration.calibrate(slow).winner == "compile"
         # ADACT_FUSED=native forces the native build, verdict or not.
         monkeypatch.setenv(dispatch.ENV_VAR, "native")
-        assert dispatch.native_for(key) is slow
+        assert dispatch.choose(default_key()).backend is backends.NATIVE
+        assert backends.NATIVE.load("native") is slow
         assert dispatch.explain("cpu", torch.float32) == ("native", "ADACT_FUSED=native")
         torch.manual_seed(5)
         torch.testing.assert_close(m(x), y, **TOL[torch.float32])
@@ -651,7 +669,7 @@ def test_auto_keeps_a_faster_native_build(monkeypatch: pytest.MonkeyPatch, tmp_p
     native_or_skip()
     real = native.native_kernels()
     fast = native.NativeKernels(real.lib, tmp_path / "adact_native_fast.so", real.flags)
-    monkeypatch.setattr(dispatch, "_measure", lambda k: dispatch.Calibration(1.0, 2.0, "native", 1, 1))
+    monkeypatch.setattr(calibration, "_measure", lambda k: calibration.Calibration(1.0, 2.0, "native", 1, 1))
     monkeypatch.setattr(native, "native_kernels", lambda isa=None: fast)
     monkeypatch.setenv(dispatch.ENV_VAR, "auto")
     dispatch.reset_kernels()
@@ -667,21 +685,12 @@ def test_backend_off_uses_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(dispatch.ENV_VAR, "off")
     assert not fused.fused_supported(DEFAULT_CANDIDATES, torch.randn(3))
     monkeypatch.setenv(dispatch.ENV_VAR, "bogus")
-    with pytest.raises(ValueError, match="ADACT_FUSED"):
+    with pytest.raises(ValueError, match="ADACT_FUSED='bogus' is not one of auto, native, compile, eager, off"):
         fused.fused_supported(DEFAULT_CANDIDATES, torch.randn(3))
 
 
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_compile(key: dispatch.FusedKernelKey) -> object:
-        def kernel(*args: object) -> object:
-            raise RuntimeError("no C++ compiler")
-
-        return kernel
-
-    def no_native() -> object:
-        raise native.NativeBuildError("no C++ compiler found")
-
-    monkeypatch.setattr(dispatch, "_compile", broken_compile)
+    monkeypatch.setattr(compiled, "_compile", broken_compile)
     monkeypatch.setattr(native, "native_kernels", no_native)
     dispatch.reset_kernels()
     try:
@@ -691,22 +700,143 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.
             y = m(x)
             (gx,) = torch.autograd.grad(y.sum(), x)
         messages = [str(r.message) for r in record]
-        # once that the native kernels are missing, then once per compiled variant (fwd, bwd)
-        assert len(messages) == 3 and "Inductor-compiled" in messages[0]
-        assert all("eager fused kernel" in msg for msg in messages[1:])
+        # once that the native kernels are missing, once that compiling failed (the forward's
+        # variant; the backward then runs eager without trying)
+        assert len(messages) == 2 and "Inductor-compiled" in messages[0], messages
+        assert "no C++ compiler" in messages[1] and "eager fused kernel" in messages[1]
         torch.testing.assert_close(y, reference_of(m, x), **TOL[torch.float32])
         (gx_ref,) = torch.autograd.grad(reference_of(m, x).sum(), x)
         torch.testing.assert_close(gx, gx_ref, **TOL[torch.float32])
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # both variants are eager now: no more attempts
+            warnings.simplefilter("error")  # decided: eager, no more attempts
             m(x).sum().backward()
+        backend, why = dispatch.explain("cpu", torch.float32, training=False)
+        assert backend == "eager" and why.startswith("compiling failed earlier in this process (RuntimeError"), why
     finally:
         dispatch.reset_kernels()
     monkeypatch.setenv(dispatch.ENV_VAR, "compile")
-    monkeypatch.setattr(dispatch, "_compile", broken_compile)
+    monkeypatch.setattr(compiled, "_compile", broken_compile)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         unit().eval()(torch.randn(40))
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):  # remembered: raised again, not retried
+        unit().eval()(torch.randn(40))
+    assert dispatch.explain("cpu", torch.float32, training=False)[0] == "error"
     dispatch.reset_kernels()
+
+
+# --------------------------------------------------------------------------------------------
+# the dispatcher: what explain() says is what runs, decided once per key
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the backends that ran, in order ("fwd:native", "bwd:native", "reference")."""
+    log: list[str] = []
+    for backend in (backends.NATIVE, backends.COMPILE, backends.EAGER):
+        for method, tag in (("forward", "fwd"), ("backward", "bwd")):
+            real = getattr(backend, method)
+
+            def spy(*args: object, _real: Any = real, _tag: str = f"{tag}:{backend.name}") -> object:
+                log.append(_tag)
+                return _real(*args)
+
+            monkeypatch.setattr(backend, method, spy)
+    real_ref = backends.REFERENCE.forward
+    monkeypatch.setattr(backends.REFERENCE, "forward", lambda *a: log.append("reference") or real_ref(*a))
+    return log
+
+
+def _runs_as_explained(dtype: torch.dtype, ran: list[str]) -> None:
+    """The default unit in training mode on a CPU input runs where explain() says, both ways."""
+    backend, why = dispatch.explain("cpu", dtype)
+    m, x = AdAct().train(), torch.randn(4, 6, 5, dtype=dtype, requires_grad=True)
+    ran.clear()
+    if backend == "error":
+        with pytest.raises(RuntimeError):  # the forced backend's failure (NativeBuildError is one)
+            m(x)
+        return
+    m(x).float().sum().backward()
+    assert ran == (["reference"] if backend == "reference" else [f"fwd:{backend}", f"bwd:{backend}"]), (backend, why)
+    assert dispatch.explain("cpu", dtype) == (backend, why)  # running changed nothing
+
+
+@pytest.mark.parametrize("setting", dispatch.BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["f32", "bf16", "f64"])
+def test_explain_is_what_runs(monkeypatch: pytest.MonkeyPatch, ran: list[str], setting: str, dtype: torch.dtype) -> None:
+    monkeypatch.setenv(dispatch.ENV_VAR, setting)
+    _runs_as_explained(dtype, ran)
+    expected = {"off": "reference", "eager": "eager"}.get(setting)
+    if dtype == torch.float64 and setting != "off":
+        expected = "eager"
+    if expected is not None:
+        assert dispatch.explain("cpu", dtype)[0] == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_explain_is_what_runs_after_failures(monkeypatch: pytest.MonkeyPatch, ran: list[str], dtype: torch.dtype) -> None:
+    """auto after a failed native build, then after a compile failing at first use: explain() follows."""
+    monkeypatch.setattr(native, "native_kernels", no_native)
+    dispatch.reset_kernels()
+    try:
+        with pytest.warns(RuntimeWarning, match="native C\\+\\+ kernels failed"):
+            assert dispatch.explain("cpu", torch.float32) == ("compile", "the native build failed: no C++ compiler found")
+        _runs_as_explained(dtype, ran)
+        assert ran[0] == "fwd:compile"
+        # The compiled kernels now fail at their first call (a fresh process: nothing compiled yet).
+        backends.forget()
+        monkeypatch.setattr(compiled, "_compile", broken_compile)
+        m, x = AdAct().train(), torch.randn(4, 6, 5, dtype=dtype, requires_grad=True)
+        ran.clear()
+        with pytest.warns(RuntimeWarning, match="eager fused kernels instead"):
+            m(x).float().sum().backward()
+        assert ran == ["fwd:compile", "fwd:eager", "bwd:eager"]  # the failing call itself was rerun eagerly
+        backend, why = dispatch.explain("cpu", dtype)
+        assert backend == "eager" and "compiling failed earlier" in why
+        _runs_as_explained(dtype, ran)
+    finally:
+        dispatch.reset_kernels()
+
+
+def test_choose_is_cached_per_key_and_environment(monkeypatch: pytest.MonkeyPatch, ran: list[str]) -> None:
+    decided: list[dispatch.DispatchKey] = []
+    real = dispatch._decide
+    monkeypatch.setattr(dispatch, "_decide", lambda key: decided.append(key) or real(key))
+    monkeypatch.setattr(dispatch, "_choices", {})
+    m, x = AdAct().train(), torch.randn(4, 6, 5, requires_grad=True)
+    for _ in range(3):
+        m(x).sum().backward()
+    assert len(decided) == 1  # one decision serves every forward and backward of that key
+    first = ran[0]
+    monkeypatch.setenv(dispatch.ENV_VAR, "eager")
+    ran.clear()
+    m(x).sum().backward()
+    assert len(decided) == 2 and decided[1].env.fused == "eager" and ran == ["fwd:eager", "bwd:eager"]
+    monkeypatch.setenv(dispatch.ENV_VAR, " AUTO ")  # another spelling of auto: the same decision
+    ran.clear()
+    m(x).sum().backward()
+    assert len(decided) == 2 and ran[0] == first
+    m.eval()(x)  # another key: decided afresh
+    assert len(decided) == 3 and not decided[2].training
+    choice = dispatch.choose(decided[0])
+    assert choice is dispatch.choose(decided[0])
+    assert [r.backend for r in choice.rejected] == [b.name for b in backends.ORDER[: len(choice.rejected)]]
+
+
+def test_choice_names_why_better_backends_were_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    choice = dispatch.choose(default_key(torch.bfloat16))
+    assert choice.rejected[0] == dispatch.Rejection("native", "float32 inputs only", covered=False)
+    key = keys.dispatch_key(torch.empty(3), torch.zeros(7, dtype=torch.float64), None, DEFAULT_CANDIDATES, True)
+    assert "float32 parameters only" in dispatch.choose(key).rejected[0].reason
+    gelu = keys.dispatch_key(torch.empty(3), torch.zeros(2), None, ("relu", "gelu"), False)
+    choice = dispatch.choose(gelu)
+    assert choice.backend is backends.REFERENCE and "no fused kernel for gelu" in choice.reason
+    bad = keys.dispatch_key(torch.empty(2, 3), torch.zeros(4, 7), torch.zeros(4), DEFAULT_CANDIDATES, False)
+    assert bad.layout == "unsupported" and dispatch.choose(bad).backend is backends.REFERENCE
+    monkeypatch.setenv(dispatch.ENV_VAR, "off")
+    assert dispatch.explain("cuda", torch.float32) == ("reference", "ADACT_FUSED=off")
+    with pytest.raises(ValueError, match="granularity 'row'; valid: layer, channel"):
+        dispatch.explain("cpu", torch.float32, granularity="row")
 
 
 def test_adact_uses_fused_path_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,7 +49,7 @@ def collect() -> list[tuple[str, str]]:
     import torch
 
     import adact
-    from adact.fused import dispatch, native
+    from adact.fused import backends, calibration, dispatch, keys, native
 
     rows = [
         ("adact", adact.__version__),
@@ -64,12 +64,13 @@ def collect() -> list[tuple[str, str]]:
         (native.ISA_ENV_VAR, os.environ.get(native.ISA_ENV_VAR, "") or "native (unset)"),
         ("kernel cache", str(native._cache_dir())),
     ]
+    env = keys.current_env()
     try:
-        kernels = native.native_kernels()
+        kernels = backends.NATIVE.load(env.isa)  # the dispatcher's own build attempt, shared
         rows.append(("native build", f"ok: {' '.join(kernels.flags)}"))
         rows.append(("native library", str(kernels.path)))
-        if dispatch.fused_backend() == "auto":
-            cal = dispatch.calibrate(kernels)
+        if env.fused == "auto":
+            cal = calibration.calibrate(kernels)
             compiled = "failed" if cal.compiled_ms is None else f"{cal.compiled_ms:.3f} ms"
             rows.append((
                 "calibration",
@@ -79,7 +80,7 @@ def collect() -> list[tuple[str, str]]:
     except native.NativeBuildError as err:
         rows.append(("native build", f"FAILED: {str(err).splitlines()[0]}"))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
+    for device in devices:  # the default unit in training mode: what choose() decides for it
         for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             backend, why = dispatch.explain(device, dtype)
             rows.append((f"backend {device} {str(dtype).split('.')[-1]}", f"{backend}: {why}"))

@@ -198,11 +198,8 @@ class AdAct(nn.Module):
 
     def _forward_dim1(self, x: Tensor) -> Tensor:
         if self.fused and not torch.onnx.is_in_onnx_export():
-            if fused.fused_supported(self.candidates, x):
-                slope = self.prelu_weight
-                if slope is None:  # the kernel's signature always takes a slope; it is unused here
-                    slope = self.logits.new_zeros(self.num_channels or 1).detach()
-                return fused.adact_fused(x, self.scaled_logits(), slope, self.candidates, self.training)
+            # The dispatcher decides (once per kind of input) which backend runs, the reference included.
+            return fused.adact_fused(x, self.scaled_logits(), self.prelu_weight, self.candidates, self.training)
         return adact_reference(x, self.scaled_logits(), self.prelu_weight, self.candidates, self.training)
 
     # --- reading the choice -------------------------------------------------------------

@@ -1,14 +1,15 @@
 """Fused AdAct: the whole mixture in one pass forward and one pass backward, saving only the input.
 
-:class:`adact.AdAct` calls :func:`adact_fused` by default wherever :func:`fused_supported` holds;
-it gives the values of :func:`adact.adact_reference` (to floating-point rounding) at about the
+:class:`adact.AdAct` calls :func:`adact_fused` by default; wherever a fused kernel takes the call
+(:func:`fused_supported`) it gives the values of :func:`adact.adact_reference` (to floating-point rounding) at about the
 cost of a single activation, and keeps only ``x`` for the backward instead of one tensor per
 candidate.
 
 * Math: :mod:`adact.fused.inductor` (one exponential per element, finite for any input).
-* Kernels: :mod:`adact.fused.native` (hand-vectorised C++, float32 on CPU) and
-  :mod:`adact.fused.dispatch` (``torch.compile``/Inductor elsewhere, eager fallback, the
-  ``ADACT_FUSED=auto|native|compile|eager|off`` switch).
+* Backends: :mod:`adact.fused.backends` (native C++ from :mod:`adact.fused.native`, Inductor-compiled
+  from :mod:`adact.fused.compiled`, eager, and the reference), chosen per call by
+  :mod:`adact.fused.dispatch` (the ``ADACT_FUSED=auto|native|compile|eager|off`` switch, fallbacks,
+  :func:`~adact.fused.dispatch.explain`).
 * Ops: :mod:`adact.fused.autograd` (``torch.ops.adact.fused_forward`` / ``fused_backward`` with
   autograd, so ``torch.compile`` of a whole model keeps working).
 
@@ -27,65 +28,66 @@ import torch
 from torch import Tensor
 
 from adact.fused.autograd import apply_fused
-from adact.fused.dispatch import fused_backend
+from adact.fused.backends import FUSED_DTYPES, REFERENCE
+from adact.fused.dispatch import choose, fused_backend
 from adact.fused.inductor import FUSED_CANDIDATES
-from adact.reference import adact_reference
+from adact.fused.keys import DispatchKey, Env, current_env, dispatch_key
 
 __all__ = ["FUSED_CANDIDATES", "FUSED_DTYPES", "adact_fused", "fused_backend", "fused_supported"]
 
-#: Input dtypes the kernel takes (float16/bfloat16 compute in float32, float64 in float64).
-FUSED_DTYPES: frozenset[torch.dtype] = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
-_DEVICES = ("cpu", "cuda")
 _SEED_RANGE = 2**31  # seeds are non-negative int32
 
 
 def fused_supported(candidates: Sequence[str], x: Tensor) -> bool:
-    """Whether :func:`adact_fused` handles this pool and input (else use :func:`adact.adact_reference`).
+    """Whether :func:`adact_fused` runs a fused kernel for this pool and input (else :func:`adact.adact_reference`).
 
     True when every candidate is one of :data:`FUSED_CANDIDATES` (the paper's seven, any subset or
     order), ``x`` is float16/bfloat16/float32/float64 on CPU or CUDA, and ``ADACT_FUSED`` is not
-    ``off``.
+    ``off``: :func:`adact.fused.dispatch.choose`'s answer for one mixture per unit, parameters of
+    ``x``'s dtype.
     """
-    return (
-        x.dtype in FUSED_DTYPES
-        and x.device.type in _DEVICES
-        and all(c in FUSED_CANDIDATES for c in candidates)
-        and fused_backend() != "off"
-    )
+    key = DispatchKey(x.device.type, x.dtype, tuple(candidates), "layer", False, (x.dtype, x.dtype), current_env())
+    return choose(key).backend is not REFERENCE
 
 
-def _shapes_supported(x: Tensor, logits: Tensor, prelu_weight: Tensor) -> bool:
-    if logits.dim() == 1:
-        return prelu_weight.numel() == 1
-    return (
-        logits.dim() == 2
-        and x.dim() >= 2
-        and x.shape[1] == logits.shape[0]
-        and prelu_weight.dim() == 1
-        and prelu_weight.numel() in (1, logits.shape[0])
-    )
+@torch.compiler.assume_constant_result
+def _fused_when_traced(*fields: object) -> bool:
+    # choose() may build, calibrate and compile: nothing Dynamo can trace. Dynamo calls this for
+    # real while it traces (the key's fields are guarded constants, the environment included) and
+    # the graph keeps the answer. The key travels flat: Dynamo rebuilds named tuples wrongly here.
+    *head, fused, isa = fields
+    return choose(DispatchKey(*head, Env(fused, isa))).backend is not REFERENCE  # type: ignore[arg-type]
 
 
 def adact_fused(
-    x: Tensor, logits: Tensor, prelu_weight: Tensor, candidates: Sequence[str], training: bool
+    x: Tensor, logits: Tensor, prelu_weight: Tensor | None, candidates: Sequence[str], training: bool
 ) -> Tensor:
     r"""AdAct forward through the fused kernel; same arguments and values as :func:`adact.adact_reference`.
+
+    Where no fused backend takes the call (see :func:`adact.fused.dispatch.explain`) this is
+    :func:`adact.adact_reference`.
 
     Args:
         x: input, any shape; ``(N, C, *)`` when ``logits`` is per channel.
         logits: ``(K,)`` or ``(C, K)`` mixture logits, in the order of ``candidates``.
-        prelu_weight: PReLU slope, ``(1,)`` or ``(C,)`` (any value when PReLU is not a candidate).
-        candidates: the K activation names, all in :data:`FUSED_CANDIDATES`.
+        prelu_weight: PReLU slope, ``(1,)`` or ``(C,)``; may be None when PReLU is not a candidate.
+        candidates: the K activation names.
         training: RReLU draws a random slope per element when True, uses the mean slope otherwise.
 
     Double backward is not supported (the backward is itself a fused kernel).
     """
     names = tuple(candidates)
-    if not _shapes_supported(x, logits, prelu_weight):
-        return adact_reference(x, logits, prelu_weight, names, training)
-    noisy = training and "rrelu" in names
-    if noisy:
+    key = dispatch_key(x, logits, prelu_weight, names, training)
+    if torch.compiler.is_compiling():
+        fused = _fused_when_traced(*key[:-1], *key.env)
+    else:
+        fused = choose(key).backend is not REFERENCE
+    if not fused:
+        return REFERENCE.forward(x, logits, prelu_weight, names, training)
+    if prelu_weight is None:  # the kernels' signature always takes a slope; it is unused here
+        prelu_weight = logits.new_zeros(logits.shape[0] if logits.dim() == 2 else 1).detach()
+    if training and "rrelu" in names:
         seed = torch.randint(0, _SEED_RANGE, (), dtype=torch.int32, device=x.device)
     else:
         seed = torch.zeros((), dtype=torch.int32, device=x.device)
-    return apply_fused(x, logits, prelu_weight, seed, names, noisy)
+    return apply_fused(x, logits, prelu_weight, seed, names, training, key)
