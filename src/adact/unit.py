@@ -12,11 +12,12 @@ from torch import Tensor, nn
 
 from adact import fused
 from adact.activations import DEFAULT_CANDIDATES, _check_name
+from adact.config import GRANULARITIES
+from adact.errors import UserError
 from adact.reference import adact_reference, mixture_weights
 
 __all__ = ["AdAct", "GRANULARITIES", "LOGIT_INITS", "adact_reference"]
 
-GRANULARITIES: tuple[str, ...] = ("layer", "channel")
 LOGIT_INITS: tuple[str, ...] = ("zeros", "normal", "uniform")
 
 
@@ -99,24 +100,24 @@ class AdAct(nn.Module):
             raise TypeError(f"candidates must be a sequence of names, got the string {candidates!r}")
         names = tuple(_check_name(c) for c in candidates)
         if len(names) == 0:
-            raise ValueError("candidates must name at least one activation")
+            raise UserError("candidates must name at least one activation")
         if len(set(names)) != len(names):
-            raise ValueError(f"candidates must be distinct, got {list(names)}")
+            raise UserError(f"candidates must be distinct, got {list(names)}")
         if granularity not in GRANULARITIES:
-            raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+            raise UserError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
         if granularity == "channel":
             if num_channels is None:
-                raise ValueError('granularity="channel" needs num_channels (the size of dim 1)')
+                raise UserError('granularity="channel" needs num_channels (the size of dim 1)')
             if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 1:
-                raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+                raise UserError(f"num_channels must be a positive int, got {num_channels!r}")
         if channel_dim not in (1, -1) or isinstance(channel_dim, bool):
-            raise ValueError(f"channel_dim must be 1 (N, C, *) or -1 (*, C), got {channel_dim!r}")
+            raise UserError(f"channel_dim must be 1 (N, C, *) or -1 (*, C), got {channel_dim!r}")
         if init not in LOGIT_INITS:
-            raise ValueError(f"unknown init {init!r}; valid: {', '.join(LOGIT_INITS)}")
+            raise UserError(f"unknown init {init!r}; valid: {', '.join(LOGIT_INITS)}")
         if not math.isfinite(init_scale) or init_scale < 0:
-            raise ValueError(f"init_scale must be finite and >= 0, got {init_scale}")
+            raise UserError(f"init_scale must be finite and >= 0, got {init_scale}")
         if not math.isfinite(prelu_init):
-            raise ValueError(f"prelu_init must be finite, got {prelu_init}")
+            raise UserError(f"prelu_init must be finite, got {prelu_init}")
         _check_temperature(temperature)
         super().__init__()
         self.candidates: tuple[str, ...] = names
@@ -177,12 +178,12 @@ class AdAct(nn.Module):
         if self.num_channels is None:
             return
         if self.channel_dim == 1 and (x.dim() < 2 or x.shape[1] != self.num_channels):
-            raise ValueError(
+            raise UserError(
                 f"AdAct(granularity='channel', num_channels={self.num_channels}) expects input of "
                 f"shape (N, {self.num_channels}, *), got {tuple(x.shape)}"
             )
         if self.channel_dim == -1 and (x.dim() < 2 or x.shape[-1] != self.num_channels):
-            raise ValueError(
+            raise UserError(
                 f"AdAct(granularity='channel', num_channels={self.num_channels}, channel_dim=-1) "
                 f"expects input of shape (*, {self.num_channels}), got {tuple(x.shape)}"
             )
@@ -262,4 +263,4 @@ def _check_temperature(temperature: float) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        raise UserError(f"temperature must be finite and > 0, got {temperature}")

@@ -21,6 +21,7 @@ import threading
 import torch
 from torch import Tensor
 
+from adact.errors import UserError
 from adact.fused import calibration, compiled, native
 from adact.fused.inductor import (
     FUSED_CANDIDATES,
@@ -140,7 +141,7 @@ class NativeBackend(FusedBackend):
         if kernels is not None:
             return kernels
         if isa not in native.ISA_LEVELS:
-            raise ValueError(f"{native.ISA_ENV_VAR}={isa!r} is not one of {', '.join(native.ISA_LEVELS)}")
+            raise UserError(f"{native.ISA_ENV_VAR}={isa!r} is not one of {', '.join(native.ISA_LEVELS)}")
         with self._lock:
             if isa in self._errors:
                 raise self._errors[isa]

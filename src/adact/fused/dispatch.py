@@ -41,6 +41,8 @@ import torch
 from torch import Tensor
 
 from adact.activations import DEFAULT_CANDIDATES
+from adact.config import GRANULARITIES
+from adact.errors import UserError
 from adact.fused.backends import EAGER, ORDER, Backend, FusedBackend, forget
 from adact.fused.keys import (
     BACKENDS,
@@ -56,7 +58,6 @@ __all__ = [
     "forward", "fused_backend", "reset_kernels",
 ]  # fmt: skip
 
-_GRANULARITIES = ("layer", "channel")
 _T = TypeVar("_T")
 
 
@@ -151,7 +152,7 @@ def _run(key: DispatchKey, call: Callable[[FusedBackend], _T]) -> _T:
             # ADACT_FUSED=off was set): the reference cannot replay the seed's RReLU noise.
             why = EAGER.scope(key)
             if why is not None:
-                raise ValueError(f"the fused AdAct kernels cannot take this call: {why}")
+                raise UserError(f"the fused AdAct kernels cannot take this call: {why}")
             backend = EAGER
         try:
             return call(backend)
@@ -197,8 +198,8 @@ def explain(
         On a float32 CPU input this builds the native kernels and, under ``auto``, calibrates
         them if that has not happened yet.
     """
-    if granularity not in _GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(_GRANULARITIES)}")
+    if granularity not in GRANULARITIES:
+        raise UserError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
     key = DispatchKey(
         torch.device(device).type, dtype, tuple(candidates), granularity, training, (param_dtype, param_dtype),
         current_env(),

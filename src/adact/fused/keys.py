@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from adact.errors import UserError
 from adact.fused.inductor import KernelFlags, kernel_flags
 from adact.fused.native import ISA_ENV_VAR
 
@@ -44,7 +45,7 @@ _ENVS: dict[tuple[str | None, str | None], Env] = {}
 def _parse(raw: tuple[str | None, str | None]) -> Env:
     fused = (raw[0] or "").strip().lower() or "auto"
     if fused not in BACKENDS:
-        raise ValueError(f"{ENV_VAR}={raw[0]!r} is not one of {', '.join(BACKENDS)}")
+        raise UserError(f"{ENV_VAR}={raw[0]!r} is not one of {', '.join(BACKENDS)}")
     return Env(fused, (raw[1] or "").strip() or "native")
 
 

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from adact.errors import UserError
 from adact.fused import inductor
 from adact.fused.inductor import KernelFlags
 
@@ -131,7 +132,7 @@ def detect_isa() -> str:
 def isa_flags(isa: str) -> tuple[str, ...]:
     """The compiler flags of ``isa`` (a key of :data:`ISA_LEVELS`)."""
     if isa not in ISA_LEVELS:
-        raise ValueError(f"unknown ISA level {isa!r}; valid: {', '.join(ISA_LEVELS)}")
+        raise UserError(f"unknown ISA level {isa!r}; valid: {', '.join(ISA_LEVELS)}")
     return ISA_LEVELS[isa]
 
 
@@ -290,7 +291,7 @@ def selected_isa() -> str:
     """The level ``$ADACT_NATIVE_ISA`` asks for (``"native"`` when unset)."""
     isa = os.environ.get(ISA_ENV_VAR, "").strip() or "native"
     if isa not in ISA_LEVELS:
-        raise ValueError(f"{ISA_ENV_VAR}={isa!r} is not one of {', '.join(ISA_LEVELS)}")
+        raise UserError(f"{ISA_ENV_VAR}={isa!r} is not one of {', '.join(ISA_LEVELS)}")
     return isa
 
 
