@@ -122,7 +122,7 @@ _ATEN_CAPABILITY = {"x86-64-v4": "avx512", "x86-64-v3": "avx2", "avx-fma": "defa
 
 def _with_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
     def call() -> object:
-        os.environ[dispatch.ENV_VAR] = backend  # read at each call
+        os.environ[dispatch.ENV_VAR] = backend  # read at each call; a new value is a new cached decision
         return fn()
 
     return call
