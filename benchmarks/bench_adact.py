@@ -19,6 +19,7 @@ Usage::
     python benchmarks/bench_adact.py --glibc-defaults   # let glibc unmap freed buffers (see below)
     python benchmarks/bench_adact.py --isa all          # one table row per ISA level this CPU runs
     python benchmarks/bench_adact.py --isa x86-64-v3 x86-64
+    python benchmarks/bench_adact.py --sweep --cpu-time --threads 1   # 1K..16M elements, one unit
 
 ISA levels (``--isa``): each level runs in a process of its own in which the native kernels are
 built for that level (``ADACT_NATIVE_ISA``) and torch's own kernels and Inductor's generated code
@@ -113,6 +114,48 @@ def unit_speed(device: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: 
             times = {k: v * out["silu"] / times["silu"] for k, v in times.items() if k != "silu"}
         out.update(times)
     return out
+
+
+#: ``--sweep``: the sizes of a unit's input, 1K to 16M elements (x4 each step).
+SWEEP_SIZES: tuple[int, ...] = tuple(1024 * 4**k for k in range(8))
+#: Above this the reference sum (about 15 input-sized tensors alive) is not timed: seconds per call.
+SWEEP_REFERENCE_MAX = 4 * 1024 * 1024
+
+
+def run_sweep(rounds: int) -> None:
+    """fwd+bwd of one unit at every size of :data:`SWEEP_SIZES`: SiLU, AdAct (training, eval), the reference.
+
+    A fixed cost per call dominates small inputs, so each size runs enough calls per round for
+    about 4M elements (at least one): every row takes a comparable time, and the timer's
+    resolution never matters.
+    """
+    print("| elements | SiLU | AdAct, training | AdAct, eval | reference sum, training |")
+    print("|---|---|---|---|---|")
+    for n in SWEEP_SIZES:
+        inner = max(1, min(1000, SWEEP_SIZES[-3] // n))
+        x = torch.randn(n, requires_grad=True)
+        g = torch.randn_like(x)
+        silu = _fwd_bwd(nn.SiLU(), x, g)
+        groups = [{"silu": silu, "fused_train": _fwd_bwd(AdAct().train(), x, g),
+                   "fused_eval": _fwd_bwd(AdAct().eval(), x, g)}]
+        if n <= SWEEP_REFERENCE_MAX:  # in a group of its own, against SiLU again (see unit_speed)
+            groups.append({"silu": silu, "reference_train": _fwd_bwd(AdAct(fused=False).train(), x, g)})
+        t: dict[str, float] = {}
+        for fns in groups:
+            for fn in fns.values():
+                for _ in range(3):
+                    fn()
+            times = _median_times(fns, rounds, inner, lambda: None)
+            if "silu" in t:
+                times = {k: v * t["silu"] / times["silu"] for k, v in times.items() if k != "silu"}
+            t.update(times)
+
+        def cell(name: str) -> str:
+            return f"{t[name] * 1e6:.0f} us, x{t[name] / t['silu']:.2f}" if name in t else "not timed"
+
+        label = f"{n // 1024}K" if n < 1024 * 1024 else f"{n // (1024 * 1024)}M"
+        print(f"| {label} | {t['silu'] * 1e6:.0f} us | {cell('fused_train')} | {cell('fused_eval')} | "
+              f"{cell('reference_train')} |", flush=True)
 
 
 #: torch's (and Inductor's) kernel level for each native ISA level: what a CPU of that level runs.
@@ -278,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--isa", nargs="+", metavar="LEVEL", default=None,
                         help=f"time the unit at these ISA levels ({', '.join(native.ISA_LEVELS)}, or 'all' that "
                              "this CPU runs), one table row each, instead of the full benchmark")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time one unit's fwd+bwd at 1K to 16M elements (SiLU, AdAct training and eval, the "
+                             "reference sum) instead of the full benchmark")
     parser.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--isa-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -304,6 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: glibc defaults)')}")
     print(f"load average (1 min) at start: {_load()}")
     print()
+    if args.sweep:
+        print(f"## fwd+bwd of one unit by input size, fp32, CPU, ADACT_NATIVE_ISA={native.selected_isa()} "
+              f"(this CPU: {native.detect_isa()}); median per call, x SiLU")
+        run_sweep(args.rounds or unit_rounds)
+        print(f"load average (1 min) at end: {_load()}")
+        return
     if args.isa:
         print(f"## fwd+bwd per ISA level, 64x64x32x32 fp32 (median ms, x SiLU at the same level); this CPU: {native.detect_isa()}")
         run_isa_levels(args.isa, unit_rounds, args.threads, args.cpu_time)
