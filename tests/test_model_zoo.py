@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from adact.config import ModelSpec, TrainConfig
+from adact.config import ModelSpec, TrainConfig, parse_model
 from adact.data import load_dataset
-from adact.model_zoo import check_input, create_model, parse_model, with_activation
+from adact.model_zoo import check_input, create_model, with_activation
 from adact.surgery import adact_units
 from adact.training.build import build_model, model_spec
 from adact.training.loop import lr_factor, train

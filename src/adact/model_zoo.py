@@ -22,10 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from adact.choice import adact_units
 from adact.config import BASELINE, parse_model
 from adact.errors import UserError
+from adact.surgery import adactify, optimize
 
-__all__ = ["BASELINE", "check_input", "create_model", "parse_model", "with_activation"]
+__all__ = ["check_input", "create_model", "with_activation"]
 
 def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     import torchvision
@@ -189,8 +191,6 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
         example_inputs: a batch for :func:`adact.adactify` to count calls in untraceable modules
             (needed for ``granularity="channel"``).
     """
-    from adact.surgery import adact_units, adactify, optimize
-
     if activation == BASELINE:
         return model
     if isinstance(activation, str) and activation != "adact":
