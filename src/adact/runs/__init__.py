@@ -1,0 +1,1 @@
+"""On-disk formats: run folders, checkpoints, search manifests, atomic files and locks, old formats."""
