@@ -122,30 +122,31 @@ SWEEP_SIZES: tuple[int, ...] = tuple(1024 * 4**k for k in range(8))
 SWEEP_REFERENCE_MAX = 4 * 1024 * 1024
 
 
-def run_sweep(rounds: int) -> None:
+def run_sweep(rounds: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
     """fwd+bwd of one unit at every size of :data:`SWEEP_SIZES`: SiLU, AdAct (training, eval), the reference.
 
     A fixed cost per call dominates small inputs, so each size runs enough calls per round for
     about 4M elements (at least one): every row takes a comparable time, and the timer's
     resolution never matters.
     """
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     print("| elements | SiLU | AdAct, training | AdAct, eval | reference sum, training |")
     print("|---|---|---|---|---|")
     for n in SWEEP_SIZES:
         inner = max(1, min(1000, SWEEP_SIZES[-3] // n))
-        x = torch.randn(n, requires_grad=True)
+        x = torch.randn(n, device=device, dtype=dtype, requires_grad=True)
         g = torch.randn_like(x)
         silu = _fwd_bwd(nn.SiLU(), x, g)
-        groups = [{"silu": silu, "fused_train": _fwd_bwd(AdAct().train(), x, g),
-                   "fused_eval": _fwd_bwd(AdAct().eval(), x, g)}]
+        groups = [{"silu": silu, "fused_train": _fwd_bwd(AdAct().to(device).train(), x, g),
+                   "fused_eval": _fwd_bwd(AdAct().to(device).eval(), x, g)}]
         if n <= SWEEP_REFERENCE_MAX:  # in a group of its own, against SiLU again (see unit_speed)
-            groups.append({"silu": silu, "reference_train": _fwd_bwd(AdAct(fused=False).train(), x, g)})
+            groups.append({"silu": silu, "reference_train": _fwd_bwd(AdAct(fused=False).to(device).train(), x, g)})
         t: dict[str, float] = {}
         for fns in groups:
             for fn in fns.values():
                 for _ in range(3):
                     fn()
-            times = _median_times(fns, rounds, inner, lambda: None)
+            times = _median_times(fns, rounds, inner, sync)
             if "silu" in t:
                 times = {k: v * t["silu"] / times["silu"] for k, v in times.items() if k != "silu"}
             t.update(times)
@@ -324,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", action="store_true",
                         help="time one unit's fwd+bwd at 1K to 16M elements (SiLU, AdAct training and eval, the "
                              "reference sum) instead of the full benchmark")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--sweep on this device (default: cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="--sweep in this dtype (default: float32)")
     parser.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--isa-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -351,9 +355,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average (1 min) at start: {_load()}")
     print()
     if args.sweep:
-        print(f"## fwd+bwd of one unit by input size, fp32, CPU, ADACT_NATIVE_ISA={native.selected_isa()} "
-              f"(this CPU: {native.detect_isa()}); median per call, x SiLU")
-        run_sweep(args.rounds or unit_rounds)
+        where = (torch.cuda.get_device_name(0) if args.device == "cuda"
+                 else f"CPU, ADACT_NATIVE_ISA={native.selected_isa()} (this CPU: {native.detect_isa()})")
+        print(f"## fwd+bwd of one unit by input size, {args.dtype}, {where}; median per call, x SiLU")
+        run_sweep(args.rounds or unit_rounds, args.device, getattr(torch, args.dtype))
         print(f"load average (1 min) at end: {_load()}")
         return
     if args.isa:

@@ -112,13 +112,15 @@ def _step(model: nn.Module, case: Case, x: torch.Tensor, y: torch.Tensor) -> Cal
     return step
 
 
-def _median(fns: dict[str, Callable[[], None]], rounds: int, inner: int) -> dict[str, float]:
+def _median(fns: dict[str, Callable[[], None]], rounds: int, inner: int, sync: Callable[[], None]) -> dict[str, float]:
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            sync()
             start = _CLOCK()
             for _ in range(inner):
                 fn()
+            sync()
             times[k].append((_CLOCK() - start) / inner)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -129,15 +131,15 @@ def _graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
-def run_case(case: Case, rounds: int, compiled: bool) -> dict[str, float | int]:
+def run_case(case: Case, rounds: int, compiled: bool, device: str = "cpu") -> dict[str, float | int]:
     torch.manual_seed(0)
-    original = case.build().train()
+    original = case.build().to(device).train()
     converted = copy.deepcopy(original)
     adactify(converted)
     units = len(adact_units(converted))
     if units == 0:
         raise SystemExit(f"{case.name}: adactify converted nothing; the comparison would mean nothing")
-    x, y = case.batch()
+    x, y = (t.to(device) for t in case.batch())
     fns = {"original": _step(original, case, x, y), "adact": _step(converted, case, x, y)}
     out: dict[str, float | int] = {"units": units}
     if compiled:
@@ -151,7 +153,7 @@ def run_case(case: Case, rounds: int, compiled: bool) -> dict[str, float | int]:
     for fn in fns.values():
         for _ in range(2):
             fn()
-    out.update(_median(fns, rounds, 1))
+    out.update(_median(fns, rounds, 1, torch.cuda.synchronize if device == "cuda" else (lambda: None)))
     return out
 
 
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
     parser.add_argument("--models", nargs="+", default=None, metavar="NAME", help="a subset of the models")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     args = parser.parse_args(argv)
     global _CLOCK
     if args.cpu_time:
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(cases)}")
     print("# AdAct in whole models: one training step (forward, loss, backward, AdamW step)")
     print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch threads "
+    gpu = f"; device: {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""
+    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores{gpu}, torch threads "
           f"{args.threads}; clock: {'process CPU time' if args.cpu_time else 'wall clock'}; torch {torch.__version__}")
     print()
     head = "| model | units | original | adactified | ratio |"
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(case, str):
             print(f"| {key} | {case} |")
             continue
-        t = run_case(case, args.rounds, args.compile)
+        t = run_case(case, args.rounds, args.compile, args.device)
         row = (f"| {case.name} | {t['units']} | {t['original'] * 1e3:.1f} ms | {t['adact'] * 1e3:.1f} ms | "
                f"x{t['adact'] / t['original']:.2f} |")
         if args.compile:
