@@ -421,3 +421,20 @@ def test_every_adact_error_class_is_an_adact_error() -> None:
         assert issubclass(cls, UserError), cls
     assert issubclass(WriteError, AdactError) and issubclass(WriteError, OSError)
     assert issubclass(DivergedError, AdactError) and issubclass(FolderLockedError, RuntimeError)
+
+
+@pytest.mark.parametrize("command", ["train", "search", "reproduce"])
+def test_option_defaults_are_the_configs(command: str) -> None:
+    """One declaration of every setting: with no options, each command's settings are the config defaults."""
+    from dataclasses import asdict
+
+    from adact.cli import _train_config, build_parser
+    from adact.config import PAPER, SEARCH, SearchConfig, TrainConfig
+
+    argv = [command] + (["--dataset", "digits"] if command == "search" else [])
+    args = build_parser().parse_args(argv)
+    fixed = {"dataset": "digits", "seed": 0, "activation": "adact"}
+    assert asdict(_train_config(args, **fixed)) == asdict(TrainConfig(**fixed))
+    if command != "train":
+        assert args.seeds == SearchConfig().seeds and args.jobs == SearchConfig().jobs
+        assert args.out == (PAPER.out if command == "reproduce" else SEARCH.out)
