@@ -136,9 +136,14 @@ def best_epoch_gap(run: RunFolder, spec: ModelSpec, device: torch.device, train_
     model = build_model(spec).to(device)
     ckpt = read_checkpoint(run.best, device)
     model.load_state_dict(ckpt["model"])
+    return _epoch_gap(model, ckpt["epoch"], train_loader, test_loader, bf16)
+
+
+def _epoch_gap(model: nn.Module, epoch: int, train_loader: DeviceLoader, test_loader: DeviceLoader,
+               bf16: bool) -> dict[str, Any]:
     train_loader.set_epoch(0)  # training used epochs 1..E: a fixed order of its own, for every rerun
     gap = discretization_gap(model, train_loader, test_loader, bf16=bf16).to_json()
-    gap["epoch"] = ckpt["epoch"]
+    gap["epoch"] = epoch
     return gap
 
 
@@ -150,13 +155,13 @@ def add_missing_gap(config: TrainConfig, run: RunFolder, result: dict[str, Any],
     the checkpoint's per-channel weights).
     """
     loaders = task_for(config).loaders(config, data, train_set, device)
-    model, ckpt = load_checkpoint(run.best, device)
+    model, ckpt = load_checkpoint(run.best, device)  # best.pt, read once for both
+    model.to(device)
     result = dict(result)
     if isinstance(result.get("best_weights"), dict) and "confidence" not in result["best_weights"]:
         result["best_weights"] = {**result["best_weights"],
                                   "confidence": [c.to_json() for c in model_confidence(model)]}
-    spec = ModelSpec.from_json(ckpt["model_kwargs"])
-    result["discretization_gap"] = best_epoch_gap(run, spec, device, loaders.train, loaders.test, config.bf16)
+    result["discretization_gap"] = _epoch_gap(model, ckpt["epoch"], loaders.train, loaders.test, config.bf16)
     if distributed.writer():  # [distributed] every rank measured (evaluate all-reduces); one writes
         atomic_write_json(run.result, result)
     return result
