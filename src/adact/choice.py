@@ -269,12 +269,17 @@ def weights_record(snapshots: Sequence[UnitSnapshot]) -> dict[str, Any]:
 
     Keys: ``paths``, ``candidates``, ``choices``, ``choice_weights``, ``raw`` / ``mix`` (units x
     candidates) and ``confidence`` (one :class:`UnitConfidence` dict per unit): the format run
-    folders have always had, so every published one still reads.
+    folders have always had, so every published one still reads. Snapshots whose confidence is
+    not known (read back from an old record) leave ``confidence`` out, as such records had it,
+    rather than a list that no longer lines up with the units.
     """
-    return {"paths": [s.path for s in snapshots], "candidates": list(snapshots[0].candidates) if snapshots else [],
-            "choices": [s.choice for s in snapshots], "choice_weights": [s.weight for s in snapshots],
-            "raw": [list(s.raw) for s in snapshots], "mix": [list(s.mix) for s in snapshots],
-            "confidence": [s.confidence.to_json() for s in snapshots if s.confidence is not None]}
+    record: dict[str, Any] = {
+        "paths": [s.path for s in snapshots], "candidates": list(snapshots[0].candidates) if snapshots else [],
+        "choices": [s.choice for s in snapshots], "choice_weights": [s.weight for s in snapshots],
+        "raw": [list(s.raw) for s in snapshots], "mix": [list(s.mix) for s in snapshots]}
+    if all(s.confidence is not None for s in snapshots):
+        record["confidence"] = [s.confidence.to_json() for s in snapshots]  # type: ignore[union-attr]
+    return record
 
 
 def snapshots_from_record(record: dict[str, Any], granularity: str = "layer") -> list[UnitSnapshot]:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adact.choice import adact_units, model_weights, snapshot
+from adact.choice import UnitSnapshot, adact_units, snapshot, weights_record
 from adact.config import ModelSpec, TrainConfig
 from adact.data import DataSplits
 from adact.data.arrays import check_splits
@@ -193,6 +193,7 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
         test_loss, test_metric = task.evaluate(eval_model, loaders.test, config.bf16)
         val_loss, val_metric = (task.evaluate(eval_model, loaders.val, config.bf16) if loaders.val is not None
                                 else (None, None))
+        units = snapshot(model)  # this epoch's units, read once for metrics.csv and the best epochs' records
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
@@ -204,7 +205,7 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
             "seconds": seconds,  # training time of this epoch, evaluation excluded
             f"{task.samples}_per_s": seen / seconds,
             **(_sharpness(model) if has_units else {}),
-            **unit_weights(model),
+            **_flat_weights(units),
         }
         metrics.append(row)
         if not quiet:
@@ -215,10 +216,10 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
         if improved:
             # The weights of the best epoch travel in result.json too, so the choices can be read
             # (and ConvNet-Optimized built) from a run folder whose checkpoints were not kept.
-            best = {**best, f"test_{m}": test_metric, "epoch": epoch, "weights": model_weights(model)}
+            best = {**best, f"test_{m}": test_metric, "epoch": epoch, "weights": weights_record(units)}
         if val_metric is not None and better(task, val_metric, best.get(f"val_{m}")):
             # The honest selection: the weights of the epoch the validation split picks.
-            best = {**best, f"val_{m}": val_metric, "val_epoch": epoch, "val_weights": model_weights(model)}
+            best = {**best, f"val_{m}": val_metric, "val_epoch": epoch, "val_weights": weights_record(units)}
         ckpt = make_checkpoint(model, opt, config, spec, epoch, metrics, best)
         if improved and write:
             atomic_save(ckpt, run.best)
@@ -269,8 +270,12 @@ def unit_weights(model: nn.Module) -> dict[str, float]:
 
     From :func:`adact.choice.snapshot`: per-channel units report the channel mean of each.
     """
+    return _flat_weights(snapshot(model))
+
+
+def _flat_weights(units: list[UnitSnapshot]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for unit in snapshot(model):
+    for unit in units:
         for name, w, r in zip(unit.candidates, unit.mix, unit.raw):
             out[f"mix/{unit.path}/{name}"] = w
             out[f"raw/{unit.path}/{name}"] = r
