@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adact import AdAct, DEFAULT_CANDIDATES, adact_reference
