@@ -21,8 +21,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from adact import AdAct, DEFAULT_CANDIDATES, adact_reference
-from adact import fused
+from adact import DEFAULT_CANDIDATES, AdAct, adact_reference, fused
 from adact.fused import autograd as fused_autograd
 from adact.fused import backends, calibration, compiled, dispatch, inductor, keys, native
 
@@ -743,6 +742,24 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             monkeypatch.setattr(backend, method, spy)
     real_ref = backends.REFERENCE.forward
     monkeypatch.setattr(backends.REFERENCE, "forward", lambda *a: log.append("reference") or real_ref(*a))
+    real_direct = backends.NATIVE.direct
+
+    def direct_spy(key: Any) -> Any:
+        call = real_direct(key)
+        if call is None:
+            return None
+
+        def logged(*args: torch.Tensor) -> torch.Tensor:
+            log.append("fwd:native")
+            y = call(*args)
+            if y.grad_fn is not None:  # runs after the C++ backward node has run
+                y.grad_fn.register_hook(lambda *_: log.append("bwd:native"))
+            return y
+
+        return logged
+
+    monkeypatch.setattr(backends.NATIVE, "direct", direct_spy)
+    monkeypatch.setattr(dispatch, "_choices", {})  # decided again, with the spy's direct call
     return log
 
 
@@ -839,15 +856,25 @@ def test_choice_names_why_better_backends_were_passed_over(monkeypatch: pytest.M
 
 
 def test_adact_uses_fused_path_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
+    import adact.unit as unit_module
+
+    calls: list[str] = []
     real = fused_autograd.forward_impl
-    monkeypatch.setattr(fused_autograd, "forward_impl", lambda *a: calls.append(1) or real(*a))
-    x = torch.randn(10)
-    AdAct()(x)
-    assert calls
+    monkeypatch.setattr(fused_autograd, "forward_impl", lambda *a: calls.append("fused") or real(*a))
+    real_ref = unit_module.adact_reference
+    monkeypatch.setattr(unit_module, "adact_reference", lambda *a: calls.append("reference") or real_ref(*a))
+    real_ref_backend = backends.REFERENCE.forward
+    monkeypatch.setattr(backends.REFERENCE, "forward", lambda *a: calls.append("reference") or real_ref_backend(*a))
+    x = torch.randn(10, dtype=torch.float64)  # float64: the Python route (eager kernels)
+    AdAct().double()(x)
+    assert calls == ["fused"]
+    calls.clear()
+    AdAct()(x.float())  # float32 on CPU: the native torch op, no Python kernel call at all
+    expected = [] if dispatch.explain("cpu", torch.float32)[0] == "native" else ["fused"]
+    assert calls == expected
     calls.clear()
     AdAct(fused=False)(x)
-    assert not calls
+    assert calls == ["reference"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from adact import AdAct, DEFAULT_CANDIDATES
+from adact import DEFAULT_CANDIDATES, AdAct
 from adact.activations import RRELU_LOWER, RRELU_UPPER
 from adact.fused import inductor, native
 
@@ -46,7 +46,7 @@ def run_arm(exe: Path, tmp: Path, x: torch.Tensor, g: torch.Tensor, m: AdAct, na
     rows = x.shape[0] * x.shape[1] if flags.channel else 1
     slope = m.prelu_weight.detach() if m.prelu_weight is not None else torch.zeros(1)
     header = [rows, x.numel() // rows, nmix, len(names), names.index("prelu") if "prelu" in names else -1,
-              slope.numel(), seed, native._flag_bits(flags), 2, x.numel()]  # fmt: skip
+              slope.numel(), seed, native.flag_bits(flags), 2, x.numel()]  # fmt: skip
     with open(tmp / "in.bin", "wb") as f:
         f.write(np.asarray(header, dtype=np.int64).tobytes())
         for t in (x, g, m.logits.detach(), slope):

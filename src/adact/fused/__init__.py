@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from adact.fused.autograd import apply_fused
-from adact.fused.backends import FUSED_DTYPES, REFERENCE
+from adact.fused.backends import FUSED_DTYPES, NATIVE, REFERENCE
 from adact.fused.dispatch import choose, fused_backend
 from adact.fused.inductor import FUSED_CANDIDATES
 from adact.fused.keys import DispatchKey, Env, current_env, dispatch_key
@@ -50,13 +50,28 @@ def fused_supported(candidates: Sequence[str], x: Tensor) -> bool:
     return choose(key).backend is not REFERENCE
 
 
+# What a traced graph calls: the reference, the Python custom op, or the native torch op (>= 0: its problem).
+_REFERENCE_ROUTE, _PYTHON_OP_ROUTE = -2, -1
+
+
 @torch.compiler.assume_constant_result
-def _fused_when_traced(*fields: object) -> bool:
+def _route_when_traced(*fields: object) -> int:
     # choose() may build, calibrate and compile: nothing Dynamo can trace. Dynamo calls this for
     # real while it traces (the key's fields are guarded constants, the environment included) and
     # the graph keeps the answer. The key travels flat: Dynamo rebuilds named tuples wrongly here.
     *head, fused, isa = fields
-    return choose(DispatchKey(*head, Env(fused, isa))).backend is not REFERENCE  # type: ignore[arg-type]
+    key = DispatchKey(*head, Env(fused, isa))  # type: ignore[arg-type]
+    choice = choose(key)
+    if choice.backend is REFERENCE:
+        return _REFERENCE_ROUTE
+    if choice.direct is not None and choice.backend is NATIVE:
+        problem = NATIVE.problem(key)
+        return _PYTHON_OP_ROUTE if problem is None else problem
+    return _PYTHON_OP_ROUTE
+
+
+# The native op always takes a slope; a pool without PReLU ignores it.
+_UNUSED_SLOPE = torch.zeros(1)
 
 
 def adact_fused(
@@ -79,9 +94,18 @@ def adact_fused(
     names = tuple(candidates)
     key = dispatch_key(x, logits, prelu_weight, names, training)
     if torch.compiler.is_compiling():
-        fused = _fused_when_traced(*key[:-1], *key.env)
+        route = _route_when_traced(*key[:-1], *key.env)
+        if route >= 0:  # the native torch op, straight into the graph
+            slope = _UNUSED_SLOPE if prelu_weight is None else prelu_weight
+            if training and "rrelu" in names:
+                return torch.ops.adact_native.adact(x, logits, slope, route, True)
+            return torch.ops.adact_native.mix(x, logits, slope, None, route)
+        fused = route != _REFERENCE_ROUTE
     else:
-        fused = choose(key).backend is not REFERENCE
+        choice = choose(key)
+        if choice.direct is not None:  # one torch op, autograd in C++: no Python per call beyond this
+            return choice.direct(x, logits, _UNUSED_SLOPE if prelu_weight is None else prelu_weight)
+        fused = choice.backend is not REFERENCE
     if not fused:
         return REFERENCE.forward(x, logits, prelu_weight, names, training)
     if prelu_weight is None:  # the kernels' signature always takes a slope; it is unused here

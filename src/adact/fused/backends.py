@@ -17,12 +17,14 @@ differentiated by autograd, against which every fused backend is tested.
 from __future__ import annotations
 
 import threading
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from adact.errors import UserError
-from adact.fused import calibration, compiled, native
+from adact.fused import calibration, compiled, native, native_op
 from adact.fused.inductor import (
     FUSED_CANDIDATES,
     SLOT_ORDER,
@@ -36,13 +38,17 @@ from adact.reference import adact_reference
 
 __all__ = [
     "COMPILE", "EAGER", "FUSED_DTYPES", "NATIVE", "ORDER", "REFERENCE", "Backend", "CompiledBackend",
-    "EagerBackend", "FusedBackend", "NativeBackend", "ReferenceBackend", "forget",
+    "DirectCall", "EagerBackend", "FusedBackend", "NativeBackend", "ReferenceBackend", "forget",
 ]  # fmt: skip
 
 #: Input dtypes the fused kernels take (float16/bfloat16 compute in float32, float64 in float64).
 FUSED_DTYPES: frozenset[torch.dtype] = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 _DEVICES = ("cpu", "cuda")
 _FLOAT32 = (torch.float32, torch.float32)
+
+
+#: A differentiable ``(x, logits, slope) -> y`` that needs no Python autograd around it (a torch op).
+DirectCall = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 class Backend:
@@ -77,6 +83,10 @@ class Backend:
     def describe(self, key: DispatchKey) -> str:
         """Why this backend takes ``key`` (asked only when no better backend able to take it declined)."""
         return f"{ENV_VAR}={self.name}" if key.env.fused == self.name else self.title
+
+    def direct(self, key: DispatchKey) -> DirectCall | None:
+        """A torch op running ``key``'s calls with its own autograd, if this backend has one (asked once per key)."""
+        return None
 
     def __repr__(self) -> str:
         return f"<adact fused backend {self.name!r}>"
@@ -128,6 +138,7 @@ class NativeBackend(FusedBackend):
     def __init__(self) -> None:
         self._kernels: dict[str, native.NativeKernels] = {}
         self._errors: dict[str, native.NativeBuildError] = {}
+        self._op_warned = False
         self._lock = threading.Lock()
 
     def load(self, isa: str) -> native.NativeKernels:
@@ -199,6 +210,43 @@ class NativeBackend(FusedBackend):
             key.flags,
         )  # fmt: skip
         return unflatten(gx, x, channel), glogits, gw
+
+    def problem(self, key: DispatchKey) -> int | None:
+        """The index :mod:`adact.fused.native_op`'s op takes for ``key``, or None when the op cannot be built.
+
+        A failed build is warned about once; the native kernels then run through ctypes.
+        """
+        kernels = self.load(key.env.isa)
+        try:
+            return native_op.problem(kernels, key.candidates, key.training, key.layout == "channel")
+        except native.NativeBuildError as err:
+            with self._lock:
+                first, self._op_warned = not self._op_warned, True
+            if first:
+                warnings.warn(
+                    f"adact: building the native torch operator failed ({str(err).splitlines()[0]})\nCalling "
+                    "the native kernels through ctypes instead (same results, about 0.3 ms more per call).",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return None
+
+    def direct(self, key: DispatchKey) -> DirectCall | None:
+        index = self.problem(key)
+        if index is None:
+            return None
+        op = native_op.native_op()
+        if key.flags.noisy:  # adact draws the seed in C++, from x's default generator
+
+            def noisy(x: Tensor, logits: Tensor, slope: Tensor) -> Tensor:
+                return op.adact(x, logits, slope, index, True)
+
+            return noisy
+
+        def call(x: Tensor, logits: Tensor, slope: Tensor) -> Tensor:
+            return op.mix(x, logits, slope, None, index)
+
+        return call
 
     def forget(self) -> None:
         """Forget loaded kernels and failed builds (the next use builds again)."""

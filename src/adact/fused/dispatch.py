@@ -43,7 +43,7 @@ from torch import Tensor
 from adact.activations import DEFAULT_CANDIDATES
 from adact.config import GRANULARITIES
 from adact.errors import UserError
-from adact.fused.backends import EAGER, ORDER, Backend, FusedBackend, forget
+from adact.fused.backends import EAGER, ORDER, Backend, DirectCall, FusedBackend, forget
 from adact.fused.keys import (
     BACKENDS,
     ENV_VAR,
@@ -76,6 +76,7 @@ class Choice(NamedTuple):
     reason: str  # why
     rejected: tuple[Rejection, ...]  # the better backends, best first
     error: Exception | None = None  # ADACT_FUSED=native|compile and ``backend`` failed: running raises this
+    direct: DirectCall | None = None  # the backend's torch op for the key, if it has one (see Backend.direct)
 
 
 _choices: dict[DispatchKey, Choice] = {}
@@ -138,7 +139,7 @@ def _decide(key: DispatchKey) -> Choice:
                 RuntimeWarning,
                 stacklevel=2,
             )
-    return Choice(backend, reason, tuple(rejected))
+    return Choice(backend, reason, tuple(rejected), direct=backend.direct(key))
 
 
 def _run(key: DispatchKey, call: Callable[[FusedBackend], _T]) -> _T:

@@ -36,7 +36,7 @@ from adact.fused import inductor
 from adact.fused.inductor import KernelFlags
 
 __all__ = [
-    "CACHE_ENV_VAR", "ISA_ENV_VAR", "ISA_LEVELS", "NativeBuildError", "NativeKernels", "build_native", "detect_isa",
+    "CACHE_ENV_VAR", "ISA_ENV_VAR", "ISA_LEVELS", "NativeBuildError", "NativeKernels", "build_native", "detect_isa", "flag_bits",
     "isa_flags", "lanes_for", "load_native", "native_kernels", "runnable_levels", "selected_isa",
 ]  # fmt: skip
 
@@ -201,7 +201,8 @@ def _build(cache_dir: Path | None, attempts: Sequence[tuple[str, ...]]) -> tuple
     raise NativeBuildError("compiling the native AdAct kernels failed:\n" + "\n\n".join(errors))
 
 
-def _flag_bits(flags: KernelFlags) -> int:
+def flag_bits(flags: KernelFlags) -> int:
+    """The kernels' ``flags`` argument: one bit per term of ``flags``."""
     return sum(bit for name, bit in _FLAG_BITS.items() if getattr(flags, name))
 
 
@@ -231,7 +232,7 @@ class NativeKernels(NamedTuple):
         coef = torch.empty((nmix, 7) if flags.channel else (7,), dtype=torch.float32)
         self.lib.adact_native_forward(
             _ptr(x), _ptr(y), _ptr(coef), rows, x.numel() // rows, nmix, len(names), _ptr(logits),
-            _ptr(to_coef), _ptr(from_sums), prelu, _ptr(slope), slope.numel(), int(seed), _flag_bits(flags),
+            _ptr(to_coef), _ptr(from_sums), prelu, _ptr(slope), slope.numel(), int(seed), flag_bits(flags),
             torch.get_num_threads(),
         )  # fmt: skip
         return y, coef
@@ -250,7 +251,7 @@ class NativeKernels(NamedTuple):
         self.lib.adact_native_backward(
             _ptr(grad), _ptr(x), _ptr(gx), _ptr(grad_logits), _ptr(grad_slope), rows, x.numel() // rows, nmix,
             len(names), _ptr(logits), _ptr(to_coef), _ptr(from_sums), prelu, _ptr(slope), slope.numel(),
-            int(seed), _flag_bits(flags), torch.get_num_threads(),
+            int(seed), flag_bits(flags), torch.get_num_threads(),
         )  # fmt: skip
         return gx, grad_logits, grad_slope
 
