@@ -57,6 +57,8 @@ from torch import Tensor, nn
 
 from adact import AdAct, ConvNet
 from adact.fused import dispatch, fused_backend, native
+from adact.fused.autograd import apply_fused
+from adact.fused.keys import dispatch_key
 
 __all__ = ["main"]
 
@@ -116,6 +118,24 @@ def unit_speed(device: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: 
     return out
 
 
+class _CtypesRoute(nn.Module):
+    """The default unit in training mode called the way it was before the native torch operator.
+
+    A Python ``autograd.Function`` around ctypes calls of the same kernels (the route that still
+    runs where the operator cannot be built): the per-call cost the operator removes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unit = AdAct().train()
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self.unit
+        key = dispatch_key(x, u.logits, u.prelu_weight, u.candidates, True)
+        seed = torch.randint(0, 2**31, (), dtype=torch.int32, device=x.device)
+        return apply_fused(x, u.scaled_logits(), u.prelu_weight, seed, u.candidates, True, key)
+
+
 #: ``--sweep``: the sizes of a unit's input, 1K to 16M elements (x4 each step).
 SWEEP_SIZES: tuple[int, ...] = tuple(1024 * 4**k for k in range(8))
 #: Above this the reference sum (about 15 input-sized tensors alive) is not timed: seconds per call.
@@ -130,8 +150,9 @@ def run_sweep(rounds: int, device: str = "cpu", dtype: torch.dtype = torch.float
     resolution never matters.
     """
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    print("| elements | SiLU | AdAct, training | AdAct, eval | reference sum, training |")
-    print("|---|---|---|---|---|")
+    ctypes_route = device == "cpu" and dtype == torch.float32 and dispatch.explain("cpu", dtype)[0] == "native"
+    print("| elements | SiLU | AdAct, training | AdAct, eval | reference sum, training | training, old ctypes route |")
+    print("|---|---|---|---|---|---|")
     for n in SWEEP_SIZES:
         inner = max(1, min(1000, SWEEP_SIZES[-3] // n))
         x = torch.randn(n, device=device, dtype=dtype, requires_grad=True)
@@ -139,6 +160,8 @@ def run_sweep(rounds: int, device: str = "cpu", dtype: torch.dtype = torch.float
         silu = _fwd_bwd(nn.SiLU(), x, g)
         groups = [{"silu": silu, "fused_train": _fwd_bwd(AdAct().to(device).train(), x, g),
                    "fused_eval": _fwd_bwd(AdAct().to(device).eval(), x, g)}]
+        if ctypes_route:
+            groups[0]["ctypes_train"] = _fwd_bwd(_CtypesRoute(), x, g)
         if n <= SWEEP_REFERENCE_MAX:  # in a group of its own, against SiLU again (see unit_speed)
             groups.append({"silu": silu, "reference_train": _fwd_bwd(AdAct(fused=False).to(device).train(), x, g)})
         t: dict[str, float] = {}
@@ -156,7 +179,7 @@ def run_sweep(rounds: int, device: str = "cpu", dtype: torch.dtype = torch.float
 
         label = f"{n // 1024}K" if n < 1024 * 1024 else f"{n // (1024 * 1024)}M"
         print(f"| {label} | {t['silu'] * 1e6:.0f} us | {cell('fused_train')} | {cell('fused_eval')} | "
-              f"{cell('reference_train')} |", flush=True)
+              f"{cell('reference_train')} | {cell('ctypes_train')} |", flush=True)
 
 
 #: torch's (and Inductor's) kernel level for each native ISA level: what a CPU of that level runs.

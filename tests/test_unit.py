@@ -605,3 +605,28 @@ def test_random_inits_differ_between_units_and_reset() -> None:
     m.reset_parameters()
     assert not torch.equal(first, m.logits.detach())
     assert (m.logits != 0).all()
+
+
+def test_temperature_changes_take_effect_however_made() -> None:
+    """T = 1 skips the division; every way of changing the buffer is seen at the next call."""
+    import copy
+
+    m = AdAct().eval()
+    with torch.no_grad():
+        m.logits.normal_()
+    x = torch.randn(64)
+    y1 = m(x)
+    assert m.scaled_logits() is m.logits  # T = 1: no op
+    m.set_temperature(0.5)
+    y_half = m(x)
+    assert not torch.equal(y1, y_half)
+    with torch.no_grad():
+        m.temperature.fill_(1.0)  # in place, outside set_temperature
+    torch.testing.assert_close(m(x), y1, rtol=0, atol=0)
+    twin = copy.deepcopy(m)
+    twin.set_temperature(0.5)  # the copy's buffer restarts its version count
+    torch.testing.assert_close(twin(x), y_half, rtol=0, atol=0)
+    m.load_state_dict(twin.state_dict())
+    torch.testing.assert_close(m(x), y_half, rtol=0, atol=0)
+    m.temperature = torch.tensor(1.0)  # a new tensor
+    torch.testing.assert_close(m(x), y1, rtol=0, atol=0)

@@ -49,7 +49,7 @@ def collect() -> list[tuple[str, str]]:
     import torch
 
     import adact
-    from adact.fused import backends, calibration, dispatch, keys, native
+    from adact.fused import backends, calibration, dispatch, keys, native, native_op
 
     rows = [
         ("adact", adact.__version__),
@@ -69,6 +69,10 @@ def collect() -> list[tuple[str, str]]:
         kernels = backends.NATIVE.load(env.isa)  # the dispatcher's own build attempt, shared
         rows.append(("native build", f"ok: {' '.join(kernels.flags)}"))
         rows.append(("native library", str(kernels.path)))
+        try:
+            rows.append(("native operator", f"ok: torch.ops.adact_native ({native_op.native_op().path})"))
+        except native.NativeBuildError as err:
+            rows.append(("native operator", f"FAILED, ctypes calls instead: {str(err).splitlines()[0]}"))
         if env.fused == "auto":
             cal = calibration.calibrate(kernels)
             compiled = "failed" if cal.compiled_ms is None else f"{cal.compiled_ms:.3f} ms"

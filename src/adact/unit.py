@@ -155,8 +155,27 @@ class AdAct(nn.Module):
 
     def scaled_logits(self) -> Tensor:
         """:math:`w / T`, the logits the softmax sees (differentiable w.r.t. :attr:`logits`)."""
-        # Division by exactly 1 is exact, so the default unit computes what it always did.
+        # At T = 1 (the paper's unit, and every unit not being sharpened) the division is exact and
+        # so is its gradient: skipping it saves a forward and a backward op per call, a tenth of
+        # a small unit's cost. A traced graph divides always: one graph for every temperature.
+        if not torch.compiler.is_compiling() and self._temperature_is_one():
+            return self.logits
         return self.logits / self.temperature
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy's buffer starts a new version count: the cache must not travel with it.
+        state = super().__getstate__()
+        state.pop("_seen_temperature", None)
+        return state
+
+    def _temperature_is_one(self) -> bool:
+        # Read the buffer's value again only when it changed: a new tensor (.to(), load) or an
+        # in-place write (set_temperature, load_state_dict) bumps its version counter.
+        t = self.temperature
+        seen = self.__dict__.get("_seen_temperature")
+        if seen is None or seen[0] is not t or seen[1] != t._version:
+            seen = self.__dict__["_seen_temperature"] = (t, t._version, bool(t == 1))
+        return seen[2]
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Checkpoints written before the temperature existed lack it: they were trained at T = 1.
@@ -198,7 +217,7 @@ class AdAct(nn.Module):
         return self._forward_dim1(x)
 
     def _forward_dim1(self, x: Tensor) -> Tensor:
-        if self.fused and not torch.onnx.is_in_onnx_export():
+        if self.fused and not _exporting_to_onnx():
             # The dispatcher decides (once per kind of input) which backend runs, the reference included.
             return fused.adact_fused(x, self.scaled_logits(), self.prelu_weight, self.candidates, self.training)
         return adact_reference(x, self.scaled_logits(), self.prelu_weight, self.candidates, self.training)
@@ -257,6 +276,11 @@ class AdAct(nn.Module):
         if float(self.temperature) != 1.0:
             s += f", temperature={float(self.temperature):g}"
         return s
+
+
+def _exporting_to_onnx() -> bool:
+    # An export traces (TorchScript) or compiles (dynamo=True): ask the costlier question only then.
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export()
 
 
 def _check_temperature(temperature: float) -> None:
