@@ -20,7 +20,10 @@ Softplus and the ELU family's derivative; ``relu(x)`` serves ReLU and squared Re
 
 Extreme inputs: each formula is the one ATen uses for the candidate's value and autograd
 formula (or an identity of it that keeps the same ``inf``/NaN cases), so ``+-inf``, NaN and huge
-magnitudes give what the reference gives, NaN included. A candidate absent from the pool is
+magnitudes give what the reference gives, NaN included. Where ATen disagrees with itself (the
+derivative at NaN of ELU, hardtanh and relu6 differs between its vectorised loop and the scalar
+loop it runs on the last few elements), this follows the vectorised loop, i.e. almost every
+element of a real tensor. A candidate absent from the pool is
 left out of every sum, never multiplied by 0 (``0 * inf`` is NaN). RReLU is here only in eval
 mode (its mean slope); training-mode RReLU draws noise that only the paper's kernels replay.
 
@@ -152,22 +155,24 @@ def _leaky(slope: float) -> Candidate:
 
 def _elu(alpha: float, scale: float) -> Candidate:
     # ATen's elu (selu and celu are elus): x <= 0 ? expm1(x) * alpha * scale : x * scale; the
-    # derivative from the input: x <= 0 ? alpha * scale * exp(x) : scale, and exp(x) = t there.
+    # derivative from the input: x > 0 ? scale : alpha * scale * exp(x), and exp(x) = t there.
+    # NaN: ATen's vectorised backward gives NaN (its scalar tail gives scale); so does this.
     neg_coef = alpha * scale
     return Candidate(
         lambda s: torch.where(_get(s, "nonpos"), _get(s, "expm1") * neg_coef, s["x"] * scale),
-        lambda s: torch.where(_get(s, "nonpos"), _get(s, "t") * neg_coef, scale),
+        lambda s: torch.where(_get(s, "pos"), scale, _get(s, "t") * neg_coef),
     )
 
 
 def _clamp(low: float, high: float) -> Candidate:
     # hardtanh(x, low, high) (relu6 is hardtanh(x, 0, 6)): clamp, NaN kept; hardtanh_backward
-    # passes the gradient strictly inside (low, high), and for NaN.
+    # passes the gradient strictly inside (low, high): not for NaN (ATen's vectorised loop; its
+    # scalar tail does pass it).
     def value(s: Shared) -> Tensor:
         x = s["x"]
         return torch.where(x < low, low, torch.where(x > high, high, x))
 
-    return Candidate(value, lambda s: torch.where((s["x"] <= low) | (s["x"] >= high), 0.0, 1.0))
+    return Candidate(value, lambda s: torch.where((s["x"] > low) & (s["x"] < high), 1.0, 0.0))
 
 
 def _silu_derivative(s: Shared) -> Tensor:
@@ -218,11 +223,11 @@ GENERIC_CANDIDATES: dict[str, Candidate] = {
         lambda s: _get(s, "sig") * _get(s, "one_minus_sig"),
     ),
     "hardswish": Candidate(
-        # ATen: x * min(max(x + 3, 0), 6) / 6 (NaN at -inf: -inf * 0); derivative 0 below -3,
-        # x / 3 + 1/2 up to 3, 1 above (and for NaN).
+        # ATen: x * min(max(x + 3, 0), 6) / 6 (NaN at -inf: -inf * 0); derivative 0 up to -3,
+        # 1 from 3, x / 3 + 1/2 between (and for NaN, as ATen's vectorised loop gives).
         lambda s: s["x"] * torch.where(s["x"] + 3.0 < 0.0, 0.0, torch.where(s["x"] + 3.0 > 6.0, 6.0, s["x"] + 3.0))
         / 6.0,
-        lambda s: torch.where(s["x"] < -3.0, 0.0, torch.where(s["x"] <= 3.0, s["x"] / 3.0 + 0.5, 1.0)),
+        lambda s: torch.where(s["x"] <= -3.0, 0.0, torch.where(s["x"] >= 3.0, 1.0, s["x"] / 3.0 + 0.5)),
     ),
     "softplus": Candidate(_softplus_value, lambda s: torch.where(s["x"] > 20.0, 1.0, _get(s, "sig"))),
     "selu": _elu(_SELU_ALPHA, _SELU_SCALE),
