@@ -95,6 +95,28 @@ def _get(s: Shared, name: str) -> Tensor:
     return s[name]
 
 
+def _exp_nonpositive(z: Tensor) -> Tensor:
+    """``exp(z)`` for ``z <= 0`` (or NaN): inline arithmetic in float32, ``torch.exp`` in float64.
+
+    Cephes' ``expf``: ``z = n ln2 + r`` with ``|r| <= ln2 / 2`` (ln2 in two parts, so ``r`` is
+    exact), a degree-7 polynomial for ``e^r`` (about 1 ulp) and ``2^n`` built in the exponent
+    bits. Inductor keeps it all in registers, where its ``exp`` is a library call per vector that
+    stalls the loop (about twice the cost here). Below -87 (where ``e^z`` would be subnormal) it
+    is 0, as ``exp(-inf)`` is; NaN stays NaN (it reaches ``r``).
+    """
+    if z.dtype == torch.float64:
+        return torch.exp(z)
+    zc = torch.maximum(z, torch.full_like(z, -87.0))  # keeps 2^n normal; NaN propagates
+    n = torch.floor(zc * 1.44269504088896341 + 0.5)
+    r = zc - n * 0.693359375 + n * 2.12194440e-4
+    poly = r * 1.9875691500e-4 + 1.3981999507e-3
+    for c in (8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        poly = poly * r + c
+    e_r = poly * (r * r) + r + 1.0
+    two_n = ((n.to(torch.int32) + 127) << 23).view(torch.float32)
+    return torch.where(z < -87.0, 0.0, e_r * two_n)
+
+
 def _q(s: Shared) -> Tensor:
     return 1.0 / (1.0 + _get(s, "t"))
 
@@ -121,17 +143,40 @@ def _mish_parts(s: Shared) -> tuple[Tensor, Tensor]:
     return num * inv_den, inv_den
 
 
+def _normal_cdf(s: Shared) -> Tensor:
+    """``(1 + erf(x / sqrt(2))) / 2``, GELU's (erf form) cdf.
+
+    float32: erf by Abramowitz & Stegun 7.1.26, ``1 - (a1 u + ... + a5 u^5) exp(-z^2)`` with
+    ``u = 1 / (1 + p |z|)`` (absolute error < 1.5e-7): the formula of ATen's own vectorised erf,
+    which its GELU uses, so this is what the reference computes in float32; and its ``exp(-z^2)``
+    is ``exp(-x^2 / 2)``, which GELU's derivative needs anyway (one exponential for both). For
+    ``x < 0`` the cdf is the small term itself, without ``1 - (1 - m)``. float64 (for checking):
+    ``torch.erf``.
+    """
+    x = s["x"]
+    if x.dtype == torch.float64:
+        return 0.5 * (1.0 + torch.erf(x * _SQRT1_2))
+    u = _get(s, "u")
+    poly = u * 1.061405429 - 1.453152027
+    for c in (1.421413741, -0.284496736, 0.254829592):
+        poly = poly * u + c
+    half_tail = (0.5 * u) * poly * _get(s, "gauss")  # (1 - erf(|z|)) / 2, in [0, 1/2]
+    return torch.where(x < 0.0, half_tail, 1.0 - half_tail)
+
+
 _MAKE: dict[str, Formula] = {
     "pos": lambda s: s["x"] > 0,
     "nonpos": lambda s: s["x"] <= 0,  # NaN is on the x > 0 side for every "x <= 0 ? a : b" of ATen
     "relu": lambda s: torch.where(_get(s, "nonpos"), 0.0, s["x"]),  # NaN stays NaN, as in F.relu
-    "t": lambda s: torch.exp(-s["x"].abs()),  # in (0, 1]; exp(x) itself for x <= 0
+    "t": lambda s: _exp_nonpositive(-s["x"].abs()),  # in [0, 1]; exp(x) itself for x <= 0
     "q": _q,
+    "u": lambda s: 1.0 / (1.0 + 0.3275911 * _SQRT1_2 * s["x"].abs()),  # erf's, see _normal_cdf
     "sig": _sig,
     "one_minus_sig": _one_minus_sig,
     "tsp": lambda s: _mish_parts(s)[0],  # tanh(softplus(x))
     "expm1": lambda s: torch.expm1(s["x"]),  # read only where x <= 0
-    "erf_cdf": lambda s: 0.5 * (1.0 + torch.erf(s["x"] * _SQRT1_2)),
+    "gauss": lambda s: _exp_nonpositive(s["x"] * s["x"] * -0.5),  # exp(-x^2 / 2): GELU's pdf, and its cdf's
+    "erf_cdf": _normal_cdf,
     "tanh": lambda s: torch.tanh(s["x"]),
 }
 
@@ -191,8 +236,7 @@ def _mish_derivative(s: Shared) -> Tensor:
 
 def _gelu_derivative(s: Shared) -> Tensor:
     # ATen: cdf + x * pdf, pdf = exp(-x^2 / 2) / sqrt(2 pi); NaN at +-inf (inf * 0).
-    x = s["x"]
-    return _get(s, "erf_cdf") + x * (torch.exp(x * x * -0.5) * _INV_SQRT_2PI)
+    return _get(s, "erf_cdf") + s["x"] * (_get(s, "gauss") * _INV_SQRT_2PI)
 
 
 def _softplus_value(s: Shared) -> Tensor:
@@ -300,6 +344,13 @@ def _setup(x: Tensor, coef: Tensor, flags: GenericFlags) -> tuple[Shared, list[T
     if flags.channel:  # row i of coef goes with dim 1 of (N, C, R), or dim 0 of (N * C, R) rows
         cols = tuple(v.view(-1, *[1] * (x.dim() - (1 if x.dim() == 2 else 2))) for v in cols)
     s: Shared = {"x": x.to(cd), "w": cols[-1]}
+    if cd == torch.float32 and "gelu" in flags.candidates and {"silu", "sigmoid", "softplus"} & set(flags.candidates):
+        # GELU's erf and the sigmoid both divide: 1 / (a b) gives 1 / a and 1 / b for one division.
+        # |x| is capped (NaN kept) so that a b stays finite: beyond 1e6 the erf's term is 0 anyway.
+        x_abs = torch.minimum(s["x"].abs(), torch.full_like(s["x"], 1e6))
+        a, b = 1.0 + 0.3275911 * _SQRT1_2 * x_abs, 1.0 + _get(s, "t")
+        inv = 1.0 / (a * b)
+        s["u"], s["q"] = b * inv, a * inv
     return s, list(cols[:-1])
 
 
