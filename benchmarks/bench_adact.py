@@ -20,6 +20,7 @@ Usage::
     python benchmarks/bench_adact.py --isa all          # one table row per ISA level this CPU runs
     python benchmarks/bench_adact.py --isa x86-64-v3 x86-64
     python benchmarks/bench_adact.py --sweep --cpu-time --threads 1   # 1K..16M elements, one unit
+    python benchmarks/bench_adact.py --sweep --pool gelu,relu,silu,relu2 --cpu-time --threads 1  # a custom pool vs GELU
 
 ISA levels (``--isa``): each level runs in a process of its own in which the native kernels are
 built for that level (``ADACT_NATIVE_ISA``) and torch's own kernels and Inductor's generated code
@@ -180,6 +181,46 @@ def run_sweep(rounds: int, device: str = "cpu", dtype: torch.dtype = torch.float
         label = f"{n // 1024}K" if n < 1024 * 1024 else f"{n // (1024 * 1024)}M"
         print(f"| {label} | {t['silu'] * 1e6:.0f} us | {cell('fused_train')} | {cell('fused_eval')} | "
               f"{cell('reference_train')} | {cell('ctypes_train')} |", flush=True)
+
+
+def run_pool_sweep(pool: tuple[str, ...], rounds: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    """``--sweep --pool``: fwd+bwd (training) of AdAct(pool) by size, next to GELU alone, SiLU alone and the reference.
+
+    Same method as :func:`run_sweep` (interleaved rounds, medians, warm-up that compiles the
+    kernels); the ratios are to GELU alone. The backend the pool runs on is printed first.
+    """
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    backend, why = dispatch.explain(device, dtype, pool, training=True)
+    print(f"pool {','.join(pool)}: backend {backend} ({why})")
+    print()
+    print(f"| elements | GELU | SiLU | AdAct({','.join(pool)}), training | reference sum, training |")
+    print("|---|---|---|---|---|")
+    for n in SWEEP_SIZES:
+        inner = max(1, min(1000, SWEEP_SIZES[-3] // n))
+        x = torch.randn(n, device=device, dtype=dtype, requires_grad=True)
+        g = torch.randn_like(x)
+        gelu = _fwd_bwd(nn.GELU(), x, g)
+        groups = [{"gelu": gelu, "silu": _fwd_bwd(nn.SiLU(), x, g),
+                   "fused_train": _fwd_bwd(AdAct(candidates=pool).to(device).train(), x, g)}]
+        if n <= SWEEP_REFERENCE_MAX:  # in a group of its own, against GELU again (see unit_speed)
+            groups.append({"gelu": gelu,
+                           "reference_train": _fwd_bwd(AdAct(candidates=pool, fused=False).to(device).train(), x, g)})
+        t: dict[str, float] = {}
+        for fns in groups:
+            for fn in fns.values():
+                for _ in range(3):
+                    fn()
+            times = _median_times(fns, rounds, inner, sync)
+            if "gelu" in t:
+                times = {k: v * t["gelu"] / times["gelu"] for k, v in times.items() if k != "gelu"}
+            t.update(times)
+
+        def cell(name: str) -> str:
+            return f"{t[name] * 1e6:.0f} us, x{t[name] / t['gelu']:.2f}" if name in t else "not timed"
+
+        label = f"{n // 1024}K" if n < 1024 * 1024 else f"{n // (1024 * 1024)}M"
+        print(f"| {label} | {t['gelu'] * 1e6:.0f} us | {cell('silu')} | {cell('fused_train')} | "
+              f"{cell('reference_train')} |", flush=True)
 
 
 #: torch's (and Inductor's) kernel level for each native ISA level: what a CPU of that level runs.
@@ -348,12 +389,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", action="store_true",
                         help="time one unit's fwd+bwd at 1K to 16M elements (SiLU, AdAct training and eval, the "
                              "reference sum) instead of the full benchmark")
+    parser.add_argument("--pool", default=None, metavar="NAMES",
+                        help="with --sweep: time AdAct with this comma-separated pool (e.g. gelu,relu,silu,relu2) "
+                             "against GELU alone, SiLU alone and the reference sum")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--sweep on this device (default: cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="--sweep in this dtype (default: float32)")
     parser.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--isa-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.pool and not args.sweep:
+        parser.error("--pool goes with --sweep")
     if not args.glibc_defaults and os.environ.get("GLIBC_TUNABLES") != _REUSE:
         # glibc reads its tunables at process start: re-execute with them set.
         env = dict(os.environ, GLIBC_TUNABLES=_REUSE)
@@ -380,8 +426,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep:
         where = (torch.cuda.get_device_name(0) if args.device == "cuda"
                  else f"CPU, ADACT_NATIVE_ISA={native.selected_isa()} (this CPU: {native.detect_isa()})")
-        print(f"## fwd+bwd of one unit by input size, {args.dtype}, {where}; median per call, x SiLU")
-        run_sweep(args.rounds or unit_rounds, args.device, getattr(torch, args.dtype))
+        if args.pool:
+            pool = tuple(name.strip() for name in args.pool.split(",") if name.strip())
+            print(f"## fwd+bwd of one unit by input size, {args.dtype}, {where}; median per call, x GELU")
+            run_pool_sweep(pool, args.rounds or unit_rounds, args.device, getattr(torch, args.dtype))
+        else:
+            print(f"## fwd+bwd of one unit by input size, {args.dtype}, {where}; median per call, x SiLU")
+            run_sweep(args.rounds or unit_rounds, args.device, getattr(torch, args.dtype))
         print(f"load average (1 min) at end: {_load()}")
         return
     if args.isa:

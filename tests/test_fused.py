@@ -160,8 +160,11 @@ def test_subsets_and_orders(candidates: tuple[str, ...]) -> None:
 
 
 def test_unsupported_candidates_fall_back_to_reference() -> None:
+    # Pools outside the paper's seven run the generic kernels (tests/test_fused_generic.py); what
+    # no kernel takes is an unknown name, or a non-float input.
     x = torch.randn(10)
-    assert not fused.fused_supported(("relu", "gelu"), x)
+    assert fused.fused_supported(("relu", "gelu"), x)
+    assert not fused.fused_supported(("relu", "swish9"), x)
     assert not fused.fused_supported(DEFAULT_CANDIDATES, x.to(torch.int64))
     m = AdAct(candidates=["relu", "gelu"]).eval()
     torch.testing.assert_close(m(x), reference_of(m, x))
@@ -846,7 +849,11 @@ def test_choice_names_why_better_backends_were_passed_over(monkeypatch: pytest.M
     assert "float32 parameters only" in dispatch.choose(key).rejected[0].reason
     gelu = keys.dispatch_key(torch.empty(3), torch.zeros(2), None, ("relu", "gelu"), False)
     choice = dispatch.choose(gelu)
-    assert choice.backend is backends.REFERENCE and "no fused kernel for gelu" in choice.reason
+    assert choice.backend is backends.GENERIC_COMPILE
+    assert choice.rejected[0].reason == "no fused kernel for gelu (fused: relu, elu, leaky_relu, prelu, rrelu, silu, mish)"
+    unknown = keys.dispatch_key(torch.empty(3), torch.zeros(2), None, ("relu", "swish9"), False)
+    choice = dispatch.choose(unknown)
+    assert choice.backend is backends.REFERENCE and "no fused kernel for swish9" in choice.reason
     bad = keys.dispatch_key(torch.empty(2, 3), torch.zeros(4, 7), torch.zeros(4), DEFAULT_CANDIDATES, False)
     assert bad.layout == "unsupported" and dispatch.choose(bad).backend is backends.REFERENCE
     monkeypatch.setenv(dispatch.ENV_VAR, "off")

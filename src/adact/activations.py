@@ -31,6 +31,7 @@ __all__ = [
     "RRELU_LOWER",
     "RRELU_UPPER",
     "ActLayer",
+    "ReLUSquared",
     "activation_functional",
     "activation_name",
     "list_activations",
@@ -39,6 +40,29 @@ __all__ = [
 #: RReLU's default bounds (``nn.RReLU``): slope ~ U(1/8, 1/3) in training, its mean in eval.
 RRELU_LOWER: float = 1.0 / 8.0
 RRELU_UPPER: float = 1.0 / 3.0
+
+class ReLUSquared(nn.Module):
+    r"""Applies the squared rectified linear unit function element-wise (So et al., 2021, "Primer").
+
+    .. math::
+        \text{ReLUSquared}(x) = \max(0, x)^2
+
+    The same function as ``transformers``' ``ReLUSquaredActivation``. Registered as ``"relu2"``.
+
+    Shape:
+        - Input: :math:`(*)`, where :math:`*` means any number of dimensions.
+        - Output: :math:`(*)`, same shape as the input.
+
+    Examples::
+
+        >>> m = ReLUSquared()
+        >>> m(torch.tensor([-1.0, 0.5, 2.0]))
+        tensor([0.0000, 0.2500, 4.0000])
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.square(F.relu(input))
+
 
 #: name -> torch.nn module class (default hyper-parameters).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -59,6 +83,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "hardtanh": nn.Hardtanh,
     "relu6": nn.ReLU6,
     "identity": nn.Identity,
+    "relu2": ReLUSquared,
 }
 
 ActFn = Callable[[Tensor, Tensor, bool], Tensor]
@@ -91,6 +116,7 @@ _FUNCTIONAL: dict[str, ActFn] = {
     "hardtanh": lambda x, _w, _t: F.hardtanh(x),
     "relu6": lambda x, _w, _t: F.relu6(x),
     "identity": lambda x, _w, _t: x,
+    "relu2": lambda x, _w, _t: torch.square(F.relu(x)),
 }
 # The names are declared once, in adact.config (the command line lists them without importing torch).
 assert tuple(ACTIVATIONS) == ACTIVATION_NAMES and _FUNCTIONAL.keys() == ACTIVATIONS.keys()

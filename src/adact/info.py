@@ -2,7 +2,8 @@
 
 Modelled on ``python -m torch.utils.collect_env`` and ``python -m xformers.info``: versions, the
 CPU and its instruction-set level, the native build (flags, cache path, or why it failed), the
-fused backend each (device, dtype) gets and why, and auto's calibration timings.
+fused backend each (device, dtype) gets and why (and a pool outside the paper's seven), and
+auto's calibration timings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import sys
 from pathlib import Path
 
 __all__ = ["collect", "main"]
+
+#: The pool of the "custom pool" rows: one outside the paper's seven.
+_CUSTOM_POOL: tuple[str, ...] = ("gelu", "relu", "silu", "relu2")
 
 
 def _cpu_model() -> str:
@@ -88,6 +92,9 @@ def collect() -> list[tuple[str, str]]:
         for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             backend, why = dispatch.explain(device, dtype)
             rows.append((f"backend {device} {str(dtype).split('.')[-1]}", f"{backend}: {why}"))
+        # A pool outside the paper's seven (the generic kernels), float32 in training mode.
+        backend, why = dispatch.explain(device, torch.float32, _CUSTOM_POOL)
+        rows.append((f"custom pool {device}", f"{backend}: {why} (pool {','.join(_CUSTOM_POOL)}, float32)"))
     return rows
 
 

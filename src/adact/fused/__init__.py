@@ -42,9 +42,9 @@ def fused_supported(candidates: Sequence[str], x: Tensor) -> bool:
     """Whether :func:`adact_fused` runs a fused kernel for this pool and input (else :func:`adact.adact_reference`).
 
     True when every candidate is one of :data:`FUSED_CANDIDATES` (the paper's seven, any subset or
-    order), ``x`` is float16/bfloat16/float32/float64 on CPU or CUDA, and ``ADACT_FUSED`` is not
-    ``off``: :func:`adact.fused.dispatch.choose`'s answer for one mixture per unit, parameters of
-    ``x``'s dtype.
+    order) or of :data:`adact.fused.generic.GENERIC_CANDIDATES` (other pools; RReLU in eval mode),
+    ``x`` is float16/bfloat16/float32/float64 on CPU or CUDA, and ``ADACT_FUSED`` is not ``off``:
+    :func:`adact.fused.dispatch.choose`'s answer for one mixture per unit, parameters of ``x``'s dtype.
     """
     key = DispatchKey(x.device.type, x.dtype, tuple(candidates), "layer", False, (x.dtype, x.dtype), current_env())
     return choose(key).backend is not REFERENCE

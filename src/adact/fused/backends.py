@@ -1,4 +1,9 @@
-"""The fused AdAct's backends, best first: native C++, Inductor-compiled, eager, and the reference.
+"""The fused AdAct's backends, best first: native C++, Inductor-compiled, eager, generic, and the reference.
+
+The first three run the paper's pools (any subset of its seven candidates); the two generic
+ones (:mod:`adact.fused.generic`, compiled or eager) run every other pool of the candidates
+they know, and the reference runs whatever is left (unknown candidates, training-mode RReLU
+outside the paper's pools, shapes that fit no layout).
 
 Each backend is an object with a ``name`` and :meth:`Backend.why_not`, which says why it cannot
 take a call described by a :class:`~adact.fused.keys.DispatchKey` (None: it can). Its reasons
@@ -25,6 +30,14 @@ from torch import Tensor
 
 from adact.errors import UserError
 from adact.fused import calibration, compiled, native, native_op
+from adact.fused.generic import (
+    generic_backward,
+    generic_coefficients,
+    generic_flags,
+    generic_forward,
+    generic_parameter_grads,
+    generic_scope,
+)
 from adact.fused.inductor import (
     FUSED_CANDIDATES,
     SLOT_ORDER,
@@ -37,8 +50,9 @@ from adact.fused.layout import flat_view, lane_width, lanes, unflatten
 from adact.reference import adact_reference
 
 __all__ = [
-    "COMPILE", "EAGER", "FUSED_DTYPES", "NATIVE", "ORDER", "REFERENCE", "Backend", "CompiledBackend",
-    "DirectCall", "EagerBackend", "FusedBackend", "NativeBackend", "ReferenceBackend", "forget",
+    "COMPILE", "EAGER", "FUSED_DTYPES", "GENERIC_COMPILE", "GENERIC_EAGER", "NATIVE", "ORDER", "REFERENCE", "Backend",
+    "CompiledBackend", "DirectCall", "EagerBackend", "FusedBackend", "GenericCompiledBackend", "GenericEagerBackend",
+    "NativeBackend", "ReferenceBackend", "forget",
 ]  # fmt: skip
 
 #: Input dtypes the fused kernels take (float16/bfloat16 compute in float32, float64 in float64).
@@ -92,20 +106,31 @@ class Backend:
         return f"<adact fused backend {self.name!r}>"
 
 
+def _input_scope(key: DispatchKey) -> str | None:
+    if key.device not in _DEVICES:
+        return f"no fused kernels on {key.device} (only {', '.join(_DEVICES)})"
+    if key.dtype not in FUSED_DTYPES:
+        return f"no fused kernels for {key.dtype} (only float16, bfloat16, float32, float64)"
+    return None
+
+
+def _layout_scope(key: DispatchKey) -> str | None:
+    if key.layout == "unsupported":
+        return "the shapes fit neither layout: logits (K,) with 1 slope, or (C, K) with input (N, C, *) and 1 or C slopes"
+    return None
+
+
 class FusedBackend(Backend):
     """A backend with the fused kernels' contract: one pass each way, only the input kept for backward."""
 
     def scope(self, key: DispatchKey) -> str | None:
-        if key.device not in _DEVICES:
-            return f"no fused kernels on {key.device} (only {', '.join(_DEVICES)})"
-        if key.dtype not in FUSED_DTYPES:
-            return f"no fused kernels for {key.dtype} (only float16, bfloat16, float32, float64)"
+        why = _input_scope(key)
+        if why is not None:
+            return why
         missing = [c for c in key.candidates if c not in FUSED_CANDIDATES]
         if missing:
             return f"no fused kernel for {', '.join(missing)} (fused: {', '.join(SLOT_ORDER)})"
-        if key.layout == "unsupported":
-            return "the shapes fit neither layout: logits (K,) with 1 slope, or (C, K) with input (N, C, *) and 1 or C slopes"
-        return None
+        return _layout_scope(key)
 
     def forward(self, key: DispatchKey, x: Tensor, logits: Tensor, prelu_weight: Tensor, seed: Tensor) -> tuple[Tensor, Tensor]:
         """``(y, coef)`` for ``x`` (not empty): the output and the 7 kernel coefficients per mixture."""
@@ -331,6 +356,87 @@ class EagerBackend(_KernelBackend):
         return compiled.MATH[variant.direction](*args, variant.flags)
 
 
+class _GenericBackend(FusedBackend):
+    """The generic kernels of :mod:`adact.fused.generic` (pools outside the paper's seven), with their algebra."""
+
+    def scope(self, key: DispatchKey) -> str | None:
+        return _input_scope(key) or generic_scope(key.candidates, key.training) or _layout_scope(key)
+
+    def variant(self, key: DispatchKey, direction: str) -> FusedKernelKey:
+        """The generic elementwise kernel ``key`` runs in ``direction``."""
+        return FusedKernelKey(direction, key.device, key.dtype, generic_flags(key.candidates, key.layout == "channel"))
+
+    def _run(self, variant: FusedKernelKey, *args: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, key: DispatchKey, x: Tensor, logits: Tensor, prelu_weight: Tensor, seed: Tensor) -> tuple[Tensor, Tensor]:
+        channel = key.layout == "channel"
+        coef = generic_coefficients(logits, prelu_weight, key.candidates, compute_dtype(key.dtype))
+        y = self._run(self.variant(key, "fwd"), flat_view(x, x, channel, 0), coef)
+        assert isinstance(y, Tensor)
+        return unflatten(y, x, channel), coef
+
+    def backward(
+        self, key: DispatchKey, grad: Tensor, x: Tensor, logits: Tensor, prelu_weight: Tensor, seed: Tensor,
+        coef: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        channel = key.layout == "channel"
+        if coef is None:
+            coef = generic_coefficients(logits, prelu_weight, key.candidates, compute_dtype(key.dtype))
+        g_view, x_view, row_coef = flat_view(grad, x, channel, 0), flat_view(x, x, channel, 0), coef
+        if channel:  # (N * C, R) rows, coefficients per row (as the paper's kernels do)
+            n = x_view.shape[0]
+            g_view, x_view = g_view.flatten(0, 1), x_view.flatten(0, 1)
+            row_coef = coef.repeat(n, 1)
+        gx, sums = self._run(self.variant(key, "bwd"), g_view, x_view, row_coef)
+        if channel:
+            gx, sums = gx.view(x.shape[0], x.shape[1], -1), sums.view(n, -1, sums.shape[-1]).sum(0)
+        glogits, gw = generic_parameter_grads(sums, coef, logits, prelu_weight, key.candidates)
+        return unflatten(gx, x, channel), glogits, gw
+
+
+class GenericCompiledBackend(_GenericBackend):
+    """The generic kernels compiled by ``torch.compile``, like :class:`CompiledBackend` (float64 runs them eagerly)."""
+
+    name = "generic-compile"
+    title = "the Inductor-compiled generic kernels"
+    modes = frozenset(("auto", "native", "compile"))
+
+    def decline(self, key: DispatchKey) -> str | None:
+        if key.dtype == torch.float64:
+            return "float64 runs the eager kernels (they exist for checking)"
+        err = self.failure(key)
+        if err is not None:
+            return f"compiling failed earlier in this process ({type(err).__name__}: {str(err).splitlines()[0]})"
+        return None
+
+    def failure(self, key: DispatchKey) -> Exception | None:
+        return compiled.failure(self.variant(key, "fwd")) or compiled.failure(self.variant(key, "bwd"))
+
+    def describe(self, key: DispatchKey) -> str:
+        where = "Triton" if key.device == "cuda" else "C++"
+        return f"a pool outside the paper's seven: the generic kernels, Inductor ({where})"
+
+    def _run(self, variant: FusedKernelKey, *args: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        return compiled.run(variant, *args)  # type: ignore[no-any-return]
+
+
+class GenericEagerBackend(_GenericBackend):
+    """The generic kernels as plain PyTorch ops: no compiler needed, slower, same memory use."""
+
+    name = "generic-eager"
+    title = "the eager generic kernels"
+    modes = frozenset(("auto", "native", "compile", "eager"))
+
+    def describe(self, key: DispatchKey) -> str:
+        # Rarely read: the compiled generic backend covers every key this one does, and says why it declined.
+        return "a pool outside the paper's seven: the generic kernels, eager"
+
+    def _run(self, variant: FusedKernelKey, *args: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        math = generic_forward if variant.direction == "fwd" else generic_backward
+        return math(*args, variant.flags)  # type: ignore[no-any-return]
+
+
 class ReferenceBackend(Backend):
     """:func:`adact.adact_reference`: one PyTorch op per candidate, any pool, any input; autograd saves its terms."""
 
@@ -339,7 +445,12 @@ class ReferenceBackend(Backend):
 
     def describe(self, key: DispatchKey) -> str:
         # Chosen with no fused backend declining: the input is outside every fused backend's scope.
-        return EAGER.scope(key) or f"{ENV_VAR}={key.env.fused}"
+        # The paper's kernels say why for the paper's candidates, the generic ones for the others.
+        generic = GENERIC_EAGER.scope(key)
+        paper = EAGER.scope(key)
+        if paper is None or generic is None:
+            return f"{ENV_VAR}={key.env.fused}"
+        return paper if set(key.candidates) <= FUSED_CANDIDATES else generic
 
     def forward(
         self, x: Tensor, logits: Tensor, prelu_weight: Tensor | None, candidates: tuple[str, ...], training: bool
@@ -351,9 +462,12 @@ class ReferenceBackend(Backend):
 NATIVE = NativeBackend()
 COMPILE = CompiledBackend()
 EAGER = EagerBackend()
+GENERIC_COMPILE = GenericCompiledBackend()
+GENERIC_EAGER = GenericEagerBackend()
 REFERENCE = ReferenceBackend()
-#: The backends in order of preference: the first that takes a key runs it.
-ORDER: tuple[Backend, ...] = (NATIVE, COMPILE, EAGER, REFERENCE)
+#: The backends in order of preference: the first that takes a key runs it. The paper's kernels
+#: and the generic ones never both cover a key (the generic scope leaves the paper's pools out).
+ORDER: tuple[Backend, ...] = (NATIVE, COMPILE, EAGER, GENERIC_COMPILE, GENERIC_EAGER, REFERENCE)
 
 
 def forget() -> None:

@@ -1,7 +1,9 @@
 """The Inductor-compiled elementwise kernels: one ``torch.compile`` per variant, failures remembered.
 
 "Compiled" means ``torch.compile`` of :func:`adact.fused.inductor.kernel_forward` /
-``kernel_backward`` (Inductor: C++/OpenMP on CPU, Triton on CUDA) with dynamic shapes, so every
+``kernel_backward`` (Inductor: C++/OpenMP on CPU, Triton on CUDA), or for pools outside the
+paper's seven of :func:`adact.fused.generic.generic_forward` / ``generic_backward`` (variants
+whose flags are :class:`~adact.fused.generic.GenericFlags`), with dynamic shapes, so every
 layer and batch size of a model shares one kernel per variant (a
 :class:`~adact.fused.keys.FusedKernelKey`). A variant compiles at its first call (a few seconds;
 Inductor's on-disk cache makes later processes start fast), so compile errors surface there:
@@ -20,13 +22,16 @@ from typing import Any
 
 import torch
 
+from adact.fused.generic import GenericFlags, generic_backward, generic_forward
 from adact.fused.inductor import kernel_backward, kernel_forward
 from adact.fused.keys import BackendFailed, FusedKernelKey
 
-__all__ = ["MATH", "failure", "forget", "run"]
+__all__ = ["GENERIC_MATH", "MATH", "failure", "forget", "math_of", "run"]
 
 #: The math of each direction (the eager backend calls it as is).
 MATH: dict[str, Callable[..., Any]] = {"fwd": kernel_forward, "bwd": kernel_backward}
+#: The same for the generic kernels (pools outside the paper's seven).
+GENERIC_MATH: dict[str, Callable[..., Any]] = {"fwd": generic_forward, "bwd": generic_backward}
 # Let the C++ compiler contract a*b+c into FMAs (polynomials, Horner steps): fewer instructions,
 # and each contraction rounds once instead of twice.
 _INDUCTOR_OPTIONS: dict[str, Any] = {"cpp.enable_floating_point_contract_flag": "fast"}
@@ -46,8 +51,16 @@ def _own_code_copy(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
+def math_of(key: FusedKernelKey) -> Callable[..., Any]:
+    """The Python function a variant compiles: the paper's kernel or the generic one, in its direction."""
+    return (GENERIC_MATH if isinstance(key.flags, GenericFlags) else MATH)[key.direction]
+
+
 def _variant_name(key: FusedKernelKey) -> str:
     direction, device, dtype, flags = key
+    if isinstance(flags, GenericFlags):
+        granularity = "channel" if flags.channel else "layer"
+        return f"adact_generic_{direction}_{device}_{str(dtype).split('.')[-1]}_{granularity}_{'_'.join(flags.candidates)}"
     terms = "_".join(name for name, on in flags._asdict().items() if on and name != "channel")
     granularity = "channel" if flags.channel else "layer"
     return f"adact_{direction}_{device}_{str(dtype).split('.')[-1]}_{granularity}_{terms}"
@@ -55,7 +68,7 @@ def _variant_name(key: FusedKernelKey) -> str:
 
 def _compile(key: FusedKernelKey) -> Callable[..., Any]:
     direction, _device, _dtype, flags = key
-    math = _own_code_copy(MATH[direction], _variant_name(key))
+    math = _own_code_copy(math_of(key), _variant_name(key))
     compiled = torch.compile(math, fullgraph=True, options=_INDUCTOR_OPTIONS)
     n_data = 2 if direction == "bwd" else 1  # (grad,) x: the tensors shaped like the input
 
@@ -66,7 +79,7 @@ def _compile(key: FusedKernelKey) -> Callable[..., Any]:
         for t in args[:n_data]:
             torch._dynamo.maybe_mark_dynamic(t, list(range(t.dim() - lane_dim)))
         if flags.channel:
-            torch._dynamo.maybe_mark_dynamic(args[n_data], 0)  # coef: (C, 7) or (N * C, 7)
+            torch._dynamo.maybe_mark_dynamic(args[n_data], 0)  # coef: (C, 7) or (N * C, 7); generic: K + 1 columns
         return compiled(*args, flags)
 
     return kernel

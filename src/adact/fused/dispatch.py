@@ -2,8 +2,11 @@
 
 The backends (:mod:`adact.fused.backends`), best first: **native** (hand-vectorised C++, float32
 on CPU, about 1.5x faster than Inductor's code), **compile** (``torch.compile``/Inductor: C++ on
-CPU, Triton on CUDA), **eager** (the same math as plain PyTorch ops) and **reference**
-(:func:`adact.adact_reference`, no fused path). :func:`choose` asks each in turn whether it takes
+CPU, Triton on CUDA), **eager** (the same math as plain PyTorch ops), for the paper's pools;
+**generic-compile** and **generic-eager** (:mod:`adact.fused.generic`, compiled or not) for any
+other pool of the candidates they know; and **reference** (:func:`adact.adact_reference`, no
+fused path: unknown candidates, training-mode RReLU outside the paper's pools, shapes that fit
+no layout). :func:`choose` asks each in turn whether it takes
 a :class:`~adact.fused.keys.DispatchKey` and keeps the first that does, with why it was chosen
 and why each better one was passed over. Decisions are cached per key, and the key includes the
 environment snapshot (:func:`~adact.fused.keys.current_env`), so a call pays one dict lookup
@@ -21,6 +24,10 @@ The environment variable ``ADACT_FUSED`` selects the path:
 * ``native``: like ``auto``, but failures raise instead of falling back, and no calibration.
 * ``compile``: compiled (Inductor) everywhere, the native kernels unused; failures raise.
 * ``eager``: the same math as plain PyTorch ops (no compiler needed; slower, same memory use).
+
+A pool outside the paper's seven takes the same road with the generic kernels: compiled under
+``auto``, ``native`` and ``compile`` (falling back to their eager form under ``auto`` only),
+eager under ``eager``.
 * ``off``: no fused path at all; :class:`adact.AdAct` uses :func:`adact.adact_reference`.
 
 float64 always runs the eager kernels: it exists for checking, and the eager math is the same code.
@@ -43,7 +50,7 @@ from torch import Tensor
 from adact.activations import DEFAULT_CANDIDATES
 from adact.config import GRANULARITIES
 from adact.errors import UserError
-from adact.fused.backends import EAGER, ORDER, Backend, DirectCall, FusedBackend, forget
+from adact.fused.backends import EAGER, GENERIC_EAGER, ORDER, Backend, DirectCall, FusedBackend, forget
 from adact.fused.keys import (
     BACKENDS,
     ENV_VAR,
@@ -151,10 +158,14 @@ def _run(key: DispatchKey, call: Callable[[FusedBackend], _T]) -> _T:
         if not isinstance(backend, FusedBackend):
             # Inside the fused op on a key the reference takes (a graph traced before
             # ADACT_FUSED=off was set): the reference cannot replay the seed's RReLU noise.
+            # The eager kernels that cover the key run it (the paper's, or else the generic ones).
             why = EAGER.scope(key)
+            if why is not None and GENERIC_EAGER.scope(key) is None:
+                why, backend = None, GENERIC_EAGER
+            else:
+                backend = EAGER
             if why is not None:
                 raise UserError(f"the fused AdAct kernels cannot take this call: {why}")
-            backend = EAGER
         try:
             return call(backend)
         except BackendFailed:
@@ -195,7 +206,8 @@ def explain(
 
     Returns:
         ``(backend, reason)``, the backend one of ``"native"``, ``"compile"``, ``"eager"``,
-        ``"reference"`` (no fused path) or ``"error"`` (a forced backend that cannot run here).
+        ``"generic-compile"``, ``"generic-eager"``, ``"reference"`` (no fused path) or ``"error"``
+        (a forced backend that cannot run here).
         On a float32 CPU input this builds the native kernels and, under ``auto``, calibrates
         them if that has not happened yet.
     """

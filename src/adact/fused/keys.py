@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from adact.errors import UserError
+from adact.fused.generic import GenericFlags
 from adact.fused.inductor import KernelFlags, kernel_flags
 from adact.fused.native import ISA_ENV_VAR
 
@@ -68,7 +69,7 @@ class FusedKernelKey(NamedTuple):
     direction: str  # "fwd" or "bwd"
     device: str  # device type: "cpu", "cuda"
     dtype: torch.dtype  # input dtype
-    flags: KernelFlags  # layout and terms
+    flags: KernelFlags | GenericFlags  # layout and terms (GenericFlags: a pool the generic kernels run)
 
 
 class DispatchKey(NamedTuple):

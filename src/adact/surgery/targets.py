@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adact.activations import ReLUSquared
 from adact.errors import UserError
 from adact.unit import AdAct
 
@@ -53,6 +54,7 @@ _TORCH_CLASSES: dict[type[nn.Module], str] = {
     nn.Sigmoid: "sigmoid",
     nn.Hardsigmoid: "hardsigmoid",
     nn.Tanh: "tanh",
+    ReLUSquared: "relu_squared",  # adact's own (registry name "relu2"), e.g. from optimize()
 }
 
 # (top-level package, last module component, class name) -> kind. Keyed loosely so that moved
