@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -280,6 +281,34 @@ class NativeBackend(FusedBackend):
             self._errors.clear()
 
 
+def _backward_pass(
+    grad: Tensor, x: Tensor, coef: Tensor, channel: bool, run: Callable[[Tensor, Tensor, Tensor], Any]
+) -> tuple[Tensor, Tensor]:
+    """``(grad_x, sums)`` from a backward elementwise kernel ``run(grad, x, coef)``, per layer or per channel.
+
+    Per channel the kernel sees ``(N * C, R)`` rows with the coefficients repeated per row (see
+    :func:`adact.fused.inductor.kernel_backward`); its per-row sums are added up per channel here.
+    """
+    g_view, x_view, row_coef = flat_view(grad, x, channel, 0), flat_view(x, x, channel, 0), coef
+    if channel:
+        n = x_view.shape[0]
+        g_view, x_view = g_view.flatten(0, 1), x_view.flatten(0, 1)
+        row_coef = coef.repeat(n, 1)
+    gx, sums = run(g_view, x_view, row_coef)
+    if channel:
+        gx, sums = gx.view(x.shape[0], x.shape[1], -1), sums.view(n, -1, sums.shape[-1]).sum(0)
+    return gx, sums
+
+
+def _compiled_decline(key: DispatchKey, failure: Exception | None) -> str | None:
+    """Why an Inductor-compiled backend passes over ``key``: float64 is kept eager; a failed compile."""
+    if key.dtype == torch.float64:
+        return "float64 runs the eager kernels (they exist for checking)"
+    if failure is not None:
+        return f"compiling failed earlier in this process ({type(failure).__name__}: {str(failure).splitlines()[0]})"
+    return None
+
+
 class _KernelBackend(FusedBackend):
     """The elementwise kernels of :mod:`adact.fused.inductor`, with the mixture algebra around them."""
 
@@ -302,14 +331,7 @@ class _KernelBackend(FusedBackend):
         channel = key.layout == "channel"
         if coef is None:
             coef = mixture_coefficients(logits, prelu_weight, key.candidates, key.training, compute_dtype(key.dtype))
-        g_view, x_view, row_coef = flat_view(grad, x, channel, 0), flat_view(x, x, channel, 0), coef
-        if channel:  # (N * C, R) rows, coefficients per row (see kernel_backward)
-            n = x_view.shape[0]
-            g_view, x_view = g_view.flatten(0, 1), x_view.flatten(0, 1)
-            row_coef = coef.repeat(n, 1)
-        gx, sums = self._run(key.variant("bwd"), g_view, x_view, row_coef, seed)
-        if channel:
-            gx, sums = gx.view(x.shape[0], x.shape[1], -1), sums.view(n, -1, sums.shape[-1]).sum(0)
+        gx, sums = _backward_pass(grad, x, coef, channel, lambda g, xs, c: self._run(key.variant("bwd"), g, xs, c, seed))
         glogits, gw = parameter_grads(sums, logits, prelu_weight, key.candidates, key.training)
         return unflatten(gx, x, channel), glogits, gw
 
@@ -326,12 +348,7 @@ class CompiledBackend(_KernelBackend):
     modes = frozenset(("auto", "native", "compile"))
 
     def decline(self, key: DispatchKey) -> str | None:
-        if key.dtype == torch.float64:
-            return "float64 runs the eager kernels (they exist for checking)"
-        err = self.failure(key)
-        if err is not None:
-            return f"compiling failed earlier in this process ({type(err).__name__}: {str(err).splitlines()[0]})"
-        return None
+        return _compiled_decline(key, self.failure(key))
 
     def failure(self, key: DispatchKey) -> Exception | None:
         return compiled.failure(key.variant("fwd")) or compiled.failure(key.variant("bwd"))
@@ -383,14 +400,7 @@ class _GenericBackend(FusedBackend):
         channel = key.layout == "channel"
         if coef is None:
             coef = generic_coefficients(logits, prelu_weight, key.candidates, compute_dtype(key.dtype))
-        g_view, x_view, row_coef = flat_view(grad, x, channel, 0), flat_view(x, x, channel, 0), coef
-        if channel:  # (N * C, R) rows, coefficients per row (as the paper's kernels do)
-            n = x_view.shape[0]
-            g_view, x_view = g_view.flatten(0, 1), x_view.flatten(0, 1)
-            row_coef = coef.repeat(n, 1)
-        gx, sums = self._run(self.variant(key, "bwd"), g_view, x_view, row_coef)
-        if channel:
-            gx, sums = gx.view(x.shape[0], x.shape[1], -1), sums.view(n, -1, sums.shape[-1]).sum(0)
+        gx, sums = _backward_pass(grad, x, coef, channel, lambda g, xs, c: self._run(self.variant(key, "bwd"), g, xs, c))
         glogits, gw = generic_parameter_grads(sums, coef, logits, prelu_weight, key.candidates)
         return unflatten(gx, x, channel), glogits, gw
 
@@ -403,12 +413,7 @@ class GenericCompiledBackend(_GenericBackend):
     modes = frozenset(("auto", "native", "compile"))
 
     def decline(self, key: DispatchKey) -> str | None:
-        if key.dtype == torch.float64:
-            return "float64 runs the eager kernels (they exist for checking)"
-        err = self.failure(key)
-        if err is not None:
-            return f"compiling failed earlier in this process ({type(err).__name__}: {str(err).splitlines()[0]})"
-        return None
+        return _compiled_decline(key, self.failure(key))
 
     def failure(self, key: DispatchKey) -> Exception | None:
         return compiled.failure(self.variant(key, "fwd")) or compiled.failure(self.variant(key, "bwd"))
