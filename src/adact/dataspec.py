@@ -1,4 +1,4 @@
-"""``DatasetSpec``: the one parser of a dataset argument (``digits``, ``npz:PATH``, ``imagefolder:PATH``).
+"""``DatasetSpec``: the one parser of a dataset argument (``digits``, ``npz:PATH``, ``imagefolder:PATH``, ``text:PATH``).
 
 Every place that needs to know what a dataset argument means -- the CLI, :func:`adact.data.load_dataset`,
 run-folder names, figure titles, the paper's Table 1 lookup -- asks a :class:`DatasetSpec`, so a prefix
@@ -19,10 +19,12 @@ __all__ = ["DATASETS", "DATASET_HELP", "DatasetSpec"]
 DATASETS: tuple[str, ...] = ("fmnist", "cifar10", "svhn", "fer2013", "digits")
 """Named datasets; any ``.npz`` file is also accepted as ``"npz:PATH"``, a folder as ``"imagefolder:PATH"``."""
 
-DATASET_HELP = (f"{', '.join(DATASETS)}, npz:PATH (arrays x_train, y_train, x_test, y_test) or imagefolder:PATH "
-                f"(PATH/train/<class>/* and PATH/val/ or test/, or one folder of class subfolders)")
+DATASET_HELP = (f"{', '.join(DATASETS)}, npz:PATH (arrays x_train, y_train, x_test, y_test), imagefolder:PATH "
+                f"(PATH/train/<class>/* and PATH/val/ or test/, or one folder of class subfolders) or text:PATH "
+                f"(a UTF-8 text file: language modelling)")
 
-_PREFIXES = ("npz", "imagefolder")
+_PREFIXES = ("npz", "imagefolder", "text")
+_FILE_KINDS = ("npz", "text")  # prefixes that name a file (the others name a folder)
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class DatasetSpec:
     """A parsed dataset argument.
 
     Attributes:
-        kind: ``"named"`` (one of :data:`DATASETS`), ``"npz"`` or ``"imagefolder"``.
+        kind: ``"named"`` (one of :data:`DATASETS`), ``"npz"``, ``"imagefolder"`` or ``"text"``.
         value: the name (lower case) or the path as given.
     """
 
@@ -61,7 +63,7 @@ class DatasetSpec:
         if self.kind == "named":
             return self.value
         path = Path(self.value.rstrip("/\\"))
-        return (path.stem if self.kind == "npz" else path.name) or "data"
+        return (path.stem if self.kind in _FILE_KINDS else path.name) or "data"
 
     @property
     def slug(self) -> str:
@@ -74,6 +76,11 @@ class DatasetSpec:
     def display(self) -> str:
         """A short label for titles: ``npz:fer2013``, ``imagefolder:pets``, ``digits``."""
         return self.value if self.kind == "named" else f"{self.kind}:{self.stem}"
+
+    @property
+    def is_text(self) -> bool:
+        """A text file (``text:PATH``): a language-modelling dataset, not images."""
+        return self.kind == "text"
 
     @property
     def paper_key(self) -> str | None:
@@ -90,21 +97,22 @@ class DatasetSpec:
         if self.kind == "named":
             raise UserError(f"{self} is a named dataset, not a path")
         path = Path(self.value).expanduser()
-        found = path.is_file() if self.kind == "npz" else path.is_dir()
+        is_file = self.kind in _FILE_KINDS
+        found = path.is_file() if is_file else path.is_dir()
         tried = [str(path)]
         if not found and not path.is_absolute():
             under = Path(data_dir).expanduser() / path
-            if under.is_file() if self.kind == "npz" else under.is_dir():
+            if under.is_file() if is_file else under.is_dir():
                 return under
             tried.append(str(under))
         if found:
             return path
-        what = ("an .npz with arrays x_train, y_train, x_test, y_test" if self.kind == "npz"
-                else "a folder of class subfolders (or train/ and val/ or test/ holding them)")
-        raise FileNotFoundError(f"{self.kind} {'file' if self.kind == 'npz' else 'folder'} not found: tried "
+        what = {"npz": "an .npz with arrays x_train, y_train, x_test, y_test", "text": "a UTF-8 text file",
+                "imagefolder": "a folder of class subfolders (or train/ and val/ or test/ holding them)"}[self.kind]
+        raise FileNotFoundError(f"{self.kind} {'file' if is_file else 'folder'} not found: tried "
                                 f"{' and '.join(repr(t) for t in tried)}. Pass {what} as '{self.kind}:PATH'")
 
     def check(self, data_dir: str | Path) -> None:
-        """Raise FileNotFoundError now for a missing ``npz:`` file or ``imagefolder:`` folder."""
+        """Raise FileNotFoundError now for a missing ``npz:`` / ``text:`` file or ``imagefolder:`` folder."""
         if self.kind != "named":
             self.resolve_path(data_dir)
