@@ -13,6 +13,10 @@ from typing import NoReturn
 
 from adact.config import (
     ACTIVATION_NAMES,
+    GPT_DEFAULTS,
+    LM_CANDIDATES,
+    LM_DEFAULTS,
+    TOKENIZERS,
     BAD_IMAGE_POLICIES,
     DEVICES,
     FER_SPLITS,
@@ -31,6 +35,7 @@ from adact.errors import UserError
 __all__ = [
     "Parser",
     "activation",
+    "activation_name",
     "add_data_args",
     "add_pipeline_args",
     "add_run_args",
@@ -129,6 +134,21 @@ def model_spec(text: str) -> str:
     return text
 
 
+def _unit_float(text: str) -> float:
+    v = _number(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
+def activation_name(text: str) -> str:
+    """A registry name (not ``adact`` or ``baseline``): a candidate, or a GPT's activation."""
+    key = text.lower().replace("-", "_")
+    if key in ACTIVATION_NAMES:
+        return key
+    raise argparse.ArgumentTypeError(f"unknown activation {text!r}; valid: {', '.join(ACTIVATION_NAMES)}")
+
+
 def activation(text: str) -> str:
     key = text.lower().replace("-", "_")  # the registry's spelling rule: "Leaky-ReLU" is leaky_relu
     if key in ("adact", "baseline") or key in ACTIVATION_NAMES:
@@ -165,10 +185,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
-    epochs_default = _D("epochs")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int_at_least(1), default=epochs_default,
-                   help=f"passes over the training set (default: {epochs_default}, the paper's)")
+    g.add_argument("--epochs", type=int_at_least(1), default=_D("epochs"),
+                   help="passes over the training set (default: 15, the paper's; text datasets count optimizer "
+                        "steps instead: --max-iters)")
     g.add_argument("--granularity", choices=GRANULARITIES, default=_D("granularity"),
                    help="AdAct weights per layer (the paper) or per channel (default: layer)")
     g.add_argument("--device", choices=DEVICES, default=_D("device"), help="auto = cuda, then mps, then cpu")
@@ -184,16 +204,25 @@ def add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
                    help="discard what the output folder holds (checkpoints, metrics, results) and train from "
                         "scratch; without it a rerun resumes, and a folder of other settings is refused")
     g.add_argument("--batch-size", type=int_at_least(1), default=_D("batch_size"), metavar="N",
-                   help=f"default: {_D('batch_size')}")
+                   help="images (text: blocks of --block-size tokens) per step (default: 64; text: 12, nanoGPT's)")
     g.add_argument("--test-batch-size", type=int_at_least(1), default=_D("test_batch_size"), metavar="N",
                    help=f"default: {_D('test_batch_size')}")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=_D("optimizer"),
                    help="adamw (the paper's, default) or sgd (momentum 0.9, Nesterov)")
     g.add_argument("--lr", type=positive_float, default=_D("lr"), help=f"peak learning rate (default: {_D('lr'):g})")
     g.add_argument("--weight-decay", type=float, default=_D("weight_decay"), metavar="WD",
-                   help=f"AdamW's decoupled weight decay, or SGD's L2 penalty (default: {_D('weight_decay'):g})")
+                   help="AdamW's decoupled weight decay, or SGD's L2 penalty (default: 0.01, torch's; text: 0.1 on "
+                        "2-D weights only, nanoGPT's)")
     g.add_argument("--schedule", choices=SCHEDULES, default=_D("schedule"),
-                   help="learning-rate schedule: none (constant, the paper's; default) or cosine (to 0)")
+                   help="learning-rate schedule: none (constant, the paper's; default for images) or cosine (to 0, "
+                        "or to --min-lr; default for text)")
+    g.add_argument("--grad-clip", type=positive_float, default=_D("grad_clip"), metavar="NORM",
+                   help="clip the gradient norm to NORM (default: off; text: 1.0, nanoGPT's)")
+    g.add_argument("--betas", type=_unit_float, nargs=2, default=_D("betas"), metavar=("B1", "B2"),
+                   help="AdamW's betas (default: torch's 0.9 0.999; text: 0.9 0.99, nanoGPT's)")
+    g.add_argument("--candidates", type=activation_name, nargs="+", default=_D("candidates"), metavar="NAME",
+                   help="the pool of every AdAct unit (default: the paper's relu elu leaky_relu prelu rrelu silu "
+                        f"mish; text: {' '.join(LM_CANDIDATES)}). Names: {', '.join(ACTIVATION_NAMES)}")
     g.add_argument("--warmup-epochs", type=non_negative_float, default=_D("warmup_epochs"), metavar="E",
                    help="linear learning-rate warm-up over E epochs, per step (default: 0)")
     g.add_argument("--label-smoothing", type=fraction(True), default=_D("label_smoothing"), metavar="F",
@@ -215,9 +244,10 @@ def add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     a = p.add_argument_group("model")
     if with_model:
         a.add_argument("--model", type=model_spec, default=_D("model"), metavar="SPEC",
-                       help="convnet (the paper's, default), torchvision:NAME, timm:NAME (pip install 'adact[timm]'), "
-                            "path/to/file.py:factory or package.module:factory (called with num_classes and "
-                            "in_channels where it takes them)")
+                       help="convnet (the paper's, default for images), gpt (nanoGPT's decoder, default for text), "
+                            "torchvision:NAME, timm:NAME (pip install 'adact[timm]'), transformers:NAME (a causal LM "
+                            "of that model type from --model-config, random weights), path/to/file.py:factory or "
+                            "package.module:factory (called with num_classes and in_channels where it takes them)")
         a.add_argument("--pretrained", action="store_true",
                        help="torchvision/timm weights, only if already on disk (nothing is downloaded)")
     a.add_argument("--channels", type=int_at_least(1), nargs="+", default=None, metavar="C",
@@ -225,6 +255,31 @@ def add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
                         f"{' '.join(map(str, _D('channels')))})")
     a.add_argument("--kernel-size", type=int_at_least(1), default=_D("kernel_size"), metavar="K",
                    help=f"ConvNet conv kernel (default: {_D('kernel_size')})")
+    lm = p.add_argument_group("language models (--dataset text:PATH; defaults: nanoGPT's shakespeare_char on a CPU)")
+    lm.add_argument("--tokenizer", choices=TOKENIZERS, default=_D("tokenizer"),
+                    help="char: the file's sorted characters (default); bytes: 256 symbols, any file")
+    lm.add_argument("--max-iters", type=int_at_least(1), default=_D("max_iters"), metavar="N",
+                    help=f"optimizer steps in all (default: {LM_DEFAULTS['max_iters']})")
+    lm.add_argument("--eval-interval", type=int_at_least(1), default=_D("eval_interval"), metavar="N",
+                    help="steps between evaluations of the loss on the whole held-out split; the best evaluation is "
+                         f"kept (default: {LM_DEFAULTS['eval_interval']})")
+    lm.add_argument("--warmup-iters", type=int_at_least(0), default=_D("warmup_iters"), metavar="N",
+                    help=f"linear learning-rate warm-up steps (default: {LM_DEFAULTS['warmup_iters']}, at most "
+                         "max_iters / 20)")
+    lm.add_argument("--min-lr", type=non_negative_float, default=_D("min_lr"), metavar="LR",
+                    help="the cosine schedule's floor (default: lr / 10)")
+    lm.add_argument("--block-size", type=int_at_least(1), default=_D("block_size"), metavar="T",
+                    help=f"tokens per block: the context (default: {LM_DEFAULTS['block_size']})")
+    lm.add_argument("--n-layer", type=int_at_least(1), default=_D("n_layer"), metavar="N",
+                    help=f"--model gpt: transformer blocks (default: {GPT_DEFAULTS['n_layer']})")
+    lm.add_argument("--n-head", type=int_at_least(1), default=_D("n_head"), metavar="N",
+                    help=f"--model gpt: attention heads (default: {GPT_DEFAULTS['n_head']})")
+    lm.add_argument("--n-embd", type=int_at_least(1), default=_D("n_embd"), metavar="N",
+                    help=f"--model gpt: embedding width; each MLP is 4x wider (default: {GPT_DEFAULTS['n_embd']})")
+    lm.add_argument("--dropout", type=fraction(True), default=_D("dropout"), metavar="P",
+                    help=f"--model gpt: dropout (default: {GPT_DEFAULTS['dropout']:g})")
+    lm.add_argument("--model-config", default=_D("model_config"), metavar="K=V,...",
+                    help="transformers:NAME: its config's settings, e.g. n_layer=4,n_head=4,n_embd=128,n_positions=64")
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:

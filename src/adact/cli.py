@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", type=_options.activation, nargs="+", default=[], metavar="NAME",
                    help="besides the model as written, train it with one activation everywhere for each NAME, as "
                         "extra baselines with a column and paired differences each (e.g. --baselines relu mish)")
+    s.add_argument("--activation", dest="gpt_activation", type=_options.activation_name, default=None, metavar="NAME",
+                   help="--model gpt: the activation of its MLPs as written, the baseline (default: gelu, GPT-2's)")
     _options.add_pipeline_args(s)
     _options.add_run_args(s)
     _options.add_data_args(s)
@@ -169,7 +171,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     # The model as written is always search's first baseline; --baselines adds one-activation ones.
 
     cfg = SearchConfig(datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out,
-                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args), preset="search",
+                       jobs=args.jobs, quiet=args.quiet, train=_train_config(args, dataset=args.datasets[0]),
+                       preset="search",
                        baselines=[BASELINE, *dict.fromkeys(args.baselines)], sync_bn=args.sync_bn)
     search(cfg, restart=args.restart)
     return 0
@@ -180,13 +183,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from adact.training.loop import DivergedError, train
 
     acts: list[str] = args.activation
-    if args.model.strip().lower() == "convnet":
-        n_blocks = len(args.channels) if args.channels else len(_D("channels"))
-        if len(acts) not in (1, n_blocks):
-            raise UserError(f"--activation got {len(acts)} names but the net has {n_blocks} blocks; "
-                             f"give one name, or one per block")
     config = _train_config(args, dataset=args.dataset, seed=args.seed,
                            activation=acts[0] if len(acts) == 1 else acts)
+    blocks = {"convnet": len(config.channels), "gpt": config.n_layer}.get(config.model or "")
+    if blocks is not None and len(acts) not in (1, blocks):
+        raise UserError(f"--activation got {len(acts)} names but the {config.model} has {blocks} blocks; "
+                         f"give one name, or one per block")
     spec = DatasetSpec.parse(config.dataset)
     spec.check(config.data_dir)
     act = config.activation if isinstance(config.activation, str) else "-".join(config.activation)
@@ -202,9 +204,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except DivergedError as e:
         print(f"adact: training diverged: {e}", file=sys.stderr)
         return 1
-    val = result["val_selected_test_acc"]
-    print(f"best test acc {result['best_test_acc']:.4f} (epoch {result['best_epoch']}), "
-          f"final {result['final_test_acc']:.4f}" + (f", val-selected {val:.4f}" if val is not None else ""))
+    m = result["metric"]
+    val = result[f"val_selected_test_{m}"]
+    ppl = f", perplexity {result['best_test_ppl']:.3f}" if result.get("best_test_ppl") is not None else ""
+    when = "epoch" if not config.is_text else "evaluation"
+    print(f"best test {m} {result[f'best_test_{m}']:.4f} ({when} {result['best_epoch']}{ppl}), "
+          f"final {result[f'final_test_{m}']:.4f}" + (f", val-selected {val:.4f}" if val is not None else ""))
     if result["dominant"]:
         chosen = ", ".join(f"{p}: {n} ({w:.3f})" for p, (n, w) in result["dominant"].items())
         print(f"dominant activations (final model): {chosen}")

@@ -27,6 +27,10 @@ __all__ = [
     "ACTIVATION_NAMES",
     "BAD_IMAGE_POLICIES",
     "BASELINE",
+    "GPT_DEFAULTS",
+    "LM_CANDIDATES",
+    "LM_DEFAULTS",
+    "TOKENIZERS",
     "DEVICES",
     "FER_SPLITS",
     "GRANULARITIES",
@@ -42,8 +46,10 @@ __all__ = [
     "TrainConfig",
     "check_positive",
     "config_diff",
+    "is_language_model",
     "models_for",
     "parse_model",
+    "parse_model_config",
     "parse_temperature_schedule",
     "train_default",
 ]
@@ -73,9 +79,36 @@ each to its module (and checks at import that it maps exactly these)."""
 #: The ``activation`` of a run that trains the model as written.
 BASELINE = "baseline"
 
+TOKENIZERS: tuple[str, ...] = ("char", "bytes")
+"""``--tokenizer``: the file's characters (nanoGPT's ``shakespeare_char``) or its bytes (256 symbols)."""
+
+LM_CANDIDATES: tuple[str, ...] = ("gelu", "relu", "relu2", "silu", "mish", "elu", "leaky_relu")
+"""The AdAct pool of a language model by default: GPT-2's GELU, ReLU, Primer's squared ReLU, SiLU
+(Llama's gate), Mish, ELU and LeakyReLU. The paper's pool was chosen for ConvNets; PReLU and RReLU
+(which GPTs do not use) make way for GELU and squared ReLU, the two a GPT's MLP is debated between."""
+
+LM_DEFAULTS: dict[str, Any] = {
+    "batch_size": 12, "weight_decay": 0.1, "schedule": "cosine", "candidates": LM_CANDIDATES, "grad_clip": 1.0,
+    "betas": (0.9, 0.99), "decay_1d": False, "tokenizer": "char", "max_iters": 2000, "eval_interval": 250,
+    "warmup_iters": 100, "block_size": 64,
+}
+"""A text run's settings when left unset: nanoGPT's ``shakespeare_char`` on a CPU (its README:
+``--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000
+--lr_decay_iters=2000 --dropout=0.0``, with ``config/train_shakespeare_char.py``'s lr 1e-3, min_lr
+1e-4, beta2 0.99, warmup 100, and ``train.py``'s weight decay 0.1 on 2-D weights only and gradient
+clipping at 1.0)."""
+
+GPT_DEFAULTS: dict[str, Any] = {"n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "gpt_activation": "gelu"}
+"""``--model gpt``'s shape when left unset: nanoGPT's CPU configuration, GELU MLPs as GPT-2."""
+
 def _check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
     if value not in valid:
         raise UserError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _names(names: Sequence[str]) -> str:
+    """``"a applies"`` / ``"a, b apply"``: the subject of a message about settings."""
+    return f"{', '.join(names)} {'applies' if len(names) == 1 else 'apply'}"
 
 
 def check_positive(name: str, value: float) -> float:
@@ -92,24 +125,66 @@ def check_positive(name: str, value: float) -> float:
 
 
 def parse_model(spec: str) -> tuple[str, str]:
-    """``(kind, name)``: kind is ``convnet``, ``torchvision``, ``timm`` or ``code`` (a user factory).
+    """``(kind, name)``: kind is ``convnet``, ``gpt``, ``torchvision``, ``timm``, ``transformers`` or ``code``.
+
+    ``code`` is a user factory (``path/to/file.py:factory``, ``package.module:factory``);
+    ``transformers:NAME`` is a Hugging Face causal language model of model type NAME (``gpt2``,
+    ``llama``, ...) built from its config with random weights.
 
     Raises:
         UserError: an empty name or a spec of no known form.
     """
     text = spec.strip()
-    if text.lower() == "convnet":
-        return "convnet", "convnet"
+    if text.lower() in ("convnet", "gpt"):
+        return text.lower(), text.lower()
     prefix, sep, rest = text.partition(":")
-    if sep and prefix.lower() in ("torchvision", "timm"):
+    if sep and prefix.lower() in ("torchvision", "timm", "transformers"):
         if not rest:
             raise UserError(f"--model {spec!r} needs a model name, e.g. {prefix.lower()}:resnet18")
         return prefix.lower(), rest
     head, sep, factory = text.rpartition(":")
     if sep and head and factory.isidentifier():
         return "code", text
-    raise UserError(f"unknown model {spec!r}; valid: convnet, torchvision:NAME, timm:NAME, path/to/file.py:factory "
-                    f"or package.module:factory")
+    raise UserError(f"unknown model {spec!r}; valid: convnet, gpt, torchvision:NAME, timm:NAME, transformers:NAME, "
+                    f"path/to/file.py:factory or package.module:factory")
+
+
+def is_language_model(model: str) -> bool:
+    """Whether a ``--model`` spec is a language model (``gpt``, ``transformers:NAME``): it trains on text."""
+    return parse_model(model)[0] in ("gpt", "transformers")
+
+
+def parse_model_config(text: str | None) -> dict[str, Any]:
+    """``--model-config "n_layer=4,n_embd=128,tie_word_embeddings=false"`` as a dict of typed values.
+
+    Values are read as int, then float, then ``true``/``false``/``none``, else kept as strings.
+
+    Raises:
+        UserError: an item that is not ``key=value``, or a key given twice.
+    """
+    out: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key.isidentifier() or not raw:
+            raise UserError(f"--model-config: expected key=value items separated by commas (e.g. n_layer=4,n_embd=128), "
+                            f"got {item!r}")
+        if key in out:
+            raise UserError(f"--model-config: {key!r} is given twice")
+        out[key] = _typed(raw)
+    return out
+
+
+def _typed(raw: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
 
 
 @dataclass(frozen=True)
@@ -117,17 +192,24 @@ class ModelSpec:
     """Everything a run's model is rebuilt from: stored in every checkpoint, so a file rebuilds its model.
 
     Attributes:
-        model: ``"convnet"`` or a ``--model`` spec (``torchvision:resnet18``, ...).
-        in_channels, num_classes, image_size: what the data asks of the model.
-        activation: ``"adact"``, an activation name (ConvNet), or one name per AdAct site; the
-            ConvNet "as written" is ``"relu"``, a named model's is ``"baseline"``.
+        model: ``"convnet"``, ``"gpt"`` or a ``--model`` spec (``torchvision:resnet18``, ...).
+        in_channels, num_classes, image_size: what the data asks of the model. A language model
+            has ``num_classes`` = the vocabulary size (its outputs), and no images: 0 and (0, 0).
+        activation: ``"adact"``, an activation name (ConvNet, GPT), or one name per AdAct site; the
+            ConvNet "as written" is ``"relu"``, the GPT's its ``gpt_activation``, another named
+            model's is ``"baseline"``.
         granularity: AdAct logits per ``"layer"`` or per ``"channel"``.
         fused: AdAct units use the fused kernel.
         pretrained: named models: start from their torchvision/timm weights.
-        channels, kernel_size: the ConvNet's widths and kernel (ignored by named models).
+        channels, kernel_size: the ConvNet's widths and kernel (ignored by other models).
+        candidates: the AdAct units' pool (None: the paper's seven).
+        block_size, n_layer, n_head, n_embd, dropout: language models: the context length, and
+            the GPT's shape (``block_size`` also bounds a ``transformers:`` model's inputs).
+        model_config: ``transformers:NAME``: the ``--model-config`` text its config is built with.
 
     On disk (:meth:`to_json`) it keeps the two shapes checkpoints always had: the ConvNet's
-    constructor arguments, or ``{"model": SPEC, ...}`` for a named model.
+    constructor arguments, or ``{"model": SPEC, ...}`` for a named model; the settings added
+    since are written only where they are not their defaults, so older files read the same.
     """
 
     model: str
@@ -140,31 +222,55 @@ class ModelSpec:
     pretrained: bool = False
     channels: tuple[int, ...] = DEFAULT_CHANNELS
     kernel_size: int = 3
+    candidates: tuple[str, ...] | None = None
+    block_size: int = 0
+    n_layer: int = 0
+    n_head: int = 0
+    n_embd: int = 0
+    dropout: float = 0.0
+    model_config: str = ""
 
     @property
     def is_convnet(self) -> bool:
         return self.model == "convnet"
+
+    @property
+    def is_language_model(self) -> bool:
+        return is_language_model(self.model)
+
+    def _extras(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.candidates is not None:
+            out["candidates"] = list(self.candidates)
+        if self.is_language_model:
+            out.update(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                       dropout=self.dropout, model_config=self.model_config)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         act: Any = self.activation if isinstance(self.activation, str) else list(self.activation)
         if not self.is_convnet:
             return {"model": self.model, "in_channels": self.in_channels, "num_classes": self.num_classes,
                     "image_size": list(self.image_size), "activation": act, "granularity": self.granularity,
-                    "fused": self.fused, "pretrained": self.pretrained}
+                    "fused": self.fused, "pretrained": self.pretrained, **self._extras()}
         return {"in_channels": self.in_channels, "num_classes": self.num_classes, "image_size": list(self.image_size),
                 "activation": act, "channels": list(self.channels), "kernel_size": self.kernel_size,
-                "adact_kwargs": {"granularity": self.granularity, "fused": self.fused}}
+                "adact_kwargs": {"granularity": self.granularity, "fused": self.fused}, **self._extras()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelSpec:
         """Read either shape of :meth:`to_json` (a checkpoint's ``model_kwargs``)."""
         act = d["activation"]
+        cands = d.get("candidates")
         common = {"in_channels": int(d["in_channels"]), "num_classes": int(d["num_classes"]),
                   "image_size": (int(d["image_size"][0]), int(d["image_size"][1])),
-                  "activation": act if isinstance(act, str) else tuple(act)}
+                  "activation": act if isinstance(act, str) else tuple(act),
+                  "candidates": None if cands is None else tuple(cands)}
         if "model" in d:
+            lm = {k: int(d.get(k, 0)) for k in ("block_size", "n_layer", "n_head", "n_embd")}
             return cls(model=d["model"], granularity=d.get("granularity", "layer"), fused=d.get("fused", True),
-                       pretrained=bool(d.get("pretrained", False)), **common)
+                       pretrained=bool(d.get("pretrained", False)), dropout=float(d.get("dropout", 0.0)),
+                       model_config=str(d.get("model_config", "")), **lm, **common)
         adact_kwargs = d.get("adact_kwargs") or {}
         return cls(model="convnet", granularity=adact_kwargs.get("granularity", "layer"),
                    fused=adact_kwargs.get("fused", True), channels=tuple(int(c) for c in d["channels"]),
@@ -217,19 +323,20 @@ class TrainConfig:
     normalize: str = "paper"  # "paper" (mean = std = 0.5) or "imagenet"
     on_bad_image: str = "skip"  # image folders: "skip" undecodable files (counted) or stop with an "error"
     cache_mb: float = 4096.0  # image folders: decode into memory up to this many MiB, else stream from disk
-    model: str = "convnet"  # "convnet" (the paper's), "torchvision:NAME", "timm:NAME", "file.py:factory", "pkg.mod:f"
+    model: str | None = None  # None: "convnet" (the paper's) for images, "gpt" for text; "torchvision:NAME",
+    # "timm:NAME", "transformers:NAME", "file.py:factory", "pkg.mod:f"
     pretrained: bool = False  # torchvision/timm weights, only if already on disk (nothing is downloaded)
     activation: str | list[str] = "adact"  # "adact", "baseline", a registry name (convnet), or one name per site
     granularity: str = "layer"  # AdAct logits per "layer" (paper) or per "channel"
     channels: list[int] = field(default_factory=lambda: list(DEFAULT_CHANNELS))  # conv widths (ours)
     kernel_size: int = 3  # conv kernel (ours; the paper's table is missing)
-    epochs: int = 15  # passes over the training set
-    batch_size: int = 64  # training images per step
+    epochs: int | None = None  # passes over the training set (None: 15); text: evaluations (max_iters / eval_interval)
+    batch_size: int | None = None  # training images (text: blocks) per step (None: 64; text: 12, nanoGPT's)
     test_batch_size: int = 1000  # images per evaluation batch
     optimizer: str = "adamw"  # "adamw" (the paper's) or "sgd" (momentum 0.9, Nesterov)
     lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.01  # AdamW's decoupled weight decay (torch default), or SGD's L2 penalty
-    schedule: str = "none"  # "none" (constant lr, the paper's) or "cosine" (to 0 at the last step)
+    weight_decay: float | None = None  # AdamW's decoupled decay (None: 0.01, torch's; text: 0.1), or SGD's L2 penalty
+    schedule: str | None = None  # "none" (constant lr; None for images, the paper's) or "cosine" (None for text)
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (per step)
     label_smoothing: float = 0.0  # cross-entropy label smoothing (the paper: none)
     decay_adact: bool = True  # also decay AdAct logits and PReLU slopes (plain AdamW does)
@@ -246,8 +353,31 @@ class TrainConfig:
     temperature_schedule: list[float] | None = None  # [T0, T1]: AdAct softmax temperature annealed T0 -> T1
     entropy_weight: float = 0.0  # lambda: lambda * mean normalised entropy of the mixtures joins the loss
     adact_lr_mult: float = 1.0  # learning rate of the AdAct logits relative to lr
+    # Added for language models; None means "the task's default", resolved in __post_init__ (text:
+    # nanoGPT's shakespeare_char CPU settings; images: unchanged, so image configs read as before).
+    candidates: list[str] | None = None  # AdAct pool (None: the paper's seven; text: LM_CANDIDATES)
+    grad_clip: float | None = None  # clip the gradient norm to this (None: off; text: 1.0)
+    betas: list[float] | None = None  # AdamW's (beta1, beta2) (None: torch's (0.9, 0.999); text: (0.9, 0.99))
+    decay_1d: bool | None = None  # decay 1-D parameters (biases, norms, AdAct logits) too (None: yes; text: no)
+    tokenizer: str | None = None  # text: "char" (the file's characters) or "bytes" (256 symbols)
+    max_iters: int | None = None  # text: optimizer steps in all (2000)
+    eval_interval: int | None = None  # text: steps between evaluations of the held-out loss (250)
+    warmup_iters: int | None = None  # text: linear warm-up steps (100)
+    min_lr: float | None = None  # text: the cosine schedule's floor (lr / 10)
+    block_size: int | None = None  # text: tokens per block, the context (64)
+    n_layer: int | None = None  # --model gpt: transformer blocks (4)
+    n_head: int | None = None  # --model gpt: attention heads (4)
+    n_embd: int | None = None  # --model gpt: embedding width (128)
+    dropout: float | None = None  # --model gpt: dropout (0)
+    gpt_activation: str | None = None  # --model gpt: its MLPs' activation as written (gelu, GPT-2's)
+    model_config: str | None = None  # transformers:NAME: "key=value,..." for its config
 
     def __post_init__(self) -> None:
+        self.dataset = str(DatasetSpec.parse(self.dataset))  # one spelling of a dataset everywhere
+        if DatasetSpec.parse(self.dataset).is_text:
+            self._resolve_text()
+        else:
+            self._resolve_images()
         if self.epochs < 1:
             raise UserError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.test_batch_size < 1:
@@ -269,10 +399,9 @@ class TrainConfig:
             raise UserError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"image_size must be >= 1, got {self.image_size}")
-        self.dataset = str(DatasetSpec.parse(self.dataset))  # one spelling of a dataset everywhere
         kind, _ = parse_model(self.model)
-        if kind == "convnet":
-            self.model = "convnet"
+        if kind in ("convnet", "gpt"):
+            self.model = kind
         elif isinstance(self.activation, str) and self.activation not in ("adact", BASELINE):
             raise UserError(f"--model {self.model} trains 'adact', 'baseline' or one activation per AdAct site, "
                             f"not {self.activation!r}")
@@ -292,6 +421,98 @@ class TrainConfig:
             raise UserError(f"{given} sharpen AdAct mixtures, but activation {self.activation!r} has no AdAct "
                             f"unit; use activation 'adact' or drop {given}")
 
+    def _resolve_images(self) -> None:
+        """Image data: the paper's defaults; settings that only a language model reads are refused."""
+        text_only = [name for name in _TEXT_ONLY if getattr(self, name) is not None]
+        if text_only:
+            raise UserError(f"{_names(text_only)} only to text datasets (text:PATH), not to {self.dataset}")
+        self.model = "convnet" if self.model is None else self.model
+        if is_language_model(self.model):
+            raise UserError(f"--model {self.model} is a language model: it trains on a text file (--dataset text:PATH), "
+                            f"not on {self.dataset}")
+        self.epochs = 15 if self.epochs is None else self.epochs
+        self.batch_size = 64 if self.batch_size is None else self.batch_size
+        self.weight_decay = 0.01 if self.weight_decay is None else self.weight_decay
+        self.schedule = "none" if self.schedule is None else self.schedule
+        self._check_common()
+
+    def _resolve_text(self) -> None:
+        """Text data: nanoGPT's ``shakespeare_char`` CPU settings for everything left unset."""
+        images = [name for name, default in _IMAGE_ONLY.items() if getattr(self, name) != default]
+        if images:
+            raise UserError(f"{_names(images)} only to image datasets, not to {self.dataset}")
+        self.model = "gpt" if self.model is None else self.model
+        if not is_language_model(self.model):
+            raise UserError(f"{self.dataset} is text: it needs a language model (--model gpt or transformers:NAME), "
+                            f"not {self.model}")
+        if self.warmup_iters is None and self.max_iters is not None:
+            # nanoGPT warms up for 100 of 2000 steps; a shorter budget (a smoke test) keeps that share.
+            self.warmup_iters = min(LM_DEFAULTS["warmup_iters"], self.max_iters // 20)
+        for name, value in LM_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, tuple) else value)
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10  # nanoGPT: "min_lr should be ~= learning_rate/10 per Chinchilla"
+        gpt_only = ("n_layer", "n_head", "n_embd", "dropout", "gpt_activation")
+        if self.model == "gpt":
+            for name, value in GPT_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+            if self.model_config is not None:
+                raise UserError("--model-config configures a transformers:NAME model; --model gpt takes --n-layer, "
+                                "--n-head, --n-embd, --block-size, --dropout")
+        else:
+            given = [name for name in gpt_only if getattr(self, name) is not None]
+            if given:
+                raise UserError(f"{', '.join(given)} shape --model gpt; give {self.model} its settings with "
+                                f"--model-config key=value,...")
+            parse_model_config(self.model_config)  # raises for a malformed one now
+            self.model_config = self.model_config or ""
+        _check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        if self.gpt_activation is not None:
+            _check_choice("gpt_activation", self.gpt_activation, ACTIVATION_NAMES)
+        for name in ("max_iters", "eval_interval", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+        assert self.max_iters is not None and self.eval_interval is not None  # resolved above
+        if not 0 <= self.warmup_iters < self.max_iters:  # type: ignore[operator]
+            raise UserError(f"warmup_iters must be in [0, max_iters={self.max_iters}), got {self.warmup_iters}")
+        if not (math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise UserError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        evaluations = -(-self.max_iters // self.eval_interval)  # an "epoch" of a text run is one evaluation interval
+        if self.epochs is not None and self.epochs != evaluations:
+            raise UserError(f"a text dataset's budget is in optimizer steps: use max_iters (--max-iters) and "
+                            f"eval_interval (--eval-interval), not epochs ({self.epochs})")
+        self.epochs = evaluations
+        self._check_common()
+
+    def _check_common(self) -> None:
+        if self.candidates is not None:
+            self.candidates = list(self.candidates)
+            bad = [c for c in self.candidates if c not in ACTIVATION_NAMES]
+            if bad or len(self.candidates) < 2 or len(set(self.candidates)) != len(self.candidates):
+                raise UserError(f"candidates must be 2 or more distinct activation names, got {self.candidates}; "
+                                f"valid: {', '.join(ACTIVATION_NAMES)}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise UserError(f"grad_clip must be a finite number > 0, got {self.grad_clip}")
+        if self.betas is not None:
+            self.betas = [float(b) for b in self.betas]
+            if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+                raise UserError(f"betas must be two numbers in [0, 1), got {self.betas}")
+
+    @property
+    def is_text(self) -> bool:
+        """A language-modelling run (``text:PATH``)."""
+        return DatasetSpec.parse(self.dataset).is_text
+
+    @property
+    def total_steps(self) -> int | None:
+        """Optimizer steps in all when the budget is in steps (text), else None (epochs x batches)."""
+        return self.max_iters
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
@@ -305,7 +526,7 @@ class TrainConfig:
     def data_key(self) -> tuple[Any, ...]:
         """The settings that decide a run's data splits: runs with equal keys share one loaded dataset."""
         return (self.dataset, self.data_dir, self.val_fraction, self.split_seed, self.fer_split,
-                self.test_from_train, self.image_size, self.on_bad_image, self.cache_mb)
+                self.test_from_train, self.image_size, self.on_bad_image, self.cache_mb, self.tokenizer)
 
 
 def _field_default(f: Any) -> Any:
@@ -313,6 +534,14 @@ def _field_default(f: Any) -> Any:
 
 
 _TRAIN_DEFAULTS: dict[str, Any] = {f.name: _field_default(f) for f in fields(TrainConfig)}
+#: Settings only a text run reads (None for image runs).
+_TEXT_ONLY = ("tokenizer", "max_iters", "eval_interval", "warmup_iters", "min_lr", "block_size", "n_layer", "n_head",
+              "n_embd", "dropout", "gpt_activation", "model_config")
+#: Settings only an image run reads, with the value a text run must leave them at.
+_IMAGE_ONLY: dict[str, Any] = {
+    k: _TRAIN_DEFAULTS[k] for k in ("fer_split", "test_from_train", "image_size", "normalize", "on_bad_image",
+                                    "hflip", "crop_padding", "max_train_samples", "channels", "kernel_size",
+                                    "pretrained", "warmup_epochs")}
 #: Settings that change how data is held, not what is trained: a run resumes across them.
 _NEUTRAL_KEYS = frozenset({"cache_mb"})
 
@@ -423,6 +652,13 @@ class SearchConfig:
                 raise UserError(f"datasets {slugs[spec.slug]!r} and {ds!r} would share the folder {spec.slug!r}; "
                                 f"rename one of them")
             slugs[spec.slug] = ds
+        text = DatasetSpec.parse(self.train.dataset).is_text
+        mixed = [ds for ds in self.datasets if DatasetSpec.parse(ds).is_text != text]
+        if mixed:
+            kind = "text files" if text else "image datasets"
+            raise UserError(f"this search's training settings are for {kind} ({self.train.dataset}), but "
+                            f"{', '.join(mixed)} {'is' if len(mixed) == 1 else 'are'} not: search text files and image "
+                            f"datasets separately (their models and settings differ)")
         if not self.seeds:
             raise UserError("no seeds given")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):

@@ -1,11 +1,13 @@
-"""Models by name: ``convnet``, ``torchvision:NAME``, ``timm:NAME``, ``path/file.py:factory``, ``pkg.mod:factory``.
+"""Models by name: ``convnet``, ``torchvision:NAME``, ``timm:NAME``, ``transformers:NAME``, ``path/file.py:factory``, ``pkg.mod:factory``.
 
 :func:`create_model` builds the model as written (its own activations), with the classifier
 sized to ``num_classes`` and the stem to ``in_channels``; :func:`with_activation` then makes
 the variant a run trains: AdAct units at every activation (:func:`adact.adactify`), the model as
 written (``"baseline"``), or each unit fixed to a chosen activation (:func:`adact.optimize`).
 :func:`check_input` runs one forward pass so a model that cannot take the data's images fails
-with a clear message before training.
+with a clear message before training. Language models: :func:`create_language_model` builds a
+Hugging Face causal LM from its config (random weights) as a :class:`CausalLM` that maps token ids
+to logits, and :func:`check_language_model` is its one forward pass.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import torch
 from torch import nn
 
 from adact.choice import adact_units
-from adact.config import BASELINE, parse_model
+from adact.config import BASELINE, parse_model, parse_model_config
 from adact.errors import UserError
 from adact.surgery import adactify, optimize
 
-__all__ = ["check_input", "create_model", "with_activation"]
+__all__ = ["CausalLM", "check_input", "check_language_model", "create_language_model", "create_model",
+           "with_activation"]
 
 def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     import torchvision
@@ -178,7 +181,8 @@ def create_model(spec: str, *, num_classes: int, in_channels: int, pretrained: b
 
 
 def with_activation(model: nn.Module, activation: str | Sequence[str], *, granularity: str = "layer",
-                    fused: bool = True, example_inputs: torch.Tensor | None = None) -> nn.Module:
+                    fused: bool = True, example_inputs: torch.Tensor | None = None,
+                    candidates: Sequence[str] | None = None, channel_dim: int | None = None) -> nn.Module:
     """The variant of ``model`` a run trains.
 
     Args:
@@ -190,6 +194,8 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
         granularity, fused: passed to each AdAct unit.
         example_inputs: a batch for :func:`adact.adactify` to count calls in untraceable modules
             (needed for ``granularity="channel"``).
+        candidates: the units' pool (None: the paper's seven).
+        channel_dim: per-channel units of 3-D inputs: ``-1`` for ``(N, L, features)`` token sequences.
     """
     if activation == BASELINE:
         return model
@@ -199,6 +205,10 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
     kwargs: dict[str, Any] = {"granularity": granularity, "adact_kwargs": {"fused": fused}}
     if example_inputs is not None:
         kwargs["example_inputs"] = example_inputs
+    if candidates is not None:
+        kwargs["candidates"] = list(candidates)
+    if channel_dim is not None:
+        kwargs["channel_dim"] = channel_dim
     converted = adactify(model, **kwargs)
     if activation == "adact":
         return converted
@@ -236,3 +246,76 @@ def check_input(model: nn.Module, spec: str, in_channels: int, image_size: tuple
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
         raise UserError(f"model {spec} returns {shape} for 2 images, not (2, {num_classes}) logits; its factory "
                          f"should take num_classes or end in an nn.Linear adact can resize")
+
+
+class CausalLM(nn.Module):
+    r"""A Hugging Face causal language model as a plain module: token ids in, next-token logits out.
+
+    The training loop, :func:`adact.adactify` and ONNX export all see ``forward(idx) -> logits``;
+    the wrapped model keeps its own attribute paths under ``lm`` (``lm.transformer.h.0.mlp.act``).
+
+    Args:
+        lm: a ``transformers`` ``*ForCausalLM`` model.
+
+    Shape:
+        - Input: :math:`(B, T)` int64 token ids.
+        - Output: :math:`(B, T, V)` logits.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=idx, use_cache=False).logits
+
+
+def create_language_model(spec: str, *, vocab_size: int, block_size: int, model_config: str = "") -> CausalLM:
+    """``transformers:NAME``: a causal LM of model type NAME built from its config, with random weights.
+
+    The config is ``transformers.AutoConfig.for_model(NAME, **model_config)`` with the data's
+    vocabulary size; nothing is downloaded. Sequences of ``block_size`` tokens must fit its
+    position table (``--model-config n_positions=64`` for GPT-2, ``max_position_embeddings`` for Llama).
+
+    Raises:
+        UserError: transformers missing, an unknown model type, or a config it refuses.
+    """
+    kind, name = parse_model(spec)
+    if kind != "transformers":
+        raise UserError(f"create_language_model builds transformers:NAME models, not {spec!r}")
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(f"--model {spec} needs transformers, which is not installed: pip install transformers") from None
+    settings = parse_model_config(model_config)
+    settings["vocab_size"] = vocab_size
+    for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        settings.setdefault(token, None)  # GPT-2's 50256 is outside a character vocabulary; nothing here generates
+    try:
+        config = transformers.AutoConfig.for_model(name, **settings)
+        lm = transformers.AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model {spec} --model-config {model_config!r}: transformers cannot build a causal LM from "
+                        f"it ({first})") from None
+    return CausalLM(lm)
+
+
+def check_language_model(model: nn.Module, spec: str, block_size: int, vocab_size: int) -> None:
+    """One forward pass of two blocks of ``block_size`` tokens in eval mode; a clear error if it fails."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            out = model(torch.zeros(2, block_size, dtype=torch.long, device=device))
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model {spec} cannot run on blocks of {block_size} tokens ({first}); give it room for them "
+                        f"(e.g. --model-config n_positions={block_size}) or use a smaller --block-size") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, block_size, vocab_size):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {spec} returns {shape} for 2 blocks of {block_size} tokens, not "
+                        f"(2, {block_size}, {vocab_size}) logits")

@@ -23,12 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adact.config import TOKENIZERS
 from adact.errors import UserError
 
 __all__ = ["TEST_FRACTION", "TOKENIZERS", "TextData", "TokenBatches", "TokenBlocks", "load_text"]
-
-#: ``--tokenizer``: the file's characters (nanoGPT's ``shakespeare_char``) or its bytes (256 symbols).
-TOKENIZERS: tuple[str, ...] = ("char", "bytes")
 
 #: nanoGPT's split: the last 10% of the tokens are held out.
 TEST_FRACTION = 0.1

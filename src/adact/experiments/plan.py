@@ -18,10 +18,9 @@ import torch
 
 from adact.activations import ACTIVATIONS
 from adact.choice import adact_units
-from adact.config import SearchConfig, TrainConfig
-from adact.data import DataSplits
+from adact.config import SearchConfig, TrainConfig, is_language_model
 from adact.errors import UserError
-from adact.model_zoo import create_model, with_activation
+from adact.model_zoo import create_language_model, create_model, with_activation
 from adact.runs.folder import RunFolder
 from adact.training import distributed
 from adact.training.build import build_model, model_spec, resolve_device
@@ -60,10 +59,10 @@ def validate(cfg: SearchConfig) -> None:
 
 def train_config(cfg: SearchConfig, dataset: str, seed: int, activation: str | list[str]) -> TrainConfig:
     """The :class:`TrainConfig` of one run: ``cfg.train`` with the dataset, seed and activation replaced."""
-    if isinstance(activation, str) and activation in ACTIVATIONS and cfg.train.model != "convnet":
+    if isinstance(activation, str) and activation in ACTIVATIONS and cfg.train.model not in ("convnet", "gpt"):
         # A one-activation baseline of a named model: that activation at every AdAct site, as
-        # the per-site list such a model takes (the ConvNet takes the name itself).
-        activation = [activation] * _site_count(cfg.train.model)
+        # the per-site list such a model takes (the ConvNet and the GPT take the name itself).
+        activation = [activation] * _site_count(cfg.train.model, cfg.train.model_config or "")
     if activation == "adact":
         return replace(cfg.train, dataset=dataset, seed=seed, activation=activation)
     # The other models have no mixtures: without the sharpening settings their configs stay the
@@ -73,12 +72,16 @@ def train_config(cfg: SearchConfig, dataset: str, seed: int, activation: str | l
 
 
 @functools.lru_cache(maxsize=None)
-def _site_count(model: str) -> int:
+def _site_count(model: str, model_config: str = "") -> int:
     """How many AdAct sites (activation calls) ``adactify`` finds in a named model.
 
     The count depends on the model's structure only, so it is taken once, on a randomly
-    initialised copy with 10 classes and 3 input channels (the first conv and the head adapt).
+    initialised copy with 10 classes and 3 input channels (the first conv and the head adapt);
+    a language model with a vocabulary of 256 and its ``model_config``.
     """
+    if is_language_model(model):
+        built: torch.nn.Module = create_language_model(model, vocab_size=256, block_size=1, model_config=model_config)
+        return len(adact_units(with_activation(built, "adact", example_inputs=torch.zeros(1, 1, dtype=torch.long))))
     built = create_model(model, num_classes=10, in_channels=3, pretrained=False)
     return len(adact_units(with_activation(built, "adact")))
 
@@ -105,7 +108,7 @@ def check_existing_runs(runs: list[PlannedRun]) -> None:
         run.folder.check(run.config, hint="discard every run in it")
 
 
-def check_models(cfg: SearchConfig, data: DataSplits, dataset: str) -> None:
+def check_models(cfg: SearchConfig, data: Any, dataset: str) -> None:
     """Build a dataset's AdAct model once on the CPU: impossible settings (a kernel wider than the
     images) fail before anything is written, not in a worker hours later."""
     build_model(model_spec(train_config(cfg, dataset, cfg.seeds[0], "adact"), data))

@@ -138,7 +138,7 @@ def _previous(task: RunTask) -> dict[str, Any] | None:
     if prev is None or result_lacks_gap(prev, run.path):
         return None  # a run finished before gaps were recorded: train() measures it on best.pt, no training
     return {"status": prev["status"], "message": prev.get("message", ""), "skipped": True,
-            "best_test_acc": prev.get("best_test_acc"), "seconds": 0.0}
+            "metric": prev.get("metric", "acc"), "seconds": 0.0}
 
 
 def _run_all(cfg: SearchConfig, runs: list[PlannedRun], log: Log, restart: bool = False) -> None:
@@ -258,5 +258,5 @@ def _describe(task: RunTask, outcome: dict[str, Any]) -> str:
         return f"{what}: already {outcome['status']}, skipped" + (f" ({outcome['message']})" if outcome["message"] else "")
     if outcome["status"] == "diverged":
         return f"{what}: DIVERGED -- {outcome['message']}"
-    acc = outcome.get("best_test_acc")
-    return f"{what}: done, best test acc {fmt_acc(acc)} ({outcome['seconds']:.0f} s)"
+    m = outcome.get("metric", "acc")
+    return f"{what}: done, best test {m} {fmt_acc(outcome.get(f'best_test_{m}'))} ({outcome['seconds']:.0f} s)"

@@ -61,7 +61,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
     except DivergedError as e:
         return {"status": "diverged", "message": str(e), "seconds": time.perf_counter() - t0}
     return {"status": "done", "message": "", "seconds": time.perf_counter() - t0,
-            "best_test_acc": result["best_test_acc"]}
+            "metric": result["metric"], f"best_test_{result['metric']}": result[f"best_test_{result['metric']}"]}
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>

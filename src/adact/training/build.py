@@ -17,19 +17,31 @@ from torch import nn
 
 from adact.config import BASELINE, DEVICES, ModelSpec, TrainConfig
 from adact.data import DataSplits, load_dataset
+from adact.data.text import TextData, load_text
+from adact.dataspec import DatasetSpec
 from adact.errors import UserError
-from adact.model_zoo import check_input, create_model, with_activation
+from adact.gpt import GPT
+from adact.model_zoo import check_input, check_language_model, create_language_model, create_model, with_activation
 from adact.models import ConvNet
 from adact.runs.checkpoint import read_checkpoint
 
 __all__ = ["build_model", "load_checkpoint", "load_data", "model_spec", "resolve_device", "train_subset"]
 
-_DATA_CACHE: dict[tuple[Any, ...], DataSplits] = {}
+_DATA_CACHE: dict[tuple[Any, ...], DataSplits | TextData] = {}
 
 
-def load_data(config: TrainConfig, quiet: bool = True) -> DataSplits:
-    """The dataset of a run, with its splits and image options applied (cached per process)."""
+def load_data(config: TrainConfig, quiet: bool = True) -> Any:
+    """The dataset of a run, with its splits and options applied (cached per process).
+
+    Images give :class:`~adact.data.DataSplits`; a text file (``text:PATH``) gives
+    :class:`~adact.data.text.TextData`, the token ids with nanoGPT's 90/10 split.
+    """
     key = config.data_key()
+    if key not in _DATA_CACHE and config.is_text:
+        spec = DatasetSpec.parse(config.dataset)
+        assert config.tokenizer is not None  # resolved by TrainConfig for text
+        _DATA_CACHE[key] = load_text(spec.resolve_path(config.data_dir), config.tokenizer,
+                                     val_fraction=config.val_fraction, name=config.dataset)
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_dataset(
             config.dataset, config.data_dir, config.download, val_fraction=config.val_fraction, seed=config.split_seed,
@@ -55,15 +67,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_spec(config: TrainConfig, data: DataSplits) -> ModelSpec:
+def model_spec(config: TrainConfig, data: Any) -> ModelSpec:
     """The :class:`~adact.config.ModelSpec` of a run: its config's model for this data."""
     act = config.activation if isinstance(config.activation, str) else tuple(config.activation)
     if config.model == "convnet" and act == BASELINE:
         act = "relu"  # the ConvNet as written
+    if config.model == "gpt" and act == BASELINE:
+        act = config.gpt_activation or "gelu"  # the GPT as written
+    cands = None if config.candidates is None else tuple(config.candidates)
+    assert config.model is not None  # resolved by TrainConfig
+    if isinstance(data, TextData):
+        return ModelSpec(model=config.model, in_channels=0, num_classes=data.vocab_size, image_size=(0, 0),
+                         activation=act, granularity=config.granularity, fused=config.fused, candidates=cands,
+                         block_size=config.block_size or 0, n_layer=config.n_layer or 0, n_head=config.n_head or 0,
+                         n_embd=config.n_embd or 0, dropout=config.dropout or 0.0,
+                         model_config=config.model_config or "")
     return ModelSpec(model=config.model, in_channels=data.in_channels, num_classes=data.num_classes,
                      image_size=data.image_size, activation=act, granularity=config.granularity,
                      fused=config.fused, pretrained=config.pretrained, channels=tuple(config.channels),
-                     kernel_size=config.kernel_size)
+                     kernel_size=config.kernel_size, candidates=cands)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -74,14 +96,30 @@ def build_model(spec: ModelSpec) -> nn.Module:
             cannot take the data's images).
     """
     act = spec.activation if isinstance(spec.activation, str) else list(spec.activation)
+    unit_kwargs: dict[str, Any] = {"granularity": spec.granularity, "fused": spec.fused}
+    if spec.candidates is not None:
+        unit_kwargs["candidates"] = list(spec.candidates)
     if spec.is_convnet:
         return ConvNet(in_channels=spec.in_channels, num_classes=spec.num_classes, image_size=spec.image_size,
                        activation=act, channels=list(spec.channels), kernel_size=spec.kernel_size,
-                       adact_kwargs={"granularity": spec.granularity, "fused": spec.fused})
+                       adact_kwargs=unit_kwargs)
+    if spec.model == "gpt":
+        return GPT(spec.num_classes, block_size=spec.block_size, n_layer=spec.n_layer, n_head=spec.n_head,
+                   n_embd=spec.n_embd, dropout=spec.dropout, activation=act, adact_kwargs=unit_kwargs)
+    if spec.is_language_model:
+        model = create_language_model(spec.model, vocab_size=spec.num_classes, block_size=spec.block_size,
+                                      model_config=spec.model_config)
+        # (B, T) token ids; per-feature units find their features in the last dim of (B, T, features).
+        example = torch.zeros(2, spec.block_size, dtype=torch.long)
+        model = with_activation(model, act, granularity=spec.granularity, fused=spec.fused, example_inputs=example,
+                                candidates=spec.candidates, channel_dim=-1 if spec.granularity == "channel" else None)
+        check_language_model(model, spec.model, spec.block_size, spec.num_classes)
+        return model
     model = create_model(spec.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
                          pretrained=spec.pretrained)
     example = torch.zeros(2, spec.in_channels, *spec.image_size) if spec.granularity == "channel" else None
-    model = with_activation(model, act, granularity=spec.granularity, fused=spec.fused, example_inputs=example)
+    model = with_activation(model, act, granularity=spec.granularity, fused=spec.fused, example_inputs=example,
+                            candidates=spec.candidates)
     check_input(model, spec.model, spec.in_channels, spec.image_size, spec.num_classes)
     return model
 
@@ -99,9 +137,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return model, ckpt
 
 
-def train_subset(config: TrainConfig, data: DataSplits) -> Any:
+def train_subset(config: TrainConfig, data: Any) -> Any:
     """The training split, subsampled to ``max_train_samples`` (a fixed subset per ``split_seed``)."""
     train_set = data.train
+    if isinstance(data, TextData):
+        return train_set  # token ids: a text run's budget is max_iters, never a subset
     if config.max_train_samples is not None and config.max_train_samples < len(train_set):
         g = torch.Generator().manual_seed(config.split_seed)
         keep = torch.randperm(len(train_set), generator=g)[: config.max_train_samples].sort().values

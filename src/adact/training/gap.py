@@ -10,7 +10,7 @@ activations they normalise changed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from adact.choice import adact_units, model_confidence
 from adact.config import ModelSpec, TrainConfig
-from adact.data import DataSplits, DeviceLoader
+from adact.data import DeviceLoader
 from adact.errors import UserError
 from adact.runs.checkpoint import read_checkpoint
 from adact.runs.folder import RunFolder
@@ -26,8 +26,7 @@ from adact.runs.io import atomic_write_json
 from adact.surgery import optimize
 from adact.training import distributed
 from adact.training.build import build_model, load_checkpoint
-from adact.training.evaluate import evaluate
-from adact.training.task import task_for
+from adact.training.task import ImageClassification, Task, task_for
 
 __all__ = ["BN_BATCHES", "GapResult", "add_missing_gap", "best_epoch_gap", "discretization_gap", "recompute_batchnorm"]
 
@@ -37,15 +36,33 @@ BN_BATCHES: int = 100
 
 @dataclass(frozen=True)
 class GapResult:
-    """Test accuracy of the mixture model, of its argmax model, and their difference."""
+    """The task's test metric of the mixture model, of its argmax model, and their difference.
 
-    mixture_acc: float
-    argmax_acc: float
-    gap: float  # argmax_acc - mixture_acc: negative when fixing the choices costs accuracy
+    For images the metric is accuracy (``gap < 0``: fixing the choices costs accuracy); for a
+    language model it is the held-out loss (``gap > 0``: fixing the choices costs loss).
+    """
+
+    mixture: float
+    argmax: float
+    gap: float  # argmax - mixture
     bn_batches: int  # training batches the argmax model's BatchNorm statistics came from
+    metric: str = "acc"
+
+    @property
+    def mixture_acc(self) -> float:
+        return self.mixture
+
+    @property
+    def argmax_acc(self) -> float:
+        return self.argmax
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """``{"mixture_acc", "argmax_acc", "gap", "bn_batches"}`` (another metric: its name, and ``"metric"``)."""
+        m = self.metric
+        out = {f"mixture_{m}": self.mixture, f"argmax_{m}": self.argmax, "gap": self.gap, "bn_batches": self.bn_batches}
+        if m != "acc":  # image results keep the keys they always had
+            out["metric"] = m
+        return out
 
 
 @torch.no_grad()
@@ -96,7 +113,7 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor
 
 def discretization_gap(model: nn.Module, train_batches: Iterable[tuple[Tensor, Tensor]],
                        test_batches: Iterable[tuple[Tensor, Tensor]], bn_batches: int = BN_BATCHES,
-                       bf16: bool = False) -> GapResult:
+                       bf16: bool = False, task: Task | None = None) -> GapResult:
     """Test accuracy of ``model`` against its argmax model, with no retraining.
 
     The argmax model is :func:`adact.optimize` of a copy of ``model``: every AdAct unit becomes
@@ -111,9 +128,10 @@ def discretization_gap(model: nn.Module, train_batches: Iterable[tuple[Tensor, T
         test_batches: ``(x, y)`` batches to measure accuracy on; iterated twice.
         bn_batches: training batches used for the statistics. Default: :data:`BN_BATCHES`.
         bf16: evaluate under bfloat16 autocast. Default: False.
+        task: whose metric to measure (:mod:`adact.training.task`). Default: image classification.
 
     Returns:
-        a :class:`GapResult`; ``gap = argmax_acc - mixture_acc``.
+        a :class:`GapResult`; ``gap = argmax - mixture``.
 
     Example::
 
@@ -123,45 +141,47 @@ def discretization_gap(model: nn.Module, train_batches: Iterable[tuple[Tensor, T
     """
     if not adact_units(model):
         raise UserError("discretization_gap needs a model with AdAct units; this one has none")
-    _, mixture_acc = evaluate(model, test_batches, bf16)  # type: ignore[arg-type]
+    task = task or ImageClassification()
+    _, mixture = task.evaluate(model, test_batches, bf16)  # type: ignore[arg-type]
     fixed = optimize(model)
     used = recompute_batchnorm(fixed, train_batches, bn_batches, bf16)
-    _, argmax_acc = evaluate(fixed, test_batches, bf16)  # type: ignore[arg-type]
-    return GapResult(mixture_acc, argmax_acc, argmax_acc - mixture_acc, used)
+    _, argmax = task.evaluate(fixed, test_batches, bf16)  # type: ignore[arg-type]
+    return GapResult(mixture, argmax, argmax - mixture, used, task.metric)
 
 
 def best_epoch_gap(run: RunFolder, spec: ModelSpec, device: torch.device, train_loader: DeviceLoader,
-                   test_loader: DeviceLoader, bf16: bool) -> dict[str, Any]:
+                   test_loader: DeviceLoader, bf16: bool, task: Task | None = None) -> dict[str, Any]:
     """The discretization gap of the best epoch's model (best.pt), for result.json."""
     model = build_model(spec).to(device)
     ckpt = read_checkpoint(run.best, device)
     model.load_state_dict(ckpt["model"])
-    return _epoch_gap(model, ckpt["epoch"], train_loader, test_loader, bf16)
+    return _epoch_gap(model, ckpt["epoch"], train_loader, test_loader, bf16, task)
 
 
 def _epoch_gap(model: nn.Module, epoch: int, train_loader: DeviceLoader, test_loader: DeviceLoader,
-               bf16: bool) -> dict[str, Any]:
+               bf16: bool, task: Task | None = None) -> dict[str, Any]:
     train_loader.set_epoch(0)  # training used epochs 1..E: a fixed order of its own, for every rerun
-    gap = discretization_gap(model, train_loader, test_loader, bf16=bf16).to_json()
+    gap = discretization_gap(model, train_loader, test_loader, bf16=bf16, task=task).to_json()
     gap["epoch"] = epoch
     return gap
 
 
 def add_missing_gap(config: TrainConfig, run: RunFolder, result: dict[str, Any], train_set: Any,
-                    data: DataSplits, device: torch.device) -> dict[str, Any]:
+                    data: Any, device: torch.device) -> dict[str, Any]:
     """Measure the gap of a run that finished before gaps were recorded (see :mod:`adact.runs.migrate`), and add it.
 
     Its best-epoch confidences are added too where they are missing (a per-channel unit's need
     the checkpoint's per-channel weights).
     """
-    loaders = task_for(config).loaders(config, data, train_set, device)
+    task = task_for(config)
+    loaders = task.loaders(config, data, train_set, device)
     model, ckpt = load_checkpoint(run.best, device)  # best.pt, read once for both
     model.to(device)
     result = dict(result)
     if isinstance(result.get("best_weights"), dict) and "confidence" not in result["best_weights"]:
         result["best_weights"] = {**result["best_weights"],
                                   "confidence": [c.to_json() for c in model_confidence(model)]}
-    result["discretization_gap"] = _epoch_gap(model, ckpt["epoch"], loaders.train, loaders.test, config.bf16)
+    result["discretization_gap"] = _epoch_gap(model, ckpt["epoch"], loaders.train, loaders.test, config.bf16, task)
     if distributed.writer():  # [distributed] every rank measured (evaluate all-reduces); one writes
         atomic_write_json(run.result, result)
     return result

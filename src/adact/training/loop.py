@@ -28,8 +28,6 @@ from torch import nn
 
 from adact.choice import UnitSnapshot, adact_units, snapshot, weights_record
 from adact.config import ModelSpec, TrainConfig
-from adact.data import DataSplits
-from adact.data.arrays import check_splits
 from adact.dataspec import DatasetSpec
 from adact.errors import AdactError
 from adact.runs.checkpoint import make_checkpoint, resume_point, save_last
@@ -37,7 +35,7 @@ from adact.runs.folder import RunFolder
 from adact.runs.io import atomic_save, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
 from adact.runs.migrate import result_lacks_gap
 from adact.training import distributed, sharpen
-from adact.training.build import build_model, load_data, model_spec, resolve_device, train_subset
+from adact.training.build import build_model, load_data, model_spec, resolve_device
 from adact.training.gap import add_missing_gap, best_epoch_gap
 from adact.training.task import Task, better, task_for
 
@@ -48,7 +46,7 @@ class DivergedError(AdactError, RuntimeError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
+def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
           quiet: bool = False, restart: bool = False, sync_bn: bool = False) -> dict[str, Any]:
     """Train one model with ``config`` into ``out_dir``; resumable, returns the result summary.
 
@@ -75,10 +73,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
         if not result_lacks_gap(prev, run.path):
             return prev
     device = distributed.setup(resolve_device(config.device))  # [distributed] cuda:LOCAL_RANK, NCCL / gloo
+    task = task_for(config)
     if data is None:
         data = load_data(config, quiet)
-    check_splits(data)
-    train_set = train_subset(config, data)
+    task.check(data, config)
+    train_set = task.train_set(config, data)
     torch.manual_seed(config.seed)
     spec = model_spec(config, data)
     model = build_model(spec).to(device)  # raises for impossible settings, before anything is written
@@ -106,7 +105,7 @@ def _finished(run: RunFolder, config: TrainConfig) -> dict[str, Any] | None:
     return result if result is not None and result["status"] == "done" else None
 
 
-def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, model: nn.Module, spec: ModelSpec,
+def _run(config: TrainConfig, run: RunFolder, data: Any, train_set: Any, model: nn.Module, spec: ModelSpec,
          device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
     write = distributed.writer()  # [distributed] rank 0 writes files and prints; a single process always
     quiet = quiet or not write
@@ -138,7 +137,8 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
     step_model = distributed.wrap(step_model, device)  # [distributed] DDP; unchanged in one process
     has_units = bool(adact_units(model))
     steps = len(loaders.train)
-    schedule = (sharpen.TemperatureSchedule(*config.temperature_schedule, total_steps=config.epochs * steps)
+    total = config.total_steps or config.epochs * steps
+    schedule = (sharpen.TemperatureSchedule(*config.temperature_schedule, total_steps=total)
                 if config.temperature_schedule and has_units else None)
     label = f"{DatasetSpec.parse(config.dataset).display} {config.activation_label}"
     wall0 = time.perf_counter() - sum(r["seconds"] for r in metrics)
@@ -174,6 +174,8 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
                 group["lr"] = base_lr * factor
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip is not None:  # after backward: DDP's gradients are already averaged
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             step += 1
             loss_sum += batch_loss.item() * loaders.train.global_batch  # the task's loss only, as without a penalty
@@ -203,15 +205,18 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
             "val_loss": val_loss,
             f"val_{m}": val_metric,
             "seconds": seconds,  # training time of this epoch, evaluation excluded
-            f"{task.samples}_per_s": seen / seconds,
+            f"{task.samples}_per_s": seen * (config.block_size or 1) / seconds,  # text: blocks of tokens
             **(_sharpness(model) if has_units else {}),
             **_flat_weights(units),
         }
         metrics.append(row)
         if not quiet:
             val = f" val {val_metric:.4f}" if val_metric is not None else ""
-            print(f"epoch {epoch:>2}: loss {row['train_loss']:.4f} test {test_metric:.4f}{val} "
-                  f"({row[f'{task.samples}_per_s']:.0f} img/s)", flush=True)
+            unit = "img/s" if task.samples == "images" else f"{task.samples}/s"
+            rate = row[f"{task.samples}_per_s"]
+            what = "epoch" if not config.is_text else f"iter {min(epoch * steps, total)}, eval"
+            print(f"{what} {epoch:>2}: loss {row['train_loss']:.4f} test {m} {test_metric:.4f}{val} "
+                  f"({rate:.0f} {unit})", flush=True)
         improved = better(task, test_metric, best[f"test_{m}"])
         if improved:
             # The weights of the best epoch travel in result.json too, so the choices can be read
@@ -231,7 +236,8 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
     result = _summary(task, config, metrics, model, status, message, time.perf_counter() - wall0, best)
     if status == "done" and has_units:
         distributed.barrier()  # [distributed] rank 0's last best.pt is on disk before any rank reads it
-        result["discretization_gap"] = best_epoch_gap(run, spec, device, loaders.train, loaders.test, config.bf16)
+        result["discretization_gap"] = best_epoch_gap(run, spec, device, loaders.train, loaders.test, config.bf16,
+                                                      task)
     result["config"] = asdict(config)
     result["processes"] = distributed.shard()["world_size"]  # [distributed] how it ran, not what it is
     result["sync_bn"] = sync_bn and result["processes"] > 1
@@ -244,24 +250,45 @@ def _run(config: TrainConfig, run: RunFolder, data: DataSplits, train_set: Any, 
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    assert config.weight_decay is not None  # resolved by TrainConfig
     groups = sharpen.param_groups(model, config.weight_decay, config.decay_adact, config.adact_lr_mult, config.lr)
+    if config.decay_1d is False:
+        groups = _no_decay_1d(groups)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    betas = tuple(config.betas) if config.betas is not None else (0.9, 0.999)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, betas=betas)  # type: ignore[arg-type]
+
+
+def _no_decay_1d(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """nanoGPT's grouping: only tensors of 2 or more dimensions (matmul weights, embeddings) are decayed.
+
+    Biases, norm weights, AdAct logits and PReLU slopes move to a twin group without decay.
+    """
+    out: list[dict[str, Any]] = []
+    for g in groups:
+        params = list(g["params"])
+        out.append({**g, "params": [p for p in params if p.dim() >= 2]})
+        flat = [p for p in params if p.dim() < 2]
+        if flat:
+            out.append({**g, "params": flat, "weight_decay": 0.0})
+    return [g for g in out if g["params"]]
 
 
 def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The multiple of ``config.lr`` at optimizer step ``step`` (0-based): warm-up, then the schedule.
 
-    Warm-up rises linearly over ``warmup_epochs`` (reaching 1 at its last step); ``cosine`` then
-    falls to 0 at the end of the last epoch. With the defaults it is always 1 (the paper's).
+    Warm-up rises linearly over ``warmup_epochs`` (text: ``warmup_iters`` steps), reaching 1 at
+    its last step; ``cosine`` then falls to ``min_lr / lr`` (0 when unset) at the last step,
+    ``max_iters`` for text (nanoGPT's schedule). With the image defaults it is always 1 (the paper's).
     """
-    total = config.epochs * steps_per_epoch
-    warm = round(config.warmup_epochs * steps_per_epoch)
+    total = config.total_steps or config.epochs * steps_per_epoch
+    warm = config.warmup_iters if config.warmup_iters is not None else round(config.warmup_epochs * steps_per_epoch)
     if step < warm:
         return (step + 1) / warm
     if config.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        floor = (config.min_lr or 0.0) / config.lr
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
     return 1.0
 
 
@@ -320,6 +347,7 @@ def _summary(task: Task, config: TrainConfig, metrics: list[dict[str, Any]], mod
         "n_adact_params": sum(p.numel() for _, u in units for p in u.parameters()),
         "n_params": sum(p.numel() for p in model.parameters()),
         "wall_s": wall_s,
+        **task.extras(best[f"test_{m}"] if best else None),
     }
 
 

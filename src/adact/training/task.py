@@ -4,8 +4,8 @@ The loop (:mod:`adact.training.loop`) is the same for every task: batches in, a 
 optimizer step, an evaluation per epoch, the best epoch kept. Everything specific to a task --
 its data loaders, its loss, its metric and whether higher is better, how a batch counts toward
 the training metric, how a model is evaluated -- comes from one :class:`Task` object, chosen by
-:func:`task_for`. Image classification (:class:`ImageClassification`, the paper's) is the only
-task today; a second one (language modelling) plugs in here without editing the loop.
+:func:`task_for`. Image classification (:class:`ImageClassification`, the paper's) and language
+modelling (:class:`LanguageModelling`, ``text:PATH``) are the two.
 
 The names of the metrics in ``metrics.csv`` and ``result.json`` derive from :attr:`Task.metric`
 (``test_acc``, ``best_test_acc``, ...), so an image run's files are what they always were.
@@ -13,19 +13,25 @@ The names of the metrics in ``metrics.csv`` and ``result.json`` derive from :att
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adact.config import TrainConfig
 from adact.data import DataSplits, DeviceLoader
+from adact.data.arrays import check_splits
 from adact.data.registry import normalization
+from adact.data.text import TextData, TokenBatches, TokenBlocks
+from adact.errors import UserError
 from adact.training import distributed
+from adact.training.build import train_subset
 from adact.training.evaluate import evaluate
 
-__all__ = ["ImageClassification", "Loaders", "Task", "better", "task_for"]
+__all__ = ["ImageClassification", "LanguageModelling", "Loaders", "Task", "better", "evaluate_tokens", "task_for"]
 
 
 @dataclass
@@ -63,6 +69,18 @@ class Task(Protocol):
         """``(mean loss, metric)`` of ``model`` over ``loader``, over all ranks."""
         ...
 
+    def check(self, data: Any, config: TrainConfig) -> None:
+        """Raise :class:`~adact.errors.UserError` for data this run cannot train on, before anything is written."""
+        ...
+
+    def train_set(self, config: TrainConfig, data: Any) -> Any:
+        """What the training loader draws from (a subset of the images, or the training tokens)."""
+        ...
+
+    def extras(self, best: float | None) -> dict[str, Any]:
+        """Extra result.json entries derived from the best epoch's metric (e.g. a perplexity)."""
+        ...
+
 
 class ImageClassification:
     """The paper's task: images to class logits, cross-entropy, accuracy (higher is better)."""
@@ -91,10 +109,86 @@ class ImageClassification:
     def evaluate(self, model: nn.Module, loader: DeviceLoader, bf16: bool) -> tuple[float, float]:
         return evaluate(model, loader, bf16)
 
+    def check(self, data: Any, config: TrainConfig) -> None:
+        check_splits(data)
+
+    def train_set(self, config: TrainConfig, data: Any) -> Any:
+        return train_subset(config, data)
+
+    def extras(self, best: float | None) -> dict[str, Any]:
+        return {}
+
+
+class LanguageModelling:
+    """Next-token prediction on a text file: token ids to logits, cross-entropy, held-out loss (lower is better).
+
+    Batches are nanoGPT's (random windows, :class:`~adact.data.text.TokenBatches`); an "epoch"
+    is one evaluation interval of ``eval_interval`` steps. The metric is the mean cross-entropy in
+    nats per token over **every** non-overlapping block of the held-out split
+    (:class:`~adact.data.text.TokenBlocks`), so it is deterministic; its perplexity is ``exp``.
+    """
+
+    metric = "loss"
+    higher_is_better = False
+    samples = "tokens"
+
+    def loaders(self, config: TrainConfig, data: TextData, train_set: Any, device: torch.device) -> Loaders:
+        shard = distributed.shard()  # [distributed] this rank's slice of every (global) batch
+        assert config.block_size is not None and config.eval_interval is not None  # resolved for text
+        train = TokenBatches(data.train, config.block_size, config.batch_size, config.eval_interval,  # type: ignore[arg-type]
+                             config.max_iters, seed=config.seed, device=device, **shard)
+        test = TokenBlocks(data.test, config.block_size, config.test_batch_size, device=device, **shard)
+        val = (TokenBlocks(data.val, config.block_size, config.test_batch_size, device=device, **shard)
+               if data.val is not None else None)
+        return Loaders(train, test, val)  # type: ignore[arg-type]
+
+    def loss(self, output: Tensor, target: Tensor, global_batch: int, config: TrainConfig) -> Tensor:
+        # (B, T, V) logits, (B, T) targets: every token of a block counts, and DDP's scaling is per block.
+        tokens = target.shape[1]
+        return distributed.shard_loss(output.flatten(0, 1), target.flatten(), global_batch * tokens,
+                                      config.label_smoothing)
+
+    def count(self, output: Tensor, target: Tensor) -> float:
+        with torch.no_grad():  # the training loss of this batch, weighted by its blocks (the loop divides by blocks)
+            return float(F.cross_entropy(output.detach().flatten(0, 1).float(), target.flatten())) * target.shape[0]
+
+    def evaluate(self, model: nn.Module, loader: Any, bf16: bool) -> tuple[float, float]:
+        loss = evaluate_tokens(model, loader, bf16)
+        return loss, loss
+
+    def check(self, data: Any, config: TrainConfig) -> None:
+        if not isinstance(data, TextData):
+            raise UserError(f"{config.dataset}: a language model trains on text, got {type(data).__name__}")
+        assert config.block_size is not None  # resolved for text
+        data.check(config.block_size)
+
+    def train_set(self, config: TrainConfig, data: Any) -> Any:
+        return data.train
+
+    def extras(self, best: float | None) -> dict[str, Any]:
+        """result.json's perplexity of the best held-out loss."""
+        return {"best_test_ppl": None if best is None else math.exp(best)}
+
+
+@torch.no_grad()
+def evaluate_tokens(model: nn.Module, loader: Any, bf16: bool = False) -> float:
+    """Mean cross-entropy per token (nats) of ``model`` over every block of ``loader``, all ranks together."""
+    model.eval()
+    loss_sum, n = 0.0, 0
+    device_type = next(model.parameters()).device.type
+    for x, y in loader:  # (B, T) each
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)  # (B, T, V)
+        loss_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
+        n += y.numel()
+    if getattr(loader, "world_size", 1) > 1:  # [distributed] each rank saw its slice; the sums cover the split once
+        loss_sum, n = distributed.all_sum(loss_sum, n)
+    return loss_sum / max(n, 1)
+
 
 def task_for(config: TrainConfig) -> Task:
-    """The task of a run (image classification for every dataset adact reads today)."""
-    return ImageClassification()
+    """The task of a run: language modelling for a text file (``text:PATH``), else image classification."""
+    return LanguageModelling() if config.is_text else ImageClassification()
 
 
 def better(task: Task, value: float, than: float | None) -> bool:
