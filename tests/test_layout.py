@@ -19,10 +19,11 @@ ROOT = Path(adact.__file__).parent
 
 #: Lowest first. A module's layer is the entry with the longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("floor (no torch)", ("adact.errors", "adact.paper", "adact.dataspec", "adact.config")),
+    ("floor (no torch)", ("adact.errors", "adact.paper", "adact.dataspec", "adact.modelspec", "adact.lmconfig",
+                          "adact.config")),
     ("leaf", ("adact.activations", "adact.reference")),
     ("kernels", ("adact.fused",)),
-    ("core", ("adact.unit", "adact.act_factory", "adact.models", "adact.choice", "adact.surgery", "adact.data",
+    ("core", ("adact.unit", "adact.act_factory", "adact.models", "adact.gpt", "adact.choice", "adact.surgery", "adact.data",
               "adact.model_zoo")),
     ("runs", ("adact.runs",)),
     ("training", ("adact.training",)),
@@ -35,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 LONG_MODULES: dict[str, str] = {}
 
 #: The floor is what ``adact --help`` reads: nothing heavy may be imported there.
-FLOOR_STDLIB_ONLY = ("adact.errors", "adact.paper", "adact.dataspec", "adact.config")
+FLOOR_STDLIB_ONLY = ("adact.errors", "adact.paper", "adact.dataspec", "adact.modelspec", "adact.lmconfig", "adact.config")
 
 
 def _module_name(path: Path) -> str:

@@ -187,7 +187,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                            activation=acts[0] if len(acts) == 1 else acts)
     blocks = {"convnet": len(config.channels), "gpt": config.n_layer}.get(config.model or "")
     if blocks is not None and len(acts) not in (1, blocks):
-        raise UserError(f"--activation got {len(acts)} names but the {config.model} has {blocks} blocks; "
+        raise UserError(f"--activation got {len(acts)} names but the {'net' if config.model == 'convnet' else 'GPT'} has {blocks} blocks; "
                          f"give one name, or one per block")
     spec = DatasetSpec.parse(config.dataset)
     spec.check(config.data_dir)

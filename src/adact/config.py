@@ -21,6 +21,15 @@ from typing import Any
 
 from adact.dataspec import DatasetSpec
 from adact.errors import UserError
+from adact.lmconfig import LM_DEFAULTS, TOKENIZERS, resolve_text
+from adact.modelspec import (
+    GPT_DEFAULTS,
+    LM_CANDIDATES,
+    ModelSpec,
+    is_language_model,
+    parse_model,
+    parse_model_config,
+)
 from adact.paper import DEFAULT_CHANNELS
 
 __all__ = [
@@ -79,27 +88,7 @@ each to its module (and checks at import that it maps exactly these)."""
 #: The ``activation`` of a run that trains the model as written.
 BASELINE = "baseline"
 
-TOKENIZERS: tuple[str, ...] = ("char", "bytes")
-"""``--tokenizer``: the file's characters (nanoGPT's ``shakespeare_char``) or its bytes (256 symbols)."""
 
-LM_CANDIDATES: tuple[str, ...] = ("gelu", "relu", "relu2", "silu", "mish", "elu", "leaky_relu")
-"""The AdAct pool of a language model by default: GPT-2's GELU, ReLU, Primer's squared ReLU, SiLU
-(Llama's gate), Mish, ELU and LeakyReLU. The paper's pool was chosen for ConvNets; PReLU and RReLU
-(which GPTs do not use) make way for GELU and squared ReLU, the two a GPT's MLP is debated between."""
-
-LM_DEFAULTS: dict[str, Any] = {
-    "batch_size": 12, "weight_decay": 0.1, "schedule": "cosine", "candidates": LM_CANDIDATES, "grad_clip": 1.0,
-    "betas": (0.9, 0.99), "decay_1d": False, "tokenizer": "char", "max_iters": 2000, "eval_interval": 250,
-    "warmup_iters": 100, "block_size": 64,
-}
-"""A text run's settings when left unset: nanoGPT's ``shakespeare_char`` on a CPU (its README:
-``--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000
---lr_decay_iters=2000 --dropout=0.0``, with ``config/train_shakespeare_char.py``'s lr 1e-3, min_lr
-1e-4, beta2 0.99, warmup 100, and ``train.py``'s weight decay 0.1 on 2-D weights only and gradient
-clipping at 1.0)."""
-
-GPT_DEFAULTS: dict[str, Any] = {"n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "gpt_activation": "gelu"}
-"""``--model gpt``'s shape when left unset: nanoGPT's CPU configuration, GELU MLPs as GPT-2."""
 
 def _check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
     if value not in valid:
@@ -119,162 +108,6 @@ def check_positive(name: str, value: float) -> float:
         raise UserError(f"{name} must be finite and > 0, got {value}")
     return float(value)
 
-
-
-# --- models --------------------------------------------------------------------------------
-
-
-def parse_model(spec: str) -> tuple[str, str]:
-    """``(kind, name)``: kind is ``convnet``, ``gpt``, ``torchvision``, ``timm``, ``transformers`` or ``code``.
-
-    ``code`` is a user factory (``path/to/file.py:factory``, ``package.module:factory``);
-    ``transformers:NAME`` is a Hugging Face causal language model of model type NAME (``gpt2``,
-    ``llama``, ...) built from its config with random weights.
-
-    Raises:
-        UserError: an empty name or a spec of no known form.
-    """
-    text = spec.strip()
-    if text.lower() in ("convnet", "gpt"):
-        return text.lower(), text.lower()
-    prefix, sep, rest = text.partition(":")
-    if sep and prefix.lower() in ("torchvision", "timm", "transformers"):
-        if not rest:
-            raise UserError(f"--model {spec!r} needs a model name, e.g. {prefix.lower()}:resnet18")
-        return prefix.lower(), rest
-    head, sep, factory = text.rpartition(":")
-    if sep and head and factory.isidentifier():
-        return "code", text
-    raise UserError(f"unknown model {spec!r}; valid: convnet, gpt, torchvision:NAME, timm:NAME, transformers:NAME, "
-                    f"path/to/file.py:factory or package.module:factory")
-
-
-def is_language_model(model: str) -> bool:
-    """Whether a ``--model`` spec is a language model (``gpt``, ``transformers:NAME``): it trains on text."""
-    return parse_model(model)[0] in ("gpt", "transformers")
-
-
-def parse_model_config(text: str | None) -> dict[str, Any]:
-    """``--model-config "n_layer=4,n_embd=128,tie_word_embeddings=false"`` as a dict of typed values.
-
-    Values are read as int, then float, then ``true``/``false``/``none``, else kept as strings.
-
-    Raises:
-        UserError: an item that is not ``key=value``, or a key given twice.
-    """
-    out: dict[str, Any] = {}
-    for item in (text or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, raw = item.partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or not key.isidentifier() or not raw:
-            raise UserError(f"--model-config: expected key=value items separated by commas (e.g. n_layer=4,n_embd=128), "
-                            f"got {item!r}")
-        if key in out:
-            raise UserError(f"--model-config: {key!r} is given twice")
-        out[key] = _typed(raw)
-    return out
-
-
-def _typed(raw: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything a run's model is rebuilt from: stored in every checkpoint, so a file rebuilds its model.
-
-    Attributes:
-        model: ``"convnet"``, ``"gpt"`` or a ``--model`` spec (``torchvision:resnet18``, ...).
-        in_channels, num_classes, image_size: what the data asks of the model. A language model
-            has ``num_classes`` = the vocabulary size (its outputs), and no images: 0 and (0, 0).
-        activation: ``"adact"``, an activation name (ConvNet, GPT), or one name per AdAct site; the
-            ConvNet "as written" is ``"relu"``, the GPT's its ``gpt_activation``, another named
-            model's is ``"baseline"``.
-        granularity: AdAct logits per ``"layer"`` or per ``"channel"``.
-        fused: AdAct units use the fused kernel.
-        pretrained: named models: start from their torchvision/timm weights.
-        channels, kernel_size: the ConvNet's widths and kernel (ignored by other models).
-        candidates: the AdAct units' pool (None: the paper's seven).
-        block_size, n_layer, n_head, n_embd, dropout: language models: the context length, and
-            the GPT's shape (``block_size`` also bounds a ``transformers:`` model's inputs).
-        model_config: ``transformers:NAME``: the ``--model-config`` text its config is built with.
-
-    On disk (:meth:`to_json`) it keeps the two shapes checkpoints always had: the ConvNet's
-    constructor arguments, or ``{"model": SPEC, ...}`` for a named model; the settings added
-    since are written only where they are not their defaults, so older files read the same.
-    """
-
-    model: str
-    in_channels: int
-    num_classes: int
-    image_size: tuple[int, int]
-    activation: str | tuple[str, ...]
-    granularity: str = "layer"
-    fused: bool = True
-    pretrained: bool = False
-    channels: tuple[int, ...] = DEFAULT_CHANNELS
-    kernel_size: int = 3
-    candidates: tuple[str, ...] | None = None
-    block_size: int = 0
-    n_layer: int = 0
-    n_head: int = 0
-    n_embd: int = 0
-    dropout: float = 0.0
-    model_config: str = ""
-
-    @property
-    def is_convnet(self) -> bool:
-        return self.model == "convnet"
-
-    @property
-    def is_language_model(self) -> bool:
-        return is_language_model(self.model)
-
-    def _extras(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.candidates is not None:
-            out["candidates"] = list(self.candidates)
-        if self.is_language_model:
-            out.update(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-                       dropout=self.dropout, model_config=self.model_config)
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        act: Any = self.activation if isinstance(self.activation, str) else list(self.activation)
-        if not self.is_convnet:
-            return {"model": self.model, "in_channels": self.in_channels, "num_classes": self.num_classes,
-                    "image_size": list(self.image_size), "activation": act, "granularity": self.granularity,
-                    "fused": self.fused, "pretrained": self.pretrained, **self._extras()}
-        return {"in_channels": self.in_channels, "num_classes": self.num_classes, "image_size": list(self.image_size),
-                "activation": act, "channels": list(self.channels), "kernel_size": self.kernel_size,
-                "adact_kwargs": {"granularity": self.granularity, "fused": self.fused}, **self._extras()}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ModelSpec:
-        """Read either shape of :meth:`to_json` (a checkpoint's ``model_kwargs``)."""
-        act = d["activation"]
-        cands = d.get("candidates")
-        common = {"in_channels": int(d["in_channels"]), "num_classes": int(d["num_classes"]),
-                  "image_size": (int(d["image_size"][0]), int(d["image_size"][1])),
-                  "activation": act if isinstance(act, str) else tuple(act),
-                  "candidates": None if cands is None else tuple(cands)}
-        if "model" in d:
-            lm = {k: int(d.get(k, 0)) for k in ("block_size", "n_layer", "n_head", "n_embd")}
-            return cls(model=d["model"], granularity=d.get("granularity", "layer"), fused=d.get("fused", True),
-                       pretrained=bool(d.get("pretrained", False)), dropout=float(d.get("dropout", 0.0)),
-                       model_config=str(d.get("model_config", "")), **lm, **common)
-        adact_kwargs = d.get("adact_kwargs") or {}
-        return cls(model="convnet", granularity=adact_kwargs.get("granularity", "layer"),
-                   fused=adact_kwargs.get("fused", True), channels=tuple(int(c) for c in d["channels"]),
-                   kernel_size=int(d.get("kernel_size", 3)), **common)
 
 
 # --- training ------------------------------------------------------------------------------
@@ -437,59 +270,12 @@ class TrainConfig:
         self._check_common()
 
     def _resolve_text(self) -> None:
-        """Text data: nanoGPT's ``shakespeare_char`` CPU settings for everything left unset."""
-        images = [name for name, default in _IMAGE_ONLY.items() if getattr(self, name) != default]
-        if images:
-            raise UserError(f"{_names(images)} only to image datasets, not to {self.dataset}")
-        self.model = "gpt" if self.model is None else self.model
-        if not is_language_model(self.model):
-            raise UserError(f"{self.dataset} is text: it needs a language model (--model gpt or transformers:NAME), "
-                            f"not {self.model}")
-        if self.warmup_iters is None and self.max_iters is not None:
-            # nanoGPT warms up for 100 of 2000 steps; a shorter budget (a smoke test) keeps that share.
-            self.warmup_iters = min(LM_DEFAULTS["warmup_iters"], self.max_iters // 20)
-        for name, value in LM_DEFAULTS.items():
-            if getattr(self, name) is None:
-                setattr(self, name, list(value) if isinstance(value, tuple) else value)
-        if self.min_lr is None:
-            self.min_lr = self.lr / 10  # nanoGPT: "min_lr should be ~= learning_rate/10 per Chinchilla"
-        gpt_only = ("n_layer", "n_head", "n_embd", "dropout", "gpt_activation")
-        if self.model == "gpt":
-            for name, value in GPT_DEFAULTS.items():
-                if getattr(self, name) is None:
-                    setattr(self, name, value)
-            if self.model_config is not None:
-                raise UserError("--model-config configures a transformers:NAME model; --model gpt takes --n-layer, "
-                                "--n-head, --n-embd, --block-size, --dropout")
-        else:
-            given = [name for name in gpt_only if getattr(self, name) is not None]
-            if given:
-                raise UserError(f"{', '.join(given)} shape --model gpt; give {self.model} its settings with "
-                                f"--model-config key=value,...")
-            parse_model_config(self.model_config)  # raises for a malformed one now
-            self.model_config = self.model_config or ""
-        _check_choice("tokenizer", self.tokenizer, TOKENIZERS)
-        if self.gpt_activation is not None:
-            _check_choice("gpt_activation", self.gpt_activation, ACTIVATION_NAMES)
-        for name in ("max_iters", "eval_interval", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-        assert self.max_iters is not None and self.eval_interval is not None  # resolved above
-        if not 0 <= self.warmup_iters < self.max_iters:  # type: ignore[operator]
-            raise UserError(f"warmup_iters must be in [0, max_iters={self.max_iters}), got {self.warmup_iters}")
-        if not (math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr):
-            raise UserError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        evaluations = -(-self.max_iters // self.eval_interval)  # an "epoch" of a text run is one evaluation interval
-        if self.epochs is not None and self.epochs != evaluations:
-            raise UserError(f"a text dataset's budget is in optimizer steps: use max_iters (--max-iters) and "
-                            f"eval_interval (--eval-interval), not epochs ({self.epochs})")
-        self.epochs = evaluations
+        resolve_text(self, _IMAGE_ONLY)
         self._check_common()
 
     def _check_common(self) -> None:
+        if self.gpt_activation is not None:
+            _check_choice("gpt_activation", self.gpt_activation, ACTIVATION_NAMES)
         if self.candidates is not None:
             self.candidates = list(self.candidates)
             bad = [c for c in self.candidates if c not in ACTIVATION_NAMES]
