@@ -5,8 +5,8 @@ Per dataset and seed (the same seed for all three models):
 1. train the model with AdAct units at every activation (the paper's ConvNet-AdAct, or any
    model through :func:`adact.adactify`);
 2. read each unit's dominant activation at the AdAct run's selected epoch: the best epoch by
-   validation accuracy when ``--val-fraction`` is given (the honest selection), else the best by
-   test accuracy (the paper's);
+   validation metric when ``--val-fraction`` is given (the honest selection), else the best by
+   test metric (the paper's); the best is the highest accuracy, or the lowest loss of a language model;
 3. train from scratch the optimized model (each unit fixed to its choice, :func:`adact.optimize`)
    and the **baseline**: the model as written, with its own activations; ``--baselines relu mish``
    adds, per name, the model with that one activation everywhere (issue 14), each a table column
@@ -65,7 +65,8 @@ from adact.experiments.plan import (
     train_config,
     validate,
 )
-from adact.experiments.workers import RunTask, run_task, worker_pool
+from adact.experiments.workers import RunTask, best_outcome, run_task, worker_pool
+from adact.reporting.metric import Metric
 from adact.reporting.records import run_weights
 from adact.reporting.render import render
 from adact.reporting.tables import fmt_acc, model_label
@@ -137,8 +138,8 @@ def _previous(task: RunTask) -> dict[str, Any] | None:
     prev = run.ended(TrainConfig.from_dict(task.config))
     if prev is None or result_lacks_gap(prev, run.path):
         return None  # a run finished before gaps were recorded: train() measures it on best.pt, no training
-    return {"status": prev["status"], "message": prev.get("message", ""), "skipped": True,
-            "metric": prev.get("metric", "acc"), "seconds": 0.0}
+    return {"status": prev["status"], "message": prev.get("message", ""), "skipped": True, "seconds": 0.0,
+            **best_outcome(prev)}
 
 
 def _run_all(cfg: SearchConfig, runs: list[PlannedRun], log: Log, restart: bool = False) -> None:
@@ -258,5 +259,5 @@ def _describe(task: RunTask, outcome: dict[str, Any]) -> str:
         return f"{what}: already {outcome['status']}, skipped" + (f" ({outcome['message']})" if outcome["message"] else "")
     if outcome["status"] == "diverged":
         return f"{what}: DIVERGED -- {outcome['message']}"
-    m = outcome.get("metric", "acc")
-    return f"{what}: done, best test {m} {fmt_acc(outcome.get(f'best_test_{m}'))} ({outcome['seconds']:.0f} s)"
+    metric = Metric.of(outcome)  # an outcome names its metric as result.json does (none: accuracy)
+    return f"{what}: done, {metric.progress} {fmt_acc(outcome.get(metric.key('best')))} ({outcome['seconds']:.0f} s)"

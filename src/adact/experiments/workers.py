@@ -25,12 +25,13 @@ import torch
 from adact.config import TrainConfig
 from adact.data.imagefolder import BadImageWarning
 from adact.experiments.plan import PlannedRun
+from adact.reporting.metric import Metric
 from adact.runs.io import one_line_warnings
 from adact.training import distributed
 from adact.training.build import load_data
 from adact.training.loop import DivergedError, train
 
-__all__ = ["RunTask", "run_task", "worker_pool"]
+__all__ = ["RunTask", "best_outcome", "run_task", "worker_pool"]
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,18 @@ def run_task(task: RunTask) -> dict[str, Any]:
                        sync_bn=task.sync_bn)
     except DivergedError as e:
         return {"status": "diverged", "message": str(e), "seconds": time.perf_counter() - t0}
-    return {"status": "done", "message": "", "seconds": time.perf_counter() - t0,
-            "metric": result["metric"], f"best_test_{result['metric']}": result[f"best_test_{result['metric']}"]}
+    return {"status": "done", "message": "", "seconds": time.perf_counter() - t0, **best_outcome(result)}
+
+
+def best_outcome(result: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's outcome its progress line reads: the best test value under the run's own metric.
+
+    An image run's is ``{"best_test_acc": ...}``, as it always was; another task's also names its
+    metric and direction (``{"metric": "loss", "higher_is_better": False, "best_test_loss": ...}``).
+    """
+    metric = Metric.of(result)
+    named = {} if metric.is_acc else {"metric": metric.name, "higher_is_better": metric.higher_is_better}
+    return {**named, metric.key("best"): result.get(metric.key("best"))}
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>

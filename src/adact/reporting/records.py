@@ -19,6 +19,7 @@ from adact.choice import UnitSnapshot, model_weights, snapshots_from_record
 from adact.config import SearchConfig
 from adact.dataspec import DatasetSpec
 from adact.errors import UserError
+from adact.reporting.metric import Metric
 from adact.runs.folder import RESULT_KEYS, RunFolder, result_keys
 from adact.runs.io import read_json
 from adact.runs.manifest import load_manifest
@@ -28,7 +29,9 @@ __all__ = ["METRICS", "RunRecord", "WeightHistory", "checkpoint_weights", "colle
            "run_weights"]
 
 
-#: metric id -> (result.json key, human title)
+#: selection id -> (an image run's result.json key, human title). The keys are accuracy's: read a
+#: run's value with :meth:`RunRecord.value`, which takes the key from the run's own metric
+#: (:class:`~adact.reporting.metric.Metric`); the titles a report shows come from ``Metric.selection_title``.
 METRICS: dict[str, tuple[str, str]] = {
     "best": ("best_test_acc", "best-on-test (the paper's selection, optimistic)"),
     "final": ("final_test_acc", "final epoch (no selection)"),
@@ -82,16 +85,34 @@ class RunRecord:
         else:
             self.confidence = None
 
-    def value(self, metric: str) -> float | None:
-        """The run's accuracy under ``metric`` (a key of METRICS); None unless the run is done."""
+    @property
+    def metric(self) -> Metric | None:
+        """The metric of the run's result.json (accuracy for one that names none); None without a result."""
+        return None if self.result is None else Metric.of(self.result)
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        """The direction of :attr:`metric`; None without a result."""
+        m = self.metric
+        return None if m is None else m.higher_is_better
+
+    def value(self, selection: str) -> float | None:
+        """The run's metric under ``selection`` (``best``, ``final``, ``val``); None unless the run is done.
+
+        The key is the run's own metric's (``best_test_acc``, ``best_test_loss``, ...).
+        """
         if self.status != "done" or self.result is None:
             return None
-        v = self.result.get(METRICS[metric][0])
+        v = self.result.get(Metric.of(self.result).key(selection))
         return None if v is None else float(v)
 
     def to_json(self) -> dict[str, Any]:
         r = self.result or {}
-        keep = ("best_test_acc", "best_epoch", "final_test_acc", "val_selected_test_acc", "val_best_epoch",
+        m = Metric.of(r)
+        # An image run keeps exactly the keys it always had (results.json of a re-render is unchanged);
+        # another task's run names its metric and carries that metric's keys instead.
+        named = () if m.is_acc else ("metric", "higher_is_better") + (("best_test_ppl",) if m.is_loss else ())
+        keep = (*named, m.key("best"), "best_epoch", m.key("final"), m.key("val"), "val_best_epoch",
                 "epochs_run", "n_params", "n_adact_units", "n_adact_params", "wall_s", "activation")
         return {
             "dataset": self.dataset, "slug": self.slug, "seed": self.seed, "model": self.model,
@@ -166,8 +187,9 @@ def checkpoint_weights(path: str | Path) -> dict[str, Any]:
 def run_weights(run_dir: Path, validation: bool = False) -> dict[str, Any]:
     """The selected epoch's choices and weights of a finished run: from result.json, else best.pt.
 
-    ``validation`` picks the epoch with the best validation accuracy when the run had a
-    validation split; otherwise (and by default) the epoch with the best test accuracy.
+    ``validation`` picks the epoch with the best validation metric (the highest accuracy, the
+    lowest loss) when the run had a validation split; otherwise (and by default) the epoch with
+    the best test metric.
     result.json is enough, so published run folders need not ship their checkpoints.
     """
     run = RunFolder(run_dir)

@@ -6,9 +6,11 @@ paper preset's ``table1.*``), ``choices.md``/``.json``, the figures, ``report.md
 ``results.json``; ``adact analyze OUT`` calls it without training
 (:func:`adact.reporting.analyze.analyze_run` does the same for one run folder or checkpoint).
 
-Beside the accuracy tables (one column and paired differences per baseline), the report holds
-issue 14's discretization-gap table (the AdAct model against its own argmax), the confidence of
-each choice (weak choices are marked in choices.md and the figures) and a line on sharpening.
+Beside the tables of the test metric (one column and paired differences per baseline), the
+report holds issue 14's discretization-gap table (the AdAct model against its own argmax), the
+confidence of each choice (weak choices are marked in choices.md and the figures) and a line on
+sharpening. The metric's words come from the summary (:func:`~adact.reporting.metric.metric_of_summary`):
+accuracy reads as it always did, a loss says that lower is better.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from adact.dataspec import DatasetSpec
 from adact.paper import DEFAULT_CHANNELS, PAPER_TABLE1
 from adact.reporting.analyze import PANELS
 from adact.reporting.figures import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
-from adact.reporting.records import METRICS, RunRecord, WeightHistory, collect, read_weight_history
+from adact.reporting.metric import SELECTIONS, Metric, metric_of_summary
+from adact.reporting.records import RunRecord, WeightHistory, collect, read_weight_history
 from adact.reporting.stats import build_summary
 from adact.reporting.tables import (
     fmt_acc,
@@ -135,20 +138,22 @@ def render(out: str | Path) -> dict[str, Any]:
     problems = [f"{r.path}: {r.message}" for r in records if r.status == "damaged"] + problems
     preset, paper = cfg.spec, cfg.preset == "paper"
     summary = build_summary(records, cfg.datasets, cfg.baselines, paper)
-    tables = {m: render_table_md(summary, m) for m in METRICS}
+    metric = metric_of_summary(summary)
+    tables = {m: render_table_md(summary, m) for m in SELECTIONS}
     tables["gap"] = render_gap_md(summary)
     choices = _choices_json(cfg, records)
     val_hint = "" if cfg.train.val_fraction > 0 else _no_val_hint(cfg)
-    title = "Table 1" if paper else "Test accuracy"
-    heading = "Table 1: test accuracy" if paper else "Test accuracy"
+    described = metric.described[0].upper() + metric.described[1:]
+    title = "Table 1" if paper else described
+    heading = f"Table 1: {metric.described}" if paper else described
     table1_md = (f"# {heading} over seeds {cfg.seeds}, {cfg.train.epochs} epochs\n\n"
-                 + "".join(f"## {METRICS[m][1].capitalize()}\n\n{tables[m]}\n" + (val_hint if m == "val" else "")
-                           for m in METRICS)
-                 + f"## {_GAP_TITLE}\n\n{tables['gap']}\n{_gap_notes(cfg)}\n"
-                 + _table_notes(cfg))
+                 + "".join(f"## {metric.selection_title(m).capitalize()}\n\n{tables[m]}\n"
+                           + (val_hint if m == "val" else "") for m in SELECTIONS)
+                 + f"## {_GAP_TITLE}\n\n{tables['gap']}\n{_gap_notes(cfg, metric)}\n"
+                 + _table_notes(cfg, metric))
     choices_md = ("# Chosen activations per layer\n\n"
                   + render_choices_md(records, cfg.datasets, cfg.baselines, _selection(cfg)))
-    table_text = (f"{title} -- " + METRICS["best"][1] + "\n" + tables["best"] + "\n" + _GAP_TITLE + "\n"
+    table_text = (f"{title} -- " + metric.selection_title("best") + "\n" + tables["best"] + "\n" + _GAP_TITLE + "\n"
                   + tables["gap"] + _weak_lines(records) + _status_lines(records))
 
     figures = _figures(cfg, records, hists, out)
@@ -156,7 +161,7 @@ def render(out: str | Path) -> dict[str, Any]:
     atomic_write_text(out / f"{preset.table}.csv", render_table_csv(summary))
     atomic_write_text(out / "choices.md", choices_md)
     atomic_write_json(out / "choices.json", choices)
-    atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures, problems))
+    atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures, problems, metric))
     results = {
         "format": "adact-results-2",  # 2: diffs per baseline (diffs[model][baseline][metric]), gap, confidence
         "settings": asdict(cfg),
@@ -218,11 +223,16 @@ part of the training set (`--val-fraction`) and is the honest estimate.
 """
 
 
-def _table_notes(cfg: SearchConfig) -> str:
+def _table_notes(cfg: SearchConfig, metric: Metric) -> str:
+    notes = _PAPER_NOTES
+    if not metric.is_acc:  # "best" is the lowest value of a loss; the sign that is good follows the direction
+        best = ("each run's best test evaluation (the highest accuracy, the lowest loss)" if metric.is_mixed
+                else f"the evaluation with the {metric.extreme} test {metric.noun}")
+        notes = notes.replace("Best-on-test picks the epoch by its test accuracy, so it is optimistic",
+                              f"Best-on-test picks {best}, so it is optimistic") + "\n" + metric.direction_note
     if cfg.preset == "paper":
-        return _PAPER_NOTES
-    return _PAPER_NOTES.replace('"paper" is the paper\'s\nTable 1, which is best-on-test.',
-                                "Baseline is the model as written.")
+        return notes
+    return notes.replace('"paper" is the paper\'s\nTable 1, which is best-on-test.', "Baseline is the model as written.")
 
 
 _GAP_TITLE = "Discretization gap: the AdAct model against its own argmax"
@@ -237,8 +247,24 @@ before the gap was recorded have none and are not counted.
 """
 
 
-def _gap_notes(cfg: SearchConfig) -> str:
-    return _GAP_NOTES if cfg.preset == "paper" else _GAP_NOTES.replace("(the paper's Optimized)", "(the optimized model)")
+# Kept so that "(the paper's Optimized)" sits on one line: _gap_notes replaces it for adact search.
+_LOSS_GAP_NOTES = """\
+Mixture: the AdAct model's best-on-test held-out loss (nats/token; lower is better). Argmax: that
+same checkpoint with every unit replaced by its chosen activation (learned PReLU slopes kept), no
+retraining. Differences are in loss units: a gap near 0 means the choices carry what the mixture
+learned; a large positive one (the argmax model's loss is higher, so it is worse) means the
+mixture is not the model we keep. Optimized − argmax is what retraining from scratch
+(the paper's Optimized) changes over the free argmax model: negative means retraining lowered
+the loss. Runs trained before the gap was recorded have none and are not counted.
+"""
+
+
+def _gap_notes(cfg: SearchConfig, metric: Metric) -> str:
+    notes = _LOSS_GAP_NOTES if metric.is_loss else _GAP_NOTES
+    if metric.is_mixed:
+        notes += ("For a loss the signs read the other way: a positive argmax − mixture means the argmax model is "
+                  "worse.\n")
+    return notes if cfg.preset == "paper" else notes.replace("(the paper's Optimized)", "(the optimized model)")
 
 
 def _weak_lines(records: list[RunRecord]) -> str:
@@ -279,8 +305,8 @@ def _sharpening_line(cfg: SearchConfig) -> str:
 
 
 def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str], choices_md: str,
-            figures: dict[str, dict[str, list[str]]], problems: list[str]) -> str:
-    t, paper, table = cfg.train, cfg.preset == "paper", cfg.spec.table
+            figures: dict[str, dict[str, list[str]]], problems: list[str], metric: Metric) -> str:
+    t, paper, table, noun = cfg.train, cfg.preset == "paper", cfg.spec.table, metric.noun
     if paper:
         head = [
             "# AdAct reproduction report",
@@ -295,7 +321,7 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
             "activation (largest softmax weight) from its best checkpoint; train "
             + ", ".join(f"ConvNet-{model_label(b)}" for b in cfg.baselines) + " (one activation everywhere) and "
             "ConvNet-Optimized (layer i uses choice i) from scratch with the same seed. AdamW, lr 1e-3, "
-            "batch 64, test accuracy after every epoch.",
+            f"batch 64, test {noun} after every epoch.",
         ]
     else:
         head = [
@@ -325,22 +351,23 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
         f"Files: [{table}.md]({table}.md), [{table}.csv]({table}.csv), [choices.md](choices.md), "
         "[choices.json](choices.json), [results.json](results.json).",
         "",
-        "## Table 1: best-on-test accuracy (the paper's number)" if paper else "## Best-on-test accuracy",
+        f"## Table 1: best-on-test {noun} (the paper's number)" if paper else f"## Best-on-test {noun}"
+        + (f" (the {metric.extreme} test {metric.name} over the evaluations; {metric.unit})" if metric.unit else ""),
         "",
         tables["best"],
         "This selection uses the test set to pick the epoch and is optimistic; the two tables below do not.",
         "",
-        "## Final-epoch accuracy",
+        f"## Final-epoch {noun}",
         "",
         tables["final"],
-        "## Validation-selected accuracy",
+        f"## Validation-selected {noun}",
         "",
     ]
     if t.val_fraction > 0:
         lines += [tables["val"]]
     else:
         lines += [_no_val_hint(cfg).strip(), ""]
-    lines += [f"## {_GAP_TITLE}", "", tables["gap"], _gap_notes(cfg)]
+    lines += [f"## {_GAP_TITLE}", "", tables["gap"], _gap_notes(cfg, metric)]
     lines += ["## Chosen activations", ""]
     lines += [("\n" + choices_md.split("\n", 2)[2]).replace("\n## ", "\n### ").strip(), ""]
     lines += ["## Figures", "",
@@ -367,10 +394,19 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
         res = r.result or {}
         wall = f"{res['wall_s']:.0f}" if res.get("wall_s") is not None else "—"
         gap = r.gap()
+        m = Metric.of(res)
+        best = fmt_acc(res.get(m.key("best")))
+        if (ppl := res.get("best_test_ppl", m.ppl(res.get(m.key("best"))))) is not None:
+            best += f" (ppl {ppl:.2f})"
         lines.append(f"| `{r.dataset}` | {r.seed} | {model_label(r.model)} | {r.status} | "
-                     f"{fmt_acc(res.get('best_test_acc'))} | {fmt_acc(res.get('final_test_acc'))} | "
+                     f"{best} | {fmt_acc(res.get(m.key('final')))} | "
                      f"{'—' if gap is None else format(gap['gap'], '+.4f').replace('-', '−')} | "
                      f"{res.get('epochs_run', '—')} | {wall} | [{r.path}]({r.path}) |")
+    if not metric.is_acc:
+        lines += ["", "Best, final: each run's " + ("test metric (its dataset's: accuracy, or a loss in nats/token "
+                  "with its perplexity)" if metric.is_mixed else f"{metric.described}; best is the "
+                  f"{metric.extreme} over the evaluations")
+                  + (", with its perplexity exp(loss)." if metric.is_loss else ".")]
     notes = [r for r in records if r.status != "done"]
     if notes:
         lines += ["", "### Runs that did not finish", ""]
@@ -382,7 +418,7 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
                     "cores // jobs threads per run, so changing it changes float rounding and the last digits.")
     if paper:
         lines += ["", "## Notes", "",
-                  "- Choices come from the AdAct run's best checkpoint (the epoch whose accuracy Table 1 "
+                  f"- Choices come from the AdAct run's best checkpoint (the epoch whose {noun} Table 1 "
                   "reports); the final model's choices are in each run's result.json (`dominant`).",
                   reproducible,
                   "- The ConvNet's layer sizes are not in the paper's text; ours are an assumption "

@@ -2,13 +2,18 @@
 
 Pure functions of :class:`~adact.reporting.records.RunRecord` s; nothing here reads or writes files.
 
-Accuracy is reported three ways, because the paper's way is optimistic:
+The test metric (accuracy for images, higher is better; held-out loss per token for language
+modelling, lower is better: see :mod:`adact.reporting.metric`) is reported three ways, because
+the paper's way is optimistic:
 
-* ``best``  -- best test accuracy over the epochs (the paper's Table 1: it evaluates on the test
-  set every epoch and keeps the best, i.e. it selects the epoch on the test set);
-* ``final`` -- test accuracy after the last epoch (no selection);
-* ``val``   -- test accuracy at the epoch with the best validation accuracy (honest selection;
+* ``best``  -- best test metric over the evaluations (the paper's Table 1: it evaluates on the
+  test set every epoch and keeps the best, i.e. it selects the epoch on the test set);
+* ``final`` -- test metric after the last epoch (no selection);
+* ``val``   -- test metric at the epoch with the best validation metric (honest selection;
   needs ``--val-fraction``).
+
+Differences are always model − baseline, whatever the direction: for a loss a negative one means
+the model is better. Each dataset's entry records its metric so the renderers can say so.
 
 Baselines: the paper compares with ReLU everywhere; ``baselines`` names any activations (each
 trained everywhere, e.g. all-Mish), and every summary gets paired differences for each.
@@ -29,9 +34,11 @@ from adact.config import models_for
 from adact.dataspec import DatasetSpec
 from adact.errors import UserError
 from adact.paper import PAPER_TABLE1
-from adact.reporting.records import METRICS, RunRecord
+from adact.reporting.metric import SELECTIONS, Metric, gap_metric
+from adact.reporting.records import RunRecord
 
-__all__ = ["PairedDiff", "Summary", "build_summary", "consensus", "gap_summary", "paired_diff", "summarize"]
+__all__ = ["PairedDiff", "Summary", "build_summary", "consensus", "dataset_metric", "gap_summary", "paired_diff",
+           "summarize"]
 
 
 @dataclass
@@ -95,14 +102,15 @@ def paired_diff(a: dict[int, float], b: dict[int, float], confidence: float = 0.
 
 def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
                   baselines: Sequence[str] = ("relu",), paper: bool = True) -> dict[str, Any]:
-    """Per dataset: per model and metric a :class:`Summary`, paired differences to each baseline, statuses.
+    """Per dataset: per model and selection (best, final, val) a :class:`Summary`, paired differences to each baseline, statuses.
 
     ``baselines`` are the run folders compared with: ``("relu",)`` for the paper, ``("baseline",
     ...)`` for ``adact search`` (the model as written, then any one-activation baselines).
-    ``diffs[model][baseline][metric]`` is the paired difference model − baseline for AdAct and
+    ``diffs[model][baseline][selection]`` is the paired difference model − baseline for AdAct and
     Optimized; ``gap`` summarises the AdAct runs' discretization gaps (:func:`gap_summary`).
     ``paper`` puts the paper's Table 1 values beside datasets that have them (``show_paper``
-    records the choice for the renderers). Returns plain JSON-able dicts (``Summary``/``PairedDiff``
+    records the choice for the renderers). ``metric`` and ``higher_is_better`` name the dataset's
+    metric (:func:`dataset_metric`). Returns plain JSON-able dicts (``Summary``/``PairedDiff``
     already converted).
     """
     out: dict[str, Any] = {}
@@ -110,19 +118,21 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
         recs = [r for r in records if r.dataset == ds]
         entry: dict[str, Any] = {"slug": recs[0].slug if recs else ds, "paper_key": DatasetSpec.parse(ds).paper_key,
                                  "baselines": list(baselines), "models": {}, "diffs": {}, "status": {}}
+        metric = dataset_metric(recs, ds)
+        entry["metric"], entry["higher_is_better"] = metric.name, metric.higher_is_better
         per_model: dict[str, dict[str, dict[int, float]]] = {}
         for m in models_for(baselines):
             mrecs = [r for r in recs if r.model == m]
             entry["status"][m] = dict(Counter(r.status for r in mrecs))
             per_model[m] = {}
             entry["models"][m] = {}
-            for metric in METRICS:
-                vals = {r.seed: v for r in mrecs if (v := r.value(metric)) is not None}
-                per_model[m][metric] = vals
-                entry["models"][m][metric] = summarize(vals).to_json()
+            for sel in SELECTIONS:
+                vals = {r.seed: v for r in mrecs if (v := r.value(sel)) is not None}
+                per_model[m][sel] = vals
+                entry["models"][m][sel] = summarize(vals).to_json()
         for m in ("adact", "optimized"):
-            entry["diffs"][m] = {b: {metric: paired_diff(per_model[m][metric], per_model[b][metric]).to_json()
-                                     for metric in METRICS} for b in baselines}
+            entry["diffs"][m] = {b: {sel: paired_diff(per_model[m][sel], per_model[b][sel]).to_json()
+                                     for sel in SELECTIONS} for b in baselines}
         entry["gap"] = gap_summary([r for r in recs if r.model == "adact"], per_model["optimized"]["best"])
         entry["show_paper"] = paper
         paper_row = PAPER_TABLE1.get(entry["paper_key"] or "") if paper else None
@@ -131,11 +141,23 @@ def build_summary(records: Sequence[RunRecord], datasets: Sequence[str],
     return out
 
 
+def dataset_metric(records: Sequence[RunRecord], dataset: str) -> Metric:
+    """The metric of a dataset's runs: that of the first one with a result.json.
+
+    A search's runs of one dataset share one task, so any of them names it. Before any run has
+    ended the dataset's kind decides (text: loss), which only labels an empty table.
+    """
+    return next((m for r in records if (m := r.metric) is not None), None) or Metric.guess(dataset)
+
+
 def gap_summary(adact: Sequence[RunRecord], optimized_best: dict[int, float]) -> dict[str, Any]:
-    """Mixture and argmax accuracy over seeds, argmax − mixture, and Optimized (retrained) − argmax."""
+    """Mixture and argmax metric over seeds, argmax − mixture, and Optimized (retrained) − argmax.
+
+    Each gap record is read in its own metric (``mixture_acc``, ``mixture_loss``, ...).
+    """
     gaps = {r.seed: g for r in adact if (g := r.gap()) is not None}
-    mixture = {s: float(g["mixture_acc"]) for s, g in gaps.items()}
-    argmax = {s: float(g["argmax_acc"]) for s, g in gaps.items()}
+    mixture = {s: float(g[f"mixture_{gap_metric(g)}"]) for s, g in gaps.items()}
+    argmax = {s: float(g[f"argmax_{gap_metric(g)}"]) for s, g in gaps.items()}
     return {"mixture": summarize(mixture).to_json(), "argmax": summarize(argmax).to_json(),
             "argmax_minus_mixture": paired_diff(argmax, mixture).to_json(),
             "optimized_minus_argmax": paired_diff(optimized_best, argmax).to_json()}

@@ -1,7 +1,9 @@
 """Text of the reports: Table 1 and its relatives in Markdown, CSV and fixed width; choices; confidence; gap.
 
 Pure functions of the summaries (:mod:`adact.reporting.stats`) and records; nothing here reads
-or writes files.
+or writes files. Each summary entry names its metric (:class:`~adact.reporting.metric.Metric`):
+an accuracy table reads as it always did; a loss table says that lower is better, which sign of
+a difference is good, and the perplexity exp(loss) of each mean.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 from adact.choice import WEAK_MARGIN, UnitConfidence, negative_prelu
 from adact.config import models_for
 from adact.paper import TABLE1_MODELS
-from adact.reporting.records import METRICS, RunRecord
+from adact.reporting.metric import SELECTIONS, Metric, gap_metric, metric_of_summary
+from adact.reporting.records import RunRecord
 from adact.reporting.stats import consensus
 
 __all__ = [
@@ -52,6 +55,7 @@ def model_label(model: str) -> str:
 
 
 def fmt_acc(x: float | None, digits: int = 4) -> str:
+    """A metric value (accuracy, loss, ...) with ``digits`` decimals; ``—`` for None."""
     return "—" if x is None else f"{x:.{digits}f}"
 
 
@@ -97,6 +101,7 @@ def render_table_md(summary: dict[str, Any], metric: str = "best") -> str:
     was built with ``paper=False`` (``adact search``: another model than the paper's).
     """
     with_paper = metric == "best" and _show_paper(summary)
+    mixed = metric_of_summary(summary).is_mixed  # datasets of different tasks: each row names its metric
     baselines = _baselines(summary)
     models = models_for(baselines)
     head = ["Dataset"]
@@ -105,14 +110,31 @@ def render_table_md(summary: dict[str, Any], metric: str = "best") -> str:
     head += [f"{model_label(m)} − {model_label(b)} [95% CI]" for b in baselines for m in ("adact", "optimized")]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for ds, e in summary.items():
-        row = [f"`{ds}`"]
+        row = [f"`{ds}`" + (f" ({Metric.of(e).described})" if mixed else "")]
         for m in models:
             row.append(fmt_cell(e["models"][m][metric], e["status"][m]))
             if with_paper and m in TABLE1_MODELS:
                 row.append(fmt_acc(e["paper"][m], 3) if e["paper"] else "—")
         row += [fmt_diff(e["diffs"][m][b][metric]) for b in baselines for m in ("adact", "optimized")]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _metric_notes(summary, metric, models)
+
+
+def _metric_notes(summary: dict[str, Any], selection: str, models: Sequence[str]) -> str:
+    """Under a table of a metric other than accuracy: which sign is good, and each mean's perplexity.
+
+    Empty for accuracy, so an image table is what it always was. Perplexity is exp of the mean
+    loss over seeds (not the mean of the seeds' perplexities).
+    """
+    notes = dict.fromkeys(Metric.of(e).direction_note for e in summary.values())
+    lines = ["\n" + n for n in notes if n]
+    for ds, e in summary.items():
+        metric = Metric.of(e)
+        ppl = [(m, metric.ppl(e["models"][m][selection]["mean"])) for m in models]
+        if metric.is_loss and any(p is not None for _, p in ppl):
+            cells = ", ".join(f"{model_label(m)} {fmt_acc(p, 2)}" for m, p in ppl)
+            lines.append(f"\nPerplexity exp(mean loss), `{ds}`: {cells}.\n")
+    return "".join(lines)
 
 
 def render_gap_md(summary: dict[str, Any]) -> str:
@@ -125,9 +147,11 @@ def render_gap_md(summary: dict[str, Any]) -> str:
     head = ["Dataset", "mixture (AdAct, best epoch)", "argmax, no retraining", "argmax − mixture [95% CI]",
             "Optimized (retrained) − argmax [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    mixed = metric_of_summary(summary).is_mixed
     for ds, e in summary.items():
         g = e["gap"]
-        lines.append(f"| `{ds}` | {fmt_cell(g['mixture'], {})} | {fmt_cell(g['argmax'], {})} | "
+        name = f"`{ds}`" + (f" ({Metric.of(e).described})" if mixed else "")
+        lines.append(f"| {name} | {fmt_cell(g['mixture'], {})} | {fmt_cell(g['argmax'], {})} | "
                      f"{fmt_diff(g['argmax_minus_mixture'])} | {fmt_diff(g['optimized_minus_argmax'])} |")
     return "\n".join(lines) + "\n"
 
@@ -146,8 +170,9 @@ def render_table_csv(summary: dict[str, Any]) -> str:
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for ds, e in summary.items():
-        for metric in METRICS:
-            row: dict[str, Any] = {"dataset": ds, "metric": METRICS[metric][0]}
+        for metric in SELECTIONS:
+            # The row's metric is the dataset's key (best_test_acc, best_test_loss, ...): it says what the numbers are.
+            row: dict[str, Any] = {"dataset": ds, "metric": Metric.of(e).key(metric)}
             for m in models:
                 s = e["models"][m][metric]
                 row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = s["mean"], s["std"], s["n"]
@@ -313,5 +338,13 @@ def render_confidence_text(confidence: Sequence[UnitConfidence | dict[str, Any]]
 def render_gap_text(gap: Any) -> str:
     """One paragraph on the discretization gap of a run (``adact analyze``), from its :class:`~adact.training.gap.GapResult`."""
     g = gap if isinstance(gap, dict) else gap.to_json()  # a GapResult or its JSON
-    return (f"discretization gap: mixture {g['mixture_acc']:.4f}, argmax (no retraining, BatchNorm recomputed on "
-            f"{g['bn_batches']} training batches) {g['argmax_acc']:.4f}, argmax - mixture {g['gap']:+.4f}\n")
+    m = gap_metric(g)
+    if m == "acc":  # an image run's line, word for word as before
+        return (f"discretization gap: mixture {g['mixture_acc']:.4f}, argmax (no retraining, BatchNorm recomputed on "
+                f"{g['bn_batches']} training batches) {g['argmax_acc']:.4f}, argmax - mixture {g['gap']:+.4f}\n")
+    bn = f", BatchNorm recomputed on {g['bn_batches']} training batches" if g.get("bn_batches") else ""
+    lower = m == "loss" or g.get("higher_is_better") is False
+    sign = "positive: the argmax model is worse" if lower else "negative: the argmax model is worse"
+    return (f"discretization gap in test {m} ({'lower' if lower else 'higher'} is better): mixture "
+            f"{g[f'mixture_{m}']:.4f}, argmax (no retraining{bn}) {g[f'argmax_{m}']:.4f}, argmax - mixture "
+            f"{g['gap']:+.4f} ({sign})\n")
