@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
     "get_act_layer": "adact.act_factory",
     "list_activations": "adact.activations",
     "ConvNet": "adact.models",
+    "GPT": "adact.gpt",
     "DEFAULT_TARGETS": "adact.surgery",
     "AdactifyReport": "adact.surgery",
     "adact_units": "adact.choice",
@@ -41,6 +42,7 @@ __all__ = [
     "AdAct",
     "AdactifyReport",
     "ConvNet",
+    "GPT",
     "__version__",
     "adact_reference",
     "adact_units",
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from adact.activations import ACTIVATIONS, list_activations
     from adact.act_factory import create_act, get_act_layer
     from adact.choice import adact_units, dominant_activations
+    from adact.gpt import GPT
     from adact.models import ConvNet
     from adact.paper import DEFAULT_CANDIDATES
     from adact.surgery import (

@@ -304,6 +304,25 @@ def _sharpening_line(cfg: SearchConfig) -> str:
     return "Sharpening of the AdAct runs (not in the paper): " + "; ".join(parts) + "."
 
 
+def _text_head(cfg: SearchConfig) -> list[str]:
+    """The settings lines of a language-model search: the model's shape, the budget in steps, the schedule."""
+    t = cfg.train
+    shape = (f"{t.n_layer} layers, {t.n_head} heads, {t.n_embd}-dim embeddings, dropout {t.dropout:g}, "
+             f"MLP activation as written `{t.gpt_activation}`" if t.model == "gpt"
+             else f"config `{t.model_config or 'default'}`")
+    pool = ", ".join(t.candidates or [])
+    return [f"Model `{t.model}` ({shape}); datasets {', '.join(f'`{d}`' for d in cfg.datasets)} ({t.tokenizer} "
+            f"tokens, blocks of {t.block_size}); seeds {cfg.seeds}; {t.max_iters} steps, the held-out loss "
+            f"evaluated every {t.eval_interval}; AdAct granularity `{t.granularity}`, pool {pool}; validation "
+            f"fraction {t.val_fraction}.",
+            "",
+            f"Training: {t.optimizer} (betas {tuple(t.betas or (0.9, 0.999))}), lr {t.lr:g} with {t.warmup_iters} "
+            f"warm-up steps and {t.schedule} decay to {t.min_lr:g}, weight decay {t.weight_decay:g}"
+            + (" on 2-D weights only" if t.decay_1d is False else "")
+            + (f", gradient norm clipped at {t.grad_clip:g}" if t.grad_clip else "")
+            + f", batch {t.batch_size} blocks" + (", bf16" if t.bf16 else "") + "."]
+
+
 def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str], choices_md: str,
             figures: dict[str, dict[str, list[str]]], problems: list[str], metric: Metric) -> str:
     t, paper, table, noun = cfg.train, cfg.preset == "paper", cfg.spec.table, metric.noun
@@ -327,16 +346,17 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
         head = [
             f"# {cfg.spec.title}",
             "",
-            f"Model `{t.model}`{' (pretrained)' if t.pretrained else ''}; datasets "
-            f"{', '.join(f'`{d}`' for d in cfg.datasets)}; seeds {cfg.seeds}; {t.epochs} epochs"
-            + (f"; images resized to {t.image_size}x{t.image_size}" if t.image_size else "")
-            + f"; AdAct granularity `{t.granularity}`; validation fraction {t.val_fraction}"
-            + (f"; training subsampled to {t.max_train_samples} images" if t.max_train_samples else "") + ".",
-            "",
-            f"Training: {t.optimizer}, lr {t.lr:g}, weight decay {t.weight_decay:g}, schedule {t.schedule}"
-            + (f" after {t.warmup_epochs:g} warm-up epochs" if t.warmup_epochs else "")
-            + f", label smoothing {t.label_smoothing:g}, batch {t.batch_size}, normalization {t.normalize}"
-            + (", bf16" if t.bf16 else "") + ".",
+            *(_text_head(cfg) if t.is_text else [
+                f"Model `{t.model}`{' (pretrained)' if t.pretrained else ''}; datasets "
+                f"{', '.join(f'`{d}`' for d in cfg.datasets)}; seeds {cfg.seeds}; {t.epochs} epochs"
+                + (f"; images resized to {t.image_size}x{t.image_size}" if t.image_size else "")
+                + f"; AdAct granularity `{t.granularity}`; validation fraction {t.val_fraction}"
+                + (f"; training subsampled to {t.max_train_samples} images" if t.max_train_samples else "") + ".",
+                "",
+                f"Training: {t.optimizer}, lr {t.lr:g}, weight decay {t.weight_decay:g}, schedule {t.schedule}"
+                + (f" after {t.warmup_epochs:g} warm-up epochs" if t.warmup_epochs else "")
+                + f", label smoothing {t.label_smoothing:g}, batch {t.batch_size}, normalization {t.normalize}"
+                + (", bf16" if t.bf16 else "") + "."]),
             "",
             "Protocol: per dataset and seed, train the model with an AdAct unit at every activation "
             f"(`adactify`); read each unit's dominant activation (largest softmax weight) at its {_selection(cfg)}; "

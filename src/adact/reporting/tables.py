@@ -17,7 +17,7 @@ import numpy as np
 
 from adact.choice import WEAK_MARGIN, UnitConfidence, negative_prelu
 from adact.config import models_for
-from adact.paper import TABLE1_MODELS
+from adact.paper import DEFAULT_CANDIDATES, TABLE1_MODELS
 from adact.reporting.metric import SELECTIONS, Metric, gap_metric, metric_of_summary
 from adact.reporting.records import RunRecord
 from adact.reporting.stats import consensus
@@ -46,7 +46,8 @@ MODEL_LABELS: dict[str, str] = {"adact": "AdAct", "relu": "ReLU", "optimized": "
 # How the papers spell the registry's names, for table columns.
 _ACT_LABELS: dict[str, str] = {"elu": "ELU", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "rrelu": "RReLU",
                                "silu": "SiLU", "mish": "Mish", "gelu": "GELU", "selu": "SELU", "celu": "CELU",
-                               "hardswish": "Hardswish", "tanh": "Tanh", "sigmoid": "Sigmoid", "softplus": "Softplus"}
+                               "hardswish": "Hardswish", "tanh": "Tanh", "sigmoid": "Sigmoid", "softplus": "Softplus",
+                               "relu2": "ReLU²", "relu6": "ReLU6", "hardtanh": "Hardtanh"}
 
 
 def model_label(model: str) -> str:
@@ -287,9 +288,17 @@ def _params_md(recs: Sequence[RunRecord], baselines: Sequence[str] = ("relu",)) 
         rows.append(f"| {model_label(m)} | {res['n_params']:,} | {res['n_adact_units']} | {res['n_adact_params']} |")
     if not seen:
         return "No parameter counts (no run has a result yet).\n"
-    note = ("\nAdAct overhead: N_AdAct = 8 · n_AdAct (7 mixture logits + 1 PReLU slope per unit, per channel with "
-            "`--granularity channel`). ConvNet-Optimized uses plain activations; if it picks PReLU for a layer "
-            "that layer adds one slope parameter.\n")
+    adact = next((x for x in recs if x.model == "adact" and x.candidates), None)
+    pool = list(adact.candidates or []) if adact is not None else []
+    if not pool or pool == list(DEFAULT_CANDIDATES):
+        note = ("\nAdAct overhead: N_AdAct = 8 · n_AdAct (7 mixture logits + 1 PReLU slope per unit, per channel with "
+                "`--granularity channel`). ConvNet-Optimized uses plain activations; if it picks PReLU for a layer "
+                "that layer adds one slope parameter.\n")
+    else:
+        slope = " + 1 PReLU slope" if "prelu" in pool else ""
+        per = len(pool) + (1 if "prelu" in pool else 0)
+        note = (f"\nAdAct overhead: N_AdAct = {per} · n_AdAct ({len(pool)} mixture logits{slope} per unit, per channel "
+                f"with `--granularity channel`; pool: {', '.join(pool)}). ConvNet-Optimized uses plain activations.\n")
     if baselines[0] != "relu":  # adact search: the baseline is the model as written, maybe not the ConvNet
         note = note.replace("ConvNet-Optimized uses", "The optimized model uses")
     return "\n".join(rows) + "\n" + note
