@@ -269,6 +269,17 @@ def test_evaluate_tokens_is_the_mean_cross_entropy_over_every_token() -> None:
     assert evaluate_tokens(model, loader) == pytest.approx(math.log(11), rel=1e-6)
 
 
+def test_language_modelling_training_loss_counts_every_token(text_file: Path) -> None:
+    task = LanguageModelling()
+    config = TrainConfig(dataset=f"text:{text_file}", **TINY_GPT)
+    logits, target = torch.randn(3, 5, 7), torch.randint(7, (3, 5))  # (B, T, V), (B, T)
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+    assert float(task.loss(logits, target, 3, config)) == pytest.approx(float(plain), rel=1e-6)
+    assert task.count(logits, target) == pytest.approx(3 * float(plain), rel=1e-6)  # weighted by blocks
+    assert (task.metric, task.higher_is_better, task.samples) == ("loss", False, "tokens")
+    assert task.extras(2.0) == {"best_test_ppl": pytest.approx(math.exp(2.0))} and task.extras(None)["best_test_ppl"] is None
+
+
 # --- 4. settings -------------------------------------------------------------------------------
 
 
