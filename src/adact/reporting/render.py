@@ -146,7 +146,9 @@ def render(out: str | Path) -> dict[str, Any]:
     described = metric.described[0].upper() + metric.described[1:]
     title = "Table 1" if paper else described
     heading = f"Table 1: {metric.described}" if paper else described
-    table1_md = (f"# {heading} over seeds {cfg.seeds}, {cfg.train.epochs} epochs\n\n"
+    budget = (f"{cfg.train.max_iters} steps ({cfg.train.epochs} evaluations)" if cfg.train.is_text
+              else f"{cfg.train.epochs} epochs")
+    table1_md = (f"# {heading} over seeds {cfg.seeds}, {budget}\n\n"
                  + "".join(f"## {metric.selection_title(m).capitalize()}\n\n{tables[m]}\n"
                            + (val_hint if m == "val" else "") for m in SELECTIONS)
                  + f"## {_GAP_TITLE}\n\n{tables['gap']}\n{_gap_notes(cfg, metric)}\n"

@@ -196,10 +196,12 @@ def _run(config: TrainConfig, run: RunFolder, data: Any, train_set: Any, model: 
         val_loss, val_metric = (task.evaluate(eval_model, loaders.val, config.bf16) if loaders.val is not None
                                 else (None, None))
         units = snapshot(model)  # this epoch's units, read once for metrics.csv and the best epochs' records
+        # A task whose metric is its loss (language modelling) has one column of each: the training
+        # objective's (label smoothing included) beside the held-out losses.
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
-            f"train_{m}": counted / seen,
+            **({f"train_{m}": counted / seen} if m != "loss" else {}),
             "test_loss": test_loss,
             f"test_{m}": test_metric,
             "val_loss": val_loss,
@@ -279,8 +281,11 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The multiple of ``config.lr`` at optimizer step ``step`` (0-based): warm-up, then the schedule.
 
     Warm-up rises linearly over ``warmup_epochs`` (text: ``warmup_iters`` steps), reaching 1 at
-    its last step; ``cosine`` then falls to ``min_lr / lr`` (0 when unset) at the last step,
-    ``max_iters`` for text (nanoGPT's schedule). With the image defaults it is always 1 (the paper's).
+    its last step (nanoGPT's rises as ``(step + 1) / (warmup + 1)``: 1% lower over the first 100
+    of 2000 steps); ``cosine`` then falls to ``min_lr / lr`` (0 when unset) at step ``total``
+    (``max_iters`` for text), just after the last step taken: nanoGPT's loop also takes step
+    ``max_iters``, at ``min_lr``, while adact's last one is at step ``max_iters - 1``, within
+    0.1% of it. With the image defaults it is always 1 (the paper's).
     """
     total = config.total_steps or config.epochs * steps_per_epoch
     warm = config.warmup_iters if config.warmup_iters is not None else round(config.warmup_epochs * steps_per_epoch)
