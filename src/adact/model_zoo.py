@@ -293,12 +293,27 @@ def create_language_model(spec: str, *, vocab_size: int, block_size: int, model_
         settings.setdefault(token, None)  # GPT-2's 50256 is outside a character vocabulary; nothing here generates
     try:
         config = transformers.AutoConfig.for_model(name, **settings)
+    except ValueError as e:
+        if "Unrecognized model identifier" not in str(e):
+            raise UserError(f"--model {spec} --model-config {model_config!r}: {_first_line(e)}") from None
+        raise UserError(f"--model {spec}: transformers {transformers.__version__} has no model type {name!r}; "
+                        f"use a config's model_type, e.g. gpt2, llama, qwen2, gpt_neox") from None
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        positions = getattr(config, key, None)
+        if isinstance(positions, int) and positions < block_size:
+            raise UserError(f"--model {spec}: its {key} is {positions}, fewer than the {block_size} tokens of a block; "
+                            f"give it room (--model-config {key}={block_size}) or use --block-size {positions}")
+    try:
         lm = transformers.AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"--model {spec} --model-config {model_config!r}: transformers cannot build a causal LM from "
-                        f"it ({first})") from None
+                        f"it ({_first_line(e)})") from None
     return CausalLM(lm)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def check_language_model(model: nn.Module, spec: str, block_size: int, vocab_size: int) -> None:
