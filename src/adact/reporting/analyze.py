@@ -105,12 +105,13 @@ def _analyze(head: str, w: dict[str, Any], result: dict[str, Any], epoch: int | 
     else:
         files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"],
                              f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt, weak=weak)
+    step = "evaluation" if DatasetSpec.parse(str(config.get("dataset", "digits"))).is_text else "epoch"
     if hist is not None and many:
         files += plot_choice_trajectories([hist.mix], [hist.epochs], hist.candidates, hist.paths,
                                           f"{name}: how each unit's choice emerged during training",
-                                          fig_dir / "trajectories", note=f"seed {config['seed']}")
+                                          fig_dir / "trajectories", note=f"seed {config['seed']}", step=step)
     elif hist is not None:
         files += plot_trajectories([hist.mix], [hist.epochs], hist.candidates,
                                    f"{name}: AdAct softmax weights during training",
-                                   fig_dir / "trajectories", note=f"seed {config['seed']}")
+                                   fig_dir / "trajectories", note=f"seed {config['seed']}", step=step)
     return text + note, files

@@ -30,7 +30,7 @@ __all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_choice_trajectorie
 _PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
     "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2",
+    "#f7b6d2", "#111111",
 ]
 ACT_COLORS: dict[str, str] = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(ACTIVATIONS)}
 
@@ -225,7 +225,7 @@ def _epoch_grid(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]]
 
 def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]],
                              candidates: Sequence[str], paths: Sequence[str], title: str, stem: str | Path,
-                             note: str = "") -> list[Path]:
+                             note: str = "", step: str = "epoch") -> list[Path]:
     """For many units: how each unit's final choice emerged -- its softmax weight per epoch, as a heatmap.
 
     One row per unit (labelled with its final consensus choice), one column per epoch; the colour
@@ -257,7 +257,7 @@ def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[S
     ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
     ax.set_xticks(range(len(all_epochs)), [str(e) for e in all_epochs])
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(step)
     ax.set_yticks(range(n_units), labels, fontsize=8)
     fig.colorbar(im, ax=ax, label=f"softmax weight of the final choice (white = 1/{k})")
     spread = f"mean over {len(histories)} seeds" if len(histories) > 1 else "one run"
@@ -267,7 +267,7 @@ def plot_choice_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[S
 
 def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence[int]], candidates: Sequence[str],
                       title: str, stem: str | Path, note: str = "",
-                      unit_names: Sequence[str] | None = None) -> list[Path]:
+                      unit_names: Sequence[str] | None = None, step: str = "epoch") -> list[Path]:
     """Softmax weight of every candidate vs epoch, one panel per layer.
 
     Args:
@@ -276,6 +276,7 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
         candidates: names along the last axis.
         title, stem, note: as in :func:`plot_weights`.
         unit_names: panel titles (default: ``layer 1``, ``layer 2``, ...).
+        step: the x axis's name: ``"epoch"``, or ``"evaluation"`` for a text run (one per ``eval_interval`` steps).
 
     Lines are the mean over seeds, the band spans the seeds' min to max.
     """
@@ -304,7 +305,7 @@ def plot_trajectories(histories: Sequence[np.ndarray], epochs: Sequence[Sequence
                 ax.fill_between(x, lo[:, layer, j], hi[:, layer, j], color=c, alpha=0.12, linewidth=0)
         ax.axhline(1.0 / k, color="#444444", linewidth=0.8, linestyle="--", label=f"uniform 1/{k}")
         ax.set_title(f"layer {layer + 1}" if not unit_names else unit_names[layer], fontsize=10 if rows == 1 else 8)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(step)
         ax.grid(alpha=0.3)
         if len(x) <= 20:
             ax.set_xticks(x if len(x) <= 10 else x[::2])

@@ -92,17 +92,18 @@ def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, Weigh
                                  note=note, weak=_weak_flags(runs))
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
         found = [hists[r.path] for r in runs if r.path in hists]
+        step = "evaluation" if cfg.train.is_text else "epoch"
         if found:
             if cfg.preset == "paper" or len(found[0].paths) <= PANELS:
                 paths = plot_trajectories([h.mix for h in found], [h.epochs for h in found], found[0].candidates,
                                           f"{name}: AdAct softmax weights during training",
                                           out / "figures" / f"{slug}_trajectories",
-                                          unit_names=None if cfg.preset == "paper" else found[0].paths)
+                                          unit_names=None if cfg.preset == "paper" else found[0].paths, step=step)
             else:  # a panel per unit is unreadable (and slow to draw) for a ResNet's 17 or 50 units
                 paths = plot_choice_trajectories([h.mix for h in found], [h.epochs for h in found],
                                                  found[0].candidates, found[0].paths,
                                                  f"{name}: how each unit's choice emerged during training",
-                                                 out / "figures" / f"{slug}_trajectories")
+                                                 out / "figures" / f"{slug}_trajectories", step=step)
             entry["trajectories"] = [str(p.relative_to(out)) for p in paths]
         figs[ds] = entry
     return figs
