@@ -76,13 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "search", help="the paper's pipeline on your model and data: AdAct -> choices -> optimized and baseline",
         description="Per dataset and seed: train the model with an AdAct unit at every activation (adactify), read "
-                    "each unit's dominant activation at the best epoch (by validation accuracy with --val-fraction, "
-                    "else by test accuracy), then train from scratch with the same seed the optimized model (each "
+                    "each unit's dominant activation at the best epoch (by the validation metric with --val-fraction, "
+                    "else by the test metric: accuracy for images, the held-out loss for a text file), then train from scratch with the same seed the optimized model (each "
                     "unit fixed to its choice) and the baseline (the model as written). Writes a table (mean ± sd, "
                     "paired differences with 95% CIs), the choices, a heatmap of every unit's weights, trajectories "
                     "and a report. Rerunning the same command skips finished runs and resumes interrupted ones.",
-        epilog="Example: adact search --model torchvision:resnet18 --dataset imagefolder:data/pets --image-size 64 "
-               "--val-fraction 0.1 --seeds 0 1",
+        epilog="Examples: adact search --model torchvision:resnet18 --dataset imagefolder:data/pets --image-size 64 "
+               "--val-fraction 0.1 --seeds 0 1;  adact search --model gpt --dataset text:input.txt --baselines relu "
+               "relu2 silu --seeds 0 1 2 3 4 (nanoGPT's shakespeare_char settings)",
     )
     s.add_argument("--dataset", "--datasets", dest="datasets", type=_options.dataset, nargs="+", required=True,
                    metavar="NAME", help=f"dataset(s) to search on. Valid: {_DATASET_HELP}")
