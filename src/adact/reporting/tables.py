@@ -249,13 +249,15 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
                 lines.append("| **most common** | " + " | ".join(f"{c} ({k}/{n})" for c, k, n in cons) + " |")
             lines += confidence_rows(adact, n_layers)
             parts.append("\n".join(lines) + "\n")
+            prelu = any("prelu" in (r.candidates or []) for r in adact)
             parts.append("Cells: chosen activation (its softmax weight; margin to the runner-up; for per-channel units "
                          f"the share of channels that agree), read from the AdAct run's {selection}. **weak**: "
                          f"margin < {WEAK_MARGIN:g}, a choice a little noise could flip. Entropy: normalised, "
-                         "0 = one-hot, 1 = uniform. PReLU choices show their learned slope; **negative slope**: "
-                         "the argmax keeps it, and PReLU with a negative slope is V-shaped, a different function "
-                         "from the PReLU (slope 0.25) that the optimized model is retrained from, so expect a large "
-                         "discretization gap.\n")
+                         "0 = one-hot, 1 = uniform."
+                         + (" PReLU choices show their learned slope; **negative slope**: "
+                            "the argmax keeps it, and PReLU with a negative slope is V-shaped, a different function "
+                            "from the PReLU (slope 0.25) that the optimized model is retrained from, so expect a large "
+                            "discretization gap." if prelu else "") + "\n")
         parts.append(_params_md(recs, baselines))
     return "\n".join(parts)
 
