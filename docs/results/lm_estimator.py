@@ -3,7 +3,7 @@
 nanoGPT reports ``estimate_loss()``: the mean over ``eval_iters`` random batches (12 windows of 64
 tokens each) of its validation split. adact evaluates every non-overlapping block of the same
 split once. This script loads each seed's baseline ``best.pt`` (kept in runs/, not published) and
-prints both, with the spread of nanoGPT's estimate over 200 draws, so the anchor comparison in
+prints both, with the spread of nanoGPT's estimate over 100 draws, so the anchor comparison in
 docs/RESULTS.md is like for like.
 
     python docs/results/lm_estimator.py runs/lm-shakespeare ../shared/data/tinyshakespeare.txt
@@ -23,7 +23,7 @@ from adact.training.build import load_checkpoint
 
 
 @torch.no_grad()
-def main(out: str, text: str, eval_iters: int = 20, draws: int = 200) -> None:
+def main(out: str, text: str, eval_iters: int = 20, draws: int = 100) -> None:
     torch.set_num_threads(1)
     data = load_text(text)
     for run in sorted(Path(out).glob("*/seed*/baseline/best.pt")):
