@@ -242,6 +242,14 @@ def add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     s.add_argument("--adact-lr-mult", type=positive_float, default=_D("adact_lr_mult"), metavar="M",
                    help="learning rate of the AdAct logits = M x --lr (DARTS uses a smaller one; default: 1)")
     a = p.add_argument_group("model")
+    a.add_argument("--warm-start", action="store_true",
+                   help="AdAct units start as the activation they replace, exactly, and learn how far to move "
+                        "from it through a gate that starts closed (for pretrained models; the original joins the "
+                        "pool where it is missing). Default: uniform mixtures (the paper's)")
+    a.add_argument("--init-from", default=_D("init_from"), metavar="PATH",
+                   help="load a state dict or an adact checkpoint (a baseline run's best.pt) into the model as "
+                        "written before it is converted; the AdAct model, the optimized model and the baselines "
+                        "all start from it")
     if with_model:
         a.add_argument("--model", type=model_spec, default=_D("model"), metavar="SPEC",
                        help="convnet (the paper's, default for images), gpt (nanoGPT's decoder, default for text), "

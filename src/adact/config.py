@@ -186,6 +186,8 @@ class TrainConfig:
     temperature_schedule: list[float] | None = None  # [T0, T1]: AdAct softmax temperature annealed T0 -> T1
     entropy_weight: float = 0.0  # lambda: lambda * mean normalised entropy of the mixtures joins the loss
     adact_lr_mult: float = 1.0  # learning rate of the AdAct logits relative to lr
+    warm_start: bool = False  # AdAct units start as the activation they replace (pretrained models)
+    init_from: str | None = None  # a state dict or adact checkpoint loaded into the model as written
     # Added for language models; None means "the task's default", resolved in __post_init__ (text:
     # nanoGPT's shakespeare_char CPU settings; images: unchanged, so image configs read as before).
     candidates: list[str] | None = None  # AdAct pool (None: the paper's seven; text: LM_CANDIDATES)
@@ -274,6 +276,9 @@ class TrainConfig:
         self._check_common()
 
     def _check_common(self) -> None:
+        if self.init_from is not None and not Path(self.init_from).expanduser().is_file():
+            raise FileNotFoundError(f"--init-from: no file {self.init_from!r}; pass a state dict or an adact "
+                                    f"checkpoint (best.pt, last.pt)")
         if self.gpt_activation is not None:
             _check_choice("gpt_activation", self.gpt_activation, ACTIVATION_NAMES)
         if self.candidates is not None:

@@ -182,7 +182,8 @@ def create_model(spec: str, *, num_classes: int, in_channels: int, pretrained: b
 
 def with_activation(model: nn.Module, activation: str | Sequence[str], *, granularity: str = "layer",
                     fused: bool = True, example_inputs: torch.Tensor | None = None,
-                    candidates: Sequence[str] | None = None, channel_dim: int | None = None) -> nn.Module:
+                    candidates: Sequence[str] | None = None, channel_dim: int | None = None,
+                    init: str = "mixture") -> nn.Module:
     """The variant of ``model`` a run trains.
 
     Args:
@@ -196,13 +197,15 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
             (needed for ``granularity="channel"``).
         candidates: the units' pool (None: the paper's seven).
         channel_dim: per-channel units of 3-D inputs: ``-1`` for ``(N, L, features)`` token sequences.
+        init: ``"original"``: AdAct units start as the activation each replaces (warm start);
+            ``"mixture"``: as uniform mixtures (the paper's).
     """
     if activation == BASELINE:
         return model
     if isinstance(activation, str) and activation != "adact":
         raise UserError(f"activation {activation!r}: a named model takes 'adact', 'baseline' or one activation "
                          f"name per AdAct site")
-    kwargs: dict[str, Any] = {"granularity": granularity, "adact_kwargs": {"fused": fused}}
+    kwargs: dict[str, Any] = {"granularity": granularity, "adact_kwargs": {"fused": fused}, "init": init}
     if example_inputs is not None:
         kwargs["example_inputs"] = example_inputs
     if candidates is not None:

@@ -108,6 +108,9 @@ class ModelSpec:
         block_size, n_layer, n_head, n_embd, dropout: language models: the context length, and
             the GPT's shape (``block_size`` also bounds a ``transformers:`` model's inputs).
         model_config: ``transformers:NAME``: the ``--model-config`` text its config is built with.
+        gpt_activation: ``gpt``: its MLPs' activation as written (what a warm start starts from).
+        warm_start: AdAct units start as the activation they replace (``adactify(init="original")``).
+        init_from: weights loaded into the model as written before it is converted (``--init-from``).
 
     On disk (:meth:`to_json`) it keeps the two shapes checkpoints always had: the ConvNet's
     constructor arguments, or ``{"model": SPEC, ...}`` for a named model; the settings added
@@ -131,6 +134,9 @@ class ModelSpec:
     n_embd: int = 0
     dropout: float = 0.0
     model_config: str = ""
+    gpt_activation: str = ""
+    warm_start: bool = False
+    init_from: str = ""
 
     @property
     def is_convnet(self) -> bool:
@@ -147,6 +153,12 @@ class ModelSpec:
         if self.is_language_model:
             out.update(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
                        dropout=self.dropout, model_config=self.model_config)
+            if self.gpt_activation:
+                out["gpt_activation"] = self.gpt_activation
+        if self.warm_start:
+            out["warm_start"] = True
+        if self.init_from:
+            out["init_from"] = self.init_from
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -167,12 +179,14 @@ class ModelSpec:
         common = {"in_channels": int(d["in_channels"]), "num_classes": int(d["num_classes"]),
                   "image_size": (int(d["image_size"][0]), int(d["image_size"][1])),
                   "activation": act if isinstance(act, str) else tuple(act),
-                  "candidates": None if cands is None else tuple(cands)}
+                  "candidates": None if cands is None else tuple(cands),
+                  "warm_start": bool(d.get("warm_start", False)), "init_from": str(d.get("init_from", ""))}
         if "model" in d:
             lm = {k: int(d.get(k, 0)) for k in ("block_size", "n_layer", "n_head", "n_embd")}
             return cls(model=d["model"], granularity=d.get("granularity", "layer"), fused=d.get("fused", True),
                        pretrained=bool(d.get("pretrained", False)), dropout=float(d.get("dropout", 0.0)),
-                       model_config=str(d.get("model_config", "")), **lm, **common)
+                       model_config=str(d.get("model_config", "")), gpt_activation=str(d.get("gpt_activation", "")),
+                       **lm, **common)
         adact_kwargs = d.get("adact_kwargs") or {}
         return cls(model="convnet", granularity=adact_kwargs.get("granularity", "layer"),
                    fused=adact_kwargs.get("fused", True), channels=tuple(int(c) for c in d["channels"]),

@@ -36,6 +36,25 @@ class AdAct(nn.Module):
 
     The activation with the largest weight is the unit's *choice* (:meth:`dominant`).
 
+    **Warm start** (``original=NAME``, what ``adactify(model, init="original")`` builds): the unit
+    starts as the activation it replaces and learns how far to move from it. Its effective weights
+    are a gated mixture
+
+    .. math::
+        v = (1 - g)\, e_{\text{original}} + g\, \mathrm{softmax}(w / T), \qquad g = \mathrm{clamp}(\gamma, 0, 1)
+
+    (the clamp passes gradients straight through, so a gate at a bound can still move)
+
+    with a learned gate :math:`\gamma` that starts at 0, so at step 0 the unit computes the
+    original exactly, like LoRA's zero-initialised branch. A large logit on the original would do
+    the same, but its softmax saturates and the gradients of every other logit vanish; here the
+    gate's gradient is :math:`\langle \partial L / \partial y,\ \mathrm{AdAct}_w(x) - f_{\text{original}}(x)\rangle`,
+    non-zero from the first step, and the logits learn as soon as :math:`g > 0`. The kernels take
+    logits, so the unit hands them :math:`\log(v + \epsilon)` with :math:`\epsilon = 10^{-30}`:
+    their softmax gives back :math:`v` to float rounding, every fused backend and the reference
+    path run unchanged (only the input is saved), and the gradient reaches :math:`g` and
+    :math:`w` through the log. :meth:`mixture` and the choice are of :math:`v`.
+
     :math:`T` is the softmax temperature, 1 by default (the paper's unit). A temperature below 1
     sharpens the mixture towards its argmax without changing which candidate that is;
     :mod:`adact.training.sharpen` anneals it during training. It is a buffer, so it is saved with the
@@ -63,6 +82,8 @@ class AdAct(nn.Module):
             per feature). Default: ``1``.
         temperature: the softmax temperature :math:`T > 0`; see :meth:`set_temperature`.
             Default: 1.0.
+        original: the candidate the unit starts as (warm start, see above), or None for the
+            paper's unit (a softmax mixture from the start). Default: None.
 
     Shape:
         - Input: :math:`(*)` for ``"layer"``; :math:`(N, C, *)` for ``"channel"`` (:math:`(*, C)`
@@ -74,6 +95,8 @@ class AdAct(nn.Module):
         prelu_weight: the PReLU slope, shape :math:`(1,)` or :math:`(C,)`; ``None`` when the
             pool has no PReLU (a pool of K such candidates has K parameters per mixture).
         temperature: the softmax temperature :math:`T`, a 0-dim buffer (not a parameter).
+        gate: warm-started units only: :math:`\gamma`, shape :math:`(1,)` or :math:`(C,)`, zeros at
+            init (None otherwise); a warm-started unit has one parameter more per mixture.
 
     Examples::
 
@@ -95,6 +118,7 @@ class AdAct(nn.Module):
         fused: bool = True,
         channel_dim: int = 1,
         temperature: float = 1.0,
+        original: str | None = None,
     ) -> None:
         if isinstance(candidates, str):
             raise TypeError(f"candidates must be a sequence of names, got the string {candidates!r}")
@@ -119,6 +143,8 @@ class AdAct(nn.Module):
         if not math.isfinite(prelu_init):
             raise UserError(f"prelu_init must be finite, got {prelu_init}")
         _check_temperature(temperature)
+        if original is not None and _check_name(original) not in names:
+            raise UserError(f"original {original!r} must be one of the candidates {list(names)}")
         super().__init__()
         self.candidates: tuple[str, ...] = names
         self.granularity = granularity
@@ -141,6 +167,15 @@ class AdAct(nn.Module):
         # every step does not make torch.compile recompile.
         self.temperature: Tensor
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.original: str | None = None if original is None else _check_name(original)
+        self.gate: nn.Parameter | None
+        if self.original is not None:
+            self.gate = nn.Parameter(torch.zeros(self.num_channels or 1))
+            onehot = torch.zeros(len(names))
+            onehot[names.index(self.original)] = 1.0
+            self.register_buffer("_onehot", onehot, persistent=False)
+        else:
+            self.register_parameter("gate", None)
         self.reset_parameters()
 
     def set_temperature(self, temperature: float) -> None:
@@ -161,6 +196,22 @@ class AdAct(nn.Module):
         if not torch.compiler.is_compiling() and self._temperature_is_one():
             return self.logits
         return self.logits / self.temperature
+
+    def kernel_logits(self) -> Tensor:
+        """The logits the kernels' softmax sees: :meth:`scaled_logits`, or for a warm-started unit
+        ``log(v + 1e-30)`` of its effective weights ``v`` (differentiable w.r.t. the gate and the logits)."""
+        if self.original is None:
+            return self.scaled_logits()
+        return torch.log(self._effective(self.scaled_logits()) + _LOG_FLOOR)
+
+    def _effective(self, z: Tensor) -> Tensor:
+        assert self.gate is not None
+        # Clamped in value, not in gradient (straight through): torch's clamp passes no gradient at
+        # its bounds, and the gate starts at 0, so a plain clamp would never let it move.
+        g = self.gate + (self.gate.clamp(0.0, 1.0) - self.gate).detach()
+        if z.dim() == 2:
+            g = g.unsqueeze(-1)  # (C, 1): one gate per channel's mixture
+        return (1.0 - g) * self._onehot.to(z.dtype) + g * mixture_weights(z)  # (K,) or (C, K)
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy's buffer starts a new version count: the cache must not travel with it.
@@ -192,6 +243,8 @@ class AdAct(nn.Module):
                 self.logits.uniform_(-self.init_scale, self.init_scale)
             if self.prelu_weight is not None:
                 self.prelu_weight.fill_(self.prelu_init)
+            if self.gate is not None:
+                self.gate.zero_()
 
     def _check_input(self, x: Tensor) -> None:
         if self.num_channels is None:
@@ -219,14 +272,18 @@ class AdAct(nn.Module):
     def _forward_dim1(self, x: Tensor) -> Tensor:
         if self.fused and not _exporting_to_onnx():
             # The dispatcher decides (once per kind of input) which backend runs, the reference included.
-            return fused.adact_fused(x, self.scaled_logits(), self.prelu_weight, self.candidates, self.training)
-        return adact_reference(x, self.scaled_logits(), self.prelu_weight, self.candidates, self.training)
+            return fused.adact_fused(x, self.kernel_logits(), self.prelu_weight, self.candidates, self.training)
+        return adact_reference(x, self.kernel_logits(), self.prelu_weight, self.candidates, self.training)
 
     # --- reading the choice -------------------------------------------------------------
 
     def mixture(self) -> Tensor:
-        r"""The softmax weights :math:`\mathrm{softmax}(w / T)`, shape ``(K,)`` or ``(C, K)``, detached, float32."""
-        return mixture_weights(self.scaled_logits().detach()).float()
+        r"""The weights :math:`\mathrm{softmax}(w / T)` (a warm-started unit: its gated weights :math:`v`),
+        shape ``(K,)`` or ``(C, K)``, detached, float32."""
+        with torch.no_grad():
+            if self.original is not None:
+                return self._effective(self.scaled_logits()).float()
+            return mixture_weights(self.scaled_logits()).float()
 
     def raw_weights(self) -> Tensor:
         """The raw logits :math:`w`, detached, float32."""
@@ -275,7 +332,14 @@ class AdAct(nn.Module):
             s += f", channel_dim={self.channel_dim}"
         if float(self.temperature) != 1.0:
             s += f", temperature={float(self.temperature):g}"
+        if self.original is not None:
+            s += f", original={self.original!r}"
         return s
+
+
+#: Added to a warm-started unit's effective weights before the log: below float32's rounding of any
+#: weight near 1, and far above its smallest normal number, so products with it stay exact.
+_LOG_FLOOR = 1e-30
 
 
 def _exporting_to_onnx() -> bool:

@@ -65,10 +65,11 @@ def train_config(cfg: SearchConfig, dataset: str, seed: int, activation: str | l
         activation = [activation] * _site_count(cfg.train.model, cfg.train.model_config or "")
     if activation == "adact":
         return replace(cfg.train, dataset=dataset, seed=seed, activation=activation)
-    # The other models have no mixtures: without the sharpening settings their configs stay the
-    # paper's, shareable with runs made without sharpening.
+    # The other models have no mixtures: without the sharpening and warm-start settings their
+    # configs stay the paper's, shareable with runs made without them (init_from stays: every
+    # model of a search starts from the same weights).
     return replace(cfg.train, dataset=dataset, seed=seed, activation=activation, temperature_schedule=None,
-                   entropy_weight=0.0, adact_lr_mult=1.0)
+                   entropy_weight=0.0, adact_lr_mult=1.0, warm_start=False)
 
 
 @functools.lru_cache(maxsize=None)

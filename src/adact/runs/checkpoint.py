@@ -35,6 +35,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "make_checkpoint",
     "read_checkpoint",
+    "read_weights",
     "resume_point",
     "save_last",
 ]
@@ -72,6 +73,33 @@ def make_checkpoint(model: nn.Module, opt: torch.optim.Optimizer, config: TrainC
     }
 
 
+def read_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Read any torch file safely (``torch.load(weights_only=True)``): a checkpoint, or a plain state dict.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        UnsafeCheckpointError: the file holds Python objects other than tensors and plain data.
+        CheckpointError: the file is truncated, empty or not a torch file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise UnsafeCheckpointError(
+                f"{path} was refused: it holds the Python object {found.group(1)}, which loading would run as "
+                f"code (adact checkpoints hold only tensors and plain data). Do not load it; delete it unless "
+                f"you know who made it and what it runs") from None
+        raise CheckpointError(f"{path} is not a readable adact checkpoint (not a torch file)") from None
+    except (EOFError, RuntimeError, OSError) as e:  # truncated, empty, or an unreadable zip archive
+        reason = str(e).split(". ")[0] or "the file is empty"
+        raise CheckpointError(f"{path} is not a readable adact checkpoint (truncated or damaged: "
+                              f"{type(e).__name__}: {reason})") from None
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read an adact checkpoint's contents safely (``torch.load(weights_only=True)``).
 
@@ -85,20 +113,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; expected a best.pt or last.pt written by `adact train`")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        if found:
-            raise UnsafeCheckpointError(
-                f"{path} was refused: it holds the Python object {found.group(1)}, which loading would run as "
-                f"code (adact checkpoints hold only tensors and plain data). Do not load it; delete it unless "
-                f"you know who made it and what it runs") from None
-        raise CheckpointError(f"{path} is not a readable adact checkpoint (not a torch file)") from None
-    except (EOFError, RuntimeError, OSError) as e:  # truncated, empty, or an unreadable zip archive
-        reason = str(e).split(". ")[0] or "the file is empty"
-        raise CheckpointError(f"{path} is not a readable adact checkpoint (truncated or damaged: "
-                              f"{type(e).__name__}: {reason})") from None
+    ckpt = read_weights(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an adact checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]

@@ -153,6 +153,11 @@ def save_choices(model: nn.Module, path: str | os.PathLike[str]) -> None:
                 "channel_choices": unit.dominant() if mixture.dim() == 2 else None,
                 "prelu_weight": None if unit.prelu_weight is None else unit.prelu_weight.detach().float().tolist(),
                 "temperature": float(unit.temperature),  # the weights above are softmax(logits / temperature)
+                # Warm start: the activation the unit started as, and how far it moved (the gate g):
+                # the weights above are then (1 - g) onehot(original) + g softmax(logits / temperature).
+                "original": unit.original,
+                "gate": None if unit.gate is None else unit.gate.detach().clamp(0, 1).float().tolist(),
+                "candidates": list(unit.candidates),
             }
         )
     config = model.__dict__.get(CONFIG_ATTR)

@@ -24,12 +24,15 @@ from adact.surgery.transformer import convert_function_activations, disable_tran
 from adact.surgery.units import UnitFactory, model_device
 from adact.unit import GRANULARITIES, AdAct
 
-__all__ = ["CONFIG_ATTR", "adactify"]
+__all__ = ["CONFIG_ATTR", "INITS", "adactify"]
 
 logger = logging.getLogger(__name__)
 
 #: Attribute of the converted root holding adactify's settings (read by :func:`adact.save_choices`).
 CONFIG_ATTR = "_adactify_config"
+
+#: ``adactify(init=...)``: units start as uniform mixtures (the paper's), or as the activation each replaces.
+INITS: tuple[str, ...] = ("mixture", "original")
 
 
 @overload
@@ -42,6 +45,7 @@ def adactify(
     granularity: str = ...,
     channel_dim: int | None = ...,
     adact_kwargs: dict[str, Any] | None = ...,
+    init: str = ...,
     verbose: bool = ...,
     return_report: Literal[False] = ...,
 ) -> nn.Module: ...
@@ -57,6 +61,7 @@ def adactify(
     granularity: str = ...,
     channel_dim: int | None = ...,
     adact_kwargs: dict[str, Any] | None = ...,
+    init: str = ...,
     verbose: bool = ...,
     return_report: Literal[True],
 ) -> tuple[nn.Module, AdactifyReport]: ...
@@ -71,6 +76,7 @@ def adactify(
     granularity: str = "layer",
     channel_dim: int | None = None,
     adact_kwargs: dict[str, Any] | None = None,
+    init: str = "mixture",
     verbose: bool = False,
     return_report: bool = False,
 ) -> nn.Module | tuple[nn.Module, AdactifyReport]:
@@ -131,6 +137,12 @@ def adactify(
             feature maps) or ``-1`` (``(N, L, E)`` token sequences). Default ``None``: dim 1 for
             inputs with 2, 4 or more dims; a 3-D input, which may be either, raises ``ValueError``.
         adact_kwargs: further :class:`adact.AdAct` arguments (``init``, ``fused``, ...).
+        init: ``"mixture"`` (the paper's: every unit starts as a uniform mixture) or ``"original"``
+            (warm start, for pretrained models: each unit starts as the activation it replaces,
+            exactly, through a gate that starts closed; see :class:`adact.AdAct`). The original is
+            added to the unit's pool where the pool lacks it (GELU, its tanh form, Hardswish,
+            ReLU6, ...). A site whose activation has no exact registry equal (``nn.LeakyReLU(0.2)``,
+            QuickGELU) is an error naming it. Default: ``"mixture"``.
         verbose: print the :class:`AdactifyReport`. Default: ``False``.
         return_report: return ``(model, report)`` instead of the model. Default: ``False``.
 
@@ -164,12 +176,17 @@ def adactify(
             f"adact_kwargs must not set {sorted(clash)}; pass candidates/granularity/channel_dim to "
             f"adactify (num_channels is inferred)"
         )
+    if init not in INITS:
+        raise UserError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+    if "original" in unit_kwargs:
+        raise UserError("adact_kwargs must not set 'original'; pass init='original' to adactify, which finds each "
+                        "site's own")
     AdAct(candidates, **unit_kwargs)  # validates candidates and kwargs before any surgery
     if granularity == "channel" and example_inputs is None:
         raise UserError(
             'granularity="channel" needs example_inputs to infer the number of channels at each site'
         )
-    factory = UnitFactory(tuple(candidates), unit_kwargs, model_device(model))
+    factory = UnitFactory(tuple(candidates), unit_kwargs, model_device(model), warm=init == "original")
 
     found = scan(model, spec)
     missed: list[MissedSite] = list(found.missed)
@@ -205,7 +222,7 @@ def adactify(
         missed += [MissedSite(p, c, "unknown activation class (not in targets)") for p, c in found.lookalikes]
 
     disable_transformer_fast_paths(root)
-    root.__dict__[CONFIG_ATTR] = {"targets": spec.names(), "candidates": list(candidates)}
+    root.__dict__[CONFIG_ATTR] = {"targets": spec.names(), "candidates": list(candidates), "init": init}
     report = _report(root, sites, missed, traced, found.untraced)
     logger.info("%s", report)
     if verbose:
@@ -239,6 +256,10 @@ def _report(
     order = {path: i for i, (path, _) in enumerate(root.named_modules(remove_duplicate=False))}
     sites = sorted(sites, key=lambda s: order.get(s.path, len(order)))
     units = {id(u): u for u in (root.get_submodule(s.path) for s in sites)}
+    site_units = [root.get_submodule(s.path) for s in sites]
+    originals = tuple(u.original for u in site_units if isinstance(u, AdAct) and u.original is not None)
+    config = root.__dict__.get(CONFIG_ATTR) or {}
+    pool = set(config.get("candidates", ()))
     return AdactifyReport(
         n_units=len(units),
         n_params=sum(p.numel() for u in units.values() for p in u.parameters()),
@@ -248,6 +269,8 @@ def _report(
         missed=tuple(missed),
         traced=tuple(traced),
         untraced=tuple(untraced),
+        originals=originals,
+        added=tuple(dict.fromkeys(o for o in originals if o not in pool)),
     )
 
 

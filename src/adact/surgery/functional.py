@@ -18,6 +18,7 @@ from torch.fx.graph_module import _format_import_block, _forward_from_src, sys_i
 
 from adact.surgery.report import MissedSite, Site
 from adact.surgery.scan import module_graph
+from adact.surgery.originals import call_original
 from adact.surgery.targets import TargetSpec, function_kind, is_inplace_call
 from adact.surgery.units import UnitFactory
 
@@ -128,8 +129,9 @@ def convert_calls(
             j += 1
             name = f"{base}_{j}"
         names.append(name)
-    for name in names:
-        module.add_module(name, factory(None, module.training))
+    for name, (node, _) in zip(names, nodes[module.training]):
+        call = call_original(node.target, node.args, node.kwargs, method=node.op == "call_method")
+        module.add_module(name, factory(None, module.training, call=call, what=_label(node)))
     for mode in (True, False):
         _rewrite(graphs[mode], nodes[mode], names)
     module.forward = TracedForward(module, graphs[True], graphs[False])  # type: ignore[method-assign]

@@ -60,6 +60,9 @@ class AdactifyReport:
             fixed to the path taken while tracing.
         untraced: ``(path, reason)`` of modules ``torch.fx`` could not trace and that matter
             (they hold or call activations).
+        originals: warm start (``init="original"``): the registry activation each site's unit
+            starts as (same order as ``sites``); empty for the paper's uniform start.
+        added: warm start: the originals that were not in the pool and were added to it.
     """
 
     n_units: int
@@ -71,9 +74,15 @@ class AdactifyReport:
     missed: tuple[MissedSite, ...] = ()
     traced: tuple[str, ...] = ()
     untraced: tuple[tuple[str, str], ...] = field(default=())
+    originals: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"adactify: added {self.n_units} AdAct units ({self.n_params} parameters) in place"]
+        if self.originals:
+            counts = ", ".join(f"{n} x{self.originals.count(n)}" for n in dict.fromkeys(self.originals))
+            lines.append(f"  warm start: each unit starts as the activation it replaces ({counts})"
+                         + (f"; added to the pool: {', '.join(self.added)}" if self.added else ""))
         if self.traced:
             lines.append(f"  forwards rewritten by torch.fx: {', '.join(p or '<root>' for p in self.traced)}")
         for m in self.missed:

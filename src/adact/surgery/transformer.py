@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from adact.surgery.originals import call_original
 from adact.surgery.report import Site
 from adact.surgery.targets import TargetSpec, function_kind
 from adact.surgery.units import UnitFactory
@@ -31,9 +32,9 @@ def convert_function_activations(model: nn.Module, spec: TargetSpec, factory: Un
         kind = function_kind(fn)
         if fn is None or isinstance(fn, nn.Module) or not spec.call(kind):
             continue
-        layer.activation = factory(None, layer.training)
-        sync_fast_path_flag(layer, "activation")
         name = getattr(fn, "__name__", str(fn))
+        layer.activation = factory(None, layer.training, call=call_original(fn, (None,), {}), what=f"F.{name}")
+        sync_fast_path_flag(layer, "activation")
         sites.append(Site(f"{path}.activation" if path else "activation", f"F.{name}", "attribute"))
     return sites
 

@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from adact.activations import ACTIVATIONS
+from adact.errors import UserError
+from adact.surgery.originals import module_original
 from adact.unit import AdAct
 
 __all__ = ["CallSites", "UnitFactory", "model_device"]
@@ -25,16 +28,35 @@ class UnitFactory:
     candidates: tuple[str, ...]
     unit_kwargs: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    warm: bool = False  # init="original": each unit starts as the activation it replaces
 
-    def __call__(self, original: nn.Module | None, training: bool) -> AdAct:
-        unit = AdAct(self.candidates, **self.unit_kwargs)
+    def __call__(self, original: nn.Module | None, training: bool, call: str | None = None,
+                 what: str = "") -> AdAct:
+        """The unit of one site; ``original`` is the replaced module, ``call`` the registry name a
+        replaced function call computes (:func:`adact.surgery.originals.call_original`), ``what``
+        names the site for errors."""
+        start = None
+        if self.warm:
+            start = module_original(original) if original is not None else call
+            if start is None:
+                label = type(original).__name__ if original is not None else what or "this call"
+                raise UserError(
+                    f"adactify(init='original'): {label} has no exact equal in the activation registry "
+                    f"({', '.join(ACTIVATIONS)}), so a unit cannot start as it; leave such sites out with "
+                    f"targets=[...], or use init='mixture'")
+        if start == "prelu" and original is not None and original.weight.numel() > 1:
+            raise UserError("adactify(init='original'): a PReLU with one slope per channel can start a unit only "
+                            "with granularity='channel'; leave it out with targets=[...] or use init='mixture'")
+        pool = self.candidates if start is None or start in self.candidates else (*self.candidates, start)
+        unit = AdAct(pool, **self.unit_kwargs, **({"original": start} if start else {}))
         if original is not None:
             seed_prelu(unit, original)
         return unit.to(self.device).train(training)
 
     def per_channel(self, unit: AdAct, num_channels: int, channel_dim: int) -> AdAct:
+        start = {"original": unit.original} if unit.original else {}
         new = AdAct(
-            self.candidates, "channel", num_channels, channel_dim=channel_dim, **self.unit_kwargs
+            unit.candidates, "channel", num_channels, channel_dim=channel_dim, **self.unit_kwargs, **start
         ).to(self.device)
         if unit.prelu_weight is not None and new.prelu_weight is not None:
             with torch.no_grad():
