@@ -23,6 +23,7 @@ from adact.fused import adact_fused, backends, compiled, dispatch, generic
 
 TOL = {torch.float64: dict(rtol=1e-6, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 GELU_POOL = ("gelu", "relu", "silu", "relu2")
+GELU_TANH_POOL = ("gelu_tanh", "relu", "silu")
 SLOPE_POOL = ("tanh", "hardswish", "prelu")
 REST_POOL = ("elu", "leaky_relu", "rrelu", "mish", "sigmoid", "softplus", "selu", "celu", "hardtanh", "relu6",
              "identity")  # fmt: skip
@@ -159,29 +160,42 @@ def test_one_slope_shared_by_every_channel() -> None:
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_gelu_tanh_pool_matches_reference_through_the_fused_path(dtype: torch.dtype, granularity: str) -> None:
+    """GPT-2's GELU in a pool: the generic kernels (eager in float64, compiled in float32) equal the reference."""
+    m = randomized(GELU_TANH_POOL, granularity).eval()
+    want = "generic-eager" if dtype == torch.float64 else "generic-compile"
+    assert dispatch.explain("cpu", dtype, GELU_TANH_POOL, granularity, False)[0] == want
+    check_against_reference(m, torch.randn(4, 6, 30, dtype=dtype) * 3, dtype)
+
+
 def test_eval_mode_rrelu_in_a_custom_pool() -> None:
     m = randomized(("rrelu", "gelu")).double().eval()
     assert dispatch.explain("cpu", torch.float64, m.candidates, training=False)[0] == "generic-eager"
     check_against_reference(m, torch.randn(200, dtype=torch.float64) * 3, torch.float64)
 
 
+@pytest.mark.parametrize(
+    "pool",
+    [("relu2", "identity", "hardtanh"), ("relu6", "leaky_relu", "prelu", "hardswish"), GELU_POOL, GELU_TANH_POOL],
+    ids=["relu2", "slopes", "gelu", "gelu_tanh"],
+)  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_extreme_inputs_equal_the_reference(dtype: torch.dtype) -> None:
+def test_extreme_inputs_equal_the_reference(dtype: torch.dtype, pool: tuple[str, ...]) -> None:
     """+-inf, NaN, +-1e30 and 0 through whole pools: values and all three gradients, NaN where the reference's are."""
     special = torch.tensor([float("inf"), -float("inf"), float("nan"), 1e30, -1e30, 0.0, 1.0, -2.0], dtype=dtype)
-    pools = [("relu2", "identity", "hardtanh"), ("relu6", "leaky_relu", "prelu", "hardswish"), GELU_POOL]
-    for pool in pools:
-        m = randomized(pool).to(dtype).eval()
-        for i in range(special.numel()):  # one special value per call, so that NaN sums do not hide the rest
-            # First of 64: where ATen's vectorised loop computes it (its scalar tail differs at NaN).
-            x = torch.cat([special[i : i + 1], torch.randn(63, dtype=dtype)]).requires_grad_()
-            xr = x.detach().clone().requires_grad_()
-            y, y_ref = m(x), reference_of(m, xr)
-            same_specials(y, y_ref, **TOL[dtype])
-            got = torch.autograd.grad(y.sum(), params(m, x))
-            want = torch.autograd.grad(y_ref.sum(), params(m, xr))
-            for a, b in zip(got, want):
-                same_specials(a, b, rtol=1e-5, atol=1e-5)
+    m = randomized(pool).to(dtype).eval()
+    for i in range(special.numel()):  # one special value per call, so that NaN sums do not hide the rest
+        # First of 64: where ATen's vectorised loop computes it (its scalar tail differs at NaN).
+        x = torch.cat([special[i : i + 1], torch.randn(63, dtype=dtype)]).requires_grad_()
+        xr = x.detach().clone().requires_grad_()
+        y, y_ref = m(x), reference_of(m, xr)
+        same_specials(y, y_ref, **TOL[dtype])
+        got = torch.autograd.grad(y.sum(), params(m, x))
+        want = torch.autograd.grad(y_ref.sum(), params(m, xr))
+        for a, b in zip(got, want):
+            same_specials(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
