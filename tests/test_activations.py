@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from adact import ACTIVATIONS, DEFAULT_CANDIDATES, AdAct, create_act, get_act_layer, list_activations
-from adact.activations import RRELU_LOWER, RRELU_UPPER, activation_functional, activation_name
+from adact.activations import RRELU_LOWER, RRELU_UPPER, GELUTanh, activation_functional, activation_name
 
 NAMES = list_activations()
 
@@ -140,3 +140,23 @@ def test_activation_name_of_non_registry_modules() -> None:
         pass
 
     assert activation_name(MyReLU()) is None  # exact class match only
+
+
+def test_activation_name_of_gelu_reads_its_approximation() -> None:
+    assert activation_name(nn.GELU()) == activation_name(nn.GELU(approximate="none")) == "gelu"
+    assert activation_name(nn.GELU(approximate="tanh")) == "gelu_tanh"
+    assert activation_name(GELUTanh()) == "gelu_tanh"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gelu_tanh_is_torchs_tanh_gelu_bit_for_bit(dtype: torch.dtype) -> None:
+    x = torch.cat([torch.randn(1000) * 5, torch.tensor([0.0, -0.0, 1e4, -1e4, 1e30, -1e30, float("inf"),
+                                                        -float("inf"), float("nan")])]).to(dtype)  # fmt: skip
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = GELUTanh()(xa), nn.GELU(approximate="tanh")(xb)
+    assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(ya.nan_to_num(), yb.nan_to_num())
+    g = torch.randn_like(x)
+    (ga,), (gb,) = torch.autograd.grad(ya, xa, g), torch.autograd.grad(yb, xb, g)
+    assert torch.equal(ga.isnan(), gb.isnan()) and torch.equal(ga.nan_to_num(), gb.nan_to_num())
+    assert torch.equal(activation_functional("gelu_tanh")(x, torch.tensor([0.25]), False).nan_to_num(),
+                       yb.detach().nan_to_num())  # fmt: skip

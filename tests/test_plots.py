@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adact.reporting.figures import plot_weights
+from adact.activations import ACTIVATIONS
+from adact.reporting.figures import ACT_COLORS, plot_weights
 
 CANDS = ["relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish"]
 
@@ -28,3 +29,8 @@ def test_saved_figures_are_byte_identical_across_renders(tmp_path: Path) -> None
     assert b"<dc:date>" not in svg
     other = _weights(1, tmp_path / "c" / "w")
     assert next(p for p in other if p.suffix == ".svg").read_bytes() != svg  # another figure, another file
+
+
+def test_every_registry_name_has_its_own_colour() -> None:
+    assert set(ACT_COLORS) == set(ACTIVATIONS)
+    assert len(set(ACT_COLORS.values())) == len(ACT_COLORS)

@@ -31,6 +31,7 @@ __all__ = [
     "RRELU_LOWER",
     "RRELU_UPPER",
     "ActLayer",
+    "GELUTanh",
     "ReLUSquared",
     "activation_functional",
     "activation_name",
@@ -64,6 +65,31 @@ class ReLUSquared(nn.Module):
         return torch.square(F.relu(input))
 
 
+class GELUTanh(nn.Module):
+    r"""Applies the Gaussian Error Linear Units function, tanh approximation, element-wise.
+
+    .. math::
+        \text{GELUTanh}(x) = 0.5 x \left(1 + \tanh\left(\sqrt{2 / \pi} \left(x + 0.044715 x^3\right)\right)\right)
+
+    ``nn.GELU(approximate="tanh")`` as a class with no arguments, so that the registry can build it
+    (the same function as GPT-2's ``NewGELUActivation``, ``transformers``' ``PytorchGELUTanh`` and
+    timm's ``GELUTanh``). Registered as ``"gelu_tanh"``.
+
+    Shape:
+        - Input: :math:`(*)`, where :math:`*` means any number of dimensions.
+        - Output: :math:`(*)`, same shape as the input.
+
+    Examples::
+
+        >>> m = GELUTanh()
+        >>> m(torch.tensor([-1.0, 0.0, 2.0]))
+        tensor([-0.1588,  0.0000,  1.9546])
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.gelu(input, approximate="tanh")
+
+
 #: name -> torch.nn module class (default hyper-parameters).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -84,6 +110,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu6": nn.ReLU6,
     "identity": nn.Identity,
     "relu2": ReLUSquared,
+    "gelu_tanh": GELUTanh,
 }
 
 ActFn = Callable[[Tensor, Tensor, bool], Tensor]
@@ -117,6 +144,7 @@ _FUNCTIONAL: dict[str, ActFn] = {
     "relu6": lambda x, _w, _t: F.relu6(x),
     "identity": lambda x, _w, _t: x,
     "relu2": lambda x, _w, _t: torch.square(F.relu(x)),
+    "gelu_tanh": lambda x, _w, _t: F.gelu(x, approximate="tanh"),
 }
 # The names are declared once, in adact.config (the command line lists them without importing torch).
 assert tuple(ACTIVATIONS) == ACTIVATION_NAMES and _FUNCTIONAL.keys() == ACTIVATIONS.keys()
@@ -144,7 +172,13 @@ def activation_functional(name: str) -> ActFn:
 
 
 def activation_name(module: nn.Module) -> str | None:
-    """Registry name of a plain activation module (exact class match), or None."""
+    """Registry name of a plain activation module (exact class match), or None.
+
+    ``nn.GELU`` is two registry entries: ``"gelu"`` with ``approximate="none"`` and ``"gelu_tanh"``
+    with ``approximate="tanh"``.
+    """
+    if type(module) is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
     for name, cls in ACTIVATIONS.items():
         if type(module) is cls:
             return name

@@ -81,6 +81,7 @@ BAD_IMAGE_POLICIES: tuple[str, ...] = ("skip", "error")
 ACTIVATION_NAMES: tuple[str, ...] = (
     "relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish", "gelu", "tanh", "sigmoid", "hardswish",
     "softplus", "selu", "celu", "hardtanh", "relu6", "identity", "relu2",
+    "gelu_tanh",
 )
 """The activation registry's names, in registry order: :data:`adact.activations.ACTIVATIONS` maps
 each to its module (and checks at import that it maps exactly these)."""

@@ -2,8 +2,9 @@
 
 The paper's seven candidates have hand-derived kernels (:mod:`adact.fused.inductor`, and the
 native C++ ones) that fold the whole pool into seven coefficients and one exponential. A pool
-with any other candidate (GELU, tanh, squared ReLU, ...) would otherwise fall back to
-:func:`adact.adact_reference`: one op per candidate, one saved tensor per candidate. This module
+with any other candidate (GELU and its tanh approximation, tanh, squared ReLU, ...) would
+otherwise fall back to :func:`adact.adact_reference`: one op per candidate, one saved tensor per
+candidate. This module
 is the middle road: a table of candidates, each with its value ``f(x)`` and derivative ``f'(x)``
 in plain torch elementwise ops, from which the two kernels of any pool are assembled:
 
@@ -16,7 +17,8 @@ in plain torch elementwise ops, from which the two kernels of any pool are assem
 The kernels are traced by ``torch.compile`` (:mod:`adact.fused.compiled`, one compile per pool,
 layout, dtype and direction) or run as they are (the eager generic backend). The candidates
 share sub-expressions through a per-call memo: ``t = exp(-|x|)`` serves sigmoid, SiLU, Mish,
-Softplus and the ELU family's derivative; ``relu(x)`` serves ReLU and squared ReLU.
+Softplus and the ELU family's derivative; ``relu(x)`` serves ReLU and squared ReLU; ``x^2`` and
+``tanh(sqrt(2 / pi) (x + 0.044715 x^3))`` serve both directions of GELU's tanh approximation.
 
 Extreme inputs: each formula is the one ATen uses for the candidate's value and autograd
 formula (or an identity of it that keeps the same ``inf``/NaN cases), so ``+-inf``, NaN and huge
@@ -66,6 +68,8 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 _RRELU_MEAN = (RRELU_LOWER + RRELU_UPPER) / 2.0
 _SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_TANH_BETA = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5  # ATen's kBeta: sqrt(2 / pi)
+_GELU_TANH_KAPPA = 0.044715  # ATen's kKappa
 
 
 class GenericFlags(NamedTuple):
@@ -178,6 +182,11 @@ _MAKE: dict[str, Formula] = {
     "gauss": lambda s: _exp_nonpositive(s["x"] * s["x"] * -0.5),  # exp(-x^2 / 2): GELU's pdf, and its cdf's
     "erf_cdf": _normal_cdf,
     "tanh": lambda s: torch.tanh(s["x"]),
+    "x2": lambda s: s["x"] * s["x"],
+    # tanh(kBeta (x + kKappa x^3)), x^3 as ATen computes it: (x * x) * x.
+    "gelu_tanh_t": lambda s: torch.tanh(
+        _GELU_TANH_BETA * (s["x"] + _GELU_TANH_KAPPA * (_get(s, "x2") * s["x"]))
+    ),
 }
 
 
@@ -239,6 +248,15 @@ def _gelu_derivative(s: Shared) -> Tensor:
     return _get(s, "erf_cdf") + s["x"] * (_get(s, "gauss") * _INV_SQRT_2PI)
 
 
+def _gelu_tanh_derivative(s: Shared) -> Tensor:
+    # ATen's gelu tanh backward: 0.5 (1 + t) + (0.5 x) (1 - t^2) kBeta (1 + 3 kKappa x^2), in its
+    # order. NaN at +-inf, and for float32 |x| beyond ~1.8e19, where x^2 overflows: 0 * inf,
+    # like autograd of F.gelu(x, approximate="tanh") (its float64 loop: beyond ~1.3e154).
+    t = _get(s, "gelu_tanh_t")
+    inner_derivative = _GELU_TANH_BETA * (1.0 + (3.0 * _GELU_TANH_KAPPA) * _get(s, "x2"))
+    return 0.5 * (1.0 + t) + (0.5 * s["x"]) * (1.0 - t * t) * inner_derivative
+
+
 def _softplus_value(s: Shared) -> Tensor:
     # F.softplus (beta 1, threshold 20): x > 20 ? x : log1p(exp(x)), here relu(x) + log1p(exp(-|x|)).
     x = s["x"]
@@ -282,6 +300,11 @@ GENERIC_CANDIDATES: dict[str, Candidate] = {
     "relu2": Candidate(
         lambda s: _get(s, "relu") * _get(s, "relu"),
         lambda s: 2.0 * _get(s, "relu"),  # 0 for x <= 0, NaN for NaN (autograd: 2 * relu(x))
+    ),
+    "gelu_tanh": Candidate(
+        # ATen: (0.5 x) (1 + t): inf at +inf, NaN at -inf (-inf * 0), -0 for large negative x.
+        lambda s: (0.5 * s["x"]) * (1.0 + _get(s, "gelu_tanh_t")),
+        _gelu_tanh_derivative,
     ),
 }
 

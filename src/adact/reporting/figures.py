@@ -30,7 +30,7 @@ __all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_choice_trajectorie
 _PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
     "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#111111",
+    "#f7b6d2", "#111111", "#dbdb8d",
 ]
 ACT_COLORS: dict[str, str] = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(ACTIVATIONS)}
 

@@ -47,7 +47,8 @@ MODEL_LABELS: dict[str, str] = {"adact": "AdAct", "relu": "ReLU", "optimized": "
 _ACT_LABELS: dict[str, str] = {"elu": "ELU", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "rrelu": "RReLU",
                                "silu": "SiLU", "mish": "Mish", "gelu": "GELU", "selu": "SELU", "celu": "CELU",
                                "hardswish": "Hardswish", "tanh": "Tanh", "sigmoid": "Sigmoid", "softplus": "Softplus",
-                               "relu2": "ReLU²", "relu6": "ReLU6", "hardtanh": "Hardtanh"}
+                               "relu2": "ReLU²", "relu6": "ReLU6", "hardtanh": "Hardtanh",
+                               "gelu_tanh": "GELU (tanh)"}
 
 
 def model_label(model: str) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adact.activations import ReLUSquared
+from adact.activations import GELUTanh, ReLUSquared
 from adact.errors import UserError
 from adact.unit import AdAct
 
@@ -55,6 +55,7 @@ _TORCH_CLASSES: dict[type[nn.Module], str] = {
     nn.Hardsigmoid: "hardsigmoid",
     nn.Tanh: "tanh",
     ReLUSquared: "relu_squared",  # adact's own (registry name "relu2"), e.g. from optimize()
+    GELUTanh: "gelu",  # adact's own (registry name "gelu_tanh"), as nn.GELU(approximate="tanh") is
 }
 
 # (top-level package, last module component, class name) -> kind. Keyed loosely so that moved
