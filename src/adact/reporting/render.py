@@ -302,9 +302,16 @@ def _sharpening_line(cfg: SearchConfig) -> str:
         parts.append(f"entropy penalty λ = {t.entropy_weight:g}")
     if t.adact_lr_mult != 1.0:
         parts.append(f"AdAct logits at {t.adact_lr_mult:g} × the learning rate")
+    start = ""
+    if t.init_from:
+        start += f" Every model started from the weights in `{t.init_from}` (`--init-from`)."
+    if t.warm_start:
+        start += (" Warm start: each AdAct unit started as the activation it replaces, through a gate that starts "
+                  "closed (`--warm-start`); its weights are the gated ones, and the activations that were added "
+                  "to the pool are in choices.json.")
     if not parts:
-        return "Sharpening: none (the paper's AdAct)."
-    return "Sharpening of the AdAct runs (not in the paper): " + "; ".join(parts) + "."
+        return "Sharpening: none (the paper's AdAct)." + start
+    return "Sharpening of the AdAct runs (not in the paper): " + "; ".join(parts) + "." + start
 
 
 def _text_head(cfg: SearchConfig) -> list[str]:

@@ -21,7 +21,7 @@ from adact.surgery.report import AdactifyReport, MissedSite, Site
 from adact.surgery.scan import scan
 from adact.surgery.targets import Targets, resolve_targets
 from adact.surgery.transformer import convert_function_activations, disable_transformer_fast_paths
-from adact.surgery.units import UnitFactory, model_device
+from adact.surgery.units import UnitFactory, model_device, share_pool
 from adact.unit import GRANULARITIES, AdAct
 
 __all__ = ["CONFIG_ATTR", "INITS", "adactify"]
@@ -221,6 +221,18 @@ def adactify(
         )
         missed += [MissedSite(p, c, "unknown activation class (not in targets)") for p, c in found.lookalikes]
 
+    if init == "original":  # one pool for every unit: the candidates and all the originals
+        new_units = {id(u): u for u in (root.get_submodule(site.path) for site in sites) if isinstance(u, AdAct)}
+        share_pool(list(new_units.values()), candidates)
+        pool = next(iter(new_units.values())).candidates if new_units else ()
+        if "rrelu" in pool and not set(pool) <= set(DEFAULT_CANDIDATES):
+            warnings.warn(
+                f"adactify(init='original'): the pool {list(pool)} has RReLU and an activation outside the "
+                f"paper's seven; no fused kernel draws RReLU's training noise for such a pool, so these units "
+                f"run the reference sum in training (slower, and it saves every candidate's output). Pass "
+                f"candidates=[...] without 'rrelu' to keep the fused kernels.",
+                stacklevel=2,
+            )
     disable_transformer_fast_paths(root)
     root.__dict__[CONFIG_ATTR] = {"targets": spec.names(), "candidates": list(candidates), "init": init}
     report = _report(root, sites, missed, traced, found.untraced)

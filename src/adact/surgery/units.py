@@ -14,7 +14,7 @@ from adact.errors import UserError
 from adact.surgery.originals import module_original
 from adact.unit import AdAct
 
-__all__ = ["CallSites", "UnitFactory", "model_device"]
+__all__ = ["CallSites", "UnitFactory", "model_device", "share_pool"]
 
 
 @dataclass
@@ -62,6 +62,34 @@ class UnitFactory:
             with torch.no_grad():
                 new.prelu_weight.copy_(unit.prelu_weight.expand(num_channels))
         return new.train(unit.training)
+
+
+def share_pool(units: Sequence[AdAct], candidates: Sequence[str]) -> None:
+    """Give every warm-started unit the same pool: ``candidates``, then every unit's original.
+
+    One pool for the whole model keeps choices, heatmaps and consensus comparable across units
+    (a MobileNet's ReLU units can choose Hardswish too). Units are widened in place, before any
+    optimizer holds their parameters: new logits start at zero, a seeded PReLU slope is kept,
+    and each unit still computes its own original (its gate is 0).
+    """
+    pool = tuple(dict.fromkeys([*candidates, *(u.original for u in units if u.original is not None)]))
+    for unit in units:
+        if unit.candidates == pool:
+            continue
+        slope = None if unit.prelu_weight is None else unit.prelu_weight.detach().clone()
+        like = unit.logits
+        unit.candidates = pool
+        unit.logits = nn.Parameter(like.new_empty(*like.shape[:-1], len(pool)))
+        if "prelu" in pool and unit.prelu_weight is None:
+            unit.prelu_weight = nn.Parameter(like.new_empty(unit.num_channels or 1))
+        onehot = like.new_zeros(len(pool))
+        if unit.original is not None:
+            onehot[pool.index(unit.original)] = 1.0
+            unit._onehot = onehot
+        unit.reset_parameters()
+        if slope is not None and unit.prelu_weight is not None:
+            with torch.no_grad():
+                unit.prelu_weight.copy_(slope)
 
 
 def seed_prelu(unit: AdAct, module: nn.Module) -> None:
