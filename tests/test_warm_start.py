@@ -252,3 +252,18 @@ def test_init_from_mismatch_names_the_keys(tmp_path: Path) -> None:
         train(cfg, tmp_path / "run", quiet=True)
     with pytest.raises(FileNotFoundError, match="--init-from"):
         _digits(tmp_path, init_from=str(tmp_path / "none.pt"))
+
+
+def test_init_from_fits_the_stem_and_head_of_other_data(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    source = torchvision.models.resnet18(num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "rgb10.pt")
+    from adact.training.build import load_init_weights
+
+    target = torchvision.models.resnet18(num_classes=7)
+    target.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    head = target.fc.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"averaged conv1.weight over its 3 input channels.*head fc has 7 outputs"):
+        load_init_weights(target, tmp_path / "rgb10.pt")
+    torch.testing.assert_close(target.conv1.weight, source.conv1.weight.mean(1, keepdim=True))
+    assert torch.equal(target.fc.weight, head) and torch.equal(target.layer4[1].conv2.weight, source.layer4[1].conv2.weight)

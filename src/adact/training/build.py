@@ -9,6 +9,7 @@ search on that dataset shares the same splits.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
         raise UserError(f"--init-from {path}: not a state dict or an adact checkpoint (a dict of tensors, or one "
                         f"with the tensors under 'model')")
     own = model.state_dict()
+    state = _fit_stem_and_head(model, dict(state), own, path)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})" for k in own
@@ -209,6 +211,36 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
                         + ". It must come from the same architecture before adactify (a baseline run's "
                           "best.pt, or the model's own state_dict)")
     model.load_state_dict(state)
+
+
+def _fit_stem_and_head(model: nn.Module, state: dict[str, Any], own: dict[str, Any], path: str | Path
+                       ) -> dict[str, Any]:
+    """Fine-tuning on other data: as with pretrained torchvision/timm weights (:func:`adact.model_zoo.create_model`),
+    the first conv's filters are averaged over their input channels when the images have other
+    channels, and the last linear layer (the head) keeps its fresh initialisation when the classes
+    differ. Both are said in a warning; any other difference stays an error."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    said = []
+    if convs:
+        key = f"{convs[0][0]}.weight"
+        w = state.get(key)
+        if isinstance(w, torch.Tensor) and w.dim() == 4 and key in own and w.shape[1] != own[key].shape[1] \
+                and w.shape[0] == own[key].shape[0] and w.shape[2:] == own[key].shape[2:]:
+            state[key] = w.mean(1, keepdim=True).expand_as(own[key]).clone()
+            said.append(f"averaged {key} over its {w.shape[1]} input channels ({own[key].shape[1]} here)")
+    if linears:
+        head = linears[-1][0]
+        keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in state and k in own]
+        if keys and state[keys[0]].shape[0] != own[keys[0]].shape[0]:
+            theirs, ours = state[keys[0]].shape[0], own[keys[0]].shape[0]
+            for k in keys:
+                state[k] = own[k]
+            said.append(f"the head {head} has {ours} outputs here and {theirs} in the file: it keeps its own "
+                        f"new initialisation")
+    if said:
+        warnings.warn(f"--init-from {path}: " + "; ".join(said), stacklevel=3)
+    return state
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
