@@ -30,7 +30,7 @@ from adact.errors import UserError
 from adact.surgery import adactify, optimize
 
 __all__ = ["CausalLM", "check_input", "check_language_model", "create_language_model", "create_model",
-           "with_activation"]
+           "fit_stem_and_head", "with_activation"]
 
 def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     import torchvision
@@ -137,6 +137,11 @@ def _set(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
 
 
+def _mean_over_inputs(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Pretrained conv filters for another number of input channels: their mean over the old ones."""
+    return weight.mean(1, keepdim=True).expand_as(like).clone()
+
+
 def _adapt(model: nn.Module, num_classes: int, in_channels: int) -> nn.Module:
     """Resize the first conv's inputs and the last linear layer's outputs where they differ."""
     stem = _first(model, nn.Conv2d)
@@ -145,7 +150,7 @@ def _adapt(model: nn.Module, num_classes: int, in_channels: int) -> nn.Module:
         new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
                         conv.padding, conv.dilation, 1, conv.bias is not None, conv.padding_mode)
         with torch.no_grad():  # keep pretrained filters: their mean over the old input channels
-            new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
+            new.weight.copy_(_mean_over_inputs(conv.weight, new.weight))
             if conv.bias is not None:
                 new.bias.copy_(conv.bias)  # type: ignore[union-attr]
         _set(model, path, new)
@@ -154,6 +159,34 @@ def _adapt(model: nn.Module, num_classes: int, in_channels: int) -> nn.Module:
         path, lin = head
         _set(model, path, nn.Linear(lin.in_features, num_classes, bias=lin.bias is not None))
     return model
+
+
+def fit_stem_and_head(model: nn.Module, state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Fit a state dict from other data to ``model`` the way :func:`create_model` fits pretrained weights.
+
+    The stem (the first ``nn.Conv2d``) gets the file's filters averaged over their input channels
+    when the two differ in input channels only; the head (the last ``nn.Linear``) keeps the
+    model's own fresh weights when the two differ in outputs (classes). Returns the fitted dict and
+    one sentence per change, for a warning; any other difference is left for the caller to refuse.
+    """
+    own = model.state_dict()
+    said: list[str] = []
+    stem = _first(model, nn.Conv2d)
+    key = f"{stem[0]}.weight" if stem is not None else ""
+    w = state.get(key)
+    if isinstance(w, torch.Tensor) and w.dim() == 4 and key in own and w.shape[1] != own[key].shape[1] \
+            and w.shape[0] == own[key].shape[0] and w.shape[2:] == own[key].shape[2:]:
+        state[key] = _mean_over_inputs(w, own[key])
+        said.append(f"averaged {key} over its {w.shape[1]} input channels ({own[key].shape[1]} here)")
+    head = _first(model, nn.Linear, last=True)
+    keys = [k for k in (f"{head[0]}.weight", f"{head[0]}.bias") if k in state and k in own] if head else []
+    if keys and state[keys[0]].shape[0] != own[keys[0]].shape[0]:
+        theirs, ours = state[keys[0]].shape[0], own[keys[0]].shape[0]
+        for k in keys:
+            state[k] = own[k]
+        said.append(f"the head {head[0]} has {ours} outputs here and {theirs} in the file: it keeps its own "
+                    f"new initialisation")
+    return state, said
 
 
 def create_model(spec: str, *, num_classes: int, in_channels: int, pretrained: bool = False) -> nn.Module:

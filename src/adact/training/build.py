@@ -8,7 +8,6 @@ search on that dataset shares the same splits.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -17,14 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from adact.choice import adact_units
 from adact.config import BASELINE, DEVICES, ModelSpec, TrainConfig
 from adact.data import DataSplits, load_dataset
 from adact.data.text import TextData, load_text
 from adact.dataspec import DatasetSpec
 from adact.errors import UserError
 from adact.gpt import GPT
-from adact.model_zoo import check_input, check_language_model, create_language_model, create_model, with_activation
+from adact.model_zoo import (
+    check_input,
+    check_language_model,
+    create_language_model,
+    create_model,
+    fit_stem_and_head,
+    with_activation,
+)
 from adact.models import ConvNet
 from adact.runs.checkpoint import read_checkpoint, read_weights
 
@@ -167,8 +172,9 @@ def _converted(spec: ModelSpec, act: str | list[str], load_init: bool) -> nn.Mod
     if isinstance(act, str) and act in base:
         act = BASELINE
     if isinstance(act, str) and act not in ("adact", BASELINE):
-        sites = len(adact_units(with_activation(copy.deepcopy(model), "adact", example_inputs=example)))
-        act = [act] * sites
+        # Only the ConvNet and the GPT take one name (a named model's baselines come as per-site
+        # lists, see adact.experiments.plan): one activation per block.
+        act = [act] * (len(spec.channels) if spec.is_convnet else spec.n_layer)
     model = with_activation(model, act, granularity=spec.granularity, fused=spec.fused, example_inputs=example,
                             candidates=spec.candidates, init="original" if spec.warm_start else "mixture",
                             channel_dim=-1 if spec.is_language_model and spec.granularity == "channel" else None)
@@ -195,7 +201,9 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
         raise UserError(f"--init-from {path}: not a state dict or an adact checkpoint (a dict of tensors, or one "
                         f"with the tensors under 'model')")
     own = model.state_dict()
-    state = _fit_stem_and_head(model, dict(state), own, path)
+    state, said = fit_stem_and_head(model, dict(state))
+    if said:
+        warnings.warn(f"--init-from {path}: " + "; ".join(said), stacklevel=2)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})" for k in own
@@ -211,36 +219,6 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
                         + ". It must come from the same architecture before adactify (a baseline run's "
                           "best.pt, or the model's own state_dict)")
     model.load_state_dict(state)
-
-
-def _fit_stem_and_head(model: nn.Module, state: dict[str, Any], own: dict[str, Any], path: str | Path
-                       ) -> dict[str, Any]:
-    """Fine-tuning on other data: as with pretrained torchvision/timm weights (:func:`adact.model_zoo.create_model`),
-    the first conv's filters are averaged over their input channels when the images have other
-    channels, and the last linear layer (the head) keeps its fresh initialisation when the classes
-    differ. Both are said in a warning; any other difference stays an error."""
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    said = []
-    if convs:
-        key = f"{convs[0][0]}.weight"
-        w = state.get(key)
-        if isinstance(w, torch.Tensor) and w.dim() == 4 and key in own and w.shape[1] != own[key].shape[1] \
-                and w.shape[0] == own[key].shape[0] and w.shape[2:] == own[key].shape[2:]:
-            state[key] = w.mean(1, keepdim=True).expand_as(own[key]).clone()
-            said.append(f"averaged {key} over its {w.shape[1]} input channels ({own[key].shape[1]} here)")
-    if linears:
-        head = linears[-1][0]
-        keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in state and k in own]
-        if keys and state[keys[0]].shape[0] != own[keys[0]].shape[0]:
-            theirs, ours = state[keys[0]].shape[0], own[keys[0]].shape[0]
-            for k in keys:
-                state[k] = own[k]
-            said.append(f"the head {head} has {ours} outputs here and {theirs} in the file: it keeps its own "
-                        f"new initialisation")
-    if said:
-        warnings.warn(f"--init-from {path}: " + "; ".join(said), stacklevel=3)
-    return state
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -152,7 +152,7 @@ def discretization_gap(model: nn.Module, train_batches: Iterable[tuple[Tensor, T
 def best_epoch_gap(run: RunFolder, spec: ModelSpec, device: torch.device, train_loader: DeviceLoader,
                    test_loader: DeviceLoader, bf16: bool, task: Task | None = None) -> dict[str, Any]:
     """The discretization gap of the best epoch's model (best.pt), for result.json."""
-    model = build_model(spec).to(device)
+    model = build_model(spec, load_init=False).to(device)  # best.pt holds every weight: --init-from is not read
     ckpt = read_checkpoint(run.best, device)
     model.load_state_dict(ckpt["model"])
     return _epoch_gap(model, ckpt["epoch"], train_loader, test_loader, bf16, task)

@@ -96,7 +96,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
             if result_lacks_gap(prev, run.path):
                 return add_missing_gap(config, run, prev, train_set, data, device)
             return prev
-        return _run(config, run, data, train_set, model, spec, device, quiet, sync_bn)
+        return _run(config, task, run, data, train_set, model, spec, device, quiet, sync_bn)
 
 
 def _finished(run: RunFolder, config: TrainConfig) -> dict[str, Any] | None:
@@ -105,12 +105,13 @@ def _finished(run: RunFolder, config: TrainConfig) -> dict[str, Any] | None:
     return result if result is not None and result["status"] == "done" else None
 
 
-def _run(config: TrainConfig, run: RunFolder, data: Any, train_set: Any, model: nn.Module, spec: ModelSpec,
+def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: Any, model: nn.Module, spec: ModelSpec,
          device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
     write = distributed.writer()  # [distributed] rank 0 writes files and prints; a single process always
     quiet = quiet or not write
-    task = task_for(config)
     m = task.metric  # "acc": the columns are train_acc, test_acc, val_acc
+    # A task whose metric is its loss (language modelling) needs no count: the loop sums the loss itself.
+    counts = m != "loss"
     opt = _optimizer(model, config)
     # Each group's own peak lr (the AdAct logits' may be scaled by adact_lr_mult), taken before a
     # checkpoint's state is loaded: the warm-up/cosine factor multiplies these every step.
@@ -179,7 +180,8 @@ def _run(config: TrainConfig, run: RunFolder, data: Any, train_set: Any, model: 
             opt.step()
             step += 1
             loss_sum += batch_loss.item() * loaders.train.global_batch  # the task's loss only, as without a penalty
-            counted += task.count(out, y)
+            if counts:
+                counted += task.count(out, y)
             seen += loaders.train.global_batch
             if bar is not None:
                 bar.update(1)
@@ -201,7 +203,7 @@ def _run(config: TrainConfig, run: RunFolder, data: Any, train_set: Any, model: 
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
-            **({f"train_{m}": counted / seen} if m != "loss" else {}),
+            **({f"train_{m}": counted / seen} if counts else {}),
             "test_loss": test_loss,
             f"test_{m}": test_metric,
             "val_loss": val_loss,
