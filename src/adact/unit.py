@@ -171,9 +171,6 @@ class AdAct(nn.Module):
         self.gate: nn.Parameter | None
         if self.original is not None:
             self.gate = nn.Parameter(torch.zeros(self.num_channels or 1))
-            onehot = torch.zeros(len(names))
-            onehot[names.index(self.original)] = 1.0
-            self.register_buffer("_onehot", onehot, persistent=False)
         else:
             self.register_parameter("gate", None)
         self.reset_parameters()
@@ -211,7 +208,10 @@ class AdAct(nn.Module):
         g = self.gate + (self.gate.clamp(0.0, 1.0) - self.gate).detach()
         if z.dim() == 2:
             g = g.unsqueeze(-1)  # (C, 1): one gate per channel's mixture
-        return (1.0 - g) * self._onehot.to(z.dtype) + g * mixture_weights(z)  # (K,) or (C, K)
+        assert self.original is not None
+        onehot = torch.zeros(z.shape[-1], dtype=z.dtype, device=z.device)  # (K,): the original's own weight
+        onehot[self.candidates.index(self.original)] = 1.0
+        return (1.0 - g) * onehot + g * mixture_weights(z)  # (K,) or (C, K)
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy's buffer starts a new version count: the cache must not travel with it.

@@ -25,18 +25,8 @@ from adact.runs.io import read_json
 from adact.runs.manifest import load_manifest
 from adact.training.build import load_checkpoint
 
-__all__ = ["METRICS", "RunRecord", "WeightHistory", "checkpoint_weights", "collect", "read_weight_history",
+__all__ = ["RunRecord", "WeightHistory", "checkpoint_weights", "collect", "read_weight_history",
            "run_weights"]
-
-
-#: selection id -> (an image run's result.json key, human title). The keys are accuracy's: read a
-#: run's value with :meth:`RunRecord.value`, which takes the key from the run's own metric
-#: (:class:`~adact.reporting.metric.Metric`); the titles a report shows come from ``Metric.selection_title``.
-METRICS: dict[str, tuple[str, str]] = {
-    "best": ("best_test_acc", "best-on-test (the paper's selection, optimistic)"),
-    "final": ("final_test_acc", "final epoch (no selection)"),
-    "val": ("val_selected_test_acc", "validation-selected epoch (honest selection)"),
-}
 
 
 @dataclass

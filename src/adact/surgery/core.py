@@ -267,8 +267,8 @@ def _report(
 ) -> AdactifyReport:
     order = {path: i for i, (path, _) in enumerate(root.named_modules(remove_duplicate=False))}
     sites = sorted(sites, key=lambda s: order.get(s.path, len(order)))
-    units = {id(u): u for u in (root.get_submodule(s.path) for s in sites)}
     site_units = [root.get_submodule(s.path) for s in sites]
+    units = {id(u): u for u in site_units}
     originals = tuple(u.original for u in site_units if isinstance(u, AdAct) and u.original is not None)
     config = root.__dict__.get(CONFIG_ATTR) or {}
     pool = set(config.get("candidates", ()))

@@ -82,10 +82,6 @@ def share_pool(units: Sequence[AdAct], candidates: Sequence[str]) -> None:
         unit.logits = nn.Parameter(like.new_empty(*like.shape[:-1], len(pool)))
         if "prelu" in pool and unit.prelu_weight is None:
             unit.prelu_weight = nn.Parameter(like.new_empty(unit.num_channels or 1))
-        onehot = like.new_zeros(len(pool))
-        if unit.original is not None:
-            onehot[pool.index(unit.original)] = 1.0
-            unit._onehot = onehot
         unit.reset_parameters()
         if slope is not None and unit.prelu_weight is not None:
             with torch.no_grad():
