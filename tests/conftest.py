@@ -19,6 +19,25 @@ import adact.runs.io
 from adact.data import DataSplits
 
 
+def cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``adact ARGV``; it must fail as a user error: exit status 2 and one ``adact: error:`` line."""
+    from adact.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("adact: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: tiny runs are latency-bound, and spare threads only spin on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     """Every test starts from the same RNG state, so random inputs are reproducible."""

@@ -14,20 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import kill_orphans, wait_until_dead
+from conftest import cli_error, kill_orphans, wait_until_dead
 
 from adact.cli import main
 from adact.errors import UserError
 
 TINY = ["--channels", "4", "8", "8", "8", "--max-train-samples", "128", "--epochs", "2", "--reference",
         "--device", "cpu", "--quiet"]
-
-
-def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("adact: error: ") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["reproduce", "--help"], ["train", "--help"], ["analyze", "--help"]])
@@ -66,13 +59,13 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     ([], "the following arguments are required: COMMAND"),
 ])
 def test_bad_arguments_are_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert message in _error(capsys, argv)
+    assert message in cli_error(capsys, argv)
 
 
 def test_analyze_rejects_a_folder_that_is_no_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert "not a run folder" in _error(capsys, ["analyze", str(tmp_path)])
+    assert "not a run folder" in cli_error(capsys, ["analyze", str(tmp_path)])
     (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
-    assert "adact: error:" in _error(capsys, ["analyze", str(tmp_path / "best.pt")])
+    assert "adact: error:" in cli_error(capsys, ["analyze", str(tmp_path / "best.pt")])
 
 
 def test_console_script_exit_status() -> None:
@@ -125,7 +118,7 @@ def test_train_then_analyze_run_folder_and_checkpoint(tmp_path: Path, capsys: py
     assert table[0] == table[1] and "discretization gap: mixture" in table[0]
     assert (published / "weights.png").read_bytes()[:4] == b"\x89PNG" and (published / "trajectories.png").is_file()
     (published / "result.json").write_text('{"status": "done"}')
-    assert "is not the result.json of an `adact train` run" in _error(capsys, ["analyze", str(published)])
+    assert "is not the result.json of an `adact train` run" in cli_error(capsys, ["analyze", str(published)])
 
 
 def test_train_fixed_activations_and_divergence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,7 +141,7 @@ def test_reproduce_and_analyze_its_folder(tmp_path: Path, capsys: pytest.Capture
     (out / "report.md").unlink()
     assert main(["analyze", str(out)]) == 0
     assert "Table 1" in capsys.readouterr().out and (out / "report.md").is_file()
-    assert "a reproduce folder is re-rendered in place" in _error(capsys, ["analyze", str(out), "--out", "x"])
+    assert "a reproduce folder is re-rendered in place" in cli_error(capsys, ["analyze", str(out), "--out", "x"])
     # Each choice's confidence records the learned PReLU slope; a PReLU choice whose slope went
     # negative is flagged in the printed summary and in choices.md.
     result_path = next(out.glob("*/seed0/adact/result.json"))
@@ -219,10 +212,10 @@ def test_bad_data_fails_before_any_file_is_written(tmp_path: Path, capsys: pytes
     huge = _digits_npz(tmp_path / "huge.npz", y_train=y_train)
     empty = _digits_npz(tmp_path / "empty.npz", x_test=x_test[:0], y_test=np.zeros(0, dtype=np.int64))
     out = tmp_path / "out"
-    assert "label 1000000000 would mean 1,000,000,001 classes" in _error(
+    assert "label 1000000000 would mean 1,000,000,001 classes" in cli_error(
         capsys, ["train", "--dataset", f"npz:{huge}", "--out", str(out), *TINY])
-    assert "x_test is empty" in _error(capsys, ["train", "--dataset", f"npz:{empty}", "--out", str(out), *TINY])
-    assert "kernel_size 99 is larger than the 16x16 input images" in _error(
+    assert "x_test is empty" in cli_error(capsys, ["train", "--dataset", f"npz:{empty}", "--out", str(out), *TINY])
+    assert "kernel_size 99 is larger than the 16x16 input images" in cli_error(
         capsys, ["train", "--kernel-size", "99", "--out", str(out), *TINY])
     assert not out.exists()
 
@@ -233,19 +226,19 @@ def test_reproduce_on_a_missing_device_leaves_nothing_behind(tmp_path: Path,
     out = tmp_path / "rep"
     argv = ["reproduce", "--out", str(out), "--seeds", "0", *TINY]
     argv[argv.index("cpu")] = "cuda"
-    assert "CUDA is not available" in _error(capsys, argv)
+    assert "CUDA is not available" in cli_error(capsys, argv)
     assert not out.exists()
 
 
 def test_unwritable_out_folders_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    err = _error(capsys, ["train", "--out", str(a_file), *TINY])
+    err = cli_error(capsys, ["train", "--out", str(a_file), *TINY])
     assert err == f"adact: error: cannot write {a_file}: exists and is not a folder; a file is in the way; " \
                   f"choose another --out folder, or move the file"
-    err = _error(capsys, ["train", "--out", str(a_file / "run"), *TINY])
+    err = cli_error(capsys, ["train", "--out", str(a_file / "run"), *TINY])
     assert f"cannot write {a_file / 'run'}: Not a directory; a part of the path is a file" in err
-    err = _error(capsys, ["train", "--out", "/proc/adact-test", *TINY])
+    err = cli_error(capsys, ["train", "--out", "/proc/adact-test", *TINY])
     assert "cannot write /proc/adact-test" in err and "only the kernel makes files under /proc" in err
     assert a_file.read_text() == "x"
 
@@ -259,7 +252,7 @@ def test_failed_writes_are_one_line_and_leave_no_half_file(tmp_path: Path, capsy
                                                            fail_writes: Any, err: int, hint: str) -> None:
     run = tmp_path / "run"
     fail_writes(lambda name: name == "metrics.csv", err)
-    message = _error(capsys, ["train", "--out", str(run), *TINY])
+    message = cli_error(capsys, ["train", "--out", str(run), *TINY])
     assert message == f"adact: error: cannot write {run / 'metrics.csv'}: {hint}" + message.split(hint, 1)[1]
     assert not (run / "metrics.csv").exists() and not list(run.glob(".*.tmp"))
     fail_writes(lambda name: False)
@@ -270,7 +263,7 @@ def test_second_writer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     from adact.runs.io import folder_lock
 
     with folder_lock(tmp_path):  # held by this process, through another open file: flock refuses it too
-        err = _error(capsys, ["train", "--out", str(tmp_path), *TINY])
+        err = cli_error(capsys, ["train", "--out", str(tmp_path), *TINY])
     assert f"{tmp_path} is being written by process {os.getpid()}" in err
 
 
@@ -282,8 +275,8 @@ def test_analyze_refuses_a_checkpoint_with_a_payload(tmp_path: Path, capsys: pyt
     ckpt["best"]["note"] = _Touch(marker)
     torch.save(ckpt, run / "best.pt")
     capsys.readouterr()
-    assert "best.pt was refused: it holds the Python object" in _error(capsys, ["analyze", str(run)])
-    assert "best.pt was refused" in _error(capsys, ["analyze", str(run / "best.pt")])
+    assert "best.pt was refused: it holds the Python object" in cli_error(capsys, ["analyze", str(run)])
+    assert "best.pt was refused" in cli_error(capsys, ["analyze", str(run / "best.pt")])
     assert not marker.exists()
 
 
@@ -308,7 +301,7 @@ def test_resume_from_a_truncated_last_pt_warns_in_one_line(tmp_path: Path, capsy
     (run / "result.json").unlink()
     (run / "last.pt").write_bytes(b"")
     (run / "last.prev.pt").write_bytes(b"")
-    err = _error(capsys, ["train", "--out", str(run), *TINY])
+    err = cli_error(capsys, ["train", "--out", str(run), *TINY])
     assert "cannot resume the run in" in err and "--restart" in err
     assert main(["train", "--out", str(run), "--restart", *TINY]) == 0
 
@@ -317,7 +310,7 @@ def test_damaged_json_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rep = tmp_path / "rep"
     rep.mkdir()
     (rep / "reproduce.json").write_text('{"format": "adact-reproduce-1", "config": {')
-    err = _error(capsys, ["analyze", str(rep)])
+    err = cli_error(capsys, ["analyze", str(rep)])
     assert f"{rep / 'reproduce.json'} is not valid JSON" in err
 
 

@@ -26,6 +26,7 @@ from adact.training.build import load_checkpoint
 from adact.training.loop import lr_factor, train
 from adact.training.task import LanguageModelling, evaluate_tokens, task_for
 from adact.unit import AdAct
+from conftest import cli_error
 
 #: A GPT small enough for tens of CPU steps in about a second.
 TINY_GPT: dict[str, Any] = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "device": "cpu", "fused": False}
@@ -34,13 +35,7 @@ WORDS = ("the", "king", "queen", "shall", "not", "speak", "of", "what", "is", "d
          "—", "and", "to", "be", "thou", "art")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """One torch thread: these tiny runs are latency-bound, and spare threads only spin on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 def _make_text(n_chars: int = 4000, seed: int = 0) -> str:
@@ -62,13 +57,6 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _rows(run: Path) -> list[dict[str, str]]:
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("adact: error: ") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 # --- 1. text loading ---------------------------------------------------------------------------
@@ -157,7 +145,7 @@ def test_cli_bad_text_files_are_one_line_errors(content: bytes, words: str, tmp_
                   "--quiet", "--out", str(tmp_path / "run")],
                  ["search", "--dataset", f"text:{path}", "--max-iters", "2", "--eval-interval", "1", "--device", "cpu",
                   "--seeds", "0", "--jobs", "1", "--quiet", "--out", str(tmp_path / "search")]):
-        err = _error(capsys, argv)
+        err = cli_error(capsys, argv)
         assert str(path) in err and words in err, err
     assert not (tmp_path / "run").exists() and not (tmp_path / "search").exists()  # refused before writing
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import adact.experiments.workers
@@ -68,13 +67,7 @@ def build(num_classes=10, in_channels=3):
 '''
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """One torch thread: these tiny runs are latency-bound, and spare threads only spin on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
