@@ -203,3 +203,59 @@ def test_inductor_compiled_training_step_matches_eager(op: native_op.NativeOp) -
     torch.testing.assert_close(y_c, y_e, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads_c, (p.grad for p in model.parameters())):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _native_here() -> None:
+    if dispatch.explain("cpu", torch.float32)[0] != "native":
+        pytest.skip("auto does not pick the native kernels on this machine")
+
+
+def test_a_units_cached_op_follows_the_environment_mode_and_dtype(
+    op: native_op.NativeOp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unit keeps the dispatcher's answer between calls, and drops it when anything it depends on changes."""
+    from adact import adact_reference
+
+    _native_here()
+    m, x = AdAct().eval(), torch.randn(4, 8, 16, requires_grad=True)
+    with torch.no_grad():
+        m.logits.normal_()
+    want = adact_reference(x, m.logits, m.prelu_weight, NAMES, False)
+    assert "MixFunction" in m(x).grad_fn.name()
+    monkeypatch.setenv(dispatch.ENV_VAR, "off")  # at the very next call: the reference sum
+    y = m(x)
+    assert "MixFunction" not in y.grad_fn.name()
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    monkeypatch.setenv(dispatch.ENV_VAR, "eager")
+    assert "MixFunction" not in m(x).grad_fn.name()
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    y = m(x)
+    assert "MixFunction" in y.grad_fn.name()
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+    m.train()  # the training problem: RReLU noise, drawn from the seed
+    torch.manual_seed(0)
+    a = m(x)
+    torch.manual_seed(1)
+    assert "MixFunction" in a.grad_fn.name() and not torch.equal(a, m(x))
+    m.double()  # float64 parameters and inputs: the eager kernels, not the float32 op
+    y64 = m(x.double())
+    assert y64.dtype == torch.float64 and "MixFunction" not in y64.grad_fn.name()
+
+
+def test_a_units_cached_op_is_dropped_by_reset_and_copies(op: native_op.NativeOp) -> None:
+    import copy
+    import pickle
+
+    _native_here()
+    m, x = AdAct().train(), torch.randn(2, 8, requires_grad=True)
+    m(x)
+    epoch = dispatch.epoch()
+    dispatch.reset_kernels()
+    assert dispatch.epoch() != epoch
+    assert "MixFunction" in m(x).grad_fn.name()  # decided again, same answer
+    for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert "_direct" not in twin.__dict__
+        torch.manual_seed(3)
+        a = twin(x)
+        torch.manual_seed(3)
+        torch.testing.assert_close(a, m(x), rtol=0, atol=0)

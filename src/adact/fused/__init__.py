@@ -28,12 +28,15 @@ import torch
 from torch import Tensor
 
 from adact.fused.autograd import apply_fused
-from adact.fused.backends import FUSED_DTYPES, NATIVE, REFERENCE
-from adact.fused.dispatch import choose, fused_backend
+from adact.fused.backends import FUSED_DTYPES, NATIVE, REFERENCE, DirectCall
+from adact.fused.dispatch import choose, epoch, fused_backend
 from adact.fused.inductor import FUSED_CANDIDATES
-from adact.fused.keys import DispatchKey, Env, current_env, dispatch_key
+from adact.fused.keys import DispatchKey, Env, current_env, dispatch_key, raw_env
 
-__all__ = ["FUSED_CANDIDATES", "FUSED_DTYPES", "adact_fused", "fused_backend", "fused_supported"]
+__all__ = [
+    "FUSED_CANDIDATES", "FUSED_DTYPES", "DirectCall", "adact_fused", "call_state", "direct_call", "fused_backend",
+    "fused_supported",
+]  # fmt: skip
 
 _SEED_RANGE = 2**31  # seeds are non-negative int32
 
@@ -72,6 +75,35 @@ def _route_when_traced(*fields: object) -> int:
 
 # The native op always takes a slope; a pool without PReLU ignores it.
 _UNUSED_SLOPE = torch.zeros(1)
+
+
+def call_state() -> tuple[object, ...]:
+    """What a :func:`direct_call` answer depends on besides the unit and the input's dtype and device:
+    the raw ``ADACT_FUSED``/``ADACT_NATIVE_ISA`` and the dispatcher's decisions (a cheap snapshot).
+
+    A unit may keep a :func:`direct_call` answer while this (and its own inputs' kind) is unchanged.
+    """
+    return raw_env(), epoch()
+
+
+def direct_call(
+    x: Tensor, logits: Tensor, prelu_weight: Tensor | None, candidates: Sequence[str], training: bool
+) -> DirectCall | None:
+    """The torch op :func:`adact_fused` runs eagerly for calls like this one, if it runs one (the native op).
+
+    The answer, ``call(x, logits, prelu_weight)`` (``prelu_weight`` may be None), is
+    :func:`adact_fused` minus its per-call dispatch: :class:`adact.AdAct` keeps it for as long as
+    :func:`call_state` and its input's kind stay the same. None: call :func:`adact_fused`.
+    """
+    direct = choose(dispatch_key(x, logits, prelu_weight, tuple(candidates), training)).direct
+    if direct is None:
+        return None
+    op = direct
+
+    def call(x: Tensor, logits: Tensor, prelu_weight: Tensor | None) -> Tensor:
+        return op(x, logits, _UNUSED_SLOPE if prelu_weight is None else prelu_weight)
+
+    return call
 
 
 def adact_fused(

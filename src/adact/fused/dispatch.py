@@ -61,7 +61,7 @@ from adact.fused.keys import (
 )
 
 __all__ = [
-    "BACKENDS", "ENV_VAR", "Choice", "DispatchKey", "FusedKernelKey", "Rejection", "backward", "choose", "explain",
+    "BACKENDS", "ENV_VAR", "Choice", "DispatchKey", "FusedKernelKey", "Rejection", "backward", "choose", "epoch", "explain",
     "forward", "fused_backend", "reset_kernels",
 ]  # fmt: skip
 
@@ -87,6 +87,9 @@ class Choice(NamedTuple):
 
 
 _choices: dict[DispatchKey, Choice] = {}
+# Counts the times _choices was emptied: a copy of a decision held elsewhere (a unit's cached
+# direct call, see adact.fused.call_state) is valid only while this has not moved.
+_epoch = [0]
 _warned: set[int] = set()  # ids of the failures already warned about (each once, whatever the key)
 _lock = threading.Lock()
 
@@ -100,8 +103,18 @@ def reset_kernels() -> None:
     """Forget compiled kernels, native builds, calibrations, past failures and every cached decision."""
     with _lock:
         forget()
-        _choices.clear()
+        _drop_decisions()
         _warned.clear()
+
+
+def _drop_decisions() -> None:
+    _choices.clear()
+    _epoch[0] += 1
+
+
+def epoch() -> int:
+    """A number that changes whenever the cached decisions are dropped (a reset, a backend failure)."""
+    return _epoch[0]
 
 
 def choose(key: DispatchKey) -> Choice:
@@ -170,7 +183,7 @@ def _run(key: DispatchKey, call: Callable[[FusedBackend], _T]) -> _T:
             return call(backend)
         except BackendFailed:
             with _lock:  # the backend recorded its failure: every key is decided again
-                _choices.clear()
+                _drop_decisions()
     raise AssertionError("unreachable: the eager kernels never fail to build")
 
 
