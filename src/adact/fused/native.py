@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -167,18 +167,25 @@ def build_native(
     return _build(cache_dir, _attempts(isa) if attempts is None else attempts)[0]
 
 
-def _build(cache_dir: Path | None, attempts: Sequence[tuple[str, ...]]) -> tuple[Path, tuple[str, ...]]:
-    """The library's path and the flags it was built with."""
-    cxx = _compiler()
-    source = _SOURCE.read_bytes()
+def compile_cached(
+    prefix: str, cache_dir: Path | None, attempts: Sequence[tuple[bytes, Callable[[str], list[str]]]], what: str,
+    timeout: float,
+) -> tuple[Path, int]:
+    """Find or build a shared library in the cache: the first of ``attempts`` that compiles wins.
+
+    Each attempt is ``(key, argv)``: ``key`` names the file (``{prefix}_{sha256(key)[:20]}.so``,
+    so a build is reused exactly when everything in its key is the same) and ``argv(out)`` is the
+    compiler's command line writing to ``out``. Returns the library's path and the attempt's index.
+
+    Raises:
+        NativeBuildError: the cache cannot be written, or every attempt failed (with the compiler's output).
+    """
     cache = cache_dir if cache_dir is not None else _cache_dir()
     errors = []
-    for extra in attempts:
-        flags = (*_FLAGS, *extra)
-        key = hashlib.sha256(b"\0".join([source, cxx.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
-        target = cache / f"adact_native_{key.hexdigest()[:20]}.so"
+    for index, (key, argv) in enumerate(attempts):
+        target = cache / f"{prefix}_{hashlib.sha256(key).hexdigest()[:20]}.so"
         if target.exists():
-            return target, flags
+            return target, index
         try:
             cache.mkdir(parents=True, exist_ok=True)
             # Compile to a private name, then rename: concurrent processes never load a partial file.
@@ -186,19 +193,33 @@ def _build(cache_dir: Path | None, attempts: Sequence[tuple[str, ...]]) -> tuple
             os.close(fd)
         except OSError as err:
             raise NativeBuildError(f"cannot write the kernel cache {cache} ({err}); set {CACHE_ENV_VAR}") from err
-        cmd = [cxx, *flags, "-o", tmp, str(_SOURCE)]
+        cmd = argv(tmp)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             if proc.returncode == 0:
                 os.replace(tmp, target)
-                return target, flags
-            errors.append(f"$ {' '.join(cmd)}\n{proc.stderr.strip()}")
+                return target, index
+            errors.append(f"$ {' '.join(cmd)}\n{proc.stderr.strip()[-3000:]}")
         except (OSError, subprocess.SubprocessError) as err:
             errors.append(f"$ {' '.join(cmd)}\n{err}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise NativeBuildError("compiling the native AdAct kernels failed:\n" + "\n\n".join(errors))
+    raise NativeBuildError(f"compiling {what} failed:\n" + "\n\n".join(errors))
+
+
+def _build(cache_dir: Path | None, attempts: Sequence[tuple[str, ...]]) -> tuple[Path, tuple[str, ...]]:
+    """The library's path and the flags it was built with."""
+    cxx = _compiler()
+    source = _SOURCE.read_bytes()
+    tries = [(*_FLAGS, *extra) for extra in attempts]
+
+    def argv(flags: tuple[str, ...]) -> Callable[[str], list[str]]:
+        return lambda out: [cxx, *flags, "-o", out, str(_SOURCE)]
+
+    keyed = [(b"\0".join([source, cxx.encode(), " ".join(f).encode(), _cpu_id().encode()]), argv(f)) for f in tries]
+    path, index = compile_cached("adact_native", cache_dir, keyed, "the native AdAct kernels", timeout=300)
+    return path, tries[index]
 
 
 def flag_bits(flags: KernelFlags) -> int:

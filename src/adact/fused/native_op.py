@@ -20,12 +20,9 @@ Fake kernels (for ``torch.compile``) are registered here, at load time.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
 import platform
-import subprocess
-import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,37 +66,15 @@ def build_op(cache_dir: Path | None = None) -> Path:
         NativeBuildError: no compiler, or it failed for every C++ standard tried (the message has its output).
     """
     cxx = native._compiler()
-    cache = cache_dir if cache_dir is not None else native._cache_dir()
     source = _SOURCE.read_bytes()
-    errors = []
-    for std in _STANDARDS:
-        flags = _flags(std)
-        key = hashlib.sha256(
-            b"\0".join([source, cxx.encode(), " ".join(flags).encode(), torch.__version__.encode(),
-                        str(torch.version.git_version).encode()])
-        )  # fmt: skip
-        target = cache / f"adact_op_{key.hexdigest()[:20]}.so"
-        if target.exists():
-            return target
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # renamed when whole: never half-loaded
-            os.close(fd)
-        except OSError as err:
-            raise native.NativeBuildError(f"cannot write the kernel cache {cache} ({err}); set {native.CACHE_ENV_VAR}") from err
-        cmd = [cxx, *flags[:2], str(_SOURCE), "-o", tmp, *flags[2:]]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            if proc.returncode == 0:
-                os.replace(tmp, target)
-                return target
-            errors.append(f"$ {' '.join(cmd)}\n{proc.stderr.strip()[-3000:]}")
-        except (OSError, subprocess.SubprocessError) as err:
-            errors.append(f"$ {' '.join(cmd)}\n{err}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise native.NativeBuildError("compiling the adact_native torch operator failed:\n" + "\n\n".join(errors))
+    version = [torch.__version__.encode(), str(torch.version.git_version).encode()]
+
+    def attempt(flags: list[str]) -> tuple[bytes, Callable[[str], list[str]]]:
+        key = b"\0".join([source, cxx.encode(), " ".join(flags).encode(), *version])
+        return key, lambda out: [cxx, *flags[:2], str(_SOURCE), "-o", out, *flags[2:]]
+
+    attempts = [attempt(_flags(std)) for std in _STANDARDS]
+    return native.compile_cached("adact_op", cache_dir, attempts, "the adact_native torch operator", timeout=600)[0]
 
 
 class NativeOp(NamedTuple):
