@@ -29,6 +29,26 @@ def cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return err
 
 
+def spy_on_backends(monkeypatch: pytest.MonkeyPatch, spied: tuple[object, ...]) -> list[str]:
+    """Log which fused backends run: ``"fwd:NAME"``/``"bwd:NAME"`` for each of ``spied`` and
+    ``"reference"`` for the reference sum, in the order they ran (a list the caller may clear)."""
+    from adact.fused import backends
+
+    log: list[str] = []
+    for backend in spied:
+        for method, tag in (("forward", "fwd"), ("backward", "bwd")):
+            real = getattr(backend, method)
+
+            def spy(*args: object, _real: Callable[..., object] = real, _tag: str = f"{tag}:{backend.name}") -> object:  # type: ignore[attr-defined]
+                log.append(_tag)
+                return _real(*args)
+
+            monkeypatch.setattr(backend, method, spy)
+    real_ref = backends.REFERENCE.forward
+    monkeypatch.setattr(backends.REFERENCE, "forward", lambda *a: log.append("reference") or real_ref(*a))
+    return log
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One torch thread: tiny runs are latency-bound, and spare threads only spin on a busy machine."""

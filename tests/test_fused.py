@@ -19,11 +19,20 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import spy_on_backends
 from torch import Tensor, nn
 
 from adact import DEFAULT_CANDIDATES, AdAct, adact_reference, fused
 from adact.fused import autograd as fused_autograd
-from adact.fused import backends, calibration, compiled, dispatch, inductor, keys, native
+from adact.fused import (
+    backends,
+    calibration,
+    compiled,
+    dispatch,
+    inductor,
+    keys,
+    native,
+)
 
 RRELU_LOWER, RRELU_UPPER = 1.0 / 8.0, 1.0 / 3.0
 TOL = {torch.float64: dict(rtol=1e-6, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -733,18 +742,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.
 @pytest.fixture
 def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the backends that ran, in order ("fwd:native", "bwd:native", "reference")."""
-    log: list[str] = []
-    for backend in (backends.NATIVE, backends.COMPILE, backends.EAGER):
-        for method, tag in (("forward", "fwd"), ("backward", "bwd")):
-            real = getattr(backend, method)
-
-            def spy(*args: object, _real: Any = real, _tag: str = f"{tag}:{backend.name}") -> object:
-                log.append(_tag)
-                return _real(*args)
-
-            monkeypatch.setattr(backend, method, spy)
-    real_ref = backends.REFERENCE.forward
-    monkeypatch.setattr(backends.REFERENCE, "forward", lambda *a: log.append("reference") or real_ref(*a))
+    log = spy_on_backends(monkeypatch, (backends.NATIVE, backends.COMPILE, backends.EAGER))
     real_direct = backends.NATIVE.direct
 
     def direct_spy(key: Any) -> Any:

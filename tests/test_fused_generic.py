@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import spy_on_backends
 from torch import Tensor, nn
 
 from adact import AdAct, adact_reference
@@ -291,19 +292,7 @@ def test_unsupported_layout_goes_to_the_reference() -> None:
 @pytest.fixture
 def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The generic backends that ran ("fwd:generic-eager", ...) and "reference", in order."""
-    log: list[str] = []
-    for backend in (backends.GENERIC_COMPILE, backends.GENERIC_EAGER):
-        for method, tag in (("forward", "fwd"), ("backward", "bwd")):
-            real = getattr(backend, method)
-
-            def spy(*args: object, _real: Any = real, _tag: str = f"{tag}:{backend.name}") -> object:
-                log.append(_tag)
-                return _real(*args)
-
-            monkeypatch.setattr(backend, method, spy)
-    real_ref = backends.REFERENCE.forward
-    monkeypatch.setattr(backends.REFERENCE, "forward", lambda *a: log.append("reference") or real_ref(*a))
-    return log
+    return spy_on_backends(monkeypatch, (backends.GENERIC_COMPILE, backends.GENERIC_EAGER))
 
 
 def test_what_runs_is_what_explain_says(monkeypatch: pytest.MonkeyPatch, ran: list[str]) -> None:

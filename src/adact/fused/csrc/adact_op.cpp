@@ -12,12 +12,19 @@
  *   adact_native::mix_backward(grad, x, logits, slope, seed?, problem) -> (gx, glogits, gslope)
  *   adact_native::register_problem(...) -> int
  *
- * The autograd node keeps x, the parameters and the seed, nothing else: the backward recomputes
- * the mixture and regenerates RReLU's noise from the seed. Fake (meta) kernels for torch.compile
+ * The autograd node (MixFunctionBackward, written out like the nodes torch generates for its own
+ * ops: a custom torch::autograd::Function costs about a microsecond more per call, a tenth of a
+ * small unit) keeps x, the parameters and the seed, nothing else: the backward recomputes the
+ * mixture and regenerates RReLU's noise from the seed. Fake (meta) kernels for torch.compile
  * are registered from Python (adact/fused/native_op.py). */
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/FunctionalTensorWrapper.h>
 #include <ATen/Parallel.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -181,47 +188,63 @@ std::tuple<Tensor, Tensor, Tensor> mix_backward_cpu(const Tensor &grad, const Te
     return {as_empty_like(gx, x, xk), glogits, gslope};
 }
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-class MixFunction : public torch::autograd::Function<MixFunction> {
-  public:
-    static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &logits,
-                          const Tensor &slope, const std::optional<Tensor> &seed, int64_t problem) {
-        static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("adact_native::mix", "").typed<decltype(mix_cpu)>();
-        Tensor y;
-        {
-            at::AutoDispatchBelowADInplaceOrView guard;
-            y = op.call(x, logits, slope, seed, problem);
-        }
-        ctx->save_for_backward({x, logits, slope, seed.value_or(Tensor())});
-        ctx->saved_data["problem"] = problem;
-        return y;
-    }
+using mix_op_t = decltype(mix_cpu);
+using mix_backward_op_t = decltype(mix_backward_cpu);
 
-    static variable_list backward(AutogradContext *ctx, variable_list grads) {
+c10::TypedOperatorHandle<mix_op_t> &mix_op() {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("adact_native::mix", "").typed<mix_op_t>();
+    return op;
+}
+
+struct MixFunctionBackward : public torch::autograd::Node {
+    SavedVariable x, logits, slope;
+    Tensor seed; /* int32, never differentiable: kept as it is */
+    int64_t problem = -1;
+
+    std::string name() const override { return "MixFunctionBackward"; }
+
+    variable_list apply(variable_list &&grads) override {
         static auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("adact_native::mix_backward", "")
-                             .typed<decltype(mix_backward_cpu)>();
-        variable_list saved = ctx->get_saved_variables();
-        std::optional<Tensor> seed;
-        if (saved[3].defined()) seed = saved[3];
-        Tensor grad = grads[0];
-        if (!grad.defined()) grad = at::zeros_like(saved[0]);
-        auto [gx, glogits, gslope] = op.call(grad, saved[0], saved[1], saved[2], seed, ctx->saved_data["problem"].toInt());
-        return {gx, glogits, gslope, Tensor(), Tensor()};
+                             .typed<mix_backward_op_t>();
+        Tensor xv = x.unpack(), lv = logits.unpack(), sv = slope.unpack();
+        Tensor grad = grads[0].defined() ? grads[0] : at::zeros_like(xv);
+        std::optional<Tensor> s;
+        if (seed.defined()) s = seed;
+        /* through the Autograd kernel: it refuses a double backward (create_graph=True) */
+        auto [gx, glogits, gslope] = op.call(grad, xv, lv, sv, s, problem);
+        return {gx, glogits, gslope};
+    }
+
+    void release_variables() override {
+        x.reset_data();
+        logits.reset_data();
+        slope.reset_data();
+        seed.reset();
     }
 };
 
 Tensor mix_autograd(const Tensor &x, const Tensor &logits, const Tensor &slope,
                     const std::optional<Tensor> &seed, int64_t problem) {
-    if (!at::GradMode::is_enabled() || !(x.requires_grad() || logits.requires_grad() || slope.requires_grad())) {
-        /* Nothing to differentiate (eval, no_grad): skip building an autograd node. */
-        static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("adact_native::mix", "").typed<decltype(mix_cpu)>();
+    Tensor y;
+    {
         at::AutoDispatchBelowADInplaceOrView guard;
-        return op.call(x, logits, slope, seed, problem);
+        y = mix_op().call(x, logits, slope, seed, problem);
     }
-    return MixFunction::apply(x, logits, slope, seed, problem);
+    /* Nothing to differentiate (eval, no_grad, inference mode): no node at all. */
+    if (!torch::autograd::compute_requires_grad(x, logits, slope)) return y;
+    auto node = c10::make_intrusive<MixFunctionBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x, logits, slope));
+    node->x = SavedVariable(x, false);
+    node->logits = SavedVariable(logits, false);
+    node->slope = SavedVariable(slope, false);
+    node->seed = seed.value_or(Tensor());
+    node->problem = problem;
+    torch::autograd::set_history(y, node);
+    return y;
 }
 
 /* The backward is itself a fused kernel with no derivative: say so rather than return a silently
@@ -240,12 +263,30 @@ std::tuple<Tensor, Tensor, Tensor> mix_backward_autograd(const Tensor &grad, con
     return op.call(grad, x, logits, slope, seed, problem);
 }
 
+/* The seed torch.randint(0, 2**31, (), dtype=torch.int32) would draw: its CPU kernel takes one
+ * 64-bit draw of the generator (any range of 2**28 or more), modulo the range. Drawn here directly (a tenth of a microsecond
+ * instead of a dispatched randint's one and a half) for real CPU tensors; while tracing (fake
+ * or functional tensors, a dispatch mode) randint itself, so the graph has the random op. */
+Tensor draw_seed(const Tensor &x) {
+    bool real = x.is_cpu() && !x.unsafeGetTensorImpl()->is_python_dispatch() &&
+                !at::functionalization::impl::isFunctionalTensor(x) && c10::impl::TorchDispatchModeTLS::stack_len() == 0;
+    if (!real) return at::randint(0, (int64_t)1 << 31, {}, x.options().dtype(at::kInt));
+    auto gen = at::detail::getDefaultCPUGenerator();
+    uint64_t bits;
+    {
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        bits = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+    }
+    Tensor seed = at::empty({}, x.options().dtype(at::kInt));
+    *seed.data_ptr<int32_t>() = (int32_t)(bits % (1ull << 31));
+    return seed;
+}
+
 /* The one call a unit makes: the seed comes from x's default generator, like torch.randint's. */
 Tensor adact(const Tensor &x, const Tensor &logits, const Tensor &slope, int64_t problem, bool noisy) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("adact_native::mix", "").typed<decltype(mix_cpu)>();
     std::optional<Tensor> seed;
-    if (noisy) seed = at::randint(0, (int64_t)1 << 31, {}, x.options().dtype(at::kInt));
-    return op.call(x, logits, slope, seed, problem);
+    if (noisy) seed = draw_seed(x);
+    return mix_op().call(x, logits, slope, seed, problem);
 }
 
 }  // namespace
