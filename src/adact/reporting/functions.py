@@ -60,14 +60,15 @@ def plot_functions(runs: Sequence[Sequence[UnitSnapshot]], title: str, stem: str
         runs: per seed, the units' :class:`~adact.choice.UnitSnapshot` s (the same paths in each).
         title: figure title; ``note``: a line under it.
         stem: output path without suffix; writes ``stem.png`` and ``stem.svg``.
-        labels: per seed, its legend label (default: ``run 1``, ``run 2``, ...).
+        labels: per seed, its legend label (default: none for one run, else ``run 1``, ``run 2``, ...).
     """
     if not runs or not runs[0]:
         raise UserError("plot_functions needs at least one run with AdAct units")
     n = len(runs[0])
     if any(len(r) != n for r in runs):
         raise UserError(f"every run must have the same {n} units, got {[len(r) for r in runs]}")
-    labels = list(labels) if labels is not None else [f"run {s + 1}" for s in range(len(runs))]
+    if labels is None:
+        labels = [""] if len(runs) == 1 else [f"run {s + 1}" for s in range(len(runs))]
     cols = n if n <= 4 else (5 if n <= 25 else 6)
     rows = -(-n // cols)
     fig = Figure(figsize=(max(7.5, 2.9 * cols), 1.3 + 2.9 * rows), layout="constrained")
@@ -109,7 +110,7 @@ def plot_functions(runs: Sequence[Sequence[UnitSnapshot]], title: str, stem: str
             ax.set_ylabel("f(x)", fontsize=8)
             ax_h.set_ylabel("inputs", fontsize=8)
     names = list(dict.fromkeys(c for r in runs for u in r for c in u.candidates))
-    handles = [Line2D([], [], color=_SEED_COLORS[s % len(_SEED_COLORS)], linewidth=1.6, label=f"mixture, {lab}")
+    handles = [Line2D([], [], color=_SEED_COLORS[s % len(_SEED_COLORS)], linewidth=1.6, label=f"mixture, {lab}" if lab else "mixture")
                for s, lab in enumerate(labels)]
     handles += [Line2D([], [], color="#444444", linestyle="--", linewidth=1.4, label="chosen (its colour)")]
     handles += [Line2D([], [], color=act_color(c), alpha=0.5, linewidth=1.2, label=c) for c in names]

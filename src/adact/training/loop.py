@@ -197,12 +197,12 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
         eval_model = distributed.unwrap(step_model)  # [distributed] no DDP hooks: ranks differ in batch counts
         # Each unit's inputs are recorded over the test evaluation only (hooks that exist only here), so
         # the figures can draw its function over the range it sees; training never pays for them.
-        with InputRecorder(adact_units(model)) as seen:
+        with InputRecorder(adact_units(model)) as recorder:
             test_loss, test_metric = task.evaluate(eval_model, loaders.test, config.bf16)
         val_loss, val_metric = (task.evaluate(eval_model, loaders.val, config.bf16) if loaders.val is not None
                                 else (None, None))
         # This epoch's units (their inputs included), read once for metrics.csv and the best epochs' records.
-        units = snapshot(model, inputs=seen.stats())
+        units = snapshot(model, inputs=recorder.stats())
         # A task whose metric is its loss (language modelling) has one column of each: the training
         # objective's (label smoothing included) beside the held-out losses.
         row: dict[str, Any] = {
