@@ -79,7 +79,8 @@ class InputStats:
     above: float
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Lists, as JSON reads them back: a result in memory equals the one read from result.json.
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> InputStats:
