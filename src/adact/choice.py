@@ -25,7 +25,9 @@ mixture (the choice :func:`adact.optimize` keeps), and ``entropy`` is the mean o
 entropies (how sharp each channel's own mixture is).
 
 What fixing the choices costs (the *discretization gap*) is measured by
-:mod:`adact.training.gap`.
+:mod:`adact.training.gap`; per unit, :attr:`UnitSnapshot.function_gap` is the mean
+``|mixture(x) - chosen(x)|`` over the inputs the unit saw (:mod:`adact.inputs`, recorded with the
+snapshot during evaluation).
 """
 
 from __future__ import annotations

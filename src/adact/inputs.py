@@ -134,8 +134,9 @@ class _Unit:
         lo, hi = torch.aminmax(flat)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
-        f64 = flat.double()
-        m = torch.stack([f64.sum(), (f64 * f64).sum()])
+        # Per batch in float32 (no copy of a float32 input; torch's reductions sum pairwise), across batches in float64.
+        f32 = flat.float()
+        m = torch.stack([f32.sum(), torch.dot(f32, f32)]).double()
         self.moments = m if self.moments is None else self.moments + m
         self.count += flat.numel()
         if flat.numel() > self.per_batch:
