@@ -221,15 +221,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         text = render_confidence_text(result["best_weights"]["confidence"])
         print(text + render_gap_text(result["discretization_gap"]), end="")
     if result["status"] == "done" and result.get("n_adact_units") and result.get("best_weights"):
-        from adact.choice import snapshots_from_record
         from adact.reporting.analyze import function_figures
-        from adact.reporting.functions import function_gap_text
         from adact.training import distributed
 
         if distributed.writer():  # [distributed] one rank draws
-            units = snapshots_from_record(result["best_weights"], config.granularity)
-            print(function_gap_text(units), end="")
-            print(f"figure: {function_figures(out, result)[0]}")
+            text, files = function_figures(out, result)
+            print(f"{text}figure: {files[0]}")
     print(f"run folder: {out}")
     return 0
 

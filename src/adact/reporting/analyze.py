@@ -65,16 +65,16 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
 _FUNCTIONS_TITLE = "{name}: what each AdAct unit learned, over the inputs it sees"
 
 
-def function_figures(run_dir: str | Path, result: dict[str, Any]) -> list[Path]:
-    """The function figure (``functions.png``/``.svg``) of a finished AdAct run, from its result's best epoch.
-
-    What ``adact train`` draws after a run; ``adact analyze`` draws it with the others.
-    """
+def function_figures(run_dir: str | Path, result: dict[str, Any]) -> tuple[str, list[Path]]:
+    """The function figure (``functions.png``/``.svg``) of a finished AdAct run and its per-unit
+    ``|mixture - chosen|`` table, from its result's best epoch: what ``adact train`` shows after a run
+    (``adact analyze`` draws the figure with the others)."""
     config = result["config"]
     units = snapshots_from_record(result["best_weights"], config.get("granularity", "layer"))
     name = DatasetSpec.parse(config["dataset"]).display
-    return plot_functions([units], _FUNCTIONS_TITLE.format(name=name), Path(run_dir) / "functions",
-                          note=f"result.json, best epoch {result['best_epoch']}, seed {config['seed']}")
+    files = plot_functions([units], _FUNCTIONS_TITLE.format(name=name), Path(run_dir) / "functions",
+                           note=f"result.json, best epoch {result['best_epoch']}, seed {config['seed']}")
+    return function_gap_text(units), files
 
 
 def _checkpoint_units(model: Any, ckpt: dict[str, Any]) -> list[UnitSnapshot]:
