@@ -142,7 +142,7 @@ def function_gap_text(units: Sequence[UnitSnapshot]) -> str:
         return ""
     if all(u.inputs is None for u in units):
         return ("learned function vs its choice: inputs not recorded in this run (a run from before they were); "
-                "the function figure is drawn over [-4, 4]\n\n")
+                f"the function figure is drawn over [{DEFAULT_RANGE[0]:g}, {DEFAULT_RANGE[1]:g}]\n\n")
     lines = ["learned function vs its choice over the unit's recorded inputs (mean |mixture - chosen|, in the "
              "units of the output; inputs: 0.1%, 50%, 99.9% quantiles)",
              f"{'layer':<8}{'unit':<16}{'choice':>12}{'|mix-chosen|':>14}{'q0.1%':>9}{'median':>9}{'q99.9%':>9}"]
