@@ -205,7 +205,8 @@ def test_two_ranks_with_sync_bn_match_one_process(two_ranks: Path, tmp_path: Pat
     train(TrainConfig(dataset="digits", epochs=2, device="cpu"), one, quiet=True)
     _assert_close_runs(one, two_ranks)
     assert sorted(p.name for p in two_ranks.iterdir()) == sorted(
-        [".adact.lock", "best.pt", "config.json", "last.prev.pt", "last.pt", "metrics.csv", "result.json"])
+        [".adact.lock", "best.pt", "config.json", "functions.png", "functions.svg", "last.prev.pt", "last.pt",
+         "metrics.csv", "result.json"])  # functions.*: `adact train` draws each unit's function (rank 0 alone)
     assert len(_rows(two_ranks)) == 2
     result = read_json(two_ranks / "result.json")
     assert result["status"] == "done" and result["processes"] == 2 and result["sync_bn"] is True

@@ -19,6 +19,7 @@ import adact.experiments.plan
 import adact.experiments.workers
 import adact.runs.io
 from adact.activations import DEFAULT_CANDIDATES
+from adact.choice import snapshots_from_record
 from adact.config import SearchConfig as ReproduceConfig
 from adact.experiments.plan import resolved_jobs, validate
 from adact.experiments.reproduce import paper_config, reproduce
@@ -102,7 +103,13 @@ def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list
     assert choices["n_params"]["adact"] == choices["n_params"]["relu"] + 32
     assert "most common" in (out / "choices.md").read_text()
 
-    for kind in ("weights", "trajectories"):
+    # Each unit's |mixture - chosen| over its recorded inputs, per seed, in choices.md (issue 25).
+    gaps = (out / "choices.md").read_text().split("Mean |mixture(x) − chosen(x)|")[1]
+    for seed in (0, 1):
+        units = snapshots_from_record(read_json(out / "digits" / f"seed{seed}" / "adact" / "result.json")["best_weights"])
+        rows = [line.split(" | ") for line in gaps.splitlines() if line.startswith("| ") and "`" in line]
+        assert [float(r[2 + seed]) for r in rows] == [round(u.function_gap, 4) for u in units]  # type: ignore[arg-type]
+    for kind in ("weights", "functions", "trajectories"):
         files = results["figures"]["digits"][kind]
         assert sorted(Path(f).suffix for f in files) == [".png", ".svg"]
         png = out / next(f for f in files if f.endswith(".png"))
@@ -112,6 +119,7 @@ def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list
     report = (out / "report.md").read_text()
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert any(link.endswith("_weights.png") for link in links) and any("trajectories" in link for link in links)
+    assert any(link.endswith("_functions.png") for link in links)
     for link in links:
         assert (out / link).exists(), link
     assert json.loads((out / "results.json").read_text())["summary"]["digits"]["models"]["relu"]["best"]["n"] == 2

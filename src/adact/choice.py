@@ -25,7 +25,9 @@ mixture (the choice :func:`adact.optimize` keeps), and ``entropy`` is the mean o
 entropies (how sharp each channel's own mixture is).
 
 What fixing the choices costs (the *discretization gap*) is measured by
-:mod:`adact.training.gap`.
+:mod:`adact.training.gap`; per unit, :attr:`UnitSnapshot.function_gap` is the mean
+``|mixture(x) - chosen(x)|`` over the inputs the unit saw (:mod:`adact.inputs`, recorded with the
+snapshot during evaluation).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from adact.errors import UserError
+from adact.inputs import InputStats, function_gap
 from adact.unit import AdAct
 
 __all__ = [
@@ -234,6 +237,8 @@ class UnitSnapshot:
         confidence: :class:`UnitConfidence` of the choice (``prelu_slope`` included); None for a
             per-channel unit read from a record that predates confidences.
         granularity: ``"layer"`` or ``"channel"``.
+        inputs: :class:`adact.inputs.InputStats` of the unit's inputs over the epoch's evaluation;
+            None when not recorded (runs from before they were, or a unit read off a model).
     """
 
     path: str
@@ -244,24 +249,38 @@ class UnitSnapshot:
     weight: float
     confidence: UnitConfidence | None
     granularity: str = "layer"
+    inputs: InputStats | None = None
 
     @property
     def prelu_slope(self) -> float | None:
         return None if self.confidence is None else self.confidence.prelu_slope
 
+    @property
+    def function_gap(self) -> float | None:
+        """Mean ``|mixture(x) - chosen(x)|`` over the recorded inputs (:func:`adact.inputs.function_gap`); None without them."""
+        if self.inputs is None:
+            return None
+        return function_gap(self.candidates, self.mix, self.prelu_slope, self.choice, self.inputs)
+
     @classmethod
-    def of(cls, path: str, unit: AdAct, weak_margin: float = WEAK_MARGIN) -> UnitSnapshot:
+    def of(cls, path: str, unit: AdAct, weak_margin: float = WEAK_MARGIN,
+           inputs: InputStats | None = None) -> UnitSnapshot:
         raw, mix = unit.raw_weights(), unit.mixture()
         if mix.dim() == 2:
             raw, mix = raw.mean(0), mix.mean(0)
         choice, weight = unit.choice()
         return cls(path, tuple(unit.candidates), tuple(raw.tolist()), tuple(mix.tolist()), choice, weight,
-                   unit_confidence(unit, path, weak_margin), unit.granularity)
+                   unit_confidence(unit, path, weak_margin), unit.granularity, inputs)
 
 
-def snapshot(model: nn.Module, weak_margin: float = WEAK_MARGIN) -> list[UnitSnapshot]:
-    """:class:`UnitSnapshot` of every AdAct unit of ``model``, in module order."""
-    return [UnitSnapshot.of(path, unit, weak_margin) for path, unit in adact_units(model)]
+def snapshot(model: nn.Module, weak_margin: float = WEAK_MARGIN,
+             inputs: dict[str, InputStats] | None = None) -> list[UnitSnapshot]:
+    """:class:`UnitSnapshot` of every AdAct unit of ``model``, in module order.
+
+    ``inputs``: per unit path, its recorded inputs (:class:`adact.inputs.InputRecorder`'s ``stats()``).
+    """
+    inputs = inputs or {}
+    return [UnitSnapshot.of(path, unit, weak_margin, inputs.get(path)) for path, unit in adact_units(model)]
 
 
 def weights_record(snapshots: Sequence[UnitSnapshot]) -> dict[str, Any]:
@@ -271,7 +290,8 @@ def weights_record(snapshots: Sequence[UnitSnapshot]) -> dict[str, Any]:
     candidates) and ``confidence`` (one :class:`UnitConfidence` dict per unit): the format run
     folders have always had, so every published one still reads. Snapshots whose confidence is
     not known (read back from an old record) leave ``confidence`` out, as such records had it,
-    rather than a list that no longer lines up with the units.
+    rather than a list that no longer lines up with the units. ``inputs`` (one
+    :class:`adact.inputs.InputStats` dict, or None, per unit) is there when any unit's inputs were recorded.
     """
     record: dict[str, Any] = {
         "paths": [s.path for s in snapshots], "candidates": list(snapshots[0].candidates) if snapshots else [],
@@ -279,6 +299,8 @@ def weights_record(snapshots: Sequence[UnitSnapshot]) -> dict[str, Any]:
         "raw": [list(s.raw) for s in snapshots], "mix": [list(s.mix) for s in snapshots]}
     if all(s.confidence is not None for s in snapshots):
         record["confidence"] = [s.confidence.to_json() for s in snapshots]  # type: ignore[union-attr]
+    if any(s.inputs is not None for s in snapshots):
+        record["inputs"] = [None if s.inputs is None else s.inputs.to_json() for s in snapshots]
     return record
 
 
@@ -290,6 +312,7 @@ def snapshots_from_record(record: dict[str, Any], granularity: str = "layer") ->
     give its channel agreement nor its channels' entropy, so its confidence stays None.
     """
     recorded = record.get("confidence")
+    inputs = record.get("inputs") or [None] * len(record["paths"])
     units = []
     for i, (path, raw, mix) in enumerate(zip(record["paths"], record["raw"], record["mix"])):
         conf: UnitConfidence | None = None
@@ -297,8 +320,9 @@ def snapshots_from_record(record: dict[str, Any], granularity: str = "layer") ->
             conf = UnitConfidence(**recorded[i])
         elif granularity == "layer":
             conf = confidence_from_mixture(mix, record["candidates"], path)
+        seen = None if inputs[i] is None else InputStats.from_json(inputs[i])
         units.append(UnitSnapshot(path, tuple(record["candidates"]), tuple(raw), tuple(mix), record["choices"][i],
-                                  float(record["choice_weights"][i]), conf, granularity))
+                                  float(record["choice_weights"][i]), conf, granularity, seen))
     return units
 
 

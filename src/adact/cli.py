@@ -220,6 +220,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"best epoch ({result['best_epoch']}):")
         text = render_confidence_text(result["best_weights"]["confidence"])
         print(text + render_gap_text(result["discretization_gap"]), end="")
+    if result["status"] == "done" and result.get("n_adact_units") and result.get("best_weights"):
+        from adact.reporting.analyze import function_figures
+        from adact.training import distributed
+
+        if distributed.writer():  # [distributed] one rank draws
+            text, files = function_figures(out, result)
+            print(f"{text}figure: {files[0]}")
     print(f"run folder: {out}")
     return 0
 

@@ -7,17 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from adact.choice import confidence_from_weights, model_weights
+from adact.choice import UnitSnapshot, confidence_from_weights, snapshot, snapshots_from_record, weights_record
 from adact.dataspec import DatasetSpec
 from adact.errors import UserError
+from adact.inputs import InputStats
 from adact.reporting.figures import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
+from adact.reporting.functions import function_gap_text, plot_functions
 from adact.reporting.records import read_weight_history
 from adact.reporting.tables import render_confidence_text, render_gap_text, render_weights_text
 from adact.runs.folder import RunFolder
 from adact.runs.io import read_json
 from adact.training.build import load_checkpoint
 
-__all__ = ["analyze_run"]
+__all__ = ["analyze_run", "function_figures"]
 
 #: Up to this many units, the figures get one bar group or panel per unit; beyond, a heatmap.
 PANELS = 6
@@ -47,15 +49,42 @@ def analyze_run(path: str | Path, out: str | Path | None = None) -> tuple[str, l
     else:
         raise FileNotFoundError(f"no such run folder or checkpoint: {path}")
     model, meta = load_checkpoint(ckpt)
-    w = model_weights(model)
+    units = _checkpoint_units(model, meta)
+    w = weights_record(units)
     config = meta["config"]
     head = f"{ckpt} (epoch {meta['epoch']}, dataset {config['dataset']}, activation {config['activation']})"
     if not w["paths"]:
         return head + "\nno AdAct units in this model: nothing to analyze\n", []
     result_path = RunFolder(run_dir).result
     result = read_json(result_path) if result_path.is_file() else {}
-    return _analyze(head, w, result if isinstance(result, dict) else {}, meta["epoch"], config, run_dir,
+    return _analyze(head, w, units, result if isinstance(result, dict) else {}, meta["epoch"], config, run_dir,
                     Path(out) if out is not None else run_dir, f"{ckpt.name}, epoch {meta['epoch']}")
+
+
+#: The function figure's title, in every run's figure folder.
+_FUNCTIONS_TITLE = "{name}: what each AdAct unit learned, over the inputs it sees"
+
+
+def function_figures(run_dir: str | Path, result: dict[str, Any]) -> tuple[str, list[Path]]:
+    """The function figure (``functions.png``/``.svg``) of a finished AdAct run and its per-unit
+    ``|mixture - chosen|`` table, from its result's best epoch: what ``adact train`` shows after a run
+    (``adact analyze`` draws the figure with the others)."""
+    config = result["config"]
+    units = snapshots_from_record(result["best_weights"], config.get("granularity", "layer"))
+    name = DatasetSpec.parse(config["dataset"]).display
+    files = plot_functions([units], _FUNCTIONS_TITLE.format(name=name), Path(run_dir) / "functions",
+                           note=f"result.json, best epoch {result['best_epoch']}, seed {config['seed']}")
+    return function_gap_text(units), files
+
+
+def _checkpoint_units(model: Any, ckpt: dict[str, Any]) -> list[UnitSnapshot]:
+    """The checkpoint's units, with the inputs recorded at its epoch (none in a checkpoint from before they were)."""
+    record = ckpt.get("units")
+    best = ckpt.get("best") or {}
+    if record is None and best.get("epoch") == ckpt["epoch"]:  # best.pt: the best epoch's record is this epoch's
+        record = best.get("weights")
+    seen = dict(zip(record["paths"], record["inputs"])) if record and record.get("inputs") else {}
+    return snapshot(model, inputs={p: InputStats.from_json(d) for p, d in seen.items() if d is not None})
 
 
 def _analyze_result(run_dir: Path, out: str | Path | None) -> tuple[str, list[Path]]:
@@ -74,17 +103,19 @@ def _analyze_result(run_dir: Path, out: str | Path | None) -> tuple[str, list[Pa
     if not isinstance(w, dict) or not all(k in w for k in ("paths", "candidates", "raw", "mix")):
         raise UserError(f"{path} holds no weights of a best epoch (status {result.get('status')!r}); rerun the same "
                          "`adact train` command to finish the run, then analyze it")
+    units = snapshots_from_record(w, config.get("granularity", "layer"))
     if not w.get("confidence"):  # runs from before confidences were recorded: the per-layer ones follow from mix
         w = {**w, "confidence": confidence_from_weights(w)}
-    return _analyze(head, w, result, epoch, config, run_dir, Path(out) if out is not None else run_dir,
+    return _analyze(head, w, units, result, epoch, config, run_dir, Path(out) if out is not None else run_dir,
                     f"result.json, best epoch {epoch}")
 
 
-def _analyze(head: str, w: dict[str, Any], result: dict[str, Any], epoch: int | None, config: dict[str, Any],
-             run_dir: Path, fig_dir: Path, source: str) -> tuple[str, list[Path]]:
-    """Text and figures of one epoch's AdAct weights ``w`` (see :func:`adact.choice.weights_record`)."""
+def _analyze(head: str, w: dict[str, Any], units: list[UnitSnapshot], result: dict[str, Any], epoch: int | None,
+             config: dict[str, Any], run_dir: Path, fig_dir: Path, source: str) -> tuple[str, list[Path]]:
+    """Text and figures of one epoch's AdAct weights ``w`` (see :func:`adact.choice.weights_record`) and ``units``."""
     text = head + "\n" + render_weights_text(w["paths"], w["candidates"], np.array(w["raw"]), np.array(w["mix"]))
     text += render_confidence_text(w.get("confidence") or [])
+    text += function_gap_text(units)
     gap = result.get("discretization_gap")
     if gap and gap.get("epoch") == epoch:  # the gap of this very epoch, not another one's
         text += render_gap_text(gap)
@@ -105,6 +136,7 @@ def _analyze(head: str, w: dict[str, Any], result: dict[str, Any], epoch: int | 
     else:
         files = plot_weights(np.array([w["raw"]]), np.array([w["mix"]]), w["candidates"],
                              f"{name}: AdAct weights per layer", fig_dir / "weights", note=note_ckpt, weak=weak)
+    files += plot_functions([units], _FUNCTIONS_TITLE.format(name=name), fig_dir / "functions", note=note_ckpt)
     step = "evaluation" if DatasetSpec.parse(str(config.get("dataset", "digits"))).is_text else "epoch"
     if hist is not None and many:
         files += plot_choice_trajectories([hist.mix], [hist.epochs], hist.candidates, hist.paths,

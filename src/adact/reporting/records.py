@@ -53,6 +53,7 @@ class RunRecord:
     raw: list[list[float]] | None = None  # AdAct runs: (layers, candidates) logits, best checkpoint
     mix: list[list[float]] | None = None  # AdAct runs: (layers, candidates) softmax weights
     confidence: list[dict[str, Any]] | None = None  # AdAct runs: UnitConfidence per layer, best checkpoint
+    units: list[UnitSnapshot] | None = None  # AdAct runs: the units themselves (their recorded inputs included)
 
     def set_units(self, units: list[UnitSnapshot] | None, recorded: list[dict[str, Any]] | None = None) -> None:
         """Fill the choice fields from the AdAct run's :class:`~adact.choice.UnitSnapshot` s (None clears them).
@@ -62,8 +63,9 @@ class RunRecord:
         """
         if units is None:
             self.choices = self.choice_weights = self.layer_paths = self.candidates = self.raw = self.mix = None
-            self.confidence = None
+            self.confidence = self.units = None
             return
+        self.units = list(units)
         self.choices, self.choice_weights = [u.choice for u in units], [u.weight for u in units]
         self.layer_paths = [u.path for u in units]
         self.candidates = list(units[0].candidates) if units else []

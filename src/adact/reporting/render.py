@@ -29,6 +29,7 @@ from adact.dataspec import DatasetSpec
 from adact.paper import DEFAULT_CHANNELS, PAPER_TABLE1
 from adact.reporting.analyze import PANELS
 from adact.reporting.figures import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
+from adact.reporting.functions import plot_functions
 from adact.reporting.metric import SELECTIONS, Metric, metric_of_summary
 from adact.reporting.records import RunRecord, WeightHistory, collect, read_weight_history
 from adact.reporting.stats import build_summary
@@ -91,6 +92,10 @@ def _figures(cfg: SearchConfig, records: list[RunRecord], hists: dict[str, Weigh
                                  f"{name}: AdAct softmax weights per unit", out / "figures" / f"{slug}_weights",
                                  note=note, weak=_weak_flags(runs))
         entry["weights"] = [str(p.relative_to(out)) for p in paths]
+        paths = plot_functions([r.units or [] for r in runs], f"{name}: what each AdAct unit learned, over the inputs "
+                               "it sees", out / "figures" / f"{slug}_functions", note=note,
+                               labels=[f"seed {r.seed}" for r in runs])
+        entry["functions"] = [str(p.relative_to(out)) for p in paths]
         found = [hists[r.path] for r in runs if r.path in hists]
         step = "evaluation" if cfg.train.is_text else "epoch"
         if found:
@@ -405,12 +410,16 @@ def _report(cfg: SearchConfig, records: list[RunRecord], tables: dict[str, str],
               "weights, as in the paper's Figures 1-4; every activation has the same colour in every figure), "
               "and the softmax weights over the epochs." if paper else
               f"Per dataset, the softmax weights of every unit at the {_selection(cfg)} (one heatmap row per unit, "
-              "mean over seeds; the box marks the most common choice), and the softmax weights over the epochs.", ""]
+              "mean over seeds; the box marks the most common choice), and the softmax weights over the epochs.",
+              "", "The functions figure draws each unit's learned mixture (one line per seed) over the range of its "
+              "inputs, its chosen activation dashed, the other candidates faintly, and the histogram of its inputs "
+              "below; its number is the mean |mixture − chosen| over those inputs (see choices.md).", ""]
     if not figures:
         lines += ["No finished AdAct run, so no figures.", ""]
     for ds, entry in figures.items():
         lines += [f"### `{ds}`", ""]
-        for kind, caption in (("weights", "weights per layer"), ("trajectories", "softmax weights over epochs")):
+        for kind, caption in (("weights", "weights per layer"), ("functions", "learned functions over their inputs"),
+                              ("trajectories", "softmax weights over epochs")):
             if kind in entry:
                 png = entry[kind][0]
                 svg = next((p for p in entry[kind] if p.endswith(".svg")), None)

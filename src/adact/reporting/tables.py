@@ -18,6 +18,7 @@ import numpy as np
 from adact.choice import WEAK_MARGIN, UnitConfidence, negative_prelu
 from adact.config import models_for
 from adact.paper import DEFAULT_CANDIDATES, TABLE1_MODELS
+from adact.reporting.functions import function_gap_md
 from adact.reporting.metric import SELECTIONS, Metric, gap_metric, metric_of_summary
 from adact.reporting.records import RunRecord
 from adact.reporting.stats import consensus
@@ -233,6 +234,7 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
             if n_layers > 8:  # many units: one row per unit reads better than 50 columns
                 parts.append(_choices_by_unit(adact, paths, n_layers) + "\n")
                 parts.append(f"Cells: chosen activation (its softmax weight), read from the AdAct run's {selection}.\n")
+                parts += [t for t in [_function_gaps(adact)] if t]
                 parts.append(_params_md(recs, baselines))
                 continue
             head = ["seed"] + [f"layer {i + 1}" for i in range(n_layers)]
@@ -259,8 +261,15 @@ def render_choices_md(records: Sequence[RunRecord], datasets: Sequence[str],
                             "the argmax keeps it, and PReLU with a negative slope is V-shaped, a different function "
                             "from the PReLU (slope 0.25) that the optimized model is retrained from, so expect a large "
                             "discretization gap." if prelu else "") + "\n")
+            parts += [t for t in [_function_gaps(adact)] if t]
         parts.append(_params_md(recs, baselines))
     return "\n".join(parts)
+
+
+def _function_gaps(adact: Sequence[RunRecord]) -> str:
+    """choices.md's per-unit ``|mixture - chosen|`` of the finished AdAct runs, linking their function figure."""
+    runs = [(f"seed {r.seed}", r.units) for r in adact if r.units]
+    return function_gap_md(runs, f"figures/{adact[0].slug}_functions.png") if runs else ""
 
 
 def _choices_by_unit(adact: Sequence[RunRecord], paths: Sequence[str], n_layers: int) -> str:

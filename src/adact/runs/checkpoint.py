@@ -57,9 +57,15 @@ class ResumeWarning(UserWarning):
 
 
 def make_checkpoint(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, spec: ModelSpec,
-                    epoch: int, metrics: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-    """A self-describing checkpoint: everything a resume or an analysis needs, in plain data and tensors."""
+                    epoch: int, metrics: list[dict[str, Any]], best: dict[str, Any],
+                    units: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A self-describing checkpoint: everything a resume or an analysis needs, in plain data and tensors.
+
+    ``units``: this epoch's AdAct units as :func:`adact.choice.weights_record` writes them, their
+    recorded inputs included (what ``adact analyze`` of the checkpoint draws the functions over).
+    """
     return {
+        **({"units": units} if units is not None else {}),
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "config": asdict(config),

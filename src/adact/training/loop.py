@@ -30,6 +30,7 @@ from adact.choice import UnitSnapshot, adact_units, snapshot, weights_record
 from adact.config import ModelSpec, TrainConfig
 from adact.dataspec import DatasetSpec
 from adact.errors import AdactError
+from adact.inputs import InputRecorder
 from adact.runs.checkpoint import make_checkpoint, resume_point, save_last
 from adact.runs.folder import RunFolder
 from adact.runs.io import atomic_save, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
@@ -194,10 +195,14 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
         counted = distributed.all_sum(counted)[0]  # [distributed] this rank counted its slices only
         distributed.sync_buffers(model)  # [distributed] every rank evaluates rank 0's (the saved) model
         eval_model = distributed.unwrap(step_model)  # [distributed] no DDP hooks: ranks differ in batch counts
-        test_loss, test_metric = task.evaluate(eval_model, loaders.test, config.bf16)
+        # Each unit's inputs are recorded over the test evaluation only (hooks that exist only here), so
+        # the figures can draw its function over the range it sees; training never pays for them.
+        with InputRecorder(adact_units(model)) as recorder:
+            test_loss, test_metric = task.evaluate(eval_model, loaders.test, config.bf16)
         val_loss, val_metric = (task.evaluate(eval_model, loaders.val, config.bf16) if loaders.val is not None
                                 else (None, None))
-        units = snapshot(model)  # this epoch's units, read once for metrics.csv and the best epochs' records
+        # This epoch's units (their inputs included), read once for metrics.csv and the best epochs' records.
+        units = snapshot(model, inputs=recorder.stats())
         # A task whose metric is its loss (language modelling) has one column of each: the training
         # objective's (label smoothing included) beside the held-out losses.
         row: dict[str, Any] = {
@@ -229,7 +234,8 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
         if val_metric is not None and better(task, val_metric, best.get(f"val_{m}")):
             # The honest selection: the weights of the epoch the validation split picks.
             best = {**best, f"val_{m}": val_metric, "val_epoch": epoch, "val_weights": weights_record(units)}
-        ckpt = make_checkpoint(model, opt, config, spec, epoch, metrics, best)
+        ckpt = make_checkpoint(model, opt, config, spec, epoch, metrics, best,
+                               units=weights_record(units) if has_units else None)
         if improved and write:
             atomic_save(ckpt, run.best)
         # last.pt is the resume point, so it is written after metrics and best are consistent.
