@@ -91,3 +91,52 @@ def test_normalization() -> None:
     assert mean == [0.485, 0.456, 0.406] and std == [0.229, 0.224, 0.225]
     mean, _ = normalization("imagenet", 1)
     assert mean == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
+
+
+def _hard_folder(root: Path) -> dict[str, np.ndarray]:
+    """Two classes of 8x12 images: 16-bit PNGs, an EXIF-rotated PNG, a truncated JPEG; returns the
+    8-bit pixels each good file must decode to."""
+    rng = np.random.default_rng(1)
+    expected: dict[str, np.ndarray] = {}
+    for c, name in enumerate(("dark", "light")):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            deep = rng.integers(0, 2**16, (8, 12)).astype(np.uint16) // (c + 1) + c * 20000
+            Image.fromarray(deep).save(root / name / f"{i}.png")  # mode I;16
+            expected[f"{name}/{i}.png"] = np.rint(deep / 257.0).astype(np.uint8)
+        stored = rng.integers(0, 256, (12, 8), dtype=np.uint8)  # shot sideways: shown 90 degrees clockwise
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(stored).save(root / name / "turned.png", exif=exif)
+        expected[f"{name}/turned.png"] = np.rot90(stored, k=-1)
+    good = Image.fromarray(rng.integers(0, 256, (8, 12), dtype=np.uint8))
+    good.save(root / "dark" / "cut.jpg", quality=90)
+    whole = (root / "dark" / "cut.jpg").read_bytes()
+    (root / "dark" / "cut.jpg").write_bytes(whole[:-40])  # its header intact: the cut shows only when decoded
+    return expected
+
+
+@pytest.mark.parametrize("cache_mb", [4096.0, 0.0])
+def test_every_path_decodes_16_bit_exif_and_truncated_files_alike(tmp_path: Path, cache_mb: float) -> None:
+    expected = _hard_folder(tmp_path / "deep")
+    with pytest.warns(BadImageWarning, match=r"cut\.jpg: cannot decode it \(OSError: image file is truncated"):
+        data = load_dataset(f"imagefolder:{tmp_path / 'deep'}", cache_mb=cache_mb, test_from_train=0.5, quiet=True)
+    assert isinstance(data.train, FileSplit) == (cache_mb == 0.0)
+    assert data.info["bad_images"] == 1 and str(data.info["bad_image_files"][0]).endswith("cut.jpg")
+    assert data.in_channels == 1 and data.image_size == (8, 12) and len(data.train) + len(data.test) == 8
+    got = [x for split in (data.train, data.test) for x in DeviceLoader(split, 8, mean=0.0, std=1.0, workers=0)]
+    pixels = torch.cat([x for x, _ in got]).mul(255).round().to(torch.uint8)[:, 0].numpy()
+    # every good file exactly once: 16-bit samples scaled (not clipped to white), the EXIF turn applied
+    assert sorted(p.tobytes() for p in pixels) == sorted(e.tobytes() for e in expected.values())
+    with pytest.raises(ValueError, match=r"cannot decode image \S+cut\.jpg \(OSError: image file is truncated"):
+        load_dataset(f"imagefolder:{tmp_path / 'deep'}", cache_mb=cache_mb, on_bad_image="error")
+
+
+def test_float_images_out_of_range_are_refused_as_undecodable(tmp_path: Path) -> None:
+    from adact.data.imagefolder import decode_image
+
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "half.tif")
+    assert decode_image(tmp_path / "half.tif", "L", None).tolist() == [[[128] * 4] * 4]
+    Image.fromarray(np.full((4, 4), 7.0, dtype=np.float32)).save(tmp_path / "seven.tif")
+    with pytest.raises(ValueError, match=r"mode F samples span 7\.\.7, outside the 0\.\.1"):
+        decode_image(tmp_path / "seven.tif", "L", None)

@@ -10,17 +10,22 @@ Classes are the sorted subfolder names of the training folder, as in ``ImageFold
 grayscale (1 channel) when every file is, else RGB (3 channels; alpha dropped). They are
 resized to ``image_size`` x ``image_size`` when given, and must otherwise share one size.
 
-Images are decoded once into uint8 tensors in memory when they fit in ``cache_mb`` MiB (the
-usual case: 50,000 RGB images of 32x32 take 146 MiB); beyond that they stay on disk as a
-:class:`FileSplit` and are decoded per batch by a ``DataLoader`` with worker processes. A file
-that cannot be decoded is skipped with a warning (``on_bad_image="skip"``, the count is in the
-dataset's ``info``) or stops loading with an error naming it (``"error"``).
+Every file is decoded the same way: EXIF orientation applied, 16-bit and float samples scaled to
+8 bits (see :func:`decode_image`), alpha dropped. Images are decoded once into uint8 tensors in
+memory when they fit in ``cache_mb`` MiB (the usual case: 50,000 RGB images of 32x32 take 146
+MiB); beyond that they stay on disk as a :class:`FileSplit` and are decoded per batch by a
+``DataLoader`` with worker processes. Either way every file is decoded once at load (in threads),
+so a file that cannot be decoded is found there, and the same files are skipped with a warning
+(``on_bad_image="skip"``, the count is in the dataset's ``info``) or stop loading with an error
+naming the file (``"error"``), whether the folder is cached or streamed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +44,7 @@ __all__ = ["BAD_IMAGE_POLICIES", "IMAGE_EXTENSIONS", "BadImageWarning", "FileSpl
 _CACHE_MB: float = train_default("cache_mb")  # one default for the library and the command line
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-_GRAY_MODES = {"1", "L", "I", "I;16", "F"}
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 class BadImageWarning(UserWarning):
@@ -64,7 +69,13 @@ class FileSplit:
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         c, h, w = self.image_shape
-        return torch.from_numpy(decode_image(self.files[i], "L" if c == 1 else "RGB", (h, w))), int(self.y[i])
+        try:
+            x = decode_image(self.files[i], "L" if c == 1 else "RGB", (h, w))
+        except (OSError, ValueError, SyntaxError) as e:
+            # Every file decoded when the folder was loaded, so this one changed on disk since.
+            raise UserError(f"cannot decode image {self.files[i]} any more ({type(e).__name__}: {e}); it decoded "
+                            f"when the dataset was loaded: was it changed or removed since?") from e
+        return torch.from_numpy(x), int(self.y[i])
 
     def __repr__(self) -> str:
         c, h, w = self.image_shape
@@ -72,15 +83,45 @@ class FileSplit:
 
 
 def decode_image(path: str | Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
-    """One image file as uint8 ``(C, H, W)`` in ``mode`` (``"L"`` or ``"RGB"``), resized to ``size``."""
-    from PIL import Image
+    """One image file as uint8 ``(C, H, W)`` in ``mode`` (``"L"`` or ``"RGB"``), resized to ``size``.
 
-    with Image.open(path) as img:
+    The EXIF orientation is applied (a phone photo stands as it was shot), and samples of more
+    than 8 bits are scaled to 0..255 (PIL's own ``convert`` would clip a 16-bit PNG to white):
+    16-bit modes (``I;16*``, and ``I`` holding 0..65535) by 255/65535, floats (``F``) in 0..1 by 255;
+    ``I`` or ``F`` images outside those ranges raise ``ValueError`` (an undecodable image).
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        img = ImageOps.exif_transpose(opened)
+        img = _eight_bit(img, mode)
+        if img.mode == "P" and mode == "RGB":
+            img = img.convert("RGBA")  # a palette's transparency goes through RGBA (PIL warns otherwise)
         img = img.convert(mode)
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
         arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _eight_bit(img: Any, mode: str) -> Any:
+    """``img`` with samples of more than 8 bits scaled to an 8-bit ``L`` image; others as they are."""
+    from PIL import Image
+
+    if not (img.mode in ("I", "F") or img.mode.startswith("I;16")):
+        return img
+    a = np.asarray(img).astype(np.float64)
+    top = 1.0 if img.mode == "F" else 65535.0
+    if not np.isfinite(a).all() or (a.size and (a.min() < 0 or a.max() > top)):
+        raise ValueError(f"mode {img.mode} samples span {a.min():g}..{a.max():g}, outside the 0..{top:g} "
+                         f"adact reads as {'a float image' if img.mode == 'F' else '16 bits'}; convert it to 8 bits")
+    return Image.fromarray(np.rint(a * (255.0 / top)).astype(np.uint8), "L")
+
+
+def _oriented_size(img: Any) -> tuple[int, int]:
+    """``(height, width)`` after the EXIF orientation, read from the header alone."""
+    turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
+    return (img.width, img.height) if turned else (img.height, img.width)
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
@@ -112,7 +153,7 @@ def _scan(files: list[tuple[Path, int]], policy: str, bad: list[str]) -> list[tu
     for path, label in files:
         try:
             with Image.open(path) as img:
-                out.append((path, label, img.mode, (img.height, img.width)))
+                out.append((path, label, img.mode, _oriented_size(img)))
         except (UnidentifiedImageError, OSError, ValueError) as e:
             _bad(path, e, policy, bad)
     return out
@@ -126,25 +167,38 @@ def _progress(total: int, desc: str, quiet: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
 
 
-def _decode_all(items: list[tuple[Path, int, str, tuple[int, int]]], mode: str, size: tuple[int, int] | None,
-                policy: str, bad: list[str], desc: str, quiet: bool) -> ArrayDataset:
-    xs: list[np.ndarray] = []
-    ys: list[int] = []
-    bar = _progress(len(items), desc, quiet)
-    for path, label, _, _ in items:
+Item = tuple[Path, int, str, tuple[int, int]]  # a scanned file: path, label, mode, (height, width)
+
+
+def _decode_each(items: list[Item], mode: str, size: tuple[int, int] | None, policy: str, bad: list[str],
+                 desc: str, quiet: bool, keep: bool) -> tuple[list[Item], list[np.ndarray]]:
+    """Decode every file (in threads; PIL decodes without the GIL): the files that decode, and their
+    arrays when ``keep``. One pass for both storages, so a cached and a streamed folder skip (or stop
+    on) exactly the same files."""
+    def one(item: Item) -> np.ndarray | BaseException:
         try:
-            xs.append(decode_image(path, mode, size))
-            ys.append(label)
+            return decode_image(item[0], mode, size)
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated or damaged data
-            _bad(path, e, policy, bad)
-        if bar is not None:
-            bar.update(1)
+            return e
+
+    good: list[Item] = []
+    arrays: list[np.ndarray] = []
+    bar = _progress(len(items), desc, quiet)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(items), 256):  # in chunks: a queue of every file's future would be large
+            chunk = items[start:start + 256]
+            for item, result in zip(chunk, pool.map(one, chunk)):
+                if isinstance(result, BaseException):
+                    _bad(item[0], result, policy, bad)
+                else:
+                    good.append(item)
+                    if keep:
+                        arrays.append(result)
+            if bar is not None:
+                bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    c = 1 if mode == "L" else 3
-    h, w = size if size is not None else (items[0][3] if items else (1, 1))
-    x = np.stack(xs) if xs else np.zeros((0, c, h, w), dtype=np.uint8)
-    return as_split(x, np.asarray(ys, dtype=np.int64))
+    return good, arrays
 
 
 def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image: str = "skip",
@@ -196,11 +250,13 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
     cached = nbytes <= cache_mb * 2**20
     out: dict[str, Any] = {}
     for k, items in scanned.items():
+        verb = "decoding" if cached else "checking"
+        good, arrays = _decode_each(items, mode, size, on_bad_image, bad, f"{verb} {root.name}/{k}", quiet, cached)
+        labels = np.asarray([lab for _, lab, _, _ in good], dtype=np.int64)
         if cached:
-            out[k] = _decode_all(items, mode, size, on_bad_image, bad, f"decoding {root.name}/{k}", quiet)
+            out[k] = as_split(np.stack(arrays) if arrays else np.zeros((0, c, h, w), dtype=np.uint8), labels)
         else:
-            out[k] = FileSplit([str(p) for p, _, _, _ in items], torch.tensor([lab for _, lab, _, _ in items],
-                                                                               dtype=torch.int64), (c, h, w))
+            out[k] = FileSplit([str(p) for p, _, _, _ in good], torch.from_numpy(labels), (c, h, w))
     info: dict[str, object] = {
         "source": str(root.resolve()), "format": "imagefolder",
         "protocol": f"{train_dir.name}/ and {test_dir.name}/" if test_dir is not None else "one folder",
