@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +142,22 @@ def test_float_images_out_of_range_are_refused_as_undecodable(tmp_path: Path) ->
     Image.fromarray(np.full((4, 4), 7.0, dtype=np.float32)).save(tmp_path / "seven.tif")
     with pytest.raises(ValueError, match=r"mode F samples span 7\.\.7, outside the 0\.\.1"):
         decode_image(tmp_path / "seven.tif", "L", None)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_dataset_path_that_is_not_utf8_renders_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adact.cli import main
+    from adact.dataspec import printable
+
+    if sys.platform == "darwin":
+        pytest.skip("macOS file names must be UTF-8")
+    root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/d\xffata"))
+    write_image_folder(root, per_class={"train": 4, "val": 2}, corrupt=False)
+    assert DatasetSpec.parse(f"imagefolder:{root}").display == "imagefolder:d\\xffata" == printable("imagefolder:d\udcffata")
+    out = tmp_path / "out"
+    assert main(["search", "--dataset", f"imagefolder:{root}", "--epochs", "1", "--seeds", "0", "--channels", "4", "4",
+                 "4", "4", "--out", str(out), "--quiet", "--jobs", "1", "--batch-size", "8"]) == 0
+    assert main(["analyze", str(out)]) == 0  # the figures are titled, the table and report written, twice
+    assert "d\\xffata" in (out / "table.md").read_text(encoding="utf-8")
+    assert "d\\xffata" in capsys.readouterr().out
+    assert list((out / "figures").glob("*_weights.png")) and (out / "results.json").is_file()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import os
 import sys
 import warnings
@@ -329,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Under torchrun, only rank 0 prints to stdout, and a rank that loses another rank (killed,
     crashed, unreachable) ends with one line saying so, exit status 2.
     """
+    for stream in (sys.stdout, sys.stderr):
+        # A path's undecodable bytes (a dataset folder named b"d\xff") print as \xff, not a crash of the run.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
