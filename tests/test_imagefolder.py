@@ -161,3 +161,38 @@ def test_a_dataset_path_that_is_not_utf8_renders_everywhere(tmp_path: Path, caps
     assert "d\\xffata" in (out / "table.md").read_text(encoding="utf-8")
     assert "d\\xffata" in capsys.readouterr().out
     assert list((out / "figures").glob("*_weights.png")) and (out / "results.json").is_file()
+
+
+def test_what_an_image_folder_reads_and_leaves_out(tmp_path: Path) -> None:
+    from adact.data.imagefolder import IgnoredFilesWarning
+
+    root = write_image_folder(tmp_path / "pets", per_class={"all": 4}, corrupt=False) / "all"
+    Image.new("P", (16, 16), 3).save(root / "cat" / "anim.gif")  # any format PIL opens is an image
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata, not an image
+    (root / "dog" / ".DS_Store").write_bytes(b"\x00")
+    (root / ".hidden").mkdir()
+    (root / "everything").symlink_to(root)  # a link back to the root: not a fourth class
+    (root / "dog" / "again.png").symlink_to(root / "dog" / "0.png")  # the same image twice
+    elsewhere = write_image_folder(tmp_path / "more", per_class={"x": 2}, corrupt=False) / "x" / "cat"
+    (root / "cat" / "shared").symlink_to(elsewhere)  # images outside the dataset: followed
+    with pytest.warns(IgnoredFilesWarning) as caught:
+        data = load_dataset(f"imagefolder:{root}", test_from_train=0.25, quiet=True)
+    messages = [str(w.message) for w in caught if w.category is IgnoredFilesWarning]
+    assert any("ignored 1 file(s) that are not images PIL opens" in m and "notes.txt" in m for m in messages)
+    assert any("did not follow 2 link(s) that lead back into the dataset" in m for m in messages)
+    assert data.classes == list(CLASSES)
+    counts = [a + b for a, b in zip(data.train.class_counts(3), data.test.class_counts(3))]
+    assert counts == [4 + 1 + 2, 4, 4]  # cat: its 4, the GIF and the 2 linked from outside; dog: no twin
+    assert data.info["ignored_files"] == 1 and data.info["links_not_followed"] == 2 and data.info["bad_images"] == 0
+
+
+def test_a_class_without_images_is_refused(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets", per_class={"train": 2, "val": 1}, corrupt=False)
+    (root / "train" / "empty").mkdir()
+    (root / "train" / "empty" / "readme.md").write_text("to do")
+    with pytest.raises(ValueError, match=r"the class folder\(s\) empty holds no images; add images or remove"):
+        load_dataset(f"imagefolder:{root}", quiet=True)
+    (root / "train" / "empty" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ValueError, match=r"class folder\(s\) empty holds no image that decodes"):
+        load_dataset(f"imagefolder:{root}", quiet=True, cache_mb=0)

@@ -6,7 +6,9 @@ Layouts:
 * ``PATH/<class>/*`` (or ``PATH/train/`` alone): one folder, split stratified later
   (``test_from_train``, the CLI's ``--test-fraction``, default 0.2).
 
-Classes are the sorted subfolder names of the training folder, as in ``ImageFolder``. Images are
+Classes are the sorted subfolder names of the training folder, as in ``ImageFolder``; a class
+folder without images is refused. Which files are images -- any format PIL opens, no hidden or
+AppleDouble files, no links back into the dataset -- is :mod:`adact.data.listing`'s to say. Images are
 grayscale (1 channel) when every file is, else RGB (3 channels; alpha dropped). They are
 resized to ``image_size`` x ``image_size`` when given, and must otherwise share one size.
 
@@ -36,19 +38,23 @@ import torch
 
 from adact.config import BAD_IMAGE_POLICIES, train_default
 from adact.data.arrays import ArrayDataset, as_split
+from adact.data.listing import Listing, image_extensions
 from adact.errors import UserError
 
-__all__ = ["BAD_IMAGE_POLICIES", "IMAGE_EXTENSIONS", "BadImageWarning", "FileSplit", "decode_image",
+__all__ = ["BAD_IMAGE_POLICIES", "BadImageWarning", "FileSplit", "IgnoredFilesWarning", "decode_image",
            "load_imagefolder"]
 
 _CACHE_MB: float = train_default("cache_mb")  # one default for the library and the command line
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 class BadImageWarning(UserWarning):
     """An image file could not be decoded and was skipped."""
+
+
+class IgnoredFilesWarning(UserWarning):
+    """Files of an image folder that are not images PIL opens, or links back into it, were left out."""
 
 
 @dataclass(repr=False)
@@ -124,10 +130,24 @@ def _oriented_size(img: Any) -> tuple[int, int]:
     return (img.width, img.height) if turned else (img.height, img.width)
 
 
-def _class_files(folder: Path) -> dict[str, list[Path]]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return {c: sorted(p for p in (folder / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            for c in classes}
+def _left_out(root: Path, listing: Listing) -> None:
+    """One warning for the files that are not images PIL opens, one for the links not followed."""
+    if listing.ignored:
+        warnings.warn(f"{root}: ignored {len(listing.ignored)} file(s) that are not images PIL opens, by extension "
+                      f"(e.g. {', '.join(listing.ignored[:3])})", IgnoredFilesWarning, stacklevel=4)
+    if listing.links:
+        warnings.warn(f"{root}: did not follow {len(listing.links)} link(s) that lead back into the dataset, which "
+                      f"would count its images twice (e.g. {', '.join(listing.links[:3])})", IgnoredFilesWarning,
+                      stacklevel=4)
+
+
+def _refuse_empty(folder: Path, classes: list[str], labels: list[int], what: str) -> None:
+    """A class without training images cannot be learned, and would look like one in every table."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts.tolist()) if n == 0]
+    if empty:
+        raise UserError(f"{folder}: the class folder(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} "
+                        f"{what}; add images or remove the folder(s)")
 
 
 def _layout(root: Path) -> tuple[Path, Path | None]:
@@ -216,7 +236,8 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise UserError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
     train_dir, test_dir = _layout(root)
-    per_class = _class_files(train_dir)
+    listing = Listing(root)
+    per_class = listing.classes(train_dir)
     classes = list(per_class)
     if not classes:
         raise UserError(f"{train_dir} holds no class subfolders; an image folder is <class>/<image> "
@@ -224,15 +245,18 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, list[tuple[Path, int]]] = {"train": [(p, index[c]) for c, ps in per_class.items() for p in ps]}
     if test_dir is not None:
-        test_classes = _class_files(test_dir)
+        test_classes = listing.classes(test_dir)
         extra = [c for c in test_classes if c not in index]
         if extra:
             raise UserError(f"{test_dir} has classes the training folder {train_dir} lacks: {', '.join(extra[:5])}")
         splits["test"] = [(p, index[c]) for c, ps in test_classes.items() for p in ps]
+    _left_out(root, listing)
+    _refuse_empty(train_dir, classes, [lab for _, lab in splits["train"]], "holds no images")
     bad: list[str] = []
     scanned = {k: _scan(v, on_bad_image, bad) for k, v in splits.items()}
     if not scanned["train"]:
-        raise UserError(f"{train_dir} holds no readable images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{train_dir} holds no readable images (files PIL opens: "
+                        f"{', '.join(sorted(image_extensions()))})")
     everything = [it for v in scanned.values() for it in v]
     mode = "L" if all(m in _GRAY_MODES for _, _, m, _ in everything) else "RGB"
     if image_size is not None:
@@ -253,6 +277,8 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
         verb = "decoding" if cached else "checking"
         good, arrays = _decode_each(items, mode, size, on_bad_image, bad, f"{verb} {root.name}/{k}", quiet, cached)
         labels = np.asarray([lab for _, lab, _, _ in good], dtype=np.int64)
+        if k == "train":
+            _refuse_empty(train_dir, classes, labels.tolist(), "holds no image that decodes")
         if cached:
             out[k] = as_split(np.stack(arrays) if arrays else np.zeros((0, c, h, w), dtype=np.uint8), labels)
         else:
@@ -264,6 +290,7 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
         "storage": (f"decoded once into memory ({nbytes / 2**20:.1f} MiB <= {cache_mb:g} MiB)" if cached else
                     f"streamed from disk ({nbytes / 2**20:.1f} MiB > {cache_mb:g} MiB)"),
         "bad_images": len(bad), "bad_image_files": bad[:20],
+        "ignored_files": len(listing.ignored), "links_not_followed": len(listing.links),
     }
     return out["train"], out.get("test"), classes, info
 
