@@ -196,3 +196,18 @@ def test_a_class_without_images_is_refused(tmp_path: Path) -> None:
     (root / "train" / "empty" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(ValueError, match=r"class folder\(s\) empty holds no image that decodes"):
         load_dataset(f"imagefolder:{root}", quiet=True, cache_mb=0)
+
+
+def test_cache_mb_0_means_always_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adact.cli import _train_config, build_parser
+    from adact.config import TrainConfig
+    from conftest import cli_error
+
+    args = build_parser().parse_args(["train", "--cache-mb", "0"])
+    assert _train_config(args, dataset="digits", seed=0, activation="adact").cache_mb == 0.0
+    assert "argument --cache-mb: must be a finite number >= 0" in cli_error(capsys, ["train", "--cache-mb", "-1"])
+    with pytest.raises(ValueError, match="cache_mb must be >= 0"):
+        TrainConfig(cache_mb=-1.0)
+    root = write_image_folder(tmp_path / "pets", per_class={"train": 2, "val": 1}, corrupt=False)
+    data = load_dataset(f"imagefolder:{root}", cache_mb=0, quiet=True)
+    assert isinstance(data.train, FileSplit) and "streamed from disk" in str(data.info["storage"])

@@ -35,7 +35,7 @@ from adact.config import (
     train_default,
 )
 from adact.dataspec import DATASET_HELP, DatasetSpec
-from adact.errors import UserError
+from adact.errors import UserCodeError, UserError
 from adact.runs.io import WriteError, one_line_warnings
 
 __all__ = ["build_parser", "main"]
@@ -356,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if message is None:
                 _report_bug()
                 return 1
+            if isinstance(e, UserCodeError) and e.frames:
+                sys.stderr.write(e.frames)  # the user's own frames: where in their code it went wrong
             print(f"adact: error: {message}", file=sys.stderr)
             return 2
         if dist is not None:  # [distributed] only after success: tearing down after a lost peer can block

@@ -26,7 +26,7 @@ from torch import nn
 
 from adact.choice import adact_units
 from adact.config import BASELINE, parse_model, parse_model_config
-from adact.errors import UserError
+from adact.errors import UserCodeError, UserError
 from adact.surgery import adactify, optimize
 
 __all__ = ["CausalLM", "check_input", "check_language_model", "create_language_model", "create_model",
@@ -99,16 +99,57 @@ def _import_factory(spec: str) -> Any:
                 raise UserError(f"--model {spec}: cannot import {path}")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module  # spawned workers import it again from the path
-            loader_spec.loader.exec_module(module)
+            try:
+                with _user_code(spec, f"importing {path}"):
+                    loader_spec.loader.exec_module(module)
+            except UserError:
+                del sys.modules[mod_name]  # half a module: the next try runs the file again
+                raise
     else:
         try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise UserError(f"--model {spec}: cannot import module {target!r} ({e})") from None
+            with _user_code(spec, f"importing {target}", missing=target):
+                module = importlib.import_module(target)
+        except ModuleNotFoundError as e:  # the module itself is not on the path (not one it imports)
+            raise UserError(f"--model {spec}: cannot import module {target!r} ({e}); {_path_hint(target)}") from None
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise UserError(f"--model {spec}: {target} has no callable {factory!r}")
     return fn
+
+
+@contextlib.contextmanager
+def _user_code(spec: str, what: str, missing: str | None = None) -> Iterator[None]:
+    """An exception from the user's model code is their error: :class:`UserCodeError` with their frames.
+
+    ``missing``: a module being imported; its own absence stays a ``ModuleNotFoundError`` for the caller.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except ModuleNotFoundError as e:
+        if missing is not None and e.name is not None and (missing == e.name or missing.startswith(e.name + ".")):
+            raise
+        raise _user_code_error(spec, what, e) from e
+    except Exception as e:  # noqa: BLE001 -- anything the user's code raises is theirs to fix
+        raise _user_code_error(spec, what, e) from e
+
+
+def _user_code_error(spec: str, what: str, e: Exception) -> UserCodeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return UserCodeError.wrap(f"--model {spec}: your code raised {type(e).__name__}{': ' + first if first else ''} "
+                              f"while {what} (its traceback is above); fix it there", e)
+
+
+def _path_hint(target: str) -> str:
+    """Where Python looks for ``pkg.mod``, and how to point it at the user's folder."""
+    top = target.split(".")[0]
+    here = Path.cwd()
+    if (here / top).is_dir() or (here / f"{top}.py").is_file():
+        return (f"{top} is in the current folder {here}, which the adact command does not search: run "
+                f"PYTHONPATH={here} adact ... (or python -m adact ...)")
+    return (f"Python looks for it on sys.path; add the folder that holds {top}/ (or {top}.py) to PYTHONPATH, "
+            f"e.g. PYTHONPATH=/path/to/that/folder adact ..., or give the file: --model path/to/{top}.py:factory")
 
 
 def _call_factory(fn: Any, spec: str, num_classes: int, in_channels: int) -> nn.Module:
@@ -119,7 +160,9 @@ def _call_factory(fn: Any, spec: str, num_classes: int, in_channels: int) -> nn.
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
               if k in params or takes_any}
-    model = fn(**kwargs)
+    call = f"calling {getattr(fn, '__name__', 'the factory')}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    with _user_code(spec, call):
+        model = fn(**kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -226,7 +226,7 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
     """Read an image folder; returns ``(train, test or None, classes, info)``.
 
     Splits are :class:`~adact.data.ArrayDataset` when every image fits in ``cache_mb`` MiB as
-    uint8, else :class:`FileSplit`. ``test`` is None for a single folder (the caller carves it).
+    uint8, else (and always when ``cache_mb`` is 0) :class:`FileSplit`. ``test`` is None for a single folder (the caller carves it).
 
     Raises:
         ValueError: no classes or no images, a test folder with classes the training folder
@@ -271,7 +271,7 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
     c = 1 if mode == "L" else 3
     h, w = size if size is not None else everything[0][3]
     nbytes = len(everything) * c * h * w
-    cached = nbytes <= cache_mb * 2**20
+    cached = cache_mb > 0 and nbytes <= cache_mb * 2**20  # 0: always stream
     out: dict[str, Any] = {}
     for k, items in scanned.items():
         verb = "decoding" if cached else "checking"
