@@ -99,7 +99,8 @@ def decode_image(path: str | Path, mode: str, size: tuple[int, int] | None) -> n
     from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
-        img = ImageOps.exif_transpose(opened)
+        # exif_transpose copies even an upright image: call it only for one that is turned
+        img = ImageOps.exif_transpose(opened) if _turned(opened) else opened
         img = _eight_bit(img, mode)
         if img.mode == "P" and mode == "RGB":
             img = img.convert("RGBA")  # a palette's transparency goes through RGBA (PIL warns otherwise)
@@ -124,10 +125,15 @@ def _eight_bit(img: Any, mode: str) -> Any:
     return Image.fromarray(np.rint(a * (255.0 / top)).astype(np.uint8), "L")
 
 
+def _turned(img: Any) -> bool:
+    """Whether the EXIF orientation (read from the header) turns or flips the image."""
+    return img.getexif().get(0x0112, 1) != 1
+
+
 def _oriented_size(img: Any) -> tuple[int, int]:
     """``(height, width)`` after the EXIF orientation, read from the header alone."""
-    turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
-    return (img.width, img.height) if turned else (img.height, img.width)
+    swapped = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
+    return (img.width, img.height) if swapped else (img.height, img.width)
 
 
 def _left_out(root: Path, listing: Listing) -> None:
