@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def test_user_factory_gets_what_it_accepts(tmp_path: Path) -> None:
 
 _BROKEN = {
     "syntax.py": ("def build(num_classes:\n    return None\n", "SyntaxError", "while importing"),
-    "raises.py": ("from torch import nn\n\n\ndef build(num_classes):\n    width = {}['width']\n    return nn.Linear(2, 2)\n",
+    "raises.py": ("from torch import nn\n\n\ndef build(num_classes):\n    width = {}['width']\n"
+                  "    return nn.Linear(2, 2)\n",
                   "KeyError: 'width'", "while calling build(num_classes=5)"),
     "imports.py": ("import no_such_dependency_xyz\n", "ModuleNotFoundError: No module named 'no_such_dependency_xyz'",
                    "while importing"),
@@ -67,7 +69,8 @@ _BROKEN = {
 
 
 @pytest.mark.parametrize("name", list(_BROKEN))
-def test_errors_in_the_users_model_file_are_theirs(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_in_the_users_model_file_are_theirs(name: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from adact.cli import main
     from adact.errors import UserCodeError
 
@@ -88,10 +91,11 @@ def test_errors_in_the_users_model_file_are_theirs(name: str, tmp_path: Path, ca
 def test_a_package_not_on_the_path_gets_a_pythonpath_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "mypkg_i27").mkdir()
     (tmp_path / "mypkg_i27" / "__init__.py").write_text("")
-    (tmp_path / "mypkg_i27" / "nets.py").write_text("from torch import nn\n\n\ndef build():\n    return nn.Linear(4, 2)\n")
+    (tmp_path / "mypkg_i27" / "nets.py").write_text("from torch import nn\n\n\ndef build():\n"
+                                                    "    return nn.Linear(4, 2)\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".", str(tmp_path))])
-    with pytest.raises(ValueError, match=rf"cannot import module 'mypkg_i27.nets' .*in the current folder .*PYTHONPATH="):
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    with pytest.raises(ValueError, match=r"cannot import module 'mypkg_i27.nets' .*in the current folder .*PYTHONPATH"):
         create_model("mypkg_i27.nets:build", num_classes=2, in_channels=3)
     monkeypatch.chdir(tmp_path / "mypkg_i27")
     with pytest.raises(ValueError, match=r"add the folder that holds mypkg_i27/ \(or mypkg_i27.py\) to PYTHONPATH"):

@@ -8,9 +8,9 @@ Layouts:
 
 Classes are the sorted subfolder names of the training folder, as in ``ImageFolder``; a class
 folder without images is refused. Which files are images -- any format PIL opens, no hidden or
-AppleDouble files, no links back into the dataset -- is :mod:`adact.data.listing`'s to say. Images are
-grayscale (1 channel) when every file is, else RGB (3 channels; alpha dropped). They are
-resized to ``image_size`` x ``image_size`` when given, and must otherwise share one size.
+AppleDouble files, no links back into the dataset -- is :mod:`adact.data.listing`'s to say.
+Images are grayscale (1 channel) when every file is, else RGB (3 channels; alpha dropped). They
+are resized to ``image_size`` x ``image_size`` when given, and must otherwise share one size.
 
 Every file is decoded the same way: EXIF orientation applied, 16-bit and float samples scaled to
 8 bits (see :func:`decode_image`), alpha dropped. Images are decoded once into uint8 tensors in
@@ -27,8 +27,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from adact.config import BAD_IMAGE_POLICIES, train_default
-from adact.data.arrays import ArrayDataset, as_split
+from adact.data.arrays import as_split
 from adact.data.listing import Listing, image_extensions
 from adact.errors import UserError
 
@@ -101,7 +101,7 @@ def decode_image(path: str | Path, mode: str, size: tuple[int, int] | None) -> n
     with Image.open(path) as opened:
         # exif_transpose copies even an upright image: call it only for one that is turned
         img = ImageOps.exif_transpose(opened) if _turned(opened) else opened
-        img = _eight_bit(img, mode)
+        img = _eight_bit(img)
         if img.mode == "P" and mode == "RGB":
             img = img.convert("RGBA")  # a palette's transparency goes through RGBA (PIL warns otherwise)
         img = img.convert(mode)
@@ -111,7 +111,7 @@ def decode_image(path: str | Path, mode: str, size: tuple[int, int] | None) -> n
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _eight_bit(img: Any, mode: str) -> Any:
+def _eight_bit(img: Any) -> Any:
     """``img`` with samples of more than 8 bits scaled to an 8-bit ``L`` image; others as they are."""
     from PIL import Image
 
@@ -232,12 +232,14 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, on_bad_image:
     """Read an image folder; returns ``(train, test or None, classes, info)``.
 
     Splits are :class:`~adact.data.ArrayDataset` when every image fits in ``cache_mb`` MiB as
-    uint8, else (and always when ``cache_mb`` is 0) :class:`FileSplit`. ``test`` is None for a single folder (the caller carves it).
+    uint8, else (and always when ``cache_mb`` is 0) :class:`FileSplit`. ``test`` is None for a
+    single folder (the caller carves it).
 
     Raises:
-        ValueError: no classes or no images, a test folder with classes the training folder
-            lacks, images of different sizes without ``image_size``, or (``on_bad_image="error"``)
-            an image that cannot be decoded -- the message names the file.
+        ValueError: no classes or no images, a training class folder without images, a test
+            folder with classes the training folder lacks, images of different sizes without
+            ``image_size``, or (``on_bad_image="error"``) an image that cannot be decoded -- the
+            message names the file.
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise UserError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")

@@ -177,7 +177,8 @@ def _resolve_names(file: ChoicesFile, names: Sequence[str]) -> list[str | type[n
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
             raise file.error(
-                f"cannot import the target class {name!r} saved with the choices ({e}); pass targets=... to apply_choices"
+                f"cannot import the target class {name!r} saved with the choices ({e}); pass targets=... to "
+                f"apply_choices"
             ) from e
         out.append(obj)
     return out
@@ -234,10 +235,10 @@ def apply_choices(
         if saved != have:
             missing = [p for p in saved if p not in have][:5]
             extra = [p for p in have if p not in saved][:5]
+            order = "" if missing or extra else "; the same sites in another order"
             raise file.error(
                 f"the model's {len(have)} sites do not match the {len(saved)} saved ones (saved but not found: "
-                f"{missing}; found but not saved: {extra}{'; same sites, other order' if not missing + extra else ''}); "
-                f"is it the same architecture?"
+                f"{missing}; found but not saved: {extra}{order}); is it the same architecture?"
             )
         if example_inputs is not None:
             _check_channels(file, converted, units, example_inputs)
