@@ -24,6 +24,7 @@ DATASET_HELP = (f"{', '.join(DATASETS)}, npz:PATH (arrays x_train, y_train, x_te
                 f"(a UTF-8 text file: language modelling)")
 
 _PREFIXES = ("npz", "imagefolder", "text")
+_FILE_KINDS = ("npz", "text")  # prefixes that name a file (the others name a folder)
 
 
 def printable(text: str) -> str:
@@ -38,7 +39,6 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:  # surrogates that are not escaped bytes: show their code points
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
-_FILE_KINDS = ("npz", "text")  # prefixes that name a file (the others name a folder)
 
 
 @dataclass(frozen=True)
