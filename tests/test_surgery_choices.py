@@ -13,7 +13,15 @@ from torch import Tensor, nn
 
 import adact
 from adact.models import ConvNet
-from adact.surgery import ExportableRReLU, adact_units, adactify, apply_choices, optimize, save_choices
+from adact.surgery import (
+    ChoicesFileError,
+    ExportableRReLU,
+    adact_units,
+    adactify,
+    apply_choices,
+    optimize,
+    save_choices,
+)
 from adact.unit import AdAct
 
 torchvision = pytest.importorskip("torchvision")
@@ -215,7 +223,7 @@ def test_apply_choices_leaves_the_model_unchanged_on_every_bad_file(tmp_path: Pa
         bad.write_text(json.dumps(_edit(json.loads(good.read_text()), what)))
         with pytest.raises(ValueError, match=f"apply_choices: '{bad}'") as caught:
             apply_choices(model, bad)
-        assert isinstance(caught.value, adact.errors.UserError), what
+        assert isinstance(caught.value, ChoicesFileError) and isinstance(caught.value, adact.errors.UserError), what
         if what not in ("list", "no sites", "sites not a list", "unknown candidate", "unimportable target",
                         "a site too many", "other order", "other architecture", "site a string"):
             assert "site 'adact_silu'" in str(caught.value) or "site 'adact_gelu'" in str(caught.value), what
