@@ -88,6 +88,23 @@ def test_errors_in_the_users_model_file_are_theirs(name: str, tmp_path: Path,
     assert f'File "{tmp_path / name}"' in err and "adact/model_zoo.py" not in err and "internal error" not in err
 
 
+def test_an_error_in_the_users_forward_is_theirs(tmp_path: Path) -> None:
+    from adact.errors import UserCodeError
+
+    (tmp_path / "fwd.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self, num_classes):\n"
+        "        super().__init__()\n        self.fc = nn.Linear(3, num_classes)\n\n"
+        "    def forward(self, x):\n        return self.fc(x.mean((2, 3))) + self.offsets['bias']\n\n\n"
+        "def build(num_classes):\n    return Net(num_classes)\n")
+    spec = f"{tmp_path / 'fwd.py'}:build"
+    net = create_model(spec, num_classes=2, in_channels=3)
+    with pytest.raises(UserCodeError, match=r"AttributeError: 'Net' object has no attribute 'offsets' while running"
+                                            r" the model on 2 blank images") as caught:
+        check_input(net, spec, 3, (8, 8), 2)
+    frames = caught.value.frames.splitlines()
+    assert frames[0] == "Traceback (most recent call last):" and frames[1].startswith(f'  File "{tmp_path / "fwd.py"}"')
+
+
 def test_a_package_not_on_the_path_gets_a_pythonpath_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "mypkg_i27").mkdir()
     (tmp_path / "mypkg_i27" / "__init__.py").write_text("")

@@ -54,12 +54,23 @@ class UserCodeError(UserError):
         return type(self), (str(self), self.frames)
 
     @classmethod
-    def wrap(cls, message: str, error: BaseException) -> UserCodeError:
-        """``message``, with ``error``'s traceback from its first frame outside adact and importlib."""
-        tb = error.__traceback__
-        while tb is not None and _leads_there(tb.tb_frame.f_code.co_filename):
-            tb = tb.tb_next
-        return cls(message, "".join(traceback.format_exception(type(error), error, tb)))
+    def wrap(cls, message: str, error: BaseException, origin: str | None = None) -> UserCodeError:
+        """``message``, with ``error``'s traceback from the user's first frame.
+
+        That is the first frame under ``origin`` (the folder of the user's code) when one is,
+        else the first outside adact and importlib (torch's module machinery may lead there too).
+        """
+        first = error.__traceback__
+        if origin is not None:
+            mine = os.path.realpath(origin) + os.sep
+            tb = first
+            while tb is not None and not os.path.realpath(tb.tb_frame.f_code.co_filename).startswith(mine):
+                tb = tb.tb_next
+            if tb is not None:
+                return cls(message, "".join(traceback.format_exception(type(error), error, tb)))
+        while first is not None and _leads_there(first.tb_frame.f_code.co_filename):
+            first = first.tb_next
+        return cls(message, "".join(traceback.format_exception(type(error), error, first)))
 
 
 def _leads_there(filename: str) -> bool:
