@@ -385,6 +385,9 @@ def test_npz_validation_errors(tmp_path: Path) -> None:
         # A stray huge label is an error, not a 10**9-way classifier that allocates until the OOM killer.
         (dict(y_train=np.array([0, 1, 0, 1, 0, 10**9])), r"label 1000000000 would mean 1,000,000,001 classes"),
         (dict(x_test=np.zeros((0, 8, 8), dtype=np.uint8), y_test=np.zeros(0, dtype=np.int64)), r"x_test is empty"),
+        # Labels with a gap and no classes array: class 1 would be a class without images.
+        (dict(y_train=np.array([0, 2, 0, 2, 0, 2]), y_test=np.array([0, 2])), r"no training image has label 1; without"),
+        (dict(y_test=np.array([0, 2])), r"no training image has label 2; .* 0\.\.2 \(the largest label \+ 1\)"),
     ]
     for i, (change, pattern) in enumerate(cases):
         path = write_npz(tmp_path / f"case{i}.npz", **{**good, **change})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,69 @@ def test_user_factory_gets_what_it_accepts(tmp_path: Path) -> None:
         create_model(f"{tmp_path / 'only_classes.py'}:missing", num_classes=5, in_channels=3)
     with pytest.raises(FileNotFoundError, match="no file"):
         create_model("nowhere.py:build", num_classes=5, in_channels=3)
+
+
+_BROKEN = {
+    "syntax.py": ("def build(num_classes:\n    return None\n", "SyntaxError", "while importing"),
+    "raises.py": ("from torch import nn\n\n\ndef build(num_classes):\n    width = {}['width']\n"
+                  "    return nn.Linear(2, 2)\n",
+                  "KeyError: 'width'", "while calling build(num_classes=5)"),
+    "imports.py": ("import no_such_dependency_xyz\n", "ModuleNotFoundError: No module named 'no_such_dependency_xyz'",
+                   "while importing"),
+}
+
+
+@pytest.mark.parametrize("name", list(_BROKEN))
+def test_errors_in_the_users_model_file_are_theirs(name: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from adact.cli import main
+    from adact.errors import UserCodeError
+
+    source, error, when = _BROKEN[name]
+    (tmp_path / name).write_text(source)
+    spec = f"{tmp_path / name}:build"
+    with pytest.raises(UserCodeError, match=rf"your code raised {re.escape(error)}.* {re.escape(when)}") as caught:
+        create_model(spec, num_classes=5, in_channels=3)
+    frames = caught.value.frames
+    assert str(tmp_path / name) in frames and "model_zoo.py" not in frames and "importlib" not in frames
+    # the command line: the user's frames, then one line, exit status 2 (not adact's traceback, not 1)
+    assert main(["train", "--model", spec, "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().splitlines()[-1].startswith(f"adact: error: --model {spec}: your code raised")
+    assert f'File "{tmp_path / name}"' in err and "adact/model_zoo.py" not in err and "internal error" not in err
+
+
+def test_an_error_in_the_users_forward_is_theirs(tmp_path: Path) -> None:
+    from adact.errors import UserCodeError
+
+    (tmp_path / "fwd.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self, num_classes):\n"
+        "        super().__init__()\n        self.fc = nn.Linear(3, num_classes)\n\n"
+        "    def forward(self, x):\n        return self.fc(x.mean((2, 3))) + self.offsets['bias']\n\n\n"
+        "def build(num_classes):\n    return Net(num_classes)\n")
+    spec = f"{tmp_path / 'fwd.py'}:build"
+    net = create_model(spec, num_classes=2, in_channels=3)
+    with pytest.raises(UserCodeError, match=r"AttributeError: 'Net' object has no attribute 'offsets' while running"
+                                            r" the model on 2 blank images") as caught:
+        check_input(net, spec, 3, (8, 8), 2)
+    frames = caught.value.frames.splitlines()
+    assert frames[0] == "Traceback (most recent call last):" and frames[1].startswith(f'  File "{tmp_path / "fwd.py"}"')
+
+
+def test_a_package_not_on_the_path_gets_a_pythonpath_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mypkg_i27").mkdir()
+    (tmp_path / "mypkg_i27" / "__init__.py").write_text("")
+    (tmp_path / "mypkg_i27" / "nets.py").write_text("from torch import nn\n\n\ndef build():\n"
+                                                    "    return nn.Linear(4, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    with pytest.raises(ValueError, match=r"cannot import module 'mypkg_i27.nets' .*in the current folder .*PYTHONPATH"):
+        create_model("mypkg_i27.nets:build", num_classes=2, in_channels=3)
+    monkeypatch.chdir(tmp_path / "mypkg_i27")
+    with pytest.raises(ValueError, match=r"add the folder that holds mypkg_i27/ \(or mypkg_i27.py\) to PYTHONPATH"):
+        create_model("mypkg_i27.nets:build", num_classes=2, in_channels=3)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert isinstance(create_model("mypkg_i27.nets:build", num_classes=2, in_channels=3), nn.Module)
 
 
 def test_too_small_images_are_a_clear_error() -> None:

@@ -13,7 +13,15 @@ from torch import Tensor, nn
 
 import adact
 from adact.models import ConvNet
-from adact.surgery import ExportableRReLU, adact_units, adactify, apply_choices, optimize, save_choices
+from adact.surgery import (
+    ChoicesFileError,
+    ExportableRReLU,
+    adact_units,
+    adactify,
+    apply_choices,
+    optimize,
+    save_choices,
+)
 from adact.unit import AdAct
 
 torchvision = pytest.importorskip("torchvision")
@@ -145,3 +153,131 @@ def test_choices_keep_channel_weights(tmp_path: Path) -> None:
     fixed = apply_choices(ConvNet(activation="relu"), tmp_path / "ch.json")
     assert isinstance(fixed.activations()[0], nn.ReLU)  # uniform mixtures: first candidate
     assert copy.deepcopy(fixed)(x).shape == (2, 10)
+
+
+# --- apply_choices is all or nothing ---------------------------------------------------------
+
+_N_SITES = 4  # _Net's sites: act.0, act.1, adact_gelu, adact_silu
+
+
+def _edit(data: dict, what: str) -> object:
+    """``data`` (a good _Net choices file) damaged one way; returns the JSON value to write."""
+    sites = data["sites"]
+    if what == "list":
+        return [data]
+    if what == "no sites":
+        del data["sites"]
+    elif what == "sites not a list":
+        data["sites"] = {"act.0": "relu"}
+    elif what == "site a string":
+        data["sites"][3] = "act.0"
+    elif what == "no choice":
+        del sites[3]["choice"]
+    elif what == "unknown choice":
+        sites[3]["choice"] = "bogus_act"
+    elif what == "choice outside the candidates":
+        sites[3]["choice"] = "tanh"
+    elif what == "slope of the wrong shape":
+        sites[3]["choice"], sites[3]["prelu_weight"] = "prelu", [0.1, 0.2, 0.3]
+    elif what == "slope not numbers":
+        sites[3]["prelu_weight"] = ["a"]
+    elif what == "bad num_channels":
+        sites[3]["num_channels"] = -2
+    elif what == "duplicate site":
+        sites[3]["path"] = sites[2]["path"]
+    elif what == "unknown candidate":
+        data["adactify"]["candidates"] = ["relu", "bogus_act"]
+    elif what == "unimportable target":
+        data["adactify"]["targets"] = ["relu", "no_such_module_xyz:Act"]
+    elif what == "a site too many":
+        sites.append(dict(sites[3], path="fc.act"))
+    elif what == "other order":
+        sites[2], sites[3] = sites[3], sites[2]
+    elif what == "other architecture":
+        data["sites"] = [dict(sites[0], path="features.1")]
+    return data
+
+
+_BAD = ["list", "no sites", "sites not a list", "site a string", "no choice", "unknown choice",
+        "choice outside the candidates", "slope of the wrong shape", "slope not numbers", "bad num_channels",
+        "duplicate site", "unknown candidate", "unimportable target", "a site too many", "other order",
+        "other architecture"]  # fmt: skip
+
+
+def _fingerprint(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, Tensor], list[str]]:
+    return ([(n, type(m).__name__) for n, m in model.named_modules()],
+            {k: v.clone() for k, v in model.state_dict().items()}, sorted(model.__dict__))  # fmt: skip
+
+
+def test_apply_choices_leaves_the_model_unchanged_on_every_bad_file(tmp_path: Path) -> None:
+    searched = adactify(_Net())
+    _pin(searched, ["mish", "prelu", "rrelu", "elu"])
+    good = tmp_path / "good.json"
+    save_choices(searched, good)
+    torch.manual_seed(1)
+    model = _Net()
+    x = torch.randn(2, 3, 8, 8)
+    before, out = _fingerprint(model), model(x)
+    for what in _BAD:
+        bad = tmp_path / f"{what.replace(' ', '_')}.json"
+        bad.write_text(json.dumps(_edit(json.loads(good.read_text()), what)))
+        with pytest.raises(ValueError, match=f"apply_choices: '{bad}'") as caught:
+            apply_choices(model, bad)
+        assert isinstance(caught.value, ChoicesFileError) and isinstance(caught.value, adact.errors.UserError), what
+        if what not in ("list", "no sites", "sites not a list", "unknown candidate", "unimportable target",
+                        "a site too many", "other order", "other architecture", "site a string"):
+            assert "site 'adact_silu'" in str(caught.value) or "site 'adact_gelu'" in str(caught.value), what
+        after = _fingerprint(model)
+        assert after[0] == before[0] and after[2] == before[2], what
+        assert after[1].keys() == before[1].keys() and all(torch.equal(after[1][k], v) for k, v in before[1].items())
+        assert torch.equal(model(x), out), what
+    # the model is still whole: the good file converts it, and strict=False applies a choice outside the pool
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(_edit(json.loads(good.read_text()), "choice outside the candidates")))
+    final = apply_choices(model, outside, strict=False)
+    assert [type(m) for _, m in _sites(final)] == [nn.Mish, nn.PReLU, ExportableRReLU, nn.Tanh]
+
+
+def test_apply_choices_names_the_fault(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    save_choices(adactify(_Net()), path)
+    messages = {}
+    for what in ("unknown choice", "choice outside the candidates", "slope of the wrong shape", "other architecture"):
+        path.write_text(json.dumps(_edit(json.loads(json.dumps(_saved(tmp_path))), what)))
+        with pytest.raises(ValueError) as caught:
+            apply_choices(_Net(), path)
+        messages[what] = str(caught.value)
+    assert "unknown activation 'bogus_act'" in messages["unknown choice"]
+    assert "'tanh' is not one of the candidates" in messages["choice outside the candidates"]
+    assert "strict=False" in messages["choice outside the candidates"]
+    assert "'prelu_weight' has 3 values" in messages["slope of the wrong shape"]
+    assert "do not match the 1 saved ones" in messages["other architecture"]
+    path.write_bytes(b"\xff\x00 not json")
+    with pytest.raises(ValueError, match="not a JSON file"):
+        apply_choices(_Net(), path)
+
+
+def _saved(tmp_path: Path) -> dict:
+    save_choices(adactify(_Net()), tmp_path / "fresh.json")
+    return json.loads((tmp_path / "fresh.json").read_text())
+
+
+def test_apply_choices_checks_prelu_slopes_against_the_channels_seen(tmp_path: Path) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    net = adactify(ConvNet(activation="relu"), candidates=("relu", "prelu"), granularity="channel", example_inputs=x)
+    _pin(net, ["prelu", "relu", "relu", "relu"])
+    path = tmp_path / "ch.json"
+    save_choices(net, path)
+    data = json.loads(path.read_text())
+    assert len(data["sites"][0]["prelu_weight"]) == 32
+    data["sites"][0]["prelu_weight"] = [0.1] * 16
+    data["sites"][0]["num_channels"] = 16
+    path.write_text(json.dumps(data))
+    model = ConvNet(activation="relu", channels=(32, 64, 128, 256))
+    before = _fingerprint(model)
+    with pytest.raises(ValueError, match=r"16 slopes, but the site's input has shape \(2, 32, 32, 32\)"):
+        apply_choices(model, path, example_inputs=x)
+    after = _fingerprint(model)
+    assert after[0] == before[0] and after[2] == before[2]
+    fixed = apply_choices(model, path)  # without example_inputs only the file itself is checked
+    assert fixed.activations()[0].weight.shape == (16,)

@@ -177,9 +177,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default=_D("on_bad_image"),
                    help="image folders: skip an undecodable file with a warning (default; the count is reported) "
                         "or stop with an error naming it")
-    g.add_argument("--cache-mb", type=positive_float, default=_D("cache_mb"), metavar="MIB",
+    g.add_argument("--cache-mb", type=non_negative_float, default=_D("cache_mb"), metavar="MIB",
                    help="image folders: decode once into memory when the uint8 images take at most this many MiB, "
-                        f"else stream them from disk with DataLoader workers (default: {_D('cache_mb'):g})")
+                        f"else stream them from disk with DataLoader workers; 0: always stream (default: "
+                        f"{_D('cache_mb'):g})")
     g.add_argument("--max-train-samples", type=int_at_least(1), default=None, metavar="N",
                    help="train on a fixed random subset of N images (smoke tests)")
 

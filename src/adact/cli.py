@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import os
 import sys
 import warnings
@@ -34,7 +35,7 @@ from adact.config import (
     train_default,
 )
 from adact.dataspec import DATASET_HELP, DatasetSpec
-from adact.errors import UserError
+from adact.errors import UserCodeError, UserError
 from adact.runs.io import WriteError, one_line_warnings
 
 __all__ = ["build_parser", "main"]
@@ -336,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Under torchrun, only rank 0 prints to stdout, and a rank that loses another rank (killed,
     crashed, unreachable) ends with one line saying so, exit status 2.
     """
+    for stream in (sys.stdout, sys.stderr):
+        # A path's undecodable bytes (a dataset folder named b"d\xff") print as \xff, not a crash of the run.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -358,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if message is None:
                 _report_bug()
                 return 1
+            if isinstance(e, UserCodeError) and e.frames:
+                sys.stderr.write(e.frames)  # the user's own frames: where in their code it went wrong
             print(f"adact: error: {message}", file=sys.stderr)
             return 2
         if dist is not None:  # [distributed] only after success: tearing down after a lost peer can block

@@ -156,7 +156,7 @@ class TrainConfig:
     image_size: int | None = None  # resize images to image_size x image_size (None: as stored)
     normalize: str = "paper"  # "paper" (mean = std = 0.5) or "imagenet"
     on_bad_image: str = "skip"  # image folders: "skip" undecodable files (counted) or stop with an "error"
-    cache_mb: float = 4096.0  # image folders: decode into memory up to this many MiB, else stream from disk
+    cache_mb: float = 4096.0  # image folders: decode into memory up to this many MiB, else stream from disk (0: always)
     model: str | None = None  # None: "convnet" (the paper's) for images, "gpt" for text; "torchvision:NAME",
     # "timm:NAME", "transformers:NAME", "file.py:factory", "pkg.mod:f"
     pretrained: bool = False  # torchvision/timm weights, only if already on disk (nothing is downloaded)
@@ -235,6 +235,8 @@ class TrainConfig:
             raise UserError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"image_size must be >= 1, got {self.image_size}")
+        if not self.cache_mb >= 0:
+            raise UserError(f"cache_mb must be >= 0 (0: always stream from disk), got {self.cache_mb}")
         kind, _ = parse_model(self.model)
         if kind in ("convnet", "gpt"):
             self.model = kind

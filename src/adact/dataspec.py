@@ -14,7 +14,7 @@ from pathlib import Path
 from adact.errors import UserError
 from adact.paper import PAPER_TABLE1
 
-__all__ = ["DATASETS", "DATASET_HELP", "DatasetSpec"]
+__all__ = ["DATASETS", "DATASET_HELP", "DatasetSpec", "printable"]
 
 DATASETS: tuple[str, ...] = ("fmnist", "cifar10", "svhn", "fer2013", "digits")
 """Named datasets; any ``.npz`` file is also accepted as ``"npz:PATH"``, a folder as ``"imagefolder:PATH"``."""
@@ -25,6 +25,20 @@ DATASET_HELP = (f"{', '.join(DATASETS)}, npz:PATH (arrays x_train, y_train, x_te
 
 _PREFIXES = ("npz", "imagefolder", "text")
 _FILE_KINDS = ("npz", "text")  # prefixes that name a file (the others name a folder)
+
+
+def printable(text: str) -> str:
+    r"""``text`` for display: a path's undecodable bytes as ``\xNN`` escapes.
+
+    A path with bytes that are not UTF-8 (a folder named ``b"d\xffata"``) reaches Python as a
+    string with lone surrogates (``os.fsdecode``), which matplotlib cannot draw and a UTF-8 file
+    cannot hold; here it reads ``d\xffata``. Other text comes back unchanged.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes: show their code points
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class DatasetSpec:
     @property
     def display(self) -> str:
         """A short label for titles: ``npz:fer2013``, ``imagefolder:pets``, ``digits``."""
-        return self.value if self.kind == "named" else f"{self.kind}:{self.stem}"
+        return self.value if self.kind == "named" else printable(f"{self.kind}:{self.stem}")
 
     @property
     def is_text(self) -> bool:

@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 
 from adact.choice import adact_units
 from adact.config import BASELINE, parse_model, parse_model_config
-from adact.errors import UserError
+from adact.errors import UserCodeError, UserError
 from adact.surgery import adactify, optimize
 
 __all__ = ["CausalLM", "check_input", "check_language_model", "create_language_model", "create_model",
@@ -99,16 +100,66 @@ def _import_factory(spec: str) -> Any:
                 raise UserError(f"--model {spec}: cannot import {path}")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module  # spawned workers import it again from the path
-            loader_spec.loader.exec_module(module)
+            try:
+                with _user_code(spec, f"importing {path}", origin=str(path.resolve().parent)):
+                    loader_spec.loader.exec_module(module)
+            except UserError:
+                del sys.modules[mod_name]  # half a module: the next try runs the file again
+                raise
     else:
         try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise UserError(f"--model {spec}: cannot import module {target!r} ({e})") from None
+            with _user_code(spec, f"importing {target}", missing=target):
+                module = importlib.import_module(target)
+        except ModuleNotFoundError as e:  # the module itself is not on the path (not one it imports)
+            raise UserError(f"--model {spec}: cannot import module {target!r} ({e}); {_path_hint(target)}") from None
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise UserError(f"--model {spec}: {target} has no callable {factory!r}")
     return fn
+
+
+@contextlib.contextmanager
+def _user_code(spec: str, what: str, missing: str | None = None, origin: str | None = None) -> Iterator[None]:
+    """An exception from the user's model code is their error: :class:`UserCodeError` with their frames.
+
+    ``missing``: a module being imported; its own absence stays a ``ModuleNotFoundError`` for the caller.
+    ``origin``: the folder of the user's code, where their frames start.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except ModuleNotFoundError as e:
+        if missing is not None and e.name is not None and (missing == e.name or missing.startswith(e.name + ".")):
+            raise
+        raise _user_code_error(spec, what, e, origin) from e
+    except Exception as e:  # noqa: BLE001 -- anything the user's code raises is theirs to fix
+        raise _user_code_error(spec, what, e, origin) from e
+
+
+def _user_code_error(spec: str, what: str, e: Exception, origin: str | None) -> UserCodeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return UserCodeError.wrap(f"--model {spec}: your code raised {type(e).__name__}{': ' + first if first else ''} "
+                              f"while {what} (its traceback is above); fix it there", e, origin)
+
+
+def _folder_of(obj: Any) -> str | None:
+    """The folder of the file that defines ``obj`` (a function or class), if it has one."""
+    try:
+        return os.path.dirname(os.path.realpath(inspect.getfile(obj)))
+    except (TypeError, OSError):
+        return None
+
+
+def _path_hint(target: str) -> str:
+    """Where Python looks for ``pkg.mod``, and how to point it at the user's folder."""
+    top = target.split(".")[0]
+    here = Path.cwd()
+    if (here / top).is_dir() or (here / f"{top}.py").is_file():
+        return (f"{top} is in the current folder {here}, which the adact command does not search: run "
+                f"PYTHONPATH={here} adact ... (or python -m adact ...)")
+    return (f"Python looks for it on sys.path; add the folder that holds {top}/ (or {top}.py) to PYTHONPATH, "
+            f"e.g. PYTHONPATH=/path/to/that/folder adact ..., or give the file: --model path/to/{top}.py:factory")
 
 
 def _call_factory(fn: Any, spec: str, num_classes: int, in_channels: int) -> nn.Module:
@@ -119,7 +170,9 @@ def _call_factory(fn: Any, spec: str, num_classes: int, in_channels: int) -> nn.
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
               if k in params or takes_any}
-    model = fn(**kwargs)
+    call = f"calling {getattr(fn, '__name__', 'the factory')}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    with _user_code(spec, call, origin=_folder_of(fn)):
+        model = fn(**kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -265,16 +318,22 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
 
 def check_input(model: nn.Module, spec: str, in_channels: int, image_size: tuple[int, int], num_classes: int) -> None:
     """One forward pass of two blank images in eval mode; a model that cannot take them is a clear error."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    # A shape error gets the --image-size hint; anything else the user's own forward raises is theirs.
+    theirs = _user_code(spec, "running the model on 2 blank images", origin=_folder_of(type(model))) \
+        if parse_model(spec)[0] == "code" else contextlib.nullcontext()
     try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            out = model(torch.zeros(2, in_channels, *image_size, device=device))
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"model {spec} cannot run on {in_channels}x{image_size[0]}x{image_size[1]} images ({first}); "
-                         f"resize them with --image-size S (e.g. 32, or 224 for ImageNet models)") from None
+        with theirs:
+            try:
+                with torch.no_grad():
+                    out = model(torch.zeros(2, in_channels, *image_size, device=device))
+            except (RuntimeError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"model {spec} cannot run on {in_channels}x{image_size[0]}x{image_size[1]} images "
+                                f"({first}); resize them with --image-size S (e.g. 32, or 224 for ImageNet "
+                                f"models)") from None
     finally:
         model.train(was_training)
     logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)

@@ -8,7 +8,8 @@
 Modules: :mod:`~adact.data.arrays` (containers, stratified carving), :mod:`~adact.data.loader`,
 :mod:`~adact.data.registry`, and one per source: :mod:`~adact.data.torchvision_sets`,
 :mod:`~adact.data.fer2013`, :mod:`~adact.data.digits`, :mod:`~adact.data.npz`,
-:mod:`~adact.data.imagefolder` (``"imagefolder:PATH"``, parsed with :class:`adact.dataspec.DatasetSpec`).
+:mod:`~adact.data.imagefolder` (``"imagefolder:PATH"``, parsed with :class:`adact.dataspec.DatasetSpec`;
+which files are its images: :mod:`~adact.data.listing`).
 """
 
 from adact.data.arrays import ArrayDataset, DataSplits, stratified_split

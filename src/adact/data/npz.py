@@ -3,7 +3,8 @@
 Required arrays: ``x_train``, ``y_train``, ``x_test``, ``y_test``. Images are uint8, either
 ``(N, H, W)`` (grayscale) or channels-last ``(N, H, W, C)``; labels are integers in
 ``0..num_classes-1``. An optional ``classes`` array of strings names the labels (and fixes
-``num_classes``); without it the classes are ``"0".."K-1"`` with ``K = max label + 1``.
+``num_classes``); without it the classes are ``"0".."K-1"`` with ``K = max label + 1``, and a label
+in that range that no training image has (a gap) is refused: it would be a class without images.
 Other arrays in the archive are ignored. Nothing is unpickled: the archive is read with
 ``allow_pickle=False``, so store ``classes`` as a string array (``np.array(names, dtype=str)``).
 """
@@ -95,7 +96,15 @@ def load_npz(path: Path) -> RawSplits:
             raise UserError(f"'{path}': label {int(all_y.max())} is out of range for {len(classes)} classes "
                              f"(labels must lie in 0..{len(classes) - 1})")
     else:
-        classes = [str(i) for i in range(int(all_y.max()) + 1)]
+        k = int(all_y.max()) + 1
+        gaps = np.setdiff1d(np.arange(k), y_train)
+        if len(gaps):
+            shown = ", ".join(str(g) for g in gaps[:10].tolist()) + (", ..." if len(gaps) > 10 else "")
+            raise UserError(f"'{path}': no training image has label {shown}; without a classes array the classes are "
+                            f"0..{k - 1} (the largest label + 1), so {'that class' if len(gaps) == 1 else 'those'} "
+                            f"would have no images. Number the labels 0..K-1 without gaps, or name every class in a "
+                            f"classes array to keep them")
+        classes = [str(i) for i in range(k)]
     info: dict[str, object] = {"source": str(path.resolve()), "format": "npz",
                                "protocol": "the archive's x_train/x_test"}
     return as_split(x_train, y_train), as_split(x_test, y_test), classes, info

@@ -129,7 +129,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
         on_bad_image: image folders: ``"skip"`` an image that cannot be decoded (with a warning; the
             count is in ``info["bad_images"]``) or stop with an ``"error"`` naming it. Default: "skip".
         cache_mb: image folders: decode once into memory when the uint8 images take at most this many
-            MiB, else stream them from disk. Default: ``TrainConfig.cache_mb`` (4096).
+            MiB, else stream them from disk; 0 always streams. Default: ``TrainConfig.cache_mb`` (4096).
         quiet: no progress bar while decoding an image folder. Default: False.
 
     Returns:

@@ -25,7 +25,7 @@ import torch
 
 from adact.choice import WEAK_MARGIN, negative_prelu
 from adact.config import SearchConfig
-from adact.dataspec import DatasetSpec
+from adact.dataspec import DatasetSpec, printable
 from adact.paper import DEFAULT_CHANNELS, PAPER_TABLE1
 from adact.reporting.analyze import PANELS
 from adact.reporting.figures import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
@@ -161,15 +161,16 @@ def render(out: str | Path) -> dict[str, Any]:
                  + _table_notes(cfg, metric))
     choices_md = ("# Chosen activations per layer\n\n"
                   + render_choices_md(records, cfg.datasets, cfg.baselines, _selection(cfg)))
-    table_text = (f"{title} -- " + metric.selection_title("best") + "\n" + tables["best"] + "\n" + _GAP_TITLE + "\n"
-                  + tables["gap"] + _weak_lines(records) + _status_lines(records))
+    table_text = printable(f"{title} -- " + metric.selection_title("best") + "\n" + tables["best"] + "\n"
+                           + _GAP_TITLE + "\n" + tables["gap"] + _weak_lines(records) + _status_lines(records))
 
     figures = _figures(cfg, records, hists, out)
-    atomic_write_text(out / f"{preset.table}.md", table1_md)
-    atomic_write_text(out / f"{preset.table}.csv", render_table_csv(summary))
-    atomic_write_text(out / "choices.md", choices_md)
+    # Text files are for reading: a path's undecodable bytes are written as \xNN escapes (JSON escapes its own).
+    atomic_write_text(out / f"{preset.table}.md", printable(table1_md))
+    atomic_write_text(out / f"{preset.table}.csv", printable(render_table_csv(summary)))
+    atomic_write_text(out / "choices.md", printable(choices_md))
     atomic_write_json(out / "choices.json", choices)
-    atomic_write_text(out / "report.md", _report(cfg, records, tables, choices_md, figures, problems, metric))
+    atomic_write_text(out / "report.md", printable(_report(cfg, records, tables, choices_md, figures, problems, metric)))
     results = {
         "format": "adact-results-2",  # 2: diffs per baseline (diffs[model][baseline][metric]), gap, confidence
         "settings": asdict(cfg),

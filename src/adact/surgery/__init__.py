@@ -13,10 +13,11 @@ Modules: :mod:`~adact.surgery.targets` (what is an activation), :mod:`~adact.sur
 (shallow fx traces), :mod:`~adact.surgery.modules` (module swapping),
 :mod:`~adact.surgery.functional` (function calls), :mod:`~adact.surgery.transformer`,
 :mod:`~adact.surgery.probe`, :mod:`~adact.surgery.core` (``adactify``),
-:mod:`~adact.surgery.choices`.
+:mod:`~adact.surgery.choices`, :mod:`~adact.surgery.choicefile` (reading a choices file, checked in full).
 """
 
 from adact.choice import adact_units, dominant_activations
+from adact.surgery.choicefile import ChoicesFileError
 from adact.surgery.choices import ExportableRReLU, apply_choices, optimize, save_choices
 from adact.surgery.core import adactify
 from adact.surgery.functional import TracedForward
@@ -30,6 +31,7 @@ __all__ = [
     "KNOWN_KINDS",
     "AdactifyReport",
     "CallSites",
+    "ChoicesFileError",
     "ExportableRReLU",
     "MissedSite",
     "Site",

@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 from adact.activations import ACTIVATIONS
 from adact.choice import adact_units
-from adact.errors import UserError
-from adact.surgery.core import CONFIG_ATTR, adactify
+from adact.surgery.choicefile import CHOICES_FORMAT, ChoicesFile, read_choices
+from adact.surgery.core import CONFIG_ATTR, adactify, undo_on_error
 from adact.surgery.modules import instances, replace
+from adact.surgery.probe import ExampleInputs, probe
 from adact.unit import AdAct
 
 __all__ = [
@@ -30,10 +31,6 @@ __all__ = [
     "optimize",
     "save_choices",
 ]
-
-#: The ``"format"`` field of a :func:`save_choices` file.
-CHOICES_FORMAT = "adact.choices/1"
-
 
 class ExportableRReLU(nn.RReLU):
     r""":class:`torch.nn.RReLU`, with its eval mode written as the LeakyReLU it is.
@@ -167,7 +164,7 @@ def save_choices(model: nn.Module, path: str | os.PathLike[str]) -> None:
         f.write("\n")
 
 
-def _resolve_names(names: Sequence[str]) -> list[str | type[nn.Module]]:
+def _resolve_names(file: ChoicesFile, names: Sequence[str]) -> list[str | type[nn.Module]]:
     out: list[str | type[nn.Module]] = []
     for name in names:
         if ":" not in name:
@@ -179,9 +176,9 @@ def _resolve_names(names: Sequence[str]) -> list[str | type[nn.Module]]:
             for part in qualname.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
-            raise UserError(
-                f"apply_choices: cannot import the target class {name!r} saved with the choices ({e}); "
-                f"pass targets=... to apply_choices"
+            raise file.error(
+                f"cannot import the target class {name!r} saved with the choices ({e}); pass targets=... to "
+                f"apply_choices"
             ) from e
         out.append(obj)
     return out
@@ -192,6 +189,8 @@ def apply_choices(
     path: str | os.PathLike[str],
     *,
     targets: Any = None,
+    strict: bool = True,
+    example_inputs: ExampleInputs | None = None,
 ) -> nn.Module:
     """Turn an unconverted model into the optimized one, from a :func:`save_choices` file.
 
@@ -202,41 +201,69 @@ def apply_choices(
     the plain module of its saved choice (a PReLU with the saved slope), as :func:`optimize`
     would give. Search once, then build the final model in a separate program.
 
+    All or nothing: the whole file is checked first (format, every site's keys and types, the
+    names against the registry, each PReLU slope against the site's channel count), then the
+    model's sites against the saved ones; on any fault the model is left exactly as it was.
+
     Args:
         model: the unconverted model; converted in place (and returned).
         path: a file written by :func:`save_choices`.
         targets: overrides the saved targets (needed when they name classes that cannot be imported).
+        strict: refuse a choice that is not among the site's recorded candidates (a hand-edited
+            file). Default: ``True``.
+        example_inputs: a tensor, or a sequence of positional arguments, for one forward pass
+            (as :func:`adactify`'s): each per-channel PReLU slope is then checked against the
+            channel count the site really sees. Default: ``None`` (checked against the file only).
 
     Returns:
         the converted model.
 
     Raises:
-        ValueError: the file is not a choices file, or the model's sites differ from the saved ones.
+        ValueError: (:class:`adact.surgery.choicefile.ChoicesFileError`) the file is not a whole
+            choices file, or the model's sites differ from the saved ones; the message names the
+            file, the site and what is wrong.
     """
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or data.get("format") != CHOICES_FORMAT:
-        raise UserError(f"{os.fspath(path)!r} is not an adact choices file (format {CHOICES_FORMAT!r})")
-    config = data.get("adactify") or {}
-    if targets is None and config.get("targets"):
-        targets = _resolve_names(config["targets"])
-    kwargs = {"candidates": config["candidates"]} if config.get("candidates") else {}
-    converted = adactify(model, targets, **kwargs)
-    units = adact_units(converted)
-    saved = [s["path"] for s in data["sites"]]
-    have = [p for p, _ in units]
-    if saved != have:
-        missing = [p for p in saved if p not in have][:5]
-        extra = [p for p in have if p not in saved][:5]
-        raise UserError(
-            f"apply_choices: the model's {len(have)} sites do not match the {len(saved)} saved ones "
-            f"(saved but not found: {missing}; found but not saved: {extra}); is it the same architecture?"
-        )
-    found = instances(converted, lambda m: isinstance(m, AdAct))
-    new: dict[int, nn.Module] = {}
-    for (_, unit), site in zip(units, data["sites"]):
-        slope = site.get("prelu_weight")
-        new[id(unit)] = _plain(
-            site["choice"], None if slope is None else torch.tensor(slope), unit.logits.device, unit.training
-        )
-    return replace(converted, found, new)
+    file = read_choices(path, strict=strict)
+    if targets is None and file.targets:
+        targets = _resolve_names(file, file.targets)
+    kwargs = {"candidates": list(file.candidates)} if file.candidates else {}
+    with undo_on_error(model):
+        converted = adactify(model, targets, example_inputs=example_inputs, **kwargs)
+        units = adact_units(converted)
+        saved = [s.path for s in file.sites]
+        have = [p for p, _ in units]
+        if saved != have:
+            missing = [p for p in saved if p not in have][:5]
+            extra = [p for p in have if p not in saved][:5]
+            order = "" if missing or extra else "; the same sites in another order"
+            raise file.error(
+                f"the model's {len(have)} sites do not match the {len(saved)} saved ones (saved but not found: "
+                f"{missing}; found but not saved: {extra}{order}); is it the same architecture?"
+            )
+        if example_inputs is not None:
+            _check_channels(file, converted, units, example_inputs)
+        found = instances(converted, lambda m: isinstance(m, AdAct))
+        new: dict[int, nn.Module] = {}
+        for (_, unit), site in zip(units, file.sites):
+            slope = None if site.prelu_weight is None else torch.tensor(site.prelu_weight)
+            new[id(unit)] = _plain(site.choice, slope, unit.logits.device, unit.training)
+        return replace(converted, found, new)
+
+
+def _check_channels(
+    file: ChoicesFile, model: nn.Module, units: list[tuple[str, AdAct]], example_inputs: ExampleInputs
+) -> None:
+    """Each per-channel PReLU slope against the channels its site sees in one forward pass."""
+    calls = probe(model, example_inputs)
+    for (path, unit), site in zip(units, file.sites):
+        if site.choice != "prelu" or site.prelu_weight is None or len(site.prelu_weight) == 1:
+            continue
+        seen = calls.get(id(unit), [])
+        shape = seen[0].shape if seen else None
+        dim = site.channel_dim if site.channel_dim is not None else 1
+        if shape is None or len(shape) < 2:
+            raise file.error(f"the saved PReLU has {len(site.prelu_weight)} slopes, but example_inputs "
+                             f"{'never reach the site' if not seen else 'give it no channel dim'}", path)
+        if shape[dim] != len(site.prelu_weight):
+            raise file.error(f"the saved PReLU has {len(site.prelu_weight)} slopes, but the site's input has "
+                             f"shape {tuple(shape)}: {shape[dim]} channels in dim {dim}", path)

@@ -24,7 +24,7 @@ from adact.surgery.transformer import convert_function_activations, disable_tran
 from adact.surgery.units import UnitFactory, model_device, share_pool
 from adact.unit import GRANULARITIES, AdAct
 
-__all__ = ["CONFIG_ATTR", "INITS", "adactify"]
+__all__ = ["CONFIG_ATTR", "INITS", "adactify", "undo_on_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def adactify(
     found = scan(model, spec)
     missed: list[MissedSite] = list(found.missed)
     traced: list[str] = []
-    with _undo_on_error(model):
+    with undo_on_error(model):
         root, sites = convert_modules(model, spec, found, factory)
         sites += convert_function_activations(root, spec, factory)
         for path, module in found.functional:
@@ -243,8 +243,11 @@ def adactify(
 
 
 @contextmanager
-def _undo_on_error(model: nn.Module) -> Iterator[None]:
-    """On an exception, put every module's attributes, children and pre-hooks back as they were."""
+def undo_on_error(model: nn.Module) -> Iterator[None]:
+    """On an exception, put every module's attributes, children and pre-hooks back as they were.
+
+    What a failed :func:`adactify` or :func:`adact.apply_choices` leaves: the model as it was.
+    """
     saved = [
         (m, dict(m.__dict__), dict(m._modules), OrderedDict(m._forward_pre_hooks))
         for m in model.modules()
