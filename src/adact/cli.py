@@ -195,6 +195,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     act = config.activation if isinstance(config.activation, str) else "-".join(config.activation)
     model = "" if config.model == "convnet" else "".join(c if c.isalnum() else "-" for c in config.model) + "_"
     out = Path(args.out or f"runs/train/{model}{spec.slug}_{act}_seed{config.seed}")
+    spec.check_out(out, config.data_dir)
     data = load_data(config, args.quiet)
     if not args.quiet:
         print(f"{data} -> {out}")

@@ -440,6 +440,7 @@ class SearchConfig:
         for ds in self.datasets:
             spec = DatasetSpec.parse(ds)
             spec.check(self.train.data_dir)
+            spec.check_out(self.out, self.train.data_dir)
             if spec.slug in slugs:
                 raise UserError(f"datasets {slugs[spec.slug]!r} and {ds!r} would share the folder {spec.slug!r}; "
                                 f"rename one of them")

@@ -99,14 +99,17 @@ def optimized_run(cfg: SearchConfig, dataset: str, seed: int, choices: list[str]
                       train_config(cfg, dataset, seed, choices))
 
 
-def check_existing_runs(runs: list[PlannedRun]) -> None:
-    """Refuse, before touching anything, an output folder whose runs were made with other settings.
+def check_existing_runs(runs: list[PlannedRun], records: dict[str, dict[str, Any]] | None = None) -> None:
+    """Refuse, before touching anything, an output folder whose runs were made with other settings or data.
+
+    ``records`` maps a dataset to its :func:`~adact.data.fingerprint.data_record` (None: settings only,
+    before the data is loaded).
 
     Raises:
-        RunMismatchError: the first run folder holding other settings (see :meth:`RunFolder.check`).
+        RunMismatchError: the first run folder holding other settings or other data (see :meth:`RunFolder.check`).
     """
     for run in runs:
-        run.folder.check(run.config, hint="discard every run in it")
+        run.folder.check(run.config, hint="discard every run in it", data=(records or {}).get(run.dataset))
 
 
 def check_models(cfg: SearchConfig, data: Any, dataset: str) -> None:

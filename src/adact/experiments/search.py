@@ -54,6 +54,7 @@ import torch
 
 from adact.choice import adact_units
 from adact.config import SearchConfig, TrainConfig
+from adact.data.fingerprint import data_record
 from adact.dataspec import DatasetSpec
 from adact.experiments.plan import (
     PlannedRun,
@@ -103,9 +104,11 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
     out = Path(cfg.out)
     # Load every dataset up front: a missing file fails now, not after hours of other runs, and
     # with --download the files are fetched once, before worker processes look for them.
+    records: dict[str, dict[str, Any]] = {}
     for ds in cfg.datasets:
         data = load_data(train_config(cfg, ds, cfg.seeds[0], "adact"), cfg.quiet)
         check_models(cfg, data, ds)
+        records[ds] = data_record(data)
         log(f"{ds}: {data}")
         if data.info.get("bad_images"):
             log(f"{ds}: skipped {data.info['bad_images']} image(s) that cannot be decoded (see the warnings)")
@@ -114,7 +117,7 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
         return {}
     with folder_lock(out):
         if not restart:
-            check_existing_runs(runs)  # again, now that no other writer can change the folder
+            check_existing_runs(runs, records)  # again, now that no other writer can change the folder, and the data
         remove_stale_temps(out)
         remove_stale_temps(out / "figures")
         write_manifest(cfg)
@@ -135,7 +138,8 @@ def _previous(task: RunTask) -> dict[str, Any] | None:
     if task.restart:
         return None
     run = RunFolder(task.run_dir)
-    prev = run.ended(TrainConfig.from_dict(task.config))
+    config = TrainConfig.from_dict(task.config)
+    prev = run.ended(config, data_record(load_data(config)))  # loaded once per process: a lookup
     if prev is None or result_lacks_gap(prev, run.path):
         return None  # a run finished before gaps were recorded: train() measures it on best.pt, no training
     return {"status": prev["status"], "message": prev.get("message", ""), "skipped": True, "seconds": 0.0,

@@ -28,6 +28,7 @@ from torch import nn
 
 from adact.choice import UnitSnapshot, adact_units, snapshot, weights_record
 from adact.config import ModelSpec, TrainConfig
+from adact.data.fingerprint import data_record
 from adact.dataspec import DatasetSpec
 from adact.errors import AdactError
 from adact.runs.checkpoint import make_checkpoint, resume_point, save_last
@@ -69,13 +70,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
     in one process, whose BatchNorm already sees the whole batch).
     """
     run = RunFolder(out_dir)
-    if not restart and run.path.is_dir() and (prev := _finished(run, config)) is not None:
+    DatasetSpec.parse(config.dataset).check_out(run.path, config.data_dir)
+    if data is None:
+        data = load_data(config, quiet)
+    # A finished run is reused only for the same data: the record is compared before anything else.
+    record = data_record(data)
+    if not restart and run.path.is_dir() and (prev := _finished(run, config, record)) is not None:
         if not result_lacks_gap(prev, run.path):
             return prev
     device = distributed.setup(resolve_device(config.device))  # [distributed] cuda:LOCAL_RANK, NCCL / gloo
     task = task_for(config)
-    if data is None:
-        data = load_data(config, quiet)
     task.check(data, config)
     train_set = task.train_set(config, data)
     torch.manual_seed(config.seed)
@@ -90,23 +94,23 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
             if restart:
                 run.discard()
             else:
-                prev = _finished(run, config)  # finished (maybe while we prepared)
+                prev = _finished(run, config, record)  # finished (maybe while we prepared)
         prev = distributed.broadcast_object(prev)  # [distributed] every rank takes rank 0's branch
         if prev is not None:
             if result_lacks_gap(prev, run.path):
                 return add_missing_gap(config, run, prev, train_set, data, device)
             return prev
-        return _run(config, task, run, data, train_set, model, spec, device, quiet, sync_bn)
+        return _run(config, task, run, data, record, train_set, model, spec, device, quiet, sync_bn)
 
 
-def _finished(run: RunFolder, config: TrainConfig) -> dict[str, Any] | None:
-    """This run's result if it is done (a diverged one trains on from its checkpoint); refuse other settings."""
-    result = run.ended(config)
+def _finished(run: RunFolder, config: TrainConfig, record: dict[str, Any]) -> dict[str, Any] | None:
+    """This run's result if it is done (a diverged one trains on from its checkpoint); refuse other settings or data."""
+    result = run.ended(config, record)
     return result if result is not None and result["status"] == "done" else None
 
 
-def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: Any, model: nn.Module, spec: ModelSpec,
-         device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
+def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, record: dict[str, Any], train_set: Any,
+         model: nn.Module, spec: ModelSpec, device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
     write = distributed.writer()  # [distributed] rank 0 writes files and prints; a single process always
     quiet = quiet or not write
     m = task.metric  # "acc": the columns are train_acc, test_acc, val_acc
@@ -133,6 +137,7 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
             print(f"{run.path}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
     if write:
         atomic_write_json(run.config, asdict(config))
+        atomic_write_json(run.data, record)
 
     step_model = torch.compile(model) if config.compile else model
     step_model = distributed.wrap(step_model, device)  # [distributed] DDP; unchanged in one process
@@ -243,6 +248,7 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
         result["discretization_gap"] = best_epoch_gap(run, spec, device, loaders.train, loaders.test, config.bf16,
                                                       task)
     result["config"] = asdict(config)
+    result["data"] = record
     result["processes"] = distributed.shard()["world_size"]  # [distributed] how it ran, not what it is
     result["sync_bn"] = sync_bn and result["processes"] > 1
     if write:
