@@ -114,3 +114,73 @@ def test_out_inside_the_dataset_folder_is_refused(tmp_path: Path, capsys: pytest
     assert not (folder / "runs").exists()
     err = cli_error(capsys, ["train", "--dataset", f"imagefolder:{folder}", "--out", str(folder / "r")])
     assert "inside the dataset folder" in err and not (folder / "r").exists()
+
+
+# --- Deliver 2: what is not a search is refused before any training -----------------------------
+
+NO_ACTIVATION = '''
+from torch import nn
+
+
+def build(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained although the search should have been refused")
+
+    monkeypatch.setattr(adact.experiments.workers, "train", refuse)
+
+
+@pytest.mark.usefixtures("no_training")
+def test_a_model_without_activations_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "linear.py").write_text(NO_ACTIVATION)
+    folder = write_image_folder(tmp_path / "pets", per_class={"train": 2, "val": 1}, corrupt=False)
+    err = cli_error(capsys, _search(tmp_path / "out", folder, "--model", f"{tmp_path / 'linear.py'}:build"))
+    assert "has no activation to search: adactify found 0 activation sites" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("no_training")
+def test_one_class_and_classes_without_training_images_are_refused(tmp_path: Path, digits: DataSplits,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    one = tmp_path / "one"
+    for split in ("train", "val"):
+        shutil.copytree(write_image_folder(tmp_path / "src", per_class={split: 2}, corrupt=False) / split / "cat",
+                        one / split / "cat")
+    err = cli_error(capsys, _search(tmp_path / "out", one))
+    assert "one class ('cat'); a classifier needs at least 2 classes" in err and not (tmp_path / "out").exists()
+
+    x, y = digits.train.x[:40, 0].numpy(), digits.train.y[:40].numpy() % 2  # labels 0 and 1 only
+    np.savez(tmp_path / "gap.npz", x_train=x, y_train=y, x_test=x[:4], y_test=np.array([0, 1, 2, 0]),
+             classes=np.array(["zero", "one", "two"]))
+    err = cli_error(capsys, ["train", "--dataset", f"npz:{tmp_path / 'gap.npz'}", "--out", str(tmp_path / "r")])
+    assert "1 of 3 classes have no training images ('two')" in err and not (tmp_path / "r").exists()
+
+
+def test_a_search_in_which_no_adact_run_finished_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    real_train, real_ce = adact.experiments.workers.train, torch.nn.functional.cross_entropy
+
+    def diverging(config: TrainConfig, out: object, **kwargs: object) -> object:
+        if config.activation != "adact":
+            return real_train(config, out, **kwargs)
+        with monkeypatch.context() as m:
+            m.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
+            return real_train(config, out, **kwargs)
+
+    monkeypatch.setattr(adact.experiments.workers, "train", diverging)
+    argv = ["search", "--dataset", "digits", "--channels", "4", "4", "4", "4", "--epochs", "1", "--seeds", "0",
+            "--out", str(tmp_path / "out"), "--quiet", "--jobs", "1", "--max-train-samples", "64", "--reference",
+            "--device", "cpu"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "adact: search failed: no AdAct run finished (1 diverged)" in captured.err
+    assert "FAILED: no AdAct run finished" in captured.out
+    assert read_json(tmp_path / "out" / "results.json")["failure"].startswith("no AdAct run finished")
+    assert main(argv) == 1  # a rerun skips the diverged run and fails the same way

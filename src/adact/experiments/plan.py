@@ -23,7 +23,8 @@ from adact.errors import UserError
 from adact.model_zoo import create_language_model, create_model, with_activation
 from adact.runs.folder import RunFolder
 from adact.training import distributed
-from adact.training.build import build_model, model_spec, resolve_device
+from adact.training.build import build_model, check_searchable, model_spec, resolve_device
+from adact.training.task import task_for
 
 __all__ = ["PlannedRun", "check_existing_runs", "check_models", "optimized_run", "plan", "resolved_jobs", "train_config",
            "validate"]
@@ -114,8 +115,12 @@ def check_existing_runs(runs: list[PlannedRun], records: dict[str, dict[str, Any
 
 def check_models(cfg: SearchConfig, data: Any, dataset: str) -> None:
     """Build a dataset's AdAct model once on the CPU: impossible settings (a kernel wider than the
-    images) fail before anything is written, not in a worker hours later."""
-    build_model(model_spec(train_config(cfg, dataset, cfg.seeds[0], "adact"), data))
+    images) and a model with nothing to search (no activation) fail before anything is written,
+    not in a worker hours later."""
+    config = train_config(cfg, dataset, cfg.seeds[0], "adact")
+    task_for(config).check(data, config)  # one class, a class without training images...
+    spec = model_spec(config, data)
+    check_searchable(build_model(spec), spec)
 
 
 def resolved_jobs(cfg: SearchConfig) -> int:

@@ -79,7 +79,7 @@ from adact.surgery import save_choices
 from adact.training import distributed
 from adact.training.build import load_checkpoint, load_data, resolve_device
 
-__all__ = ["CHOICES_FILE", "search"]
+__all__ = ["CHOICES_FILE", "no_choices", "search"]
 
 #: Each seed's choices for :func:`adact.apply_choices`, in ``OUT/<dataset>/seed<k>/``.
 CHOICES_FILE = "choices.json"
@@ -124,13 +124,30 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
         _run_all(cfg, runs, log, restart)
         results = render(out)
         results["wall_s_this_invocation"] = time.perf_counter() - t0
+        results["failure"] = no_choices(results["runs"])
         atomic_write_json(out / "results.json", results)
     log("")
     log(results["table_text"])
     for problem in results["problems"]:
         log(f"warning: {problem}")
     log(f"Wrote {out / 'report.md'} ({results['wall_s_this_invocation']:.0f} s)")
+    if results["failure"]:
+        log(f"FAILED: {results['failure']}")
     return results
+
+
+def no_choices(runs: list[dict[str, Any]]) -> str | None:
+    """Why a search gave no result (no AdAct run finished, so nothing was chosen), or None when one did.
+
+    ``runs`` are results.json's. The command line then exits non-zero, so ``adact search ... &&``
+    does not go on to use choices that do not exist.
+    """
+    adact = [r for r in runs if r["model"] == "adact"]
+    if any(r["status"] == "done" for r in adact):
+        return None
+    states = sorted({r["status"] for r in adact})
+    return (f"no AdAct run finished ({len(adact)} {'/'.join(states)}), so nothing was chosen and no optimized "
+            f"model was trained; see the run folders' result.json (a diverged run: try a lower --lr)")
 
 
 def _previous(task: RunTask) -> dict[str, Any] | None:

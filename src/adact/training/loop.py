@@ -36,7 +36,7 @@ from adact.runs.folder import RunFolder
 from adact.runs.io import atomic_save, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
 from adact.runs.migrate import result_lacks_gap
 from adact.training import distributed, sharpen
-from adact.training.build import build_model, load_data, model_spec, resolve_device
+from adact.training.build import build_model, check_searchable, load_data, model_spec, resolve_device
 from adact.training.gap import add_missing_gap, best_epoch_gap
 from adact.training.task import Task, better, task_for
 
@@ -85,6 +85,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
     torch.manual_seed(config.seed)
     spec = model_spec(config, data)
     model = build_model(spec).to(device)  # raises for impossible settings, before anything is written
+    check_searchable(model, spec)
     if sync_bn:  # [distributed]
         model = distributed.convert_sync_bn(model, device)
     with distributed.as_writer(folder_lock(run.path)):  # [distributed] only rank 0 locks and prepares the folder
