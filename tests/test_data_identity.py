@@ -184,3 +184,29 @@ def test_a_search_in_which_no_adact_run_finished_fails(tmp_path: Path, capsys: p
     assert "FAILED: no AdAct run finished" in captured.out
     assert read_json(tmp_path / "out" / "results.json")["failure"].startswith("no AdAct run finished")
     assert main(argv) == 1  # a rerun skips the diverged run and fails the same way
+
+
+# --- Deliver 5: a user's files in --out, skipped images in results.json ---------------------------
+
+
+@pytest.mark.usefixtures("no_training")
+def test_a_folder_adact_did_not_make_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_image_folder(tmp_path / "pets", per_class={"train": 2, "val": 1}, corrupt=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "table.md").write_text("my notes")
+    (mine / ".hidden").write_text("not counted")
+    err = cli_error(capsys, _search(mine, folder))
+    assert f"--out {mine} holds files adact did not write (table.md)" in err
+    assert sorted(p.name for p in mine.iterdir()) == [".hidden", "table.md"]
+    assert (mine / "table.md").read_text() == "my notes"
+    err = cli_error(capsys, ["train", "--out", str(mine), "--epochs", "1"])
+    assert "holds files adact did not write (table.md)" in err and not (mine / "config.json").exists()
+
+
+def test_skipped_images_are_in_results_json(tmp_path: Path) -> None:
+    folder = write_image_folder(tmp_path / "pets", per_class={"train": 2, "val": 1})  # with one broken file
+    assert main(_search(tmp_path / "out", folder)) == 0
+    data = read_json(tmp_path / "out" / "results.json")["data"][f"imagefolder:{folder}"]
+    assert data["skipped_images"] == 1 and data["skipped_image_files"] == [str(folder / "train" / "cat" / "broken.png")]
+    assert data["classes"] == ["cat", "dog", "fox"] and data["counts"] == {"train": 6, "val": 0, "test": 3}

@@ -71,9 +71,9 @@ from adact.reporting.metric import Metric
 from adact.reporting.records import run_weights
 from adact.reporting.render import render
 from adact.reporting.tables import fmt_acc, model_label
-from adact.runs.folder import RunFolder
+from adact.runs.folder import RunFolder, check_not_foreign
 from adact.runs.io import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
-from adact.runs.manifest import write_manifest
+from adact.runs.manifest import is_search_dir, write_manifest
 from adact.runs.migrate import result_lacks_gap
 from adact.surgery import save_choices
 from adact.training import distributed
@@ -92,16 +92,18 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
 
     Returns the content of results.json. Raises UserError / FileNotFoundError for unusable
     settings, missing or unusable data, or an unavailable device before anything is written.
-    ``restart=True`` trains every run from scratch, discarding what ``cfg.out`` held. While it
+    ``restart=True`` trains every run from scratch, discarding what ``cfg.out`` held. A
+    ``cfg.out`` holding files adact did not write is refused (they are never overwritten). While it
     runs, ``cfg.out`` is locked: a second search into it raises
     :class:`adact.runs.io.FolderLockedError`.
     """
     validate(cfg)
+    out = Path(cfg.out)
+    check_not_foreign(out, is_search_dir(out))
     runs = plan(cfg)
     if not restart:
         check_existing_runs(runs)
     t0 = time.perf_counter()
-    out = Path(cfg.out)
     # Load every dataset up front: a missing file fails now, not after hours of other runs, and
     # with --download the files are fetched once, before worker processes look for them.
     records: dict[str, dict[str, Any]] = {}

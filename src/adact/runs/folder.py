@@ -32,7 +32,7 @@ from adact.data.fingerprint import data_diff
 from adact.errors import UserError
 from adact.runs.io import WriteError, read_json
 
-__all__ = ["RESULT_KEYS", "RUN_FILES", "RunFolder", "RunMismatchError", "result_keys"]
+__all__ = ["RESULT_KEYS", "RUN_FILES", "RunFolder", "RunMismatchError", "check_not_foreign", "result_keys"]
 
 
 def result_keys(metric: str = "acc") -> tuple[str, ...]:
@@ -172,6 +172,27 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+
+def check_not_foreign(folder: str | Path, ours: bool) -> None:
+    """Refuse to write into a non-empty folder that adact did not make: a user's files are never overwritten.
+
+    ``ours`` says whether ``folder`` holds adact's own files (a run's, or a search's settings
+    file); a folder that does not exist, or holds nothing, is fine. Names that start with a dot
+    are not counted: adact writes none there but its lock and temporaries.
+
+    Raises:
+        UserError: ``folder`` holds other files (the message names a few).
+    """
+    folder = Path(folder)
+    if ours or not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if names:
+        few = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UserError(f"--out {folder} holds files adact did not write ({few}); adact would write its own files "
+                        f"among them and replace any of the same name (table.md, config.json...): choose a new or "
+                        f"empty --out folder")
 
 
 #: The files of a run folder that ``restart=True`` discards (figures of `adact analyze` stay).

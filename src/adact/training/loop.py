@@ -32,7 +32,7 @@ from adact.data.fingerprint import data_record
 from adact.dataspec import DatasetSpec
 from adact.errors import AdactError
 from adact.runs.checkpoint import make_checkpoint, resume_point, save_last
-from adact.runs.folder import RunFolder
+from adact.runs.folder import RunFolder, check_not_foreign
 from adact.runs.io import atomic_save, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
 from adact.runs.migrate import result_lacks_gap
 from adact.training import distributed, sharpen
@@ -59,9 +59,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
     :class:`DivergedError`.
 
     Everything is checked before the folder is touched: the device, the data (non-empty
-    splits, labels within the classes) and the model (e.g. kernel size vs image size). The
+    splits, labels within the classes, two classes or more, each with training images), the
+    model (e.g. kernel size vs image size; an AdAct run of a model with no activation is
+    refused), and the folder (one holding files adact did not write, or lying inside an
+    image-folder dataset, is refused). The
     folder is then locked for the whole run (a second writer gets an error naming this
-    process), and a folder holding a run with other settings is refused. ``restart=True``
+    process), and a folder holding a run with other settings or on other data (its data.json,
+    :func:`adact.data.fingerprint.data_record`) is refused. ``restart=True``
     discards the folder's run files (:data:`adact.runs.folder.RUN_FILES`) and trains from scratch.
 
     Under ``torchrun`` every rank calls this with the same arguments (see
@@ -71,6 +75,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
     """
     run = RunFolder(out_dir)
     DatasetSpec.parse(config.dataset).check_out(run.path, config.data_dir)
+    check_not_foreign(run.path, run.started() or run.result.is_file())
     if data is None:
         data = load_data(config, quiet)
     # A finished run is reused only for the same data: the record is compared before anything else.
