@@ -188,9 +188,11 @@ def test_sharpening_and_baseline_options_reach_the_configs(tmp_path: Path, capsy
     config = json.loads((run / "config.json").read_text())
     assert (config["temperature_schedule"], config["entropy_weight"], config["adact_lr_mult"]) == ([2.0, 0.5], 0.2, 0.5)
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(adact.experiments.reproduce, "reproduce", lambda cfg, restart=False: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(adact.experiments.reproduce, "reproduce",
+                        lambda cfg, restart=False: {"failure": None, **seen.setdefault("cfg", {"cfg": cfg})})
     assert main(["reproduce", "--baselines", "relu", "Mish", "relu", "--temperature-schedule", "1:0.1"]) == 0
-    assert seen["cfg"].baselines == ["relu", "mish"] and seen["cfg"].train.temperature_schedule == [1.0, 0.1]
+    cfg = seen["cfg"]["cfg"]
+    assert cfg.baselines == ["relu", "mish"] and cfg.train.temperature_schedule == [1.0, 0.1]
 
 
 def _digits_npz(path: Path, **override: Any) -> Path:

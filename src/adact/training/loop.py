@@ -31,7 +31,7 @@ from adact.config import ModelSpec, TrainConfig
 from adact.data.fingerprint import data_record
 from adact.dataspec import DatasetSpec
 from adact.errors import AdactError
-from adact.runs.checkpoint import make_checkpoint, resume_point, save_last
+from adact.runs.checkpoint import best_checkpoint, make_checkpoint, prune, resume_point, save_last
 from adact.runs.folder import RunFolder, check_not_foreign
 from adact.runs.io import atomic_save, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
 from adact.runs.migrate import result_lacks_gap
@@ -53,8 +53,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
 
     A finished run (result.json with status "done") is returned without training (an AdAct run
     finished before the discretization gap was recorded gets it measured on its best.pt). An
-    interrupted one resumes from last.pt (or last.prev.pt, if last.pt is damaged) and ends
-    with the same numbers as an uninterrupted run on CPU. A NaN/inf loss stops the run, keeps
+    interrupted one resumes from last.pt (or last.prev.pt, kept with ``keep_checkpoints="all"``,
+    if last.pt is damaged) and ends with the same numbers as an uninterrupted run on CPU. A done
+    run keeps the checkpoints ``config.keep_checkpoints`` names (:func:`adact.runs.checkpoint.prune`). A NaN/inf loss stops the run, keeps
     the last good checkpoint, writes result.json with status "diverged" and raises
     :class:`DivergedError`.
 
@@ -242,11 +243,11 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, record: dic
             best = {**best, f"val_{m}": val_metric, "val_epoch": epoch, "val_weights": weights_record(units)}
         ckpt = make_checkpoint(model, opt, config, spec, epoch, metrics, best)
         if improved and write:
-            atomic_save(ckpt, run.best)
+            atomic_save(best_checkpoint(ckpt), run.best)  # no optimizer state: evaluation and analysis need none
         # last.pt is the resume point, so it is written after metrics and best are consistent.
         if write:
             _write_metrics_csv(run.metrics, metrics)
-            save_last(ckpt, run)
+            save_last(ckpt, run, keep_prev=config.keep_checkpoints == "all")
 
     result = _summary(task, config, metrics, model, status, message, time.perf_counter() - wall0, best)
     if status == "done" and has_units:
@@ -259,6 +260,8 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, record: dic
     result["sync_bn"] = sync_bn and result["processes"] > 1
     if write:
         atomic_write_json(run.result, result)
+        if status == "done":  # a diverged run keeps its last good checkpoint
+            prune(run, config.keep_checkpoints)
     distributed.barrier()  # [distributed] the next run (reproduce) reads result.json on every rank
     if status == "diverged":
         raise DivergedError(f"{run.path}: {message}")
