@@ -82,7 +82,7 @@ def test_console_script_exit_status() -> None:
 
 def test_train_then_analyze_run_folder_and_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--out", str(run), "--keep-checkpoints", "all", *TINY]) == 0  # last.pt is analyzed too
     out = capsys.readouterr().out
     assert "best test acc" in out and "dominant activations" in out and (run / "result.json").is_file()
 
@@ -292,7 +292,7 @@ class _Touch:
 
 def test_resume_from_a_truncated_last_pt_warns_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--out", str(run), "--keep-checkpoints", "all", *TINY]) == 0  # with last.prev.pt
     (run / "result.json").unlink()
     (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])
     capsys.readouterr()
