@@ -55,7 +55,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
     finished before the discretization gap was recorded gets it measured on its best.pt). An
     interrupted one resumes from last.pt (or last.prev.pt, kept with ``keep_checkpoints="all"``,
     if last.pt is damaged) and ends with the same numbers as an uninterrupted run on CPU. A done
-    run keeps the checkpoints ``config.keep_checkpoints`` names (:func:`adact.runs.checkpoint.prune`). A NaN/inf loss stops the run, keeps
+    run keeps the checkpoints ``config.keep_checkpoints`` names (:func:`adact.runs.checkpoint.prune`).
+    A NaN/inf loss stops the run, keeps
     the last good checkpoint, writes result.json with status "diverged" and raises
     :class:`DivergedError`.
 
