@@ -82,7 +82,7 @@ def test_console_script_exit_status() -> None:
 
 def test_train_then_analyze_run_folder_and_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--out", str(run), "--keep-checkpoints", "all", *TINY]) == 0  # last.pt is analyzed too
     out = capsys.readouterr().out
     assert "best test acc" in out and "dominant activations" in out and (run / "result.json").is_file()
 
@@ -188,9 +188,11 @@ def test_sharpening_and_baseline_options_reach_the_configs(tmp_path: Path, capsy
     config = json.loads((run / "config.json").read_text())
     assert (config["temperature_schedule"], config["entropy_weight"], config["adact_lr_mult"]) == ([2.0, 0.5], 0.2, 0.5)
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(adact.experiments.reproduce, "reproduce", lambda cfg, restart=False: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(adact.experiments.reproduce, "reproduce",
+                        lambda cfg, restart=False: {"failure": None, **seen.setdefault("cfg", {"cfg": cfg})})
     assert main(["reproduce", "--baselines", "relu", "Mish", "relu", "--temperature-schedule", "1:0.1"]) == 0
-    assert seen["cfg"].baselines == ["relu", "mish"] and seen["cfg"].train.temperature_schedule == [1.0, 0.1]
+    cfg = seen["cfg"]["cfg"]
+    assert cfg.baselines == ["relu", "mish"] and cfg.train.temperature_schedule == [1.0, 0.1]
 
 
 def _digits_npz(path: Path, **override: Any) -> Path:
@@ -290,7 +292,7 @@ class _Touch:
 
 def test_resume_from_a_truncated_last_pt_warns_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--out", str(run), "--keep-checkpoints", "all", *TINY]) == 0  # with last.prev.pt
     (run / "result.json").unlink()
     (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])
     capsys.readouterr()

@@ -193,7 +193,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``torchrun --nproc-per-node 2 -m adact train --dataset digits --epochs 2 --sync-bn``."""
     base = tmp_path_factory.mktemp("ddp")
     done = _torchrun(2, ["train", "--dataset", "digits", "--epochs", "2", "--sync-bn", "--device", "cpu",
-                         "--out", "O2"], base)
+                         "--keep-checkpoints", "all", "--out", "O2"], base)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1, done.stdout  # rank 1 prints nothing
     return base / "O2"
@@ -202,11 +202,11 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_two_ranks_with_sync_bn_match_one_process(two_ranks: Path, tmp_path: Path) -> None:
     one = tmp_path / "O1"
-    train(TrainConfig(dataset="digits", epochs=2, device="cpu"), one, quiet=True)
+    train(TrainConfig(dataset="digits", epochs=2, device="cpu", keep_checkpoints="all"), one, quiet=True)
     _assert_close_runs(one, two_ranks)
     assert sorted(p.name for p in two_ranks.iterdir()) == sorted(
-        [".adact.lock", "best.pt", "config.json", "functions.png", "functions.svg", "last.prev.pt", "last.pt",
-         "metrics.csv", "result.json"])  # functions.*: `adact train` draws each unit's function (rank 0 alone)
+        [".adact.lock", "best.pt", "config.json", "data.json", "functions.png", "functions.svg", "last.prev.pt",
+         "last.pt", "metrics.csv", "result.json"])  # functions.*: `adact train` draws each unit's function (rank 0 alone)
     assert len(_rows(two_ranks)) == 2
     result = read_json(two_ranks / "result.json")
     assert result["status"] == "done" and result["processes"] == 2 and result["sync_bn"] is True
@@ -226,7 +226,7 @@ def test_interrupted_run_resumes_on_two_ranks_exactly_and_on_one_within_toleranc
     same = tmp_path / "same"
     _interrupt_after_epoch_1(two_ranks, same)
     done = _torchrun(2, ["train", "--dataset", "digits", "--epochs", "2", "--sync-bn", "--device", "cpu",
-                         "--out", str(same)], tmp_path)
+                         "--keep-checkpoints", "all", "--out", str(same)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from epoch 1 of 2" in done.stdout
     assert _rows(same) == _rows(two_ranks)  # every loss, accuracy and weight of every epoch
@@ -234,7 +234,7 @@ def test_interrupted_run_resumes_on_two_ranks_exactly_and_on_one_within_toleranc
 
     fewer = tmp_path / "fewer"
     _interrupt_after_epoch_1(two_ranks, fewer)
-    result = train(TrainConfig(dataset="digits", epochs=2, device="cpu"), fewer, quiet=True)
+    result = train(TrainConfig(dataset="digits", epochs=2, device="cpu", keep_checkpoints="all"), fewer, quiet=True)
     assert result["status"] == "done" and result["processes"] == 1
     _assert_close_runs(fewer, two_ranks)
 
@@ -243,12 +243,12 @@ def test_interrupted_run_resumes_on_two_ranks_exactly_and_on_one_within_toleranc
 def test_without_random_activations_two_ranks_follow_one_process_to_rounding(tmp_path: Path) -> None:
     """No RReLU noise: with --sync-bn the 2-rank run takes the 1-process steps, up to float rounding."""
     args = ["train", "--dataset", "digits", "--epochs", "2", "--activation", "relu", "--sync-bn",
-            "--batch-size", "50", "--out", "two", *TINY_ARGS]  # 1437 = 28 x 50 + 37: uneven slices too
+            "--batch-size", "50", "--keep-checkpoints", "last", "--out", "two", *TINY_ARGS]  # 1437 = 28 x 50 + 37: uneven slices too
     done = _torchrun(2, args, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     one = tmp_path / "one"
     train(TrainConfig(dataset="digits", epochs=2, activation="relu", batch_size=50, channels=[8, 16, 16, 16],
-                      device="cpu"), one, quiet=True)
+                      device="cpu", keep_checkpoints="last"), one, quiet=True)
     for a, b in zip(_rows(one), _rows(tmp_path / "two"), strict=True):
         assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5
         assert float(a["train_acc"]) == float(b["train_acc"])

@@ -417,8 +417,8 @@ def test_train_language_model_resumes_to_the_same_numbers(text_file: Path, tmp_p
     for key in ("best_test_loss", "best_epoch", "final_test_loss", "val_selected_test_loss", "best_test_ppl",
                 "dominant", "weights", "best_weights", "discretization_gap", "epochs_run"):
         assert resumed[key] == straight[key], key
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
-    b = torch.load(killed / "last.pt", weights_only=True)["model"]
+    a = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)["model"]  # what a finished run keeps
+    b = torch.load(killed / "best.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -452,7 +452,7 @@ def test_gpt_channel_granularity_trains(text_file: Path, tmp_path: Path) -> None
     result = train(config, tmp_path, quiet=True)
     assert result["status"] == "done" and result["epochs_run"] == 2
     assert result["n_adact_units"] == 2 and result["n_adact_params"] == 2 * 4 * 32 * len(LM_CANDIDATES)
-    model, _ = load_checkpoint(tmp_path / "last.pt")
+    model, _ = load_checkpoint(tmp_path / "best.pt")
     for _, unit in adact_units(model):
         assert tuple(unit.logits.shape) == (4 * 32, len(LM_CANDIDATES))
         assert unit.logits.std(0).sum() > 0  # the features' mixtures moved apart: they are trained, not shared

@@ -172,7 +172,7 @@ def test_training_options_are_recorded_and_used(tmp_path: Path) -> None:
     data = load_dataset("digits")
     cfg = TrainConfig(model="torchvision:resnet18", activation="adact", epochs=1, optimizer="sgd", lr=0.05,
                       weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1,
-                      normalize="imagenet", max_train_samples=64, batch_size=32, device="cpu")
+                      normalize="imagenet", max_train_samples=64, batch_size=32, device="cpu", keep_checkpoints="last")
     result = train(cfg, tmp_path / "run", data=data, quiet=True)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     for key in ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "normalize",

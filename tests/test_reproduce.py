@@ -58,7 +58,9 @@ def test_writes_every_file(done_run: tuple[ReproduceConfig, dict[str, Any], list
         for model in ("adact", "relu", "optimized"):
             run = out / "digits" / f"seed{seed}" / model
             assert read_json(run / "result.json")["status"] == "done"
-            assert {"config.json", "metrics.csv", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
+            files = {p.name for p in run.iterdir()}
+            assert {"config.json", "data.json", "metrics.csv", "best.pt"} <= files
+            assert not {"last.pt", "last.prev.pt"} & files  # a finished run keeps best.pt (--keep-checkpoints)
 
     # table1.md: one row per table, with n=2 in every model cell
     md = (out / "table1.md").read_text()

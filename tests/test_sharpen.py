@@ -219,7 +219,7 @@ def test_configs_saved_before_the_options_existed_still_match() -> None:
 
 
 def test_schedule_anneals_during_training_and_is_saved(tmp_path: Path, digits: DataSplits) -> None:
-    cfg = TrainConfig(activation="adact", epochs=2, temperature_schedule=[1.0, 0.1], **TINY)
+    cfg = TrainConfig(activation="adact", epochs=2, temperature_schedule=[1.0, 0.1], keep_checkpoints="last", **TINY)
     train(cfg, tmp_path / "run", data=digits, quiet=True)
     temps = _column(tmp_path / "run", "temperature")
     steps = 4  # 256 images, batch 64
@@ -232,7 +232,8 @@ def test_schedule_anneals_during_training_and_is_saved(tmp_path: Path, digits: D
 
 def test_entropy_penalty_sharpens_the_mixtures(tmp_path: Path, digits: DataSplits) -> None:
     plain = TrainConfig(activation="adact", epochs=2, seed=1, **TINY)
-    sharp = TrainConfig(activation="adact", epochs=2, seed=1, entropy_weight=5.0, adact_lr_mult=100.0, **TINY)
+    sharp = TrainConfig(activation="adact", epochs=2, seed=1, entropy_weight=5.0, adact_lr_mult=100.0,
+                        keep_checkpoints="last", **TINY)  # last.pt holds the optimizer state
     train(plain, tmp_path / "plain", data=digits, quiet=True)
     train(sharp, tmp_path / "sharp", data=digits, quiet=True)
     h_plain, h_sharp = _column(tmp_path / "plain", "mixture_entropy"), _column(tmp_path / "sharp", "mixture_entropy")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, digits: DataSplits,
                                                      kill_at_step: Any) -> None:
-    config = TrainConfig(activation="adact", epochs=3, seed=5, **TINY)  # AdAct: RReLU noise needs the RNG state
+    # AdAct: RReLU noise needs the RNG state. Both runs keep last.pt, the final state compared.
+    config = TrainConfig(activation="adact", epochs=3, seed=5, keep_checkpoints="all", **TINY)
     train(config, tmp_path / "straight", data=digits, quiet=True)
 
     disarm = kill_at_step(STEPS_PER_EPOCH + 2)  # the 2nd step of epoch 2
@@ -64,7 +66,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, digits: Dat
 
 
 def test_same_seed_same_run_on_cpu(tmp_path: Path, digits: DataSplits) -> None:
-    config = TrainConfig(activation="adact", epochs=2, seed=3, **TINY)
+    config = TrainConfig(activation="adact", epochs=2, seed=3, keep_checkpoints="all", **TINY)
     train(config, tmp_path / "a", data=digits, quiet=True)
     train(config, tmp_path / "b", data=digits, quiet=True)
     _assert_same_run(tmp_path / "a", tmp_path / "b")
@@ -75,10 +77,10 @@ def test_same_seed_same_run_on_cpu(tmp_path: Path, digits: DataSplits) -> None:
 def test_finished_run_is_skipped_and_other_config_refused(tmp_path: Path, digits: DataSplits) -> None:
     config = TrainConfig(activation="relu", epochs=1, **TINY)
     first = train(config, tmp_path, data=digits, quiet=True)
-    stamp = (tmp_path / "last.pt").stat().st_mtime_ns
+    stamp = (tmp_path / "best.pt").stat().st_mtime_ns
     again = train(config, tmp_path, data=digits, quiet=True)
     assert again == first
-    assert (tmp_path / "last.pt").stat().st_mtime_ns == stamp
+    assert (tmp_path / "best.pt").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other settings .*epochs 1 -> 2; lr 0.001 -> 0.002"):
         train(TrainConfig(activation="relu", epochs=2, lr=2e-3, **TINY), tmp_path, data=digits, quiet=True)
 
@@ -185,7 +187,7 @@ def _plant_payload(path: Path, marker: Path) -> None:
 
 def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path: Path, digits: DataSplits) -> None:
     run = tmp_path / "run"
-    config = TrainConfig(activation="relu", epochs=2, **TINY)
+    config = TrainConfig(activation="relu", epochs=2, keep_checkpoints="all", **TINY)
     train(config, run, data=digits, quiet=True)
     marker = tmp_path / "payload-ran"
     _plant_payload(run / "best.pt", marker)
@@ -204,9 +206,10 @@ def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path: Path, dig
 
 def _interrupted_run(path: Path, digits: DataSplits, epochs: int = 3) -> TrainConfig:
     """A run folder that finished ``epochs`` epochs of a longer run: last.pt and last.prev.pt exist."""
-    train(TrainConfig(activation="relu", epochs=epochs, **TINY), path, data=digits, quiet=True)
+    config = TrainConfig(activation="relu", epochs=epochs, keep_checkpoints="all", **TINY)
+    train(config, path, data=digits, quiet=True)
     (path / "result.json").unlink()
-    return TrainConfig(activation="relu", epochs=epochs, **TINY)
+    return config
 
 
 def test_truncated_last_pt_falls_back_to_the_previous_one(tmp_path: Path, digits: DataSplits,
@@ -246,6 +249,7 @@ def test_stale_temp_files_are_removed_on_the_next_run(tmp_path: Path, digits: Da
     mine = [tmp_path / ".notes.tmp", tmp_path / "keep.tmp", tmp_path / ".x.toolongname.tmp"]
     for p in mine:
         p.write_text("not ours")
+    adact.runs.io.atomic_write_json(tmp_path / "config.json", asdict(config))  # a killed run's folder
     train(config, tmp_path, data=digits, quiet=True)
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in mine)

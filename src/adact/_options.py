@@ -18,6 +18,7 @@ from adact.config import (
     LM_DEFAULTS,
     TOKENIZERS,
     BAD_IMAGE_POLICIES,
+    KEEP_CHECKPOINTS,
     DEVICES,
     FER_SPLITS,
     GRANULARITIES,
@@ -204,6 +205,11 @@ def add_run_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     g.add_argument("--restart", action="store_true",
                    help="discard what the output folder holds (checkpoints, metrics, results) and train from "
                         "scratch; without it a rerun resumes, and a folder of other settings is refused")
+    g.add_argument("--keep-checkpoints", choices=KEEP_CHECKPOINTS, default=_D("keep_checkpoints"),
+                   help="what a finished run keeps: best (best.pt: the best epoch's weights, no optimizer state; "
+                        "the default), last (last.pt: the final state, optimizer included, to train on elsewhere), "
+                        "all (both, and last.prev.pt while training) or none (result.json and metrics.csv only). "
+                        "An unfinished or diverged run always keeps last.pt, its resume point")
     g.add_argument("--batch-size", type=int_at_least(1), default=_D("batch_size"), metavar="N",
                    help="images (text: blocks of --block-size tokens) per step (default: 64; text: 12, nanoGPT's)")
     g.add_argument("--test-batch-size", type=int_at_least(1), default=_D("test_batch_size"), metavar="N",

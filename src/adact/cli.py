@@ -6,7 +6,8 @@ from there) and each command calls the library.
 User mistakes (:class:`adact.errors.UserError`: bad arguments, unknown names, missing or
 damaged files) and the file system's refusals (any ``OSError``: a full disk, a read-only or
 missing folder, no permission) end with one line ``adact: error: ...`` and exit status 2, all
-decided in :func:`main`; a diverged training run exits with 1. Anything else is a bug: its
+decided in :func:`main`; a diverged training run, and a search in which no AdAct run finished,
+exit with 1. Anything else is a bug: its
 traceback is printed with a line on how to report it, and the exit status is 1.
 
 torch is imported only when a command runs, so ``adact --help`` and ``--version`` are fast.
@@ -163,7 +164,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = paper_config(datasets=list(dict.fromkeys(args.datasets)), seeds=list(args.seeds), out=args.out,
                        jobs=args.jobs, quiet=args.quiet, train=_train_config(args),
                        baselines=list(dict.fromkeys(args.baselines)), sync_bn=args.sync_bn)
-    reproduce(cfg, restart=args.restart)
+    results = reproduce(cfg, restart=args.restart)
+    if results.get("failure"):  # every AdAct run diverged: there are no choices
+        print(f"adact: reproduce failed: {results['failure']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -176,7 +180,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
                        jobs=args.jobs, quiet=args.quiet, train=_train_config(args, dataset=args.datasets[0]),
                        preset="search",
                        baselines=[BASELINE, *dict.fromkeys(args.baselines)], sync_bn=args.sync_bn)
-    search(cfg, restart=args.restart)
+    results = search(cfg, restart=args.restart)
+    if results.get("failure"):  # every AdAct run diverged: there are no choices to use
+        print(f"adact: search failed: {results['failure']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -196,6 +203,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     act = config.activation if isinstance(config.activation, str) else "-".join(config.activation)
     model = "" if config.model == "convnet" else "".join(c if c.isalnum() else "-" for c in config.model) + "_"
     out = Path(args.out or f"runs/train/{model}{spec.slug}_{act}_seed{config.seed}")
+    spec.check_out(out, config.data_dir)
     data = load_data(config, args.quiet)
     if not args.quiet:
         print(f"{data} -> {out}")

@@ -37,6 +37,7 @@ __all__ = [
     "BAD_IMAGE_POLICIES",
     "BASELINE",
     "GPT_DEFAULTS",
+    "KEEP_CHECKPOINTS",
     "LM_CANDIDATES",
     "LM_DEFAULTS",
     "TOKENIZERS",
@@ -77,6 +78,8 @@ NORMALIZE: tuple[str, ...] = ("paper", "imagenet")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("none", "cosine")
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("skip", "error")
+KEEP_CHECKPOINTS: tuple[str, ...] = ("best", "last", "all", "none")
+"""``--keep-checkpoints``: what a finished run keeps (see :func:`adact.runs.checkpoint.prune`)."""
 
 ACTIVATION_NAMES: tuple[str, ...] = (
     "relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish", "gelu", "tanh", "sigmoid", "hardswish",
@@ -157,6 +160,7 @@ class TrainConfig:
     normalize: str = "paper"  # "paper" (mean = std = 0.5) or "imagenet"
     on_bad_image: str = "skip"  # image folders: "skip" undecodable files (counted) or stop with an "error"
     cache_mb: float = 4096.0  # image folders: decode into memory up to this many MiB, else stream from disk (0: always)
+    keep_checkpoints: str = "best"  # what a finished run keeps: best.pt, last.pt, all (+ last.prev.pt) or none
     model: str | None = None  # None: "convnet" (the paper's) for images, "gpt" for text; "torchvision:NAME",
     # "timm:NAME", "transformers:NAME", "file.py:factory", "pkg.mod:f"
     pretrained: bool = False  # torchvision/timm weights, only if already on disk (nothing is downloaded)
@@ -227,7 +231,8 @@ class TrainConfig:
         for name, value, valid in (("device", self.device, DEVICES), ("granularity", self.granularity, GRANULARITIES),
                                    ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
                                    ("normalize", self.normalize, NORMALIZE),
-                                   ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)):
+                                   ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES),
+                                   ("keep_checkpoints", self.keep_checkpoints, KEEP_CHECKPOINTS)):
             _check_choice(name, value, valid)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -337,7 +342,7 @@ _IMAGE_ONLY: dict[str, Any] = {
                                     "hflip", "crop_padding", "max_train_samples", "channels", "kernel_size",
                                     "pretrained", "warmup_epochs")}
 #: Settings that change how data is held, not what is trained: a run resumes across them.
-_NEUTRAL_KEYS = frozenset({"cache_mb"})
+_NEUTRAL_KEYS = frozenset({"cache_mb", "keep_checkpoints"})
 
 
 def train_default(name: str) -> Any:
@@ -442,6 +447,7 @@ class SearchConfig:
         for ds in self.datasets:
             spec = DatasetSpec.parse(ds)
             spec.check(self.train.data_dir)
+            spec.check_out(self.out, self.train.data_dir)
             if spec.slug in slugs:
                 raise UserError(f"datasets {slugs[spec.slug]!r} and {ds!r} would share the folder {spec.slug!r}; "
                                 f"rename one of them")

@@ -130,3 +130,23 @@ class DatasetSpec:
         """Raise FileNotFoundError now for a missing ``npz:`` / ``text:`` file or ``imagefolder:`` folder."""
         if self.kind != "named":
             self.resolve_path(data_dir)
+
+    def check_out(self, out: str | Path, data_dir: str | Path) -> None:
+        """Refuse an output folder inside an ``imagefolder:`` dataset: its files would be read as images.
+
+        (A rerun would find the output folder as one more class, or its figures as images of one.)
+
+        Raises:
+            UserError: ``out`` is the dataset folder or lies inside it.
+        """
+        if self.kind != "imagefolder":
+            return
+        try:
+            root = self.resolve_path(data_dir).resolve()
+        except FileNotFoundError:
+            return  # reported where the data is loaded
+        where = Path(out).expanduser().resolve()
+        if where == root or root in where.parents:
+            raise UserError(f"--out {out} is inside the dataset folder {root}: adact would read its own files as "
+                            f"data on the next run (a folder of them as one more class); choose an --out folder "
+                            f"outside {root}")

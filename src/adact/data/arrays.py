@@ -11,7 +11,8 @@ import torch
 
 from adact.errors import UserError
 
-__all__ = ["MAX_CLASSES", "ArrayDataset", "DataSplits", "RawSplits", "as_split", "check_splits", "stratified_split"]
+__all__ = ["MAX_CLASSES", "ArrayDataset", "DataSplits", "RawSplits", "as_split", "check_splits", "check_trainable",
+           "stratified_split"]
 
 MAX_CLASSES = 100_000
 """The most classes a dataset may have: a stray label of 10**9 is a mistake, not a 10**9-way
@@ -105,7 +106,7 @@ def check_splits(data: DataSplits) -> None:
     """Raise ValueError unless ``data`` can be trained and evaluated on.
 
     Checks: non-empty train and test splits, between 1 and :data:`MAX_CLASSES` classes, and
-    every label in ``0..num_classes-1``.
+    every label in ``0..num_classes-1``. What a classifier needs besides is :func:`check_trainable`'s.
     """
     if len(data.train) == 0:
         raise UserError(f"{data.name}: the training split is empty")
@@ -120,6 +121,25 @@ def check_splits(data: DataSplits) -> None:
         if lo < 0 or hi >= data.num_classes:
             raise UserError(f"{data.name}: {split_name} labels span {lo}..{hi}, outside the "
                              f"{data.num_classes} classes 0..{data.num_classes - 1}")
+
+
+def check_trainable(data: DataSplits) -> None:
+    """Raise :class:`~adact.errors.UserError` unless a classifier can learn ``data`` (after :func:`check_splits`).
+
+    Refused: one class (the cross-entropy is 0 from the first step, no gradient reaches any unit,
+    and the "choices" would be the initial mixture's), and classes without training images
+    (a class the model never sees cannot be learned).
+    """
+    if data.num_classes == 1:
+        raise UserError(f"{data.name}: one class ({data.classes[0]!r}); a classifier needs at least 2 classes, "
+                        f"with one there is nothing to learn and nothing to search")
+    counts = torch.bincount(data.train.y, minlength=data.num_classes).tolist()
+    empty = [name for name, n in zip(data.classes, counts) if n == 0]
+    if empty:
+        few = ", ".join(repr(c) for c in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise UserError(f"{data.name}: {len(empty)} of {data.num_classes} classes have no training images ({few}); "
+                        f"a class the model never sees cannot be learned: remove it (its folder, or its name "
+                        f"and labels) or add training images")
 
 
 RawSplits = tuple[ArrayDataset, ArrayDataset, list[str], dict[str, object]]

@@ -23,7 +23,8 @@ from adact.errors import UserError
 from adact.model_zoo import create_language_model, create_model, with_activation
 from adact.runs.folder import RunFolder
 from adact.training import distributed
-from adact.training.build import build_model, model_spec, resolve_device
+from adact.training.build import build_model, check_searchable, model_spec, resolve_device
+from adact.training.task import task_for
 
 __all__ = ["PlannedRun", "check_existing_runs", "check_models", "optimized_run", "plan", "resolved_jobs", "train_config",
            "validate"]
@@ -99,20 +100,27 @@ def optimized_run(cfg: SearchConfig, dataset: str, seed: int, choices: list[str]
                       train_config(cfg, dataset, seed, choices))
 
 
-def check_existing_runs(runs: list[PlannedRun]) -> None:
-    """Refuse, before touching anything, an output folder whose runs were made with other settings.
+def check_existing_runs(runs: list[PlannedRun], records: dict[str, dict[str, Any]] | None = None) -> None:
+    """Refuse, before touching anything, an output folder whose runs were made with other settings or data.
+
+    ``records`` maps a dataset to its :func:`~adact.data.fingerprint.data_record` (None: settings only,
+    before the data is loaded).
 
     Raises:
-        RunMismatchError: the first run folder holding other settings (see :meth:`RunFolder.check`).
+        RunMismatchError: the first run folder holding other settings or other data (see :meth:`RunFolder.check`).
     """
     for run in runs:
-        run.folder.check(run.config, hint="discard every run in it")
+        run.folder.check(run.config, hint="discard every run in it", data=(records or {}).get(run.dataset))
 
 
 def check_models(cfg: SearchConfig, data: Any, dataset: str) -> None:
     """Build a dataset's AdAct model once on the CPU: impossible settings (a kernel wider than the
-    images) fail before anything is written, not in a worker hours later."""
-    build_model(model_spec(train_config(cfg, dataset, cfg.seeds[0], "adact"), data))
+    images) and a model with nothing to search (no activation) fail before anything is written,
+    not in a worker hours later."""
+    config = train_config(cfg, dataset, cfg.seeds[0], "adact")
+    task_for(config).check(data, config)  # one class, a class without training images...
+    spec = model_spec(config, data)
+    check_searchable(build_model(spec), spec)
 
 
 def resolved_jobs(cfg: SearchConfig) -> int:

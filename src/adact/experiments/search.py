@@ -54,6 +54,7 @@ import torch
 
 from adact.choice import adact_units
 from adact.config import SearchConfig, TrainConfig
+from adact.data.fingerprint import data_record
 from adact.dataspec import DatasetSpec
 from adact.experiments.plan import (
     PlannedRun,
@@ -70,15 +71,15 @@ from adact.reporting.metric import Metric
 from adact.reporting.records import run_weights
 from adact.reporting.render import render
 from adact.reporting.tables import fmt_acc, model_label
-from adact.runs.folder import RunFolder
+from adact.runs.folder import RunFolder, check_not_foreign
 from adact.runs.io import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
-from adact.runs.manifest import write_manifest
+from adact.runs.manifest import is_search_dir, write_manifest
 from adact.runs.migrate import result_lacks_gap
 from adact.surgery import save_choices
 from adact.training import distributed
 from adact.training.build import load_checkpoint, load_data, resolve_device
 
-__all__ = ["CHOICES_FILE", "search"]
+__all__ = ["CHOICES_FILE", "no_choices", "search"]
 
 #: Each seed's choices for :func:`adact.apply_choices`, in ``OUT/<dataset>/seed<k>/``.
 CHOICES_FILE = "choices.json"
@@ -91,21 +92,25 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
 
     Returns the content of results.json. Raises UserError / FileNotFoundError for unusable
     settings, missing or unusable data, or an unavailable device before anything is written.
-    ``restart=True`` trains every run from scratch, discarding what ``cfg.out`` held. While it
+    ``restart=True`` trains every run from scratch, discarding what ``cfg.out`` held. A
+    ``cfg.out`` holding files adact did not write is refused (they are never overwritten). While it
     runs, ``cfg.out`` is locked: a second search into it raises
     :class:`adact.runs.io.FolderLockedError`.
     """
     validate(cfg)
+    out = Path(cfg.out)
+    check_not_foreign(out, is_search_dir(out))
     runs = plan(cfg)
     if not restart:
         check_existing_runs(runs)
     t0 = time.perf_counter()
-    out = Path(cfg.out)
     # Load every dataset up front: a missing file fails now, not after hours of other runs, and
     # with --download the files are fetched once, before worker processes look for them.
+    records: dict[str, dict[str, Any]] = {}
     for ds in cfg.datasets:
         data = load_data(train_config(cfg, ds, cfg.seeds[0], "adact"), cfg.quiet)
         check_models(cfg, data, ds)
+        records[ds] = data_record(data)
         log(f"{ds}: {data}")
         if data.info.get("bad_images"):
             log(f"{ds}: skipped {data.info['bad_images']} image(s) that cannot be decoded (see the warnings)")
@@ -114,20 +119,37 @@ def search(cfg: SearchConfig, log: Log = print, *, restart: bool = False) -> dic
         return {}
     with folder_lock(out):
         if not restart:
-            check_existing_runs(runs)  # again, now that no other writer can change the folder
+            check_existing_runs(runs, records)  # again, now that no other writer can change the folder, and the data
         remove_stale_temps(out)
         remove_stale_temps(out / "figures")
         write_manifest(cfg)
         _run_all(cfg, runs, log, restart)
         results = render(out)
         results["wall_s_this_invocation"] = time.perf_counter() - t0
+        results["failure"] = no_choices(results["runs"])
         atomic_write_json(out / "results.json", results)
     log("")
     log(results["table_text"])
     for problem in results["problems"]:
         log(f"warning: {problem}")
     log(f"Wrote {out / 'report.md'} ({results['wall_s_this_invocation']:.0f} s)")
+    if results["failure"]:
+        log(f"FAILED: {results['failure']}")
     return results
+
+
+def no_choices(runs: list[dict[str, Any]]) -> str | None:
+    """Why a search gave no result (no AdAct run finished, so nothing was chosen), or None when one did.
+
+    ``runs`` are results.json's. The command line then exits non-zero, so ``adact search ... &&``
+    does not go on to use choices that do not exist.
+    """
+    adact = [r for r in runs if r["model"] == "adact"]
+    if any(r["status"] == "done" for r in adact):
+        return None
+    states = sorted({r["status"] for r in adact})
+    return (f"no AdAct run finished ({len(adact)} {'/'.join(states)}), so nothing was chosen and no optimized "
+            f"model was trained; see the run folders' result.json (a diverged run: try a lower --lr)")
 
 
 def _previous(task: RunTask) -> dict[str, Any] | None:
@@ -135,7 +157,8 @@ def _previous(task: RunTask) -> dict[str, Any] | None:
     if task.restart:
         return None
     run = RunFolder(task.run_dir)
-    prev = run.ended(TrainConfig.from_dict(task.config))
+    config = TrainConfig.from_dict(task.config)
+    prev = run.ended(config, data_record(load_data(config)))  # loaded once per process: a lookup
     if prev is None or result_lacks_gap(prev, run.path):
         return None  # a run finished before gaps were recorded: train() measures it on best.pt, no training
     return {"status": prev["status"], "message": prev.get("message", ""), "skipped": True, "seconds": 0.0,

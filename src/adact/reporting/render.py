@@ -26,6 +26,7 @@ import torch
 from adact.choice import WEAK_MARGIN, negative_prelu
 from adact.config import SearchConfig
 from adact.dataspec import DatasetSpec, printable
+from adact.errors import UserError
 from adact.paper import DEFAULT_CHANNELS, PAPER_TABLE1
 from adact.reporting.analyze import PANELS
 from adact.reporting.figures import plot_choice_trajectories, plot_heatmap, plot_trajectories, plot_weights
@@ -182,12 +183,30 @@ def render(out: str | Path) -> dict[str, Any]:
         "runs": [r.to_json() for r in records],
         "figures": figures,
         "problems": problems,
+        "data": _data_records(cfg),
         "files": [f"{preset.table}.md", f"{preset.table}.csv", "choices.md", "choices.json", "report.md",
                   "results.json"],
         "table_text": table_text,
     }
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def _data_records(cfg: SearchConfig) -> dict[str, Any]:
+    """Per dataset, what its runs trained on (classes, counts, skipped images and their files, the
+    content hash; :func:`adact.data.fingerprint.data_record`), from the first run folder that has it."""
+    def record(ds: str) -> dict[str, Any] | None:
+        for seed in cfg.seeds:
+            for model in cfg.models:
+                try:
+                    found = RunFolder(cfg.run_dir(ds, seed, model)).read_data()
+                except UserError:  # a damaged data.json: the run's own record reports it
+                    continue
+                if found is not None:
+                    return found
+        return None
+
+    return {ds: rec for ds in cfg.datasets if (rec := record(ds)) is not None}
 
 
 def _no_val_hint(cfg: SearchConfig) -> str:

@@ -1,13 +1,18 @@
 """Checkpoints: self-describing, read safely, written so that a killed run always resumes.
 
-A checkpoint holds the model state, optimizer state, the run's config, its :class:`~adact.config.ModelSpec`
+A checkpoint holds the model state, the run's config, its :class:`~adact.config.ModelSpec`
 (``model_kwargs``), the epoch, the metrics so far, the best epoch's record and the RNG state, so
-the model rebuilds from the file alone (:func:`adact.training.build.load_checkpoint`). It holds
-only tensors and plain data and is read with ``torch.load(weights_only=True)``: a file that
-holds any other Python object (which unpickling would run as code) is refused.
+the model rebuilds from the file alone (:func:`adact.training.build.load_checkpoint`); last.pt,
+the resume point, also holds the optimizer state (best.pt does not: evaluation and analysis do
+not need it, and it is twice the model's size under AdamW). It holds only tensors and plain data
+and is read with ``torch.load(weights_only=True)``: a file that holds any other Python object
+(which unpickling would run as code) is refused.
 
-A folder always recovers on a rerun: a damaged last.pt falls back to last.prev.pt (with a
-:class:`ResumeWarning`), and last.pt is replaced atomically, never missing.
+A folder always recovers on a rerun: last.pt is replaced atomically, never missing nor half
+written, so a run killed at any point (``kill -9`` included) resumes from its last epoch. With
+``keep_checkpoints="all"`` the one before it is kept as last.prev.pt, and a last.pt damaged
+afterwards (a copy cut short) falls back to it (with a :class:`ResumeWarning`). Once a run is
+done, :func:`prune` keeps what ``keep_checkpoints`` asks for.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ __all__ = [
     "CheckpointError",
     "ResumeWarning",
     "UnsafeCheckpointError",
+    "best_checkpoint",
     "make_checkpoint",
+    "prune",
     "read_checkpoint",
     "read_weights",
     "resume_point",
@@ -41,7 +48,10 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "adact-checkpoint-1"
-_CHECKPOINT_KEYS = ("model", "optimizer", "config", "model_kwargs", "epoch", "metrics", "best", "rng")
+_CHECKPOINT_KEYS = ("model", "config", "model_kwargs", "epoch", "metrics", "best", "rng")
+#: What a finished run keeps of best.pt, last.pt and last.prev.pt, per ``keep_checkpoints``.
+_KEPT: dict[str, tuple[str, ...]] = {"best": (RunFolder.BEST,), "last": (RunFolder.LAST,),
+                                     "all": (RunFolder.BEST, RunFolder.LAST, RunFolder.PREV), "none": ()}
 
 
 class CheckpointError(UserError):
@@ -77,6 +87,11 @@ def make_checkpoint(model: nn.Module, opt: torch.optim.Optimizer, config: TrainC
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "format": CHECKPOINT_FORMAT,
     }
+
+
+def best_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """best.pt's content: the checkpoint without its optimizer state (weights, spec, record, RNG)."""
+    return {k: v for k, v in ckpt.items() if k != "optimizer"}
 
 
 def read_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -149,6 +164,9 @@ def resume_point(run: RunFolder, config: TrainConfig, device: torch.device) -> d
             continue
         if diff := config_diff(ckpt["config"], asdict(config)):
             raise run.mismatch_error(diff, path.name)
+        if "optimizer" not in ckpt:  # a best.pt copied over last.pt: its weights, but no state to train on
+            problems.append(f"{path} holds no optimizer state (a best.pt?), so training cannot resume from it")
+            continue
         if problems:
             warnings.warn(f"{problems[0]}; resuming from {path.name} (epoch {ckpt['epoch']}) instead",
                           ResumeWarning, stacklevel=3)
@@ -160,13 +178,19 @@ def resume_point(run: RunFolder, config: TrainConfig, device: torch.device) -> d
     return None
 
 
-def save_last(ckpt: dict[str, Any], run: RunFolder) -> None:
-    """Write last.pt, keeping the one before it as last.prev.pt (the fallback of a damaged last.pt).
+def save_last(ckpt: dict[str, Any], run: RunFolder, keep_prev: bool = False) -> None:
+    """Write last.pt atomically; with ``keep_prev`` keep the one before it as last.prev.pt, else remove that.
 
-    last.pt is replaced atomically and is never missing: the old one is first hard-linked
-    (copied where links are not supported) to last.prev.pt.
+    last.pt is replaced atomically and is never missing nor half written, so a run killed at any
+    point resumes from it. ``keep_prev`` (``keep_checkpoints="all"``) first hard-links the old
+    one (copies it where links are not supported) to last.prev.pt, the fallback of a last.pt
+    damaged afterwards; otherwise a last.prev.pt is removed once the new last.pt is written.
     """
     last, prev = run.last, run.prev
+    if not keep_prev:
+        atomic_save(ckpt, last)
+        prev.unlink(missing_ok=True)  # the new last.pt is on disk (fsync'd): the older one is not needed
+        return
     if last.is_file():
         link = prev.with_name(f".{prev.name}.hardlink.tmp")  # the temp-file pattern: removed if left behind
         try:
@@ -177,3 +201,18 @@ def save_last(ckpt: dict[str, Any], run: RunFolder) -> None:
             link.unlink(missing_ok=True)
             atomic_write(prev, lambda f: f.write(last.read_bytes()))
     atomic_save(ckpt, last)
+
+
+def prune(run: RunFolder, keep: str) -> None:
+    """Remove the checkpoints a finished run does not keep (``keep``: a :data:`adact.config.KEEP_CHECKPOINTS` name).
+
+    ``best``: best.pt (model weights and the record, for evaluation, analysis and choices);
+    ``last``: last.pt (the final state, optimizer included); ``all``: best.pt, last.pt and
+    last.prev.pt; ``none``: neither (result.json keeps every number and the best epoch's weights
+    record, so tables, reports and ``adact analyze`` still work). Call it only once result.json
+    says the run is done: an unfinished run needs last.pt to resume.
+    """
+    kept = _KEPT[keep]
+    for name in (RunFolder.BEST, RunFolder.LAST, RunFolder.PREV):
+        if name not in kept:
+            (run.path / name).unlink(missing_ok=True)

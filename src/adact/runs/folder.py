@@ -3,16 +3,20 @@
 A run folder holds::
 
     config.json     the resolved TrainConfig
+    data.json       what the run trains on: classes, split sizes, skipped images and a content hash
+                    (:func:`adact.data.fingerprint.data_record`)
     metrics.csv     one row per epoch: losses, accuracies, seconds, images/s, every unit's weights
     best.pt         checkpoint of the best epoch by test accuracy (the paper's selection)
-    last.pt         checkpoint after the last finished epoch (resume point)
-    last.prev.pt    the checkpoint before it (resume point if last.pt is damaged)
+    last.pt         checkpoint after the last finished epoch (resume point), with the optimizer state
+    last.prev.pt    the checkpoint before it (``keep_checkpoints="all"`` only: resume point if last.pt
+                    is damaged)
     result.json     summary: best / final / validation-selected accuracy, chosen activations, their
                     confidence and the discretization gap (AdAct models)
     .adact.lock     held (``fcntl.flock``) while a process writes the folder
 
 :meth:`RunFolder.check` is the one rule for reusing a folder: a folder whose config.json,
-result.json or checkpoint records other settings (:func:`adact.config.config_diff`) is never
+result.json or checkpoint records other settings (:func:`adact.config.config_diff`), or whose
+data.json or result.json records other data (:func:`adact.data.fingerprint.data_diff`), is never
 overwritten nor resumed, because that would silently replace or mix runs (run folders are often
 kept without their checkpoints, so a checkpoint's own record cannot be the only check).
 """
@@ -24,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from adact.config import TrainConfig, config_diff
+from adact.data.fingerprint import data_diff
 from adact.errors import UserError
 from adact.runs.io import WriteError, read_json
 
-__all__ = ["RESULT_KEYS", "RUN_FILES", "RunFolder", "RunMismatchError", "result_keys"]
+__all__ = ["RESULT_KEYS", "RUN_FILES", "RunFolder", "RunMismatchError", "check_not_foreign", "result_keys"]
 
 
 def result_keys(metric: str = "acc") -> tuple[str, ...]:
@@ -63,18 +68,20 @@ class RunFolder:
     """
 
     CONFIG = "config.json"
+    DATA = "data.json"
     METRICS = "metrics.csv"
     BEST = "best.pt"
     LAST = "last.pt"
     PREV = "last.prev.pt"
     RESULT = "result.json"
     #: What ``restart=True`` discards (figures of `adact analyze` stay).
-    FILES: tuple[str, ...] = (CONFIG, METRICS, BEST, LAST, PREV, RESULT)
+    FILES: tuple[str, ...] = (CONFIG, DATA, METRICS, BEST, LAST, PREV, RESULT)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     config = property(lambda self: self.path / self.CONFIG)
+    data = property(lambda self: self.path / self.DATA)
     metrics = property(lambda self: self.path / self.METRICS)
     best = property(lambda self: self.path / self.BEST)
     last = property(lambda self: self.path / self.LAST)
@@ -101,32 +108,54 @@ class RunFolder:
                                 f"{source}); use another --out folder or the original settings, or rerun with "
                                 f"--restart to {hint}")
 
-    def check(self, config: TrainConfig, hint: str = "discard that run") -> dict[str, Any] | None:
-        """Refuse a folder of other settings; return its result.json (None if it has none).
+    def check(self, config: TrainConfig, hint: str = "discard that run",
+              data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Refuse a folder of other settings or other data; return its result.json (None if it has none).
 
         config.json and the config inside result.json are both compared (published folders keep
-        only result.json); ``hint`` ends the message (what ``--restart`` would discard).
+        only result.json); so are data.json and result.json's ``data`` with ``data`` (the
+        :func:`~adact.data.fingerprint.data_record` of the data at hand; None: not compared, nor
+        is a folder made before data was recorded). ``hint`` ends the message (what ``--restart``
+        would discard).
 
         Raises:
-            RunMismatchError: a recorded setting differs from ``config``'s.
+            RunMismatchError: a recorded setting differs from ``config``'s, or the recorded data
+                from ``data`` (the message says what changed: classes, counts).
         """
         new = asdict(config)
         result = self.read_result()
+        result = result if isinstance(result, dict) else None
         saved = read_json(self.config) if self.config.is_file() else None
-        for source, old in ((self.CONFIG, saved), (self.RESULT, result.get("config") if isinstance(result, dict) else None)):
+        for source, old in ((self.CONFIG, saved), (self.RESULT, result.get("config") if result else None)):
             if isinstance(old, dict) and (diff := config_diff(old, new)):
                 raise self.mismatch_error(diff, source, hint)
-        return result if isinstance(result, dict) else None
+        if data is not None:
+            recorded = read_json(self.data) if self.data.is_file() else None
+            for source, old in ((self.DATA, recorded), (self.RESULT, result.get("data") if result else None)):
+                if isinstance(old, dict) and (diff := data_diff(old, data)):
+                    raise RunMismatchError(f"{self.path} holds a run made on other data ({'; '.join(diff)}; see "
+                                           f"its {source}); use another --out folder or the original data, or rerun "
+                                           f"with --restart to {hint}")
+        return result
 
-    def ended(self, config: TrainConfig) -> dict[str, Any] | None:
+    def read_data(self) -> dict[str, Any] | None:
+        """The run's data record: data.json, else result.json's ``data``; None for a folder made before either."""
+        if self.data.is_file():
+            record = read_json(self.data)
+            return record if isinstance(record, dict) else None
+        result = self.read_result()
+        record = result.get("data") if isinstance(result, dict) else None
+        return record if isinstance(record, dict) else None
+
+    def ended(self, config: TrainConfig, data: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The result of this very run if it ended (done with a complete result.json, or diverged), else None.
 
         A diverged run is not retried by a search (the same config diverges the same way).
 
         Raises:
-            RunMismatchError: the folder holds a run of other settings (:meth:`check`).
+            RunMismatchError: the folder holds a run of other settings or other ``data`` (:meth:`check`).
         """
-        result = self.check(config)
+        result = self.check(config, data=data)
         if result is None:
             return None
         if result.get("status") == "diverged" or (result.get("status") == "done" and complete(result)):
@@ -143,6 +172,27 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+
+def check_not_foreign(folder: str | Path, ours: bool) -> None:
+    """Refuse to write into a non-empty folder that adact did not make: a user's files are never overwritten.
+
+    ``ours`` says whether ``folder`` holds adact's own files (a run's, or a search's settings
+    file); a folder that does not exist, or holds nothing, is fine. Names that start with a dot
+    are not counted: adact writes none there but its lock and temporaries.
+
+    Raises:
+        UserError: ``folder`` holds other files (the message names a few).
+    """
+    folder = Path(folder)
+    if ours or not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if names:
+        few = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UserError(f"--out {folder} holds files adact did not write ({few}); adact would write its own files "
+                        f"among them and replace any of the same name (table.md, config.json...): choose a new or "
+                        f"empty --out folder")
 
 
 #: The files of a run folder that ``restart=True`` discards (figures of `adact analyze` stay).

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adact.choice import adact_units
 from adact.config import BASELINE, DEVICES, ModelSpec, TrainConfig
 from adact.data import DataSplits, load_dataset
 from adact.data.text import TextData, load_text
@@ -33,7 +34,8 @@ from adact.model_zoo import (
 from adact.models import ConvNet
 from adact.runs.checkpoint import read_checkpoint, read_weights
 
-__all__ = ["build_model", "load_checkpoint", "load_data", "model_spec", "resolve_device", "train_subset"]
+__all__ = ["build_model", "check_searchable", "load_checkpoint", "load_data", "model_spec", "resolve_device",
+           "train_subset"]
 
 _DATA_CACHE: dict[tuple[Any, ...], DataSplits | TextData] = {}
 
@@ -138,6 +140,20 @@ def build_model(spec: ModelSpec, *, load_init: bool = True) -> nn.Module:
                             candidates=spec.candidates)
     check_input(model, spec.model, spec.in_channels, spec.image_size, spec.num_classes)
     return model
+
+
+def check_searchable(model: nn.Module, spec: ModelSpec) -> None:
+    """Refuse an AdAct run of a model in which ``adactify`` found no activation: there is nothing to search.
+
+    (Its AdAct, baseline and optimized models would be one model trained three times.)
+
+    Raises:
+        UserError: ``spec`` asks for AdAct units and ``model`` has none.
+    """
+    if spec.activation == "adact" and not adact_units(model):
+        raise UserError(f"--model {spec.model} has no activation to search: adactify found 0 activation sites (no "
+                        f"activation module such as nn.ReLU, nor a call such as F.relu or torch.tanh, in its "
+                        f"forward pass); give a model with activations")
 
 
 def _as_written(spec: ModelSpec) -> nn.Module:

@@ -28,15 +28,16 @@ from torch import nn
 
 from adact.choice import UnitSnapshot, adact_units, snapshot, weights_record
 from adact.config import ModelSpec, TrainConfig
+from adact.data.fingerprint import data_record
 from adact.dataspec import DatasetSpec
 from adact.errors import AdactError
 from adact.inputs import InputRecorder
-from adact.runs.checkpoint import make_checkpoint, resume_point, save_last
-from adact.runs.folder import RunFolder
+from adact.runs.checkpoint import best_checkpoint, make_checkpoint, prune, resume_point, save_last
+from adact.runs.folder import RunFolder, check_not_foreign
 from adact.runs.io import atomic_save, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
 from adact.runs.migrate import result_lacks_gap
 from adact.training import distributed, sharpen
-from adact.training.build import build_model, load_data, model_spec, resolve_device
+from adact.training.build import build_model, check_searchable, load_data, model_spec, resolve_device
 from adact.training.gap import add_missing_gap, best_epoch_gap
 from adact.training.task import Task, better, task_for
 
@@ -53,15 +54,21 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
 
     A finished run (result.json with status "done") is returned without training (an AdAct run
     finished before the discretization gap was recorded gets it measured on its best.pt). An
-    interrupted one resumes from last.pt (or last.prev.pt, if last.pt is damaged) and ends
-    with the same numbers as an uninterrupted run on CPU. A NaN/inf loss stops the run, keeps
+    interrupted one resumes from last.pt (or last.prev.pt, kept with ``keep_checkpoints="all"``,
+    if last.pt is damaged) and ends with the same numbers as an uninterrupted run on CPU. A done
+    run keeps the checkpoints ``config.keep_checkpoints`` names (:func:`adact.runs.checkpoint.prune`).
+    A NaN/inf loss stops the run, keeps
     the last good checkpoint, writes result.json with status "diverged" and raises
     :class:`DivergedError`.
 
     Everything is checked before the folder is touched: the device, the data (non-empty
-    splits, labels within the classes) and the model (e.g. kernel size vs image size). The
+    splits, labels within the classes, two classes or more, each with training images), the
+    model (e.g. kernel size vs image size; an AdAct run of a model with no activation is
+    refused), and the folder (one holding files adact did not write, or lying inside an
+    image-folder dataset, is refused). The
     folder is then locked for the whole run (a second writer gets an error naming this
-    process), and a folder holding a run with other settings is refused. ``restart=True``
+    process), and a folder holding a run with other settings or on other data (its data.json,
+    :func:`adact.data.fingerprint.data_record`) is refused. ``restart=True``
     discards the folder's run files (:data:`adact.runs.folder.RUN_FILES`) and trains from scratch.
 
     Under ``torchrun`` every rank calls this with the same arguments (see
@@ -70,18 +77,23 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
     in one process, whose BatchNorm already sees the whole batch).
     """
     run = RunFolder(out_dir)
-    if not restart and run.path.is_dir() and (prev := _finished(run, config)) is not None:
+    DatasetSpec.parse(config.dataset).check_out(run.path, config.data_dir)
+    check_not_foreign(run.path, run.started() or run.result.is_file())
+    if data is None:
+        data = load_data(config, quiet)
+    # A finished run is reused only for the same data: the record is compared before anything else.
+    record = data_record(data)
+    if not restart and run.path.is_dir() and (prev := _finished(run, config, record)) is not None:
         if not result_lacks_gap(prev, run.path):
             return prev
     device = distributed.setup(resolve_device(config.device))  # [distributed] cuda:LOCAL_RANK, NCCL / gloo
     task = task_for(config)
-    if data is None:
-        data = load_data(config, quiet)
     task.check(data, config)
     train_set = task.train_set(config, data)
     torch.manual_seed(config.seed)
     spec = model_spec(config, data)
     model = build_model(spec).to(device)  # raises for impossible settings, before anything is written
+    check_searchable(model, spec)
     if sync_bn:  # [distributed]
         model = distributed.convert_sync_bn(model, device)
     with distributed.as_writer(folder_lock(run.path)):  # [distributed] only rank 0 locks and prepares the folder
@@ -91,23 +103,23 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
             if restart:
                 run.discard()
             else:
-                prev = _finished(run, config)  # finished (maybe while we prepared)
+                prev = _finished(run, config, record)  # finished (maybe while we prepared)
         prev = distributed.broadcast_object(prev)  # [distributed] every rank takes rank 0's branch
         if prev is not None:
             if result_lacks_gap(prev, run.path):
                 return add_missing_gap(config, run, prev, train_set, data, device)
             return prev
-        return _run(config, task, run, data, train_set, model, spec, device, quiet, sync_bn)
+        return _run(config, task, run, data, record, train_set, model, spec, device, quiet, sync_bn)
 
 
-def _finished(run: RunFolder, config: TrainConfig) -> dict[str, Any] | None:
-    """This run's result if it is done (a diverged one trains on from its checkpoint); refuse other settings."""
-    result = run.ended(config)
+def _finished(run: RunFolder, config: TrainConfig, record: dict[str, Any]) -> dict[str, Any] | None:
+    """This run's result if it is done (a diverged one trains on from its checkpoint); refuse other settings or data."""
+    result = run.ended(config, record)
     return result if result is not None and result["status"] == "done" else None
 
 
-def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: Any, model: nn.Module, spec: ModelSpec,
-         device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
+def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, record: dict[str, Any], train_set: Any,
+         model: nn.Module, spec: ModelSpec, device: torch.device, quiet: bool, sync_bn: bool = False) -> dict[str, Any]:
     write = distributed.writer()  # [distributed] rank 0 writes files and prints; a single process always
     quiet = quiet or not write
     m = task.metric  # "acc": the columns are train_acc, test_acc, val_acc
@@ -134,6 +146,7 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
             print(f"{run.path}: resumed from epoch {start_epoch} of {config.epochs}", flush=True)
     if write:
         atomic_write_json(run.config, asdict(config))
+        atomic_write_json(run.data, record)
 
     step_model = torch.compile(model) if config.compile else model
     step_model = distributed.wrap(step_model, device)  # [distributed] DDP; unchanged in one process
@@ -237,11 +250,11 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
         ckpt = make_checkpoint(model, opt, config, spec, epoch, metrics, best,
                                units=weights_record(units) if has_units else None)
         if improved and write:
-            atomic_save(ckpt, run.best)
+            atomic_save(best_checkpoint(ckpt), run.best)  # no optimizer state: evaluation and analysis need none
         # last.pt is the resume point, so it is written after metrics and best are consistent.
         if write:
             _write_metrics_csv(run.metrics, metrics)
-            save_last(ckpt, run)
+            save_last(ckpt, run, keep_prev=config.keep_checkpoints == "all")
 
     result = _summary(task, config, metrics, model, status, message, time.perf_counter() - wall0, best)
     if status == "done" and has_units:
@@ -249,10 +262,13 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, train_set: 
         result["discretization_gap"] = best_epoch_gap(run, spec, device, loaders.train, loaders.test, config.bf16,
                                                       task)
     result["config"] = asdict(config)
+    result["data"] = record
     result["processes"] = distributed.shard()["world_size"]  # [distributed] how it ran, not what it is
     result["sync_bn"] = sync_bn and result["processes"] > 1
     if write:
         atomic_write_json(run.result, result)
+        if status == "done":  # a diverged run keeps its last good checkpoint
+            prune(run, config.keep_checkpoints)
     distributed.barrier()  # [distributed] the next run (reproduce) reads result.json on every rank
     if status == "diverged":
         raise DivergedError(f"{run.path}: {message}")

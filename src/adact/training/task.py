@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from adact.config import TrainConfig
 from adact.data import DataSplits, DeviceLoader
-from adact.data.arrays import check_splits
+from adact.data.arrays import check_splits, check_trainable
 from adact.data.registry import normalization
 from adact.data.text import TextData, TokenBatches, TokenBlocks
 from adact.errors import UserError
@@ -111,6 +111,7 @@ class ImageClassification:
 
     def check(self, data: Any, config: TrainConfig) -> None:
         check_splits(data)
+        check_trainable(data)
 
     def train_set(self, config: TrainConfig, data: Any) -> Any:
         return train_subset(config, data)
