@@ -27,10 +27,12 @@ __all__ = ["ACT_COLORS", "ACT_LINESTYLES", "act_color", "plot_choice_trajectorie
 
 # The paper's seven candidates get the most distinct colours (tab10 order); other registry names
 # follow. Keyed by registry name so a colour never depends on the candidate order of a model.
+# No black or grey: the function figures draw the seeds' mixtures in those (GELU and squared
+# ReLU, the language models' candidates, are indigo and teal).
 _PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-    "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#111111", "#dbdb8d",
+    "#393b79", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#00a6a6", "#dbdb8d",
 ]
 ACT_COLORS: dict[str, str] = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(ACTIVATIONS)}
 
