@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import warnings
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from adact.surgery.scan import scan
 from adact.surgery.targets import Targets, resolve_targets
 from adact.surgery.transformer import convert_function_activations, disable_transformer_fast_paths
 from adact.surgery.units import UnitFactory, model_device, share_pool
+from adact.surgery.verify import Verification, check, merge_missed
 from adact.unit import GRANULARITIES, AdAct
 
 __all__ = ["CONFIG_ATTR", "INITS", "adactify"]
@@ -47,6 +49,7 @@ def adactify(
     adact_kwargs: dict[str, Any] | None = ...,
     init: str = ...,
     verbose: bool = ...,
+    verify: bool = ...,
     return_report: Literal[False] = ...,
 ) -> nn.Module: ...
 
@@ -63,6 +66,7 @@ def adactify(
     adact_kwargs: dict[str, Any] | None = ...,
     init: str = ...,
     verbose: bool = ...,
+    verify: bool = ...,
     return_report: Literal[True],
 ) -> tuple[nn.Module, AdactifyReport]: ...
 
@@ -78,6 +82,7 @@ def adactify(
     adact_kwargs: dict[str, Any] | None = None,
     init: str = "mixture",
     verbose: bool = False,
+    verify: bool = True,
     return_report: bool = False,
 ) -> nn.Module | tuple[nn.Module, AdactifyReport]:
     r"""Put an AdAct unit at every activation call site of ``model``, in place.
@@ -144,6 +149,14 @@ def adactify(
             ReLU6, ...). A site whose activation has no exact registry equal (``nn.LeakyReLU(0.2)``,
             QuickGELU) is an error naming it. Default: ``"mixture"``.
         verbose: print the :class:`AdactifyReport`. Default: ``False``.
+        verify: after converting, run the model once per mode (training, eval) on ``example_inputs``
+            -- or on inputs built for common model types (Hugging Face token or pixel models, timm and
+            torchvision image models, a first ``Linear``; see
+            :func:`adact.surgery.verify.build_example_inputs`) -- recording every activation call:
+            targeted activations that still run natively go to ``report.missed`` (with their code
+            location), units never called to ``report.dead``, and a ``UserWarning`` summarises both
+            unless ``return_report=True``. ``report.verification`` says what was verified, or that
+            nothing was. Default: ``True``.
         return_report: return ``(model, report)`` instead of the model. Default: ``False``.
 
     Returns:
@@ -235,7 +248,14 @@ def adactify(
             )
     disable_transformer_fast_paths(root)
     root.__dict__[CONFIG_ATTR] = {"targets": spec.names(), "candidates": list(candidates), "init": init}
-    report = _report(root, sites, missed, traced, found.untraced)
+    ran = check(root, spec, [s.path for s in sites], example_inputs) if verify else Verification(failed=("verify=False",))
+    report = _report(root, sites, merge_missed(missed, ran), traced, found.untraced)
+    report = dataclasses.replace(report, verified=ran.modes, dead=ran.dead, verification=ran.summary())
+    if not return_report and (ran.missed or ran.dead):
+        lines = [f"{m.what} at {m.path or '<root>'!r} ({m.count}x): {m.reason}" for m in ran.missed]
+        warnings.warn(f"adactify: {report.verification}" + "".join(f"\n  missed {x}" for x in lines[:10])
+                      + (f"\n  ... ({len(lines) - 10} more)" if len(lines) > 10 else "")
+                      + "\nPass return_report=True to read the whole report.", stacklevel=2)
     logger.info("%s", report)
     if verbose:
         print(report)

@@ -14,7 +14,7 @@ from adact.surgery.transformer import fast_paths_off
 from adact.surgery.units import CallSites
 from adact.unit import AdAct
 
-__all__ = ["ExampleInputs", "UnitCall", "probe"]
+__all__ = ["ExampleInputs", "UnitCall", "no_side_effects", "probe"]
 
 ExampleInputs = Union[Tensor, Sequence[Any]]
 
@@ -60,7 +60,7 @@ def probe(model: nn.Module, example_inputs: ExampleInputs) -> dict[int, list[Uni
         handles.append(m.register_forward_pre_hook(rec.pre))
         handles.append(m.register_forward_hook(rec.post))
     try:
-        with _no_side_effects(model, args), fast_paths_off(model), torch.no_grad():
+        with no_side_effects(model, args), fast_paths_off(model), torch.no_grad():
             model(*args)
     finally:
         for h in handles:
@@ -69,7 +69,7 @@ def probe(model: nn.Module, example_inputs: ExampleInputs) -> dict[int, list[Uni
 
 
 @contextmanager
-def _no_side_effects(model: nn.Module, args: tuple[Any, ...]) -> Iterator[None]:
+def no_side_effects(model: nn.Module, args: Sequence[Any]) -> Iterator[None]:
     """Restore buffers (batch-norm statistics) and the RNG streams the pass may consume."""
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     cuda = sorted({a.device.index or 0 for a in args if isinstance(a, Tensor) and a.is_cuda})
