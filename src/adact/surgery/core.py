@@ -206,7 +206,9 @@ def adactify(
     traced: list[str] = []
     with _undo_on_error(model):
         root, sites = convert_modules(model, spec, found, factory)
-        sites += convert_function_activations(root, spec, factory)
+        layer_sites, layer_missed = convert_function_activations(root, spec, factory)
+        sites += layer_sites
+        missed += layer_missed
         for path, module in found.functional:
             new, miss = convert_calls(module, path, spec, factory)
             sites += new
@@ -251,15 +253,23 @@ def adactify(
     ran = check(root, spec, [s.path for s in sites], example_inputs) if verify else Verification(failed=("verify=False",))
     report = _report(root, sites, merge_missed(missed, ran), traced, found.untraced)
     report = dataclasses.replace(report, verified=ran.modes, dead=ran.dead, verification=ran.summary())
-    if not return_report and (ran.missed or ran.dead):
-        lines = [f"{m.what} at {m.path or '<root>'!r} ({m.count}x): {m.reason}" for m in ran.missed]
-        warnings.warn(f"adactify: {report.verification}" + "".join(f"\n  missed {x}" for x in lines[:10])
-                      + (f"\n  ... ({len(lines) - 10} more)" if len(lines) > 10 else "")
-                      + "\nPass return_report=True to read the whole report.", stacklevel=2)
+    if not return_report:
+        _warn_missed(report, {p for p, _ in found.lookalikes})
     logger.info("%s", report)
     if verbose:
         print(report)
     return (root, report) if return_report else root
+
+
+def _warn_missed(report: AdactifyReport, warned: set[str]) -> None:
+    """One UserWarning listing what runs natively and which units are dead (look-alikes have their own)."""
+    lines = [f"missed {m.what} at {m.path or '<root>'!r}" + (f" ({m.count} calls)" if m.count > 1 else "")
+             + f": {m.reason}" for m in report.missed if m.path not in warned]
+    lines += [f"dead unit {p!r}: never called while verifying" for p in report.dead]
+    if lines:
+        more = f"\n  ... ({len(lines) - 10} more)" if len(lines) > 10 else ""
+        warnings.warn(f"adactify: {report.verification}" + "".join(f"\n  {x}" for x in lines[:10]) + more
+                      + "\nPass return_report=True to read the report instead of this warning.", stacklevel=3)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import inspect
 from types import CodeType
 from typing import Any
 
+import torch
 from torch import fx, nn
 from torch.fx.graph_module import _format_import_block, _forward_from_src, sys_importer
 
@@ -111,6 +112,18 @@ def _rewrite(graph: fx.Graph, nodes: list[tuple[fx.Node, str]], names: list[str]
     graph.lint()
 
 
+def _seed_call_prelu(unit: nn.Module, module: nn.Module, node: fx.Node) -> None:
+    """``F.prelu(x, self.weight)``: the module's slope seeds the unit's (the weight itself is then unused)."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    target = getattr(unit, "prelu_weight", None)
+    if not (isinstance(weight, fx.Node) and weight.op == "get_attr") or target is None:
+        return
+    w = module.get_parameter(str(weight.target)).detach().reshape(-1)
+    if w.numel() in (1, target.numel()):
+        with torch.no_grad():
+            target.copy_(w.expand(target.numel()) if w.numel() == 1 else w)
+
+
 def convert_calls(
     module: nn.Module, path: str, spec: TargetSpec, factory: UnitFactory
 ) -> tuple[list[Site], list[MissedSite]]:
@@ -129,9 +142,11 @@ def convert_calls(
             j += 1
             name = f"{base}_{j}"
         names.append(name)
-    for name, (node, _) in zip(names, nodes[module.training]):
+    for name, (node, kind) in zip(names, nodes[module.training]):
         call = call_original(node.target, node.args, node.kwargs, method=node.op == "call_method")
         module.add_module(name, factory(None, module.training, call=call, what=_label(node)))
+        if kind == "prelu":
+            _seed_call_prelu(getattr(module, name), module, node)
     for mode in (True, False):
         _rewrite(graphs[mode], nodes[mode], names)
     module.forward = TracedForward(module, graphs[True], graphs[False])  # type: ignore[method-assign]

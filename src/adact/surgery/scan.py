@@ -112,7 +112,7 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
                 if spec.module(c):
                     out.calls.setdefault(id(c), []).append(m)
             if not isinstance(m, (*TRANSFORMER_LAYERS, nn.Sequential)):
-                calls = [k for k in source_activation_calls(type(m).forward) if spec.call(k)]
+                calls = [k for k in source_activation_calls(type(m).forward, m) if spec.call(k)]
                 for kind in calls:
                     out.missed.append(
                         MissedSite(path, f"{kind} call", f"inside torch.nn.{type(m).__name__}, which is not traced")
@@ -123,7 +123,7 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
         except Exception as e:  # noqa: BLE001 - any failure means "no graph", reported below
             reason = _reason(e)
             owned = [c for c in m.modules() if spec.module(c)]
-            calls = [k for k in source_activation_calls(type(m).forward) if spec.call(k)]
+            calls = [k for k in source_activation_calls(type(m).forward, m) if spec.call(k)]
             if owned or calls:
                 out.untraced.append((path, reason))
             for c in owned:
