@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import warnings
@@ -15,9 +14,10 @@ from torch import nn
 
 from adact.activations import DEFAULT_CANDIDATES
 from adact.errors import UserError
-from adact.surgery.functional import convert_calls
-from adact.surgery.modules import convert_modules, instances, make_call_sites, replace
-from adact.surgery.probe import ExampleInputs, UnitCall, probe
+from adact.surgery.functional import TracedForward, convert_calls
+from adact.surgery.modules import convert_modules
+from adact.surgery.probe import ExampleInputs
+from adact.surgery.split import apply_probe
 from adact.surgery.report import AdactifyReport, MissedSite, Site
 from adact.surgery.scan import scan
 from adact.surgery.targets import Targets, resolve_targets
@@ -204,19 +204,20 @@ def adactify(
     found = scan(model, spec)
     missed: list[MissedSite] = list(found.missed)
     traced: list[str] = []
+    shared: list[str] = []
     with _undo_on_error(model):
         root, sites = convert_modules(model, spec, found, factory)
         layer_sites, layer_missed = convert_function_activations(root, spec, factory)
         sites += layer_sites
         missed += layer_missed
         for path, module in found.functional:
-            new, miss = convert_calls(module, path, spec, factory)
+            new, miss = convert_calls(module, path, spec, factory, found.inplace.get(id(module)))
             sites += new
             missed += miss
-            if new:
+            if new or isinstance(module.__dict__.get("forward"), TracedForward):
                 traced.append(path)
         if example_inputs is not None:
-            sites = _apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
+            sites, shared = apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
     if example_inputs is None:
         unchecked = sorted(set(found.unchecked.values()))
         if unchecked:
@@ -252,7 +253,8 @@ def adactify(
     root.__dict__[CONFIG_ATTR] = {"targets": spec.names(), "candidates": list(candidates), "init": init}
     ran = check(root, spec, [s.path for s in sites], example_inputs) if verify else Verification(failed=("verify=False",))
     report = _report(root, sites, merge_missed(missed, ran), traced, found.untraced)
-    report = dataclasses.replace(report, verified=ran.modes, dead=ran.dead, verification=ran.summary())
+    report = dataclasses.replace(report, verified=ran.modes, dead=ran.dead, verification=ran.summary(),
+                                 shared=tuple(dict.fromkeys([*shared, *ran.shared])))
     if not return_report:
         _warn_missed(report, {p for p, _ in found.lookalikes})
     logger.info("%s", report)
@@ -314,79 +316,3 @@ def _report(
         originals=originals,
         added=tuple(dict.fromkeys(o for o in originals if o not in pool)),
     )
-
-
-def _apply_probe(
-    root: nn.Module,
-    example_inputs: ExampleInputs,
-    sites: list[Site],
-    factory: UnitFactory,
-    granularity: str,
-    channel_dim: int | None,
-) -> list[Site]:
-    """Split units the example pass saw called several times; make channel units; returns the sites."""
-    calls = probe(root, example_inputs)
-    units = instances(root, lambda m: isinstance(m, AdAct))
-    shapes: dict[int, Any] = {}
-    new: dict[int, nn.Module] = {}
-    by_path = {s.path: s for s in sites}
-    for key, (unit, paths) in units.items():
-        per_caller: OrderedDict[int, tuple[nn.Module | None, dict[int, list[UnitCall]]]] = OrderedDict()
-        for c in calls.get(key, []):
-            per_caller.setdefault(id(c.caller), (c.caller, {}))[1].setdefault(c.invocation, []).append(c)
-        first_calls: list[UnitCall] = []
-        for caller, invocations in per_caller.values():
-            counts = {len(v) for v in invocations.values()}
-            if len(counts) > 1:
-                name = type(caller).__name__ if caller is not None else "the model"
-                raise UserError(
-                    f"adactify: the unit at {paths[0]!r} is called a different number of times in "
-                    f"different calls of its caller {name}, so its call sites cannot be told apart. "
-                    f"Give each call site its own module."
-                )
-            first_calls += next(iter(invocations.values()))
-        shapes[key] = first_calls[0].shape if first_calls else None
-        callers = [c.caller for c in first_calls]
-        if len(first_calls) <= 1 or paths[0] not in by_path or any(c is None for c in callers):
-            continue  # one call site, a unit the model had before, or one served by CallSites
-        # Several call sites the shallow traces could not see: one unit per call.
-        clones: list[nn.Module] = [unit] + [copy.deepcopy(unit) for _ in first_calls[1:]]
-        new[key] = make_call_sites(clones, callers, unit.training)  # type: ignore[arg-type]
-        old = by_path.pop(paths[0])
-        for i, (clone, c) in enumerate(zip(clones, first_calls)):
-            by_path[f"{paths[0]}.{i}"] = Site(f"{paths[0]}.{i}", old.replaced, "call_site")
-            shapes[id(clone)] = c.shape
-    if new:
-        replace(root, OrderedDict((k, units[k]) for k in new), new)
-    if granularity == "channel":
-        swap: dict[int, nn.Module] = {}
-        layer_units = instances(root, lambda m: isinstance(m, AdAct) and m.granularity == "layer")
-        for key, (unit, paths) in layer_units.items():
-            if paths[0] not in by_path:
-                continue  # a unit the model had before adactify
-            assert isinstance(unit, AdAct)
-            shape = shapes.get(key)
-            dim = _channel_dim(shape, channel_dim, paths[0])
-            assert shape is not None
-            swap[key] = factory.per_channel(unit, int(shape[dim]), dim)
-        replace(root, layer_units, {k: swap.get(k, u) for k, (u, _) in layer_units.items()})
-    return list(by_path.values())
-
-
-def _channel_dim(shape: Any, channel_dim: int | None, path: str) -> int:
-    if shape is None or len(shape) < 2:
-        got = "it was not called" if shape is None else f"its input had shape {tuple(shape)}"
-        raise UserError(
-            f"cannot infer the channel count of the site {path!r} from example_inputs ({got}); "
-            f'granularity="channel" needs an input with a channel dim there'
-        )
-    if channel_dim is not None:
-        return channel_dim
-    if len(shape) == 3:
-        raise UserError(
-            f'granularity="channel" at {path!r}: its input has shape {tuple(shape)}, where dim 1 is '
-            f"the channels of an (N, C, L) feature map but the positions of an (N, L, E) token "
-            f"sequence. Pass channel_dim=1 for the first or channel_dim=-1 for the second."
-        )
-    return 1
-

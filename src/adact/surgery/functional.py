@@ -124,10 +124,24 @@ def _seed_call_prelu(unit: nn.Module, module: nn.Module, node: fx.Node) -> None:
             target.copy_(w.expand(target.numel()) if w.numel() == 1 else w)
 
 
+def _keep_inplace(graph: fx.Graph, targets: set[str]) -> None:
+    """Calls of in-place activation modules (now units, which return a new tensor): later readers of
+    the input read the call's output, as they read the modified input before (``self.act(x); return x``)."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        inp = node.args[0] if node.args else None
+        if node.op == "call_module" and str(node.target) in targets and isinstance(inp, fx.Node):
+            inp.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node and order[user] > order[node])
+    graph.lint()
+
+
 def convert_calls(
-    module: nn.Module, path: str, spec: TargetSpec, factory: UnitFactory
+    module: nn.Module, path: str, spec: TargetSpec, factory: UnitFactory, inplace: set[str] | None = None
 ) -> tuple[list[Site], list[MissedSite]]:
-    """Give each targeted activation call in ``module.forward`` its own unit; returns the sites."""
+    """Give each targeted activation call in ``module.forward`` its own unit; returns the sites.
+
+    ``inplace``: targets of in-place activation modules the forward calls whose input is read later
+    (:func:`_keep_inplace`)."""
     graphs = {mode: module_graph(module, training=mode) for mode in (True, False)}
     nodes = {mode: _activation_nodes(g, spec) for mode, g in graphs.items()}
     labels = {mode: [_label(n) for n, _ in found] for mode, found in nodes.items()}
@@ -149,6 +163,7 @@ def convert_calls(
             _seed_call_prelu(getattr(module, name), module, node)
     for mode in (True, False):
         _rewrite(graphs[mode], nodes[mode], names)
+        _keep_inplace(graphs[mode], inplace or set())
     module.forward = TracedForward(module, graphs[True], graphs[False])  # type: ignore[method-assign]
     prefix = f"{path}." if path else ""
     return [Site(prefix + name, lab, "traced") for name, lab in zip(names, labels[True])], []

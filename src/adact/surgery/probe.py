@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from adact.surgery.transformer import fast_paths_off
-from adact.surgery.units import CallSites
+from adact.surgery.units import CallSites, call_key
 from adact.unit import AdAct
 
 __all__ = ["ExampleInputs", "UnitCall", "no_side_effects", "probe"]
@@ -21,11 +21,13 @@ ExampleInputs = Union[Tensor, Sequence[Any]]
 
 @dataclass
 class UnitCall:
-    """One call of a unit: its caller, which call of the caller it was, and the input shape."""
+    """One call of a unit: its caller, which call of the caller it was, the input shape, and where
+    the call is written (:func:`adact.surgery.units.call_key`)."""
 
     caller: nn.Module | None
     invocation: int
     shape: torch.Size | None
+    location: str | None = None
 
 
 @dataclass
@@ -42,7 +44,7 @@ class _Recorder:
             x = inputs[0] if inputs else None
             inv = self.invocations.get(id(caller), 0) if caller is not None else 0
             shape = x.shape if isinstance(x, Tensor) else None
-            self.calls.setdefault(id(module), []).append(UnitCall(caller, inv, shape))
+            self.calls.setdefault(id(module), []).append(UnitCall(caller, inv, shape, call_key()))
         self.invocations[id(module)] = self.invocations.get(id(module), 0) + 1
         self.stack.append(module)
 

@@ -182,7 +182,7 @@ _METHODS: dict[str, str] = {
 }
 
 # For the source scan of forwards torch.fx cannot trace, and the look-alike warning.
-_SOURCE_CALL = re.compile(r"([A-Za-z_][\w.]*)\s*\((\s*\))?")
+_SOURCE_CALL = re.compile(r"(\.?[A-Za-z_][\w.]*)\s*\((\s*\))?")
 _LOOKS_LIKE = re.compile(r"(?i)(gelu|relu|silu|swish|mish|elu|softplus|activation)$")
 
 Targets = Union[str, type[nn.Module], Iterable[Union[str, type[nn.Module]]], None]
@@ -271,7 +271,9 @@ def source_activation_calls(fn: Callable[..., Any], owner: object = None) -> lis
     kinds: list[str] = []
     for dotted, empty in _SOURCE_CALL.findall(src):
         prefix, _, name = dotted.rpartition(".")
-        if prefix == "self":
+        if dotted.startswith("."):  # f(x).relu(): a method of a call's result
+            kind = _METHODS.get(name) if empty else None
+        elif prefix == "self":
             kind = function_kind(attrs.get(name))
         elif prefix:
             first, *rest = prefix.split(".")

@@ -27,6 +27,7 @@ from adact.surgery.probe import ExampleInputs, no_side_effects
 from adact.surgery.report import MissedSite
 from adact.surgery.targets import TargetSpec, module_kind
 from adact.surgery.transformer import fast_paths_off
+from adact.surgery.units import CallSites, call_key
 from adact.unit import AdAct
 
 __all__ = ["Verification", "build_example_inputs", "call_location", "check", "merge_missed", "verify"]
@@ -82,6 +83,7 @@ class Verification:
         modes: the modes a pass ran in (``"train"``, ``"eval"``); empty: nothing was verified.
         missed: targeted activations that ran natively, with path, code location and count.
         dead: paths of new units no pass called.
+        shared: paths of units one code location called several times in one call of its caller (a loop).
         failed: ``"<mode> mode: <error>"`` of passes that raised (that mode was not verified).
         n_units: number of new units checked.
     """
@@ -90,6 +92,7 @@ class Verification:
     modes: tuple[str, ...] = ()
     missed: tuple[MissedSite, ...] = ()
     dead: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     n_units: int = 0
 
@@ -120,6 +123,8 @@ class _Recorder:
     stack: list[nn.Module] = field(default_factory=list)
     inside: int = 0  # depth of units / activation modules on the stack: their own calls are theirs
     called: set[int] = field(default_factory=set)
+    invocations: dict[int, int] = field(default_factory=dict)
+    at: dict[tuple[int, int, int, str | None], int] = field(default_factory=dict)
     native: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def _where(self, m: nn.Module | None) -> str:
@@ -135,9 +140,13 @@ class _Recorder:
         act = isinstance(module, AdAct) or module_kind(module) is not None or self.spec.module(module)
         if isinstance(module, AdAct):
             self.called.add(id(module))
+            caller = next((s for s in reversed(self.stack) if not isinstance(s, CallSites)), None)
+            key = (id(module), id(caller), self.invocations.get(id(caller), 0), call_key())
+            self.at[key] = self.at.get(key, 0) + 1
         elif self.inside == 0 and self.spec.module(module):
             key = (self._where(module), f"{type(module).__name__} module", call_location(3))
             self.native[key] = self.native.get(key, 0) + 1
+        self.invocations[id(module)] = self.invocations.get(id(module), 0) + 1
         self.inside += act
         self.stack.append(module)
 
@@ -227,7 +236,10 @@ def verify(model: nn.Module, spec: TargetSpec, units: dict[int, str], inputs: Ex
         for (path, what, where), n in rec.native.items()
     )
     dead = tuple(p for k, p in units.items() if k not in rec.called) if modes else ()
-    return Verification(source if modes else "", tuple(modes), missed if modes else (), dead, tuple(failed), len(units))
+    looped = {key[0] for key, n in rec.at.items() if n > 1}
+    shared = tuple(p for k, p in units.items() if k in looped)
+    return Verification(source if modes else "", tuple(modes), missed if modes else (), dead, shared, tuple(failed),
+                        len(units))
 
 
 Built = tuple[Union[Mapping[str, Any], tuple[Any, ...]], str]

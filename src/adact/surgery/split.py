@@ -1,0 +1,128 @@
+"""After the example pass: one unit per call site the shallow traces could not see, and per-channel units.
+
+A unit the example pass saw called several times from a forward ``torch.fx`` could not trace
+gets one unit per *code location* of those calls (a :class:`adact.surgery.CallSites` dispatching
+by location). A location run several times in one call of its caller -- a loop, such as
+Mixtral's eager expert loop -- keeps one unit for all its calls, reported as shared: which
+expert is the i-th in a batch depends on the data, so no unit may depend on it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter, OrderedDict
+from typing import Any
+
+from torch import nn
+
+from adact.errors import UserError
+from adact.surgery.modules import instances, make_call_sites, replace
+from adact.surgery.probe import ExampleInputs, UnitCall, probe
+from adact.surgery.report import Site
+from adact.surgery.units import UnitFactory
+from adact.unit import AdAct
+
+__all__ = ["apply_probe"]
+
+
+def apply_probe(
+    root: nn.Module,
+    example_inputs: ExampleInputs,
+    sites: list[Site],
+    factory: UnitFactory,
+    granularity: str,
+    channel_dim: int | None,
+) -> tuple[list[Site], list[str]]:
+    """Split units the example pass saw called at several places; make channel units.
+
+    Returns:
+        the sites, and the paths of units shared by the calls of a loop.
+    """
+    calls = probe(root, example_inputs)
+    units = instances(root, lambda m: isinstance(m, AdAct))
+    shapes: dict[int, Any] = {}
+    new: dict[int, nn.Module] = {}
+    shared: list[str] = []
+    by_path = {s.path: s for s in sites}
+    for key, (unit, paths) in units.items():
+        seen = calls.get(key, [])
+        shapes[key] = seen[0].shape if seen else None
+        if paths[0] not in by_path or any(c.caller is None for c in seen):
+            continue  # a unit the model had before, or one served by CallSites
+        firsts, looped = _call_sites(seen, paths[0])
+        if len(firsts) <= 1:
+            if looped:
+                shared.append(paths[0])
+            continue
+        # Several call sites the shallow traces could not see: one unit per call site.
+        clones: list[nn.Module] = [unit] + [copy.deepcopy(unit) for _ in firsts[1:]]
+        new[key] = make_call_sites(clones, [c.caller for c in firsts], unit.training,  # type: ignore[misc]
+                                   locations=[c.location for c in firsts])
+        old = by_path.pop(paths[0])
+        for i, (clone, c) in enumerate(zip(clones, firsts)):
+            by_path[f"{paths[0]}.{i}"] = Site(f"{paths[0]}.{i}", old.replaced, "call_site")
+            shapes[id(clone)] = c.shape
+            if c.location in looped:
+                shared.append(f"{paths[0]}.{i}")
+    if new:
+        replace(root, OrderedDict((k, units[k]) for k in new), new)
+    if granularity == "channel":
+        swap: dict[int, nn.Module] = {}
+        layer_units = instances(root, lambda m: isinstance(m, AdAct) and m.granularity == "layer")
+        for key, (unit, paths) in layer_units.items():
+            if paths[0] not in by_path:
+                continue  # a unit the model had before adactify
+            assert isinstance(unit, AdAct)
+            shape = shapes.get(key)
+            dim = _channel_dim(shape, channel_dim, paths[0])
+            assert shape is not None
+            swap[key] = factory.per_channel(unit, int(shape[dim]), dim)
+        replace(root, layer_units, {k: swap.get(k, u) for k, (u, _) in layer_units.items()})
+    return list(by_path.values()), shared
+
+
+def _call_sites(seen: list[UnitCall], path: str) -> tuple[list[UnitCall], set[str | None]]:
+    """The first call at each call site of a unit, and the locations run several times in one call of their caller."""
+    invocations: OrderedDict[tuple[int, int], list[UnitCall]] = OrderedDict()
+    for c in seen:
+        invocations.setdefault((id(c.caller), c.invocation), []).append(c)
+    if any(c.location is None for c in seen):  # no code location: call order must be stable
+        per_caller: dict[int, set[int]] = {}
+        for (caller, _), v in invocations.items():
+            per_caller.setdefault(caller, set()).add(len(v))
+        if any(len(counts) > 1 for counts in per_caller.values()):
+            raise UserError(
+                f"adactify: the unit at {path!r} is called a different number of times in different calls of "
+                f"its caller, so its call sites cannot be told apart. Give each call site its own module."
+            )
+        firsts: list[UnitCall] = []
+        done: set[int] = set()
+        for (caller, _), v in invocations.items():
+            if caller not in done:
+                done.add(caller)
+                firsts += v
+        return firsts, set()
+    looped = {loc for v in invocations.values() for loc, n in Counter(c.location for c in v).items() if n > 1}
+    at: dict[str | None, UnitCall] = {}
+    for c in seen:
+        at.setdefault(c.location, c)
+    return list(at.values()), looped
+
+
+def _channel_dim(shape: Any, channel_dim: int | None, path: str) -> int:
+    if shape is None or len(shape) < 2:
+        got = "it was not called" if shape is None else f"its input had shape {tuple(shape)}"
+        raise UserError(
+            f"cannot infer the channel count of the site {path!r} from example_inputs ({got}); "
+            f'granularity="channel" needs an input with a channel dim there'
+        )
+    if channel_dim is not None:
+        return channel_dim
+    if len(shape) == 3:
+        raise UserError(
+            f'granularity="channel" at {path!r}: its input has shape {tuple(shape)}, where dim 1 is '
+            f"the channels of an (N, C, L) feature map but the positions of an (N, L, E) token "
+            f"sequence. Pass channel_dim=1 for the first or channel_dim=-1 for the second."
+        )
+    return 1
+
