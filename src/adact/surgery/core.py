@@ -23,7 +23,7 @@ from adact.surgery.scan import scan
 from adact.surgery.targets import Targets, resolve_targets
 from adact.surgery.transformer import convert_function_activations, disable_transformer_fast_paths
 from adact.surgery.units import UnitFactory, model_device, share_pool
-from adact.surgery.verify import Verification, check, merge_missed
+from adact.surgery.verify import Verification, build_example_inputs, check, merge_missed
 from adact.unit import GRANULARITIES, AdAct
 
 __all__ = ["CONFIG_ATTR", "INITS", "adactify"]
@@ -218,6 +218,14 @@ def adactify(
                 traced.append(path)
         if example_inputs is not None:
             sites, shared = apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
+        elif verify and found.unchecked:  # the inputs verification would use count the calls too
+            for inputs, _ in build_example_inputs(root):
+                try:
+                    sites, shared = apply_probe(root, inputs, sites, factory, granularity, channel_dim)
+                except Exception:  # noqa: BLE001 - built inputs that do not fit the model check nothing
+                    continue
+                found.unchecked.clear()
+                break
     if example_inputs is None:
         unchecked = sorted(set(found.unchecked.values()))
         if unchecked:

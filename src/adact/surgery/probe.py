@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -53,17 +53,19 @@ class _Recorder:
             self.stack.pop()
 
 
-def probe(model: nn.Module, example_inputs: ExampleInputs) -> dict[int, list[UnitCall]]:
-    """Run one forward pass; ``id(unit) -> its calls``. Buffers and RNG streams are restored."""
-    args = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+def probe(model: nn.Module, example_inputs: ExampleInputs | Mapping[str, Any]) -> dict[int, list[UnitCall]]:
+    """Run one forward pass (a mapping: keyword arguments); ``id(unit) -> its calls``. Buffers and RNG
+    streams are restored."""
+    kwargs = dict(example_inputs) if isinstance(example_inputs, Mapping) else {}
+    args = () if kwargs else (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     rec = _Recorder()
     handles = []
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(rec.pre))
         handles.append(m.register_forward_hook(rec.post))
     try:
-        with no_side_effects(model, args), fast_paths_off(model), torch.no_grad():
-            model(*args)
+        with no_side_effects(model, [*args, *kwargs.values()]), fast_paths_off(model), torch.no_grad():
+            model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()

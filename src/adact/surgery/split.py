@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -27,7 +28,7 @@ __all__ = ["apply_probe"]
 
 def apply_probe(
     root: nn.Module,
-    example_inputs: ExampleInputs,
+    example_inputs: ExampleInputs | Mapping[str, Any],
     sites: list[Site],
     factory: UnitFactory,
     granularity: str,

@@ -182,6 +182,7 @@ class CallSites(nn.Module):
         if served:
             turn = self.turns.get(key, 0)  # type: ignore[arg-type]
             self.turns[key] = turn + 1  # type: ignore[index]
+            self.next_site += 1  # keeps the order of calls at unknown locations (if any) in step
             module = self._modules[str(served[turn % len(served)])]
         else:
             table = self.tables[self.training]
