@@ -292,3 +292,21 @@ def test_case9_a_data_dependent_expert_loop_shares_one_unit() -> None:
         ids = torch.randint(0, 32, (4, 16))  # reaches more experts than the example
         calls = served_units(net, ids, training=True)
         assert len(calls) > 2 and set(calls) == set(report.sites)
+
+
+def test_a_fixed_loop_in_an_untraceable_forward_gets_one_unit_per_turn() -> None:
+    class Branches(nn.Module):  # HRNet's fuse layers: one line, called once per branch
+        def __init__(self) -> None:
+            super().__init__()
+            self.branches = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+            self.act = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            if x.sum() > -1e9:  # untraceable
+                x = x + 1
+            return sum(self.act(b(x)) for b in self.branches)
+
+    for example in (None, torch.randn(2, 4)):
+        net, report = adactify(Branches(), example_inputs=example, return_report=True)
+        assert report.sites == ("act.0", "act.1", "act.2") and not report.shared and not report.dead
+        assert served_units(net, torch.randn(2, 4), training=True) == ["act.0", "act.1", "act.2"]

@@ -14,7 +14,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from adact.errors import UserError
 from adact.surgery.modules import instances, make_call_sites, replace
@@ -40,6 +41,10 @@ def apply_probe(
         the sites, and the paths of units shared by the calls of a loop.
     """
     calls = probe(root, example_inputs)
+    try:
+        again = probe(root, _another_batch(root, example_inputs))
+    except Exception:  # noqa: BLE001 - a model the second batch does not fit: the example alone decides
+        again = {}
     units = instances(root, lambda m: isinstance(m, AdAct))
     shapes: dict[int, Any] = {}
     new: dict[int, nn.Module] = {}
@@ -50,7 +55,7 @@ def apply_probe(
         shapes[key] = seen[0].shape if seen else None
         if paths[0] not in by_path or any(c.caller is None for c in seen):
             continue  # a unit the model had before, or one served by CallSites
-        firsts, looped = _call_sites(seen, paths[0])
+        firsts, looped = _call_sites(seen, again.get(key, []), paths[0])
         if len(firsts) <= 1:
             if looped:
                 shared.append(paths[0])
@@ -82,8 +87,39 @@ def apply_probe(
     return list(by_path.values()), shared
 
 
-def _call_sites(seen: list[UnitCall], path: str) -> tuple[list[UnitCall], set[str | None]]:
-    """The first call at each call site of a unit, and the locations run several times in one call of their caller."""
+def _another_batch(root: nn.Module, inputs: ExampleInputs | Mapping[str, Any]) -> Any:
+    """A second example batch of the same shapes and unlike values -- constant where the example
+    varies, random (token ids within the config's vocabulary) where it is constant -- so that call
+    counts that depend on the data (how many experts a batch reaches) differ between the two."""
+    gen = torch.Generator().manual_seed(1)
+    vocab = getattr(getattr(root, "config", None), "vocab_size", None)
+
+    def other(x: Any) -> Any:
+        if not isinstance(x, Tensor) or x.dtype == torch.bool or x.numel() == 0:
+            return x
+        if bool((x != x.flatten()[0]).any()):
+            return torch.zeros_like(x)
+        if x.is_floating_point():
+            return torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+        high = vocab if isinstance(vocab, int) else 2
+        return torch.randint(0, high, x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+    if isinstance(inputs, Mapping):
+        return {k: other(v) for k, v in inputs.items()}
+    if isinstance(inputs, Tensor):
+        return other(inputs)
+    return [other(v) for v in inputs]
+
+
+def _call_sites(seen: list[UnitCall], again: list[UnitCall], path: str) -> tuple[list[UnitCall], set[str | None]]:
+    """One call per call site of a unit, and the locations whose calls share one unit.
+
+    A location called the same number of times in every call of its caller, in both example
+    batches, is as many call sites (a loop over a fixed list of branches, as in HRNet), served in
+    turn; one whose count differs (an expert loop) is one site whose unit is shared.
+    """
+    if not seen:
+        return [], set()
     invocations: OrderedDict[tuple[int, int], list[UnitCall]] = OrderedDict()
     for c in seen:
         invocations.setdefault((id(c.caller), c.invocation), []).append(c)
@@ -103,11 +139,24 @@ def _call_sites(seen: list[UnitCall], path: str) -> tuple[list[UnitCall], set[st
                 done.add(caller)
                 firsts += v
         return firsts, set()
-    looped = {loc for v in invocations.values() for loc, n in Counter(c.location for c in v).items() if n > 1}
-    at: dict[str | None, UnitCall] = {}
-    for c in seen:
-        at.setdefault(c.location, c)
-    return list(at.values()), looped
+    counts: dict[str | None, set[int]] = {}  # per location: its number of calls in each call of its caller
+    for calls in (seen, again):
+        per_call: dict[tuple[int, int], Counter[str | None]] = {}
+        for c in calls:
+            per_call.setdefault((id(c.caller), c.invocation), Counter())[c.location] += 1
+        used: dict[int, set[str | None]] = {}
+        for (caller, _), counter in per_call.items():
+            used.setdefault(caller, set()).update(counter)
+        for (caller, _), counter in per_call.items():
+            for loc in used[caller]:
+                counts.setdefault(loc, set()).add(counter.get(loc, 0))
+    varying = {loc for loc, n in counts.items() if len(n) > 1 and max(n) > 1}
+    first = next(iter(invocations.values()))
+    sites: list[UnitCall] = []
+    for loc in dict.fromkeys(c.location for c in seen):
+        at = [c for c in first if c.location == loc] or [next(c for c in seen if c.location == loc)]
+        sites += at[:1] if loc in varying else at
+    return sites, varying
 
 
 def _channel_dim(shape: Any, channel_dim: int | None, path: str) -> int:
