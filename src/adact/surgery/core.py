@@ -92,8 +92,9 @@ def adactify(
     ``NewGELUActivation``, ``SiLUActivation``, ...) and timm's (``timm.layers.activations*``),
     recognised by class without importing those libraries -- and activation *function calls*
     in a ``forward`` (``F.relu(x)``, ``torch.relu``, ``x.relu()``, ``x.relu_()``, ``F.gelu``,
-    ``F.silu``, ...), including the ``activation`` of ``nn.TransformerEncoderLayer`` /
-    ``DecoderLayer`` however it was given. Gates (``Sigmoid``, ``Hardsigmoid``) and ``Tanh`` are
+    ``F.silu``, ``torch.celu``, ``F.rrelu``, ``F.prelu``, ...), including the ``activation`` of
+    ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` given as a name, a function or a
+    ``functools.partial`` of one (another callable is listed in ``report.missed``). Gates (``Sigmoid``, ``Hardsigmoid``) and ``Tanh`` are
     converted only when named in ``targets``.
 
     **One unit per call site, and the model stays what it was.** Each module's own ``forward``
@@ -101,9 +102,14 @@ def adactify(
     its calls:
 
     * a module called once is swapped for a unit at its path;
-    * a module called :math:`k > 1` times (torchvision's ``BasicBlock`` calls ``self.relu``
-      twice) becomes a :class:`adact.surgery.CallSites` of :math:`k` units (paths
-      ``"layer1.0.relu.0"``, ``"layer1.0.relu.1"``), dispatched by call order;
+    * a module called at :math:`k > 1` sites (torchvision's ``BasicBlock`` calls ``self.relu``
+      twice), counting the sites of training and of eval mode, becomes a
+      :class:`adact.surgery.CallSites` of :math:`k` units (paths ``"layer1.0.relu.0"``,
+      ``"layer1.0.relu.1"``), each call served by the unit of its *code location*, so a call
+      behind ``if self.training:`` keeps its unit in both modes and activation checkpointing
+      recomputes with the original units;
+    * an in-place activation module whose input is read after the call (``self.act(x); return x``)
+      keeps that meaning: its caller's forward becomes its fx graph, reading the unit's output;
     * a module whose ``forward`` calls activation functions gets one unit per call (paths
       ``"<module>.adact_relu"``, ``"<module>.adact_relu_1"``, ...) and its ``forward`` becomes
       that module's fx graph (:class:`adact.surgery.TracedForward`), traced in both training and
@@ -113,9 +119,11 @@ def adactify(
     The returned model is ``model`` itself (unless ``model`` is itself an activation), with its
     class, methods and attribute paths; no ``torch.fx.GraphModule`` is ever returned.
     A module ``torch.fx`` cannot trace keeps its forward: module swapping still converts what
-    it holds, assuming one call per module (a ``UserWarning`` says so unless
-    ``example_inputs`` lets one forward pass count the calls), and its function calls are
-    listed in ``report.missed`` with the reason. Unknown modules named like activations
+    it holds; an example pass (``example_inputs``, else inputs adactify builds, see ``verify``)
+    counts its calls, giving each code location its own unit -- a location called a number of
+    times that differs between two example batches (an expert loop) keeps one unit, listed in
+    ``report.shared`` -- and its function calls are listed in ``report.missed`` with the reason.
+    Without any example pass a ``UserWarning`` says one call per module was assumed. Unknown modules named like activations
     (``MyGELU``) are not converted; a ``UserWarning`` names them (pass ``targets=[MyGELU]``).
 
     Each unit starts from the AdAct defaults: the replaced activation's hyper-parameters (e.g.
