@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from adact.errors import UserError
 from adact.surgery.originals import module_original
 from adact.unit import AdAct
 
-__all__ = ["CallSites", "UnitFactory", "model_device", "share_pool"]
+__all__ = ["CallSites", "ResetCallSites", "UnitFactory", "call_key", "model_device", "share_pool", "user_frame"]
 
 
 @dataclass
@@ -109,20 +110,26 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_SURGERY_DIR = os.path.dirname(__file__)
+# torch's and this package's frames are not where a call was written (the separator keeps torchvision out).
+_SKIPPED = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
 
 
-def call_key(skip: int = 1) -> str | None:
+def user_frame() -> FrameType | None:
+    """The innermost frame on the stack outside torch and adact.surgery: the code that made the call."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        frame = frame.f_back
+    return frame
+
+
+def call_key() -> str | None:
     """Where the current call was written: ``file:first line:function:bytecode offset`` of the first
     frame outside torch and adact.surgery; the same while ``torch.fx`` traces a forward and when it runs."""
-    frame = sys._getframe(skip + 1)
-    while frame is not None:
-        code = frame.f_code
-        if not code.co_filename.startswith((_TORCH_DIR, _SURGERY_DIR)):
-            return f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}:{frame.f_lasti}"
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
+    frame = user_frame()
+    if frame is None:
+        return None
+    code = frame.f_code
+    return f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}:{frame.f_lasti}"
 
 
 class CallSites(nn.Module):

@@ -11,8 +11,6 @@ listed as missed (path, code location and count); a unit no pass called is dead.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from adact.surgery.probe import ExampleInputs, no_side_effects
 from adact.surgery.report import MissedSite
 from adact.surgery.targets import TargetSpec, module_kind
 from adact.surgery.transformer import fast_paths_off
-from adact.surgery.units import CallSites, call_key
+from adact.surgery.units import CallSites, call_key, user_frame
 from adact.unit import AdAct
 
 __all__ = ["Verification", "build_example_inputs", "call_location", "check", "merge_missed", "verify"]
@@ -58,20 +56,15 @@ def _function_table() -> dict[Callable[..., Any], tuple[str, str]]:
 
 
 _FUNCTIONS = _function_table()
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_HERE = os.path.dirname(__file__)
 
 
-def call_location(skip: int = 1) -> str:
+def call_location() -> str:
     """``file:line (function)`` of the first frame outside torch and adact.surgery: where a call was written."""
-    frame = sys._getframe(skip)
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if not name.startswith((_TORCH_DIR, _HERE)):
-            parts = name.replace("\\", "/").split("/")
-            return f"{'/'.join(parts[-2:])}:{frame.f_lineno} ({frame.f_code.co_name})"
-        frame = frame.f_back  # type: ignore[assignment]
-    return "<unknown>"
+    frame = user_frame()
+    if frame is None:
+        return "<unknown>"
+    parts = frame.f_code.co_filename.replace("\\", "/").split("/")
+    return f"{'/'.join(parts[-2:])}:{frame.f_lineno} ({frame.f_code.co_name})"
 
 
 @dataclass(frozen=True)
@@ -144,7 +137,7 @@ class _Recorder:
             key = (id(module), id(caller), self.invocations.get(id(caller), 0), call_key())
             self.at[key] = self.at.get(key, 0) + 1
         elif self.inside == 0 and self.spec.module(module):
-            key = (self._where(module), f"{type(module).__name__} module", call_location(3))
+            key = (self._where(module), f"{type(module).__name__} module", call_location())
             self.native[key] = self.native.get(key, 0) + 1
         self.invocations[id(module)] = self.invocations.get(id(module), 0) + 1
         self.inside += act
@@ -156,7 +149,7 @@ class _Recorder:
             self.inside -= isinstance(module, AdAct) or module_kind(module) is not None or self.spec.module(module)
 
     def function(self, what: str) -> None:
-        key = (self._where(self.stack[-1] if self.stack else None), what, call_location(3))
+        key = (self._where(self.stack[-1] if self.stack else None), what, call_location())
         self.native[key] = self.native.get(key, 0) + 1
 
 
