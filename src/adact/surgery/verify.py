@@ -129,8 +129,10 @@ class _Recorder:
         at = self.paths[id(owner)] if owner is not None else ""
         return f"{at} ({type(m).__name__} built during forward)" if at else f"({type(m).__name__} built during forward)"
 
+    def _owns_its_calls(self, module: nn.Module) -> bool:
+        return isinstance(module, AdAct) or module_kind(module) is not None or self.spec.module(module)
+
     def pre(self, module: nn.Module, args: Any) -> None:
-        act = isinstance(module, AdAct) or module_kind(module) is not None or self.spec.module(module)
         if isinstance(module, AdAct):
             self.called.add(id(module))
             caller = next((s for s in reversed(self.stack) if not isinstance(s, CallSites)), None)
@@ -140,13 +142,13 @@ class _Recorder:
             key = (self._where(module), f"{type(module).__name__} module", call_location())
             self.native[key] = self.native.get(key, 0) + 1
         self.invocations[id(module)] = self.invocations.get(id(module), 0) + 1
-        self.inside += act
+        self.inside += self._owns_its_calls(module)
         self.stack.append(module)
 
     def post(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
-            self.inside -= isinstance(module, AdAct) or module_kind(module) is not None or self.spec.module(module)
+            self.inside -= self._owns_its_calls(module)
 
     def function(self, what: str) -> None:
         key = (self._where(self.stack[-1] if self.stack else None), what, call_location())
