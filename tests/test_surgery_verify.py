@@ -310,3 +310,19 @@ def test_a_fixed_loop_in_an_untraceable_forward_gets_one_unit_per_turn() -> None
         net, report = adactify(Branches(), example_inputs=example, return_report=True)
         assert report.sites == ("act.0", "act.1", "act.2") and not report.shared and not report.dead
         assert served_units(net, torch.randn(2, 4), training=True) == ["act.0", "act.1", "act.2"]
+
+
+def test_an_untraceable_training_branch_keeps_its_unit_in_both_modes() -> None:
+    class Branchy(_TrainingOnly):
+        def forward(self, x: Tensor) -> Tensor:
+            if x.sum() > -1e9:  # untraceable: the example pass finds the sites, in both modes
+                x = self.act(self.lin(x))
+            if self.training:
+                x = self.act(x) * 2
+            return self.act(x - 1)
+
+    net, report = adactify(Branchy().eval(), example_inputs=torch.randn(2, 4), return_report=True)
+    assert report.sites == ("act.0", "act.1", "act.2") and not report.dead and not report.shared
+    x = torch.randn(2, 4)
+    assert served_units(net, x, training=False) == ["act.0", "act.2"]
+    assert served_units(net, x, training=True, backward=True) == ["act.0", "act.1", "act.2"]

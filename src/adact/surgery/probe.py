@@ -14,7 +14,7 @@ from adact.surgery.transformer import fast_paths_off
 from adact.surgery.units import CallSites, call_key
 from adact.unit import AdAct
 
-__all__ = ["ExampleInputs", "UnitCall", "no_side_effects", "probe"]
+__all__ = ["ExampleInputs", "UnitCall", "modes_restored", "no_side_effects", "probe"]
 
 ExampleInputs = Union[Tensor, Sequence[Any]]
 
@@ -53,9 +53,10 @@ class _Recorder:
             self.stack.pop()
 
 
-def probe(model: nn.Module, example_inputs: ExampleInputs | Mapping[str, Any]) -> dict[int, list[UnitCall]]:
-    """Run one forward pass (a mapping: keyword arguments); ``id(unit) -> its calls``. Buffers and RNG
-    streams are restored."""
+def probe(model: nn.Module, example_inputs: ExampleInputs | Mapping[str, Any],
+          training: bool | None = None) -> dict[int, list[UnitCall]]:
+    """Run one forward pass (a mapping: keyword arguments), in the model's mode or in ``training``
+    mode; ``id(unit) -> its calls``. Buffers, RNG streams and modes are restored."""
     kwargs = dict(example_inputs) if isinstance(example_inputs, Mapping) else {}
     args = () if kwargs else (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     rec = _Recorder()
@@ -64,12 +65,26 @@ def probe(model: nn.Module, example_inputs: ExampleInputs | Mapping[str, Any]) -
         handles.append(m.register_forward_pre_hook(rec.pre))
         handles.append(m.register_forward_hook(rec.post))
     try:
-        with no_side_effects(model, [*args, *kwargs.values()]), fast_paths_off(model), torch.no_grad():
+        with no_side_effects(model, [*args, *kwargs.values()]), fast_paths_off(model), torch.no_grad(), \
+                modes_restored(model):
+            if training is not None:
+                model.train(training)
             model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
     return rec.calls
+
+
+@contextmanager
+def modes_restored(model: nn.Module) -> Iterator[None]:
+    """Put back each module's own mode (a model may mix them) after a pass in another mode."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
 
 
 @contextmanager

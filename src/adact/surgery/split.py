@@ -10,6 +10,7 @@ expert is the i-th in a batch depends on the data, so no unit may depend on it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,8 @@ from adact.unit import AdAct
 
 __all__ = ["apply_probe"]
 
+_OTHER_MODE = 1 << 30  # numbers the other mode's calls of a caller apart from its own mode's
+
 
 def apply_probe(
     root: nn.Module,
@@ -40,7 +43,15 @@ def apply_probe(
     Returns:
         the sites, and the paths of units shared by the calls of a loop.
     """
-    calls = probe(root, example_inputs)
+    own = probe(root, example_inputs)
+    try:  # the other mode's calls too: a call behind `if self.training:` is a site of its own
+        other = probe(root, example_inputs, training=not root.training)
+    except Exception:  # noqa: BLE001 - inputs that fit one mode only (a batch of one in training): that mode decides
+        other = {}
+    # Training mode's calls first, then eval mode's (numbered apart), as the shallow traces order sites.
+    first, then = (own, other) if root.training else (other, own)
+    calls = {key: [*first.get(key, []), *(dataclasses.replace(c, invocation=c.invocation + _OTHER_MODE)
+                                          for c in then.get(key, []))] for key in {*own, *other}}
     try:
         again = probe(root, _another_batch(root, example_inputs))
     except Exception:  # noqa: BLE001 - a model the second batch does not fit: the example alone decides
@@ -52,7 +63,7 @@ def apply_probe(
     by_path = {s.path: s for s in sites}
     for key, (unit, paths) in units.items():
         seen = calls.get(key, [])
-        shapes[key] = seen[0].shape if seen else None
+        shapes[key] = next((c.shape for c in (*own.get(key, []), *seen)), None)
         if paths[0] not in by_path or any(c.caller is None for c in seen):
             continue  # a unit the model had before, or one served by CallSites
         firsts, looped = _call_sites(seen, again.get(key, []), paths[0])
@@ -144,11 +155,11 @@ def _call_sites(seen: list[UnitCall], again: list[UnitCall], path: str) -> tuple
         per_call: dict[tuple[int, int], Counter[str | None]] = {}
         for c in calls:
             per_call.setdefault((id(c.caller), c.invocation), Counter())[c.location] += 1
-        used: dict[int, set[str | None]] = {}
-        for (caller, _), counter in per_call.items():
-            used.setdefault(caller, set()).update(counter)
-        for (caller, _), counter in per_call.items():
-            for loc in used[caller]:
+        used: dict[tuple[int, bool], set[str | None]] = {}  # per caller and mode: the locations it calls
+        for (caller, inv), counter in per_call.items():
+            used.setdefault((caller, inv >= _OTHER_MODE), set()).update(counter)
+        for (caller, inv), counter in per_call.items():
+            for loc in used[(caller, inv >= _OTHER_MODE)]:
                 counts.setdefault(loc, set()).add(counter.get(loc, 0))
     varying = {loc for loc, n in counts.items() if len(n) > 1 and max(n) > 1}
     first = next(iter(invocations.values()))

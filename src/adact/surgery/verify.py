@@ -11,8 +11,8 @@ listed as missed (path, code location and count); a unit no pass called is dead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from adact.surgery.probe import ExampleInputs, no_side_effects
+from adact.surgery.probe import ExampleInputs, modes_restored, no_side_effects
 from adact.surgery.report import MissedSite
 from adact.surgery.targets import TargetSpec, module_kind
 from adact.surgery.transformer import fast_paths_off
@@ -170,16 +170,6 @@ class _Calls(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@contextmanager
-def _modes_restored(model: nn.Module) -> Iterator[None]:
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, mode in saved:
-            m.training = mode
-
-
 def _run(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: _Recorder) -> None:
     hooks = nn.modules.module
     with ExitStack() as stack:
@@ -212,7 +202,7 @@ def verify(model: nn.Module, spec: TargetSpec, units: dict[int, str], inputs: Ex
     modes: list[str] = []
     failed: list[str] = []
     tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
-    with _modes_restored(model), no_side_effects(model, tensors), fast_paths_off(model):
+    with modes_restored(model), no_side_effects(model, tensors), fast_paths_off(model):
         for training in (model.training, not model.training):
             name = "train" if training else "eval"
             model.train(training)
