@@ -119,8 +119,8 @@ def adactify(
     The returned model is ``model`` itself (unless ``model`` is itself an activation), with its
     class, methods and attribute paths; no ``torch.fx.GraphModule`` is ever returned.
     A module ``torch.fx`` cannot trace keeps its forward: module swapping still converts what
-    it holds; an example pass (``example_inputs``, else inputs adactify builds, see ``verify``)
-    counts its calls, giving each code location its own unit -- a location called a number of
+    it holds; an example pass in each mode (``example_inputs``, else inputs adactify builds, see
+    ``verify``) counts its calls, giving each code location its own unit -- a location called a number of
     times that differs between two example batches (an expert loop) keeps one unit, listed in
     ``report.shared`` -- and its function calls are listed in ``report.missed`` with the reason.
     Without any example pass a ``UserWarning`` says one call per module was assumed. Unknown modules named like activations
