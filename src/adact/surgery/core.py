@@ -225,11 +225,12 @@ def adactify(
             if new or isinstance(module.__dict__.get("forward"), TracedForward):
                 traced.append(path)
         if example_inputs is not None:
-            sites, shared = apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
+            sites, shared = apply_probe(root, example_inputs, sites, factory, granularity, channel_dim,
+                                         found.seen)
         elif verify and found.unchecked:  # the inputs verification would use count the calls too
             for inputs, _ in build_example_inputs(root):
                 try:
-                    sites, shared = apply_probe(root, inputs, sites, factory, granularity, channel_dim)
+                    sites, shared = apply_probe(root, inputs, sites, factory, granularity, channel_dim, found.seen)
                 except Exception:  # noqa: BLE001 - built inputs that do not fit the model check nothing
                     continue
                 found.unchecked.clear()

@@ -90,6 +90,7 @@ class Scan:
         missed: sites found in source code but not converted.
         untraced: ``(path, reason)`` of relevant modules torch.fx could not trace.
         lookalikes: ``(path, class name)`` of unknown modules named like activations.
+        seen: ids of modules whose calls the traces account for (traced forwards, torch.nn's own).
     """
 
     calls: dict[int, list[nn.Module]] = field(default_factory=dict)
@@ -101,6 +102,7 @@ class Scan:
     missed: list[MissedSite] = field(default_factory=list)
     untraced: list[tuple[str, str]] = field(default_factory=list)
     lookalikes: list[tuple[str, str]] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
 
 
 def _reason(e: Exception) -> str:
@@ -132,6 +134,7 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
         if type(m).forward is nn.Module.forward or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
             continue  # namespaces without a forward: their owners' forwards make the calls
         if is_torch_builtin(m):
+            out.seen.add(id(m))
             # torch.nn's modules call each child at most once (Sequential: once per position).
             for name, c in children.items():
                 if spec.module(c):
@@ -159,6 +162,7 @@ def scan(model: nn.Module, spec: TargetSpec) -> Scan:
                     MissedSite(path, f"{kind} call", f"torch.fx could not trace {type(m).__name__}.forward ({reason})")
                 )
             continue
+        out.seen.add(id(m))
         has_calls = False
         for mode, graph in graphs.items():
             order = {n: i for i, n in enumerate(graph.nodes)}

@@ -37,8 +37,10 @@ def apply_probe(
     factory: UnitFactory,
     granularity: str,
     channel_dim: int | None,
+    traced: set[int],
 ) -> tuple[list[Site], list[str]]:
-    """Split units the example pass saw called at several places; make channel units.
+    """Split units the example pass saw called at several places by forwards not in ``traced`` (ids of
+    the modules whose calls the shallow traces counted); make channel units.
 
     Returns:
         the sites, and the paths of units shared by the calls of a loop.
@@ -64,8 +66,8 @@ def apply_probe(
     for key, (unit, paths) in units.items():
         seen = calls.get(key, [])
         shapes[key] = next((c.shape for c in (*own.get(key, []), *seen)), None)
-        if paths[0] not in by_path or any(c.caller is None for c in seen):
-            continue  # a unit the model had before, or one served by CallSites
+        if paths[0] not in by_path or any(c.caller is None for c in seen) or all(id(c.caller) in traced for c in seen):
+            continue  # a unit the model had before, one served by CallSites, or only called where the traces counted
         firsts, looped = _call_sites(seen, again.get(key, []), paths[0])
         if len(firsts) <= 1:
             if looped:
