@@ -8,7 +8,6 @@ one-hot units computes what the units compute.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 

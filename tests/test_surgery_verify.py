@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch.nn.functional as fn  # an alias the source scan must read
+from conftest import served_units
 from torch import Tensor, nn
 from torch.nn.functional import silu  # a from-import the source scan must read
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from adact.surgery import adact_units, adactify, optimize
 from adact.unit import AdAct
-from conftest import served_units
 
 
 def _pin(model: nn.Module, names: list[str]) -> None:
@@ -47,7 +47,7 @@ class _Untraceable(nn.Module):
 
 
 def test_verification_lists_native_calls_with_location_and_dead_units() -> None:
-    net, report = adactify(_Untraceable(), example_inputs=torch.randn(2, 4), return_report=True)
+    _, report = adactify(_Untraceable(), example_inputs=torch.randn(2, 4), return_report=True)
     assert report.verified == ("train", "eval")
     assert report.dead == ("unused",) and report.sites == ("act", "unused")
     (miss,) = [m for m in report.missed if m.what == "F.silu"]

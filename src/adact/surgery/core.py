@@ -17,9 +17,9 @@ from adact.errors import UserError
 from adact.surgery.functional import TracedForward, convert_calls
 from adact.surgery.modules import convert_modules
 from adact.surgery.probe import ExampleInputs
-from adact.surgery.split import apply_probe
 from adact.surgery.report import AdactifyReport, MissedSite, Site
 from adact.surgery.scan import scan
+from adact.surgery.split import apply_probe
 from adact.surgery.targets import Targets, resolve_targets
 from adact.surgery.transformer import convert_function_activations, disable_transformer_fast_paths
 from adact.surgery.units import UnitFactory, model_device, share_pool

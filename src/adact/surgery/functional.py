@@ -17,9 +17,9 @@ import torch
 from torch import fx, nn
 from torch.fx.graph_module import _format_import_block, _forward_from_src, sys_importer
 
+from adact.surgery.originals import call_original
 from adact.surgery.report import MissedSite, Site
 from adact.surgery.scan import module_graph
-from adact.surgery.originals import call_original
 from adact.surgery.targets import TargetSpec, function_kind, is_inplace_call
 from adact.surgery.units import UnitFactory
 

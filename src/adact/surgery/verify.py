@@ -11,10 +11,10 @@ listed as missed (path, code location and count); a unit no pass called is dead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
