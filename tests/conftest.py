@@ -177,3 +177,21 @@ def kill_orphans(pids: list[int]) -> None:
     for p in pids:
         if pid_alive(p):
             os.kill(p, signal.SIGKILL)
+
+
+def served_units(model: torch.nn.Module, *args: object, training: bool, backward: bool = False) -> list[str]:
+    """Paths of the AdAct units that serve the calls of one forward pass (and its backward), in order."""
+    from adact.unit import AdAct
+
+    log: list[str] = []
+    hooks = [u.register_forward_hook(lambda m, a, o, p=p: log.append(p))
+             for p, u in model.named_modules() if isinstance(u, AdAct)]
+    try:
+        model.train(training)
+        out = model(*args)
+        if backward:
+            out.float().sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return log

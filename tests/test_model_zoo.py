@@ -189,3 +189,29 @@ def test_training_options_are_recorded_and_used(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="trains 'adact', 'baseline' or one activation per AdAct site"):
         replace(cfg, activation="relu")
     assert model_spec(replace(cfg, model="convnet", activation="baseline"), data).activation == "relu"
+
+
+def test_train_prints_what_adactify_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "half_used.py").write_text(
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes):\n"
+        "        super().__init__()\n"
+        "        self.conv, self.act, self.spare = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.GELU()\n"
+        "        self.head = nn.Linear(4, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        x = self.act(self.conv(x))\n"
+        "        if x.sum() > -1e9:  # untraceable\n"
+        "            x = F.silu(x)\n"
+        "        return self.head(x.mean((2, 3)))\n"
+        "def build(num_classes):\n"
+        "    return Net(num_classes)\n")
+    cfg = TrainConfig(model=f"{tmp_path / 'half_used.py'}:build", activation="adact", epochs=1, max_train_samples=32,
+                      batch_size=32, device="cpu", fused=False)
+    train(cfg, tmp_path / "run", data=load_dataset("digits"), quiet=True)
+    out = capsys.readouterr().out
+    assert "adactify: 2 units; verified by running" in out
+    assert "missed F.silu at '<root>'" in out and "half_used.py:12 (forward)" in out
+    assert "dead unit 'spare'" in out

@@ -138,9 +138,12 @@ def test_shared_module_in_untraceable_model_split_by_example_pass() -> None:
     assert all(u.logits.grad is not None for _, u in adact_units(net))
 
 
-def test_untraceable_without_example_inputs_warns() -> None:
+def test_untraceable_without_example_inputs_uses_built_inputs_or_warns() -> None:
+    # A first Linear: adactify builds a batch, whose pass splits the shared ReLU as example_inputs would.
+    _, report = adactify(_Untraceable(), return_report=True)
+    assert report.sites == ("body.act.0", "body.act.1") and report.verified == ("train", "eval")
     with pytest.warns(UserWarning, match="example_inputs"):
-        net = adactify(_Untraceable())
+        net = adactify(_Untraceable(), verify=False)
     assert isinstance(net.body.act, AdAct)
 
 

@@ -165,12 +165,22 @@ def test_untraceable_function_calls_are_reported_missed() -> None:
                 return F.gelu(x)
             return torch.relu(x)
 
-    _, report = adactify(nn.Sequential(nn.Linear(2, 2), DataDependent()), return_report=True)
-    assert report.n_units == 0
+    net = nn.Sequential(nn.Linear(2, 2), DataDependent())
+    _, report = adactify(copy.deepcopy(net), return_report=True, verify=False)
+    assert report.n_units == 0 and report.verified == ()
     assert [(m.path, m.what) for m in report.missed] == [("1", "gelu call"), ("1", "relu call")]
     assert all("could not trace DataDependent.forward" in m.reason for m in report.missed)
     assert report.untraced[0][0] == "1"
-    assert "missed gelu call at '1'" in str(report)
+    assert "missed gelu call at '1'" in str(report) and "nothing verified" in str(report)
+    # Running the model confirms the branch it takes, with its line; the other stays the scan's guess.
+    x = torch.tensor([[10.0, 10.0]])
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    _, report = adactify(net, return_report=True, example_inputs=x)
+    assert report.verified == ("train", "eval")
+    ran = {m.what: m for m in report.missed}
+    assert set(ran) == {"F.gelu", "relu call"}
+    assert ran["F.gelu"].path == "1" and ran["F.gelu"].count == 2 and "test_surgery_sites.py" in ran["F.gelu"].reason
 
 
 def test_mlp_calling_f_relu() -> None:

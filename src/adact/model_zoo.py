@@ -30,8 +30,11 @@ from adact.config import BASELINE, parse_model, parse_model_config
 from adact.errors import UserCodeError, UserError
 from adact.surgery import adactify, optimize
 
-__all__ = ["CausalLM", "check_input", "check_language_model", "create_language_model", "create_model",
-           "fit_stem_and_head", "with_activation"]
+__all__ = ["REPORT_ATTR", "CausalLM", "adactify_summary", "check_input", "check_language_model",
+           "create_language_model", "create_model", "fit_stem_and_head", "with_activation"]
+
+#: Attribute of a model :func:`with_activation` converted: its :class:`adact.surgery.AdactifyReport`.
+REPORT_ATTR = "_adactify_report"
 
 def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     import torchvision
@@ -298,8 +301,9 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
         kwargs["candidates"] = list(candidates)
     if channel_dim is not None:
         kwargs["channel_dim"] = channel_dim
-    converted = adactify(model, **kwargs)
+    converted, report = adactify(model, return_report=True, **kwargs)
     if activation == "adact":
+        converted.__dict__[REPORT_ATTR] = report
         return converted
     units = adact_units(converted)
     choices = list(activation)
@@ -314,6 +318,18 @@ def with_activation(model: nn.Module, activation: str | Sequence[str], *, granul
             unit.logits.zero_()
             unit.logits[..., list(unit.candidates).index(choice)] = 1.0
     return optimize(converted, reinit=True)
+
+
+def adactify_summary(model: nn.Module) -> list[str]:
+    """What running the model showed :func:`adact.adactify`: its summary line, then one line per activation
+    that runs natively and per unit never called; [] for a model :func:`with_activation` did not convert."""
+    report = model.__dict__.get(REPORT_ATTR)
+    if report is None:
+        return []
+    lines = [f"adactify: {report.n_units} units; {report.verification}"]
+    lines += [f"  missed {m.what} at {m.path or '<root>'!r}: {m.reason}" for m in report.missed]
+    lines += [f"  dead unit {p!r}: never called while verifying" for p in report.dead]
+    return lines
 
 
 def check_input(model: nn.Module, spec: str, in_channels: int, image_size: tuple[int, int], num_classes: int) -> None:

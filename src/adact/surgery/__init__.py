@@ -12,8 +12,10 @@
 Modules: :mod:`~adact.surgery.targets` (what is an activation), :mod:`~adact.surgery.scan`
 (shallow fx traces), :mod:`~adact.surgery.modules` (module swapping),
 :mod:`~adact.surgery.functional` (function calls), :mod:`~adact.surgery.transformer`,
-:mod:`~adact.surgery.probe`, :mod:`~adact.surgery.core` (``adactify``),
-:mod:`~adact.surgery.choices`, :mod:`~adact.surgery.choicefile` (reading a choices file, checked in full).
+:mod:`~adact.surgery.probe` and :mod:`~adact.surgery.split` (the example pass),
+:mod:`~adact.surgery.verify` (what runs, checked by running), :mod:`~adact.surgery.core`
+(``adactify``), :mod:`~adact.surgery.choices`, :mod:`~adact.surgery.choicefile` (reading a
+choices file, checked in full).
 """
 
 from adact.choice import adact_units, dominant_activations

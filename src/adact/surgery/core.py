@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import warnings
 from collections import OrderedDict
@@ -14,14 +14,16 @@ from torch import nn
 
 from adact.activations import DEFAULT_CANDIDATES
 from adact.errors import UserError
-from adact.surgery.functional import convert_calls
-from adact.surgery.modules import convert_modules, instances, make_call_sites, replace
-from adact.surgery.probe import ExampleInputs, UnitCall, probe
+from adact.surgery.functional import TracedForward, convert_calls
+from adact.surgery.modules import convert_modules
+from adact.surgery.probe import ExampleInputs
 from adact.surgery.report import AdactifyReport, MissedSite, Site
 from adact.surgery.scan import scan
+from adact.surgery.split import apply_probe
 from adact.surgery.targets import Targets, resolve_targets
 from adact.surgery.transformer import convert_function_activations, disable_transformer_fast_paths
 from adact.surgery.units import UnitFactory, model_device, share_pool
+from adact.surgery.verify import Verification, build_example_inputs, check, merge_missed
 from adact.unit import GRANULARITIES, AdAct
 
 __all__ = ["CONFIG_ATTR", "INITS", "adactify", "undo_on_error"]
@@ -47,6 +49,7 @@ def adactify(
     adact_kwargs: dict[str, Any] | None = ...,
     init: str = ...,
     verbose: bool = ...,
+    verify: bool = ...,
     return_report: Literal[False] = ...,
 ) -> nn.Module: ...
 
@@ -63,6 +66,7 @@ def adactify(
     adact_kwargs: dict[str, Any] | None = ...,
     init: str = ...,
     verbose: bool = ...,
+    verify: bool = ...,
     return_report: Literal[True],
 ) -> tuple[nn.Module, AdactifyReport]: ...
 
@@ -78,6 +82,7 @@ def adactify(
     adact_kwargs: dict[str, Any] | None = None,
     init: str = "mixture",
     verbose: bool = False,
+    verify: bool = True,
     return_report: bool = False,
 ) -> nn.Module | tuple[nn.Module, AdactifyReport]:
     r"""Put an AdAct unit at every activation call site of ``model``, in place.
@@ -87,8 +92,9 @@ def adactify(
     ``NewGELUActivation``, ``SiLUActivation``, ...) and timm's (``timm.layers.activations*``),
     recognised by class without importing those libraries -- and activation *function calls*
     in a ``forward`` (``F.relu(x)``, ``torch.relu``, ``x.relu()``, ``x.relu_()``, ``F.gelu``,
-    ``F.silu``, ...), including the ``activation`` of ``nn.TransformerEncoderLayer`` /
-    ``DecoderLayer`` however it was given. Gates (``Sigmoid``, ``Hardsigmoid``) and ``Tanh`` are
+    ``F.silu``, ``torch.celu``, ``F.rrelu``, ``F.prelu``, ...), including the ``activation`` of
+    ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` given as a name, a function or a
+    ``functools.partial`` of one (another callable is listed in ``report.missed``). Gates (``Sigmoid``, ``Hardsigmoid``) and ``Tanh`` are
     converted only when named in ``targets``.
 
     **One unit per call site, and the model stays what it was.** Each module's own ``forward``
@@ -96,9 +102,14 @@ def adactify(
     its calls:
 
     * a module called once is swapped for a unit at its path;
-    * a module called :math:`k > 1` times (torchvision's ``BasicBlock`` calls ``self.relu``
-      twice) becomes a :class:`adact.surgery.CallSites` of :math:`k` units (paths
-      ``"layer1.0.relu.0"``, ``"layer1.0.relu.1"``), dispatched by call order;
+    * a module called at :math:`k > 1` sites (torchvision's ``BasicBlock`` calls ``self.relu``
+      twice), counting the sites of training and of eval mode, becomes a
+      :class:`adact.surgery.CallSites` of :math:`k` units (paths ``"layer1.0.relu.0"``,
+      ``"layer1.0.relu.1"``), each call served by the unit of its *code location*, so a call
+      behind ``if self.training:`` keeps its unit in both modes and activation checkpointing
+      recomputes with the original units;
+    * an in-place activation module whose input is read after the call (``self.act(x); return x``)
+      keeps that meaning: its caller's forward becomes its fx graph, reading the unit's output;
     * a module whose ``forward`` calls activation functions gets one unit per call (paths
       ``"<module>.adact_relu"``, ``"<module>.adact_relu_1"``, ...) and its ``forward`` becomes
       that module's fx graph (:class:`adact.surgery.TracedForward`), traced in both training and
@@ -108,9 +119,11 @@ def adactify(
     The returned model is ``model`` itself (unless ``model`` is itself an activation), with its
     class, methods and attribute paths; no ``torch.fx.GraphModule`` is ever returned.
     A module ``torch.fx`` cannot trace keeps its forward: module swapping still converts what
-    it holds, assuming one call per module (a ``UserWarning`` says so unless
-    ``example_inputs`` lets one forward pass count the calls), and its function calls are
-    listed in ``report.missed`` with the reason. Unknown modules named like activations
+    it holds; an example pass in each mode (``example_inputs``, else inputs adactify builds, see
+    ``verify``) counts its calls, giving each code location its own unit -- a location called a number of
+    times that differs between two example batches (an expert loop) keeps one unit, listed in
+    ``report.shared`` -- and its function calls are listed in ``report.missed`` with the reason.
+    Without any example pass a ``UserWarning`` says one call per module was assumed. Unknown modules named like activations
     (``MyGELU``) are not converted; a ``UserWarning`` names them (pass ``targets=[MyGELU]``).
 
     Each unit starts from the AdAct defaults: the replaced activation's hyper-parameters (e.g.
@@ -144,6 +157,14 @@ def adactify(
             ReLU6, ...). A site whose activation has no exact registry equal (``nn.LeakyReLU(0.2)``,
             QuickGELU) is an error naming it. Default: ``"mixture"``.
         verbose: print the :class:`AdactifyReport`. Default: ``False``.
+        verify: after converting, run the model once per mode (training, eval) on ``example_inputs``
+            -- or on inputs built for common model types (Hugging Face token or pixel models, timm and
+            torchvision image models, a first ``Linear``; see
+            :func:`adact.surgery.verify.build_example_inputs`) -- recording every activation call:
+            targeted activations that still run natively go to ``report.missed`` (with their code
+            location), units never called to ``report.dead``, and a ``UserWarning`` summarises both
+            unless ``return_report=True``. ``report.verification`` says what was verified, or that
+            nothing was. Default: ``True``.
         return_report: return ``(model, report)`` instead of the model. Default: ``False``.
 
     Returns:
@@ -191,17 +212,29 @@ def adactify(
     found = scan(model, spec)
     missed: list[MissedSite] = list(found.missed)
     traced: list[str] = []
+    shared: list[str] = []
     with undo_on_error(model):
         root, sites = convert_modules(model, spec, found, factory)
-        sites += convert_function_activations(root, spec, factory)
+        layer_sites, layer_missed = convert_function_activations(root, spec, factory)
+        sites += layer_sites
+        missed += layer_missed
         for path, module in found.functional:
-            new, miss = convert_calls(module, path, spec, factory)
+            new, miss = convert_calls(module, path, spec, factory, found.inplace.get(id(module)))
             sites += new
             missed += miss
-            if new:
+            if new or isinstance(module.__dict__.get("forward"), TracedForward):
                 traced.append(path)
         if example_inputs is not None:
-            sites = _apply_probe(root, example_inputs, sites, factory, granularity, channel_dim)
+            sites, shared = apply_probe(root, example_inputs, sites, factory, granularity, channel_dim,
+                                         found.seen)
+        elif verify and found.unchecked:  # the inputs verification would use count the calls too
+            for inputs, _ in build_example_inputs(root):
+                try:
+                    sites, shared = apply_probe(root, inputs, sites, factory, granularity, channel_dim, found.seen)
+                except Exception:  # noqa: BLE001 - built inputs that do not fit the model check nothing
+                    continue
+                found.unchecked.clear()
+                break
     if example_inputs is None:
         unchecked = sorted(set(found.unchecked.values()))
         if unchecked:
@@ -235,11 +268,27 @@ def adactify(
             )
     disable_transformer_fast_paths(root)
     root.__dict__[CONFIG_ATTR] = {"targets": spec.names(), "candidates": list(candidates), "init": init}
-    report = _report(root, sites, missed, traced, found.untraced)
+    ran = check(root, spec, [s.path for s in sites], example_inputs) if verify else Verification(failed=("verify=False",))
+    report = _report(root, sites, merge_missed(missed, ran), traced, found.untraced)
+    report = dataclasses.replace(report, verified=ran.modes, dead=ran.dead, verification=ran.summary(),
+                                 shared=tuple(dict.fromkeys([*shared, *ran.shared])))
+    if not return_report:
+        _warn_missed(report, {p for p, _ in found.lookalikes})
     logger.info("%s", report)
     if verbose:
         print(report)
     return (root, report) if return_report else root
+
+
+def _warn_missed(report: AdactifyReport, warned: set[str]) -> None:
+    """One UserWarning listing what runs natively and which units are dead (look-alikes have their own)."""
+    lines = [f"missed {m.what} at {m.path or '<root>'!r}" + (f" ({m.count} calls)" if m.count > 1 else "")
+             + f": {m.reason}" for m in report.missed if m.path not in warned]
+    lines += [f"dead unit {p!r}: never called while verifying" for p in report.dead]
+    if lines:
+        more = f"\n  ... ({len(lines) - 10} more)" if len(lines) > 10 else ""
+        warnings.warn(f"adactify: {report.verification}" + "".join(f"\n  {x}" for x in lines[:10]) + more
+                      + "\nPass return_report=True to read the report instead of this warning.", stacklevel=3)
 
 
 @contextmanager
@@ -287,79 +336,3 @@ def _report(
         originals=originals,
         added=tuple(dict.fromkeys(o for o in originals if o not in pool)),
     )
-
-
-def _apply_probe(
-    root: nn.Module,
-    example_inputs: ExampleInputs,
-    sites: list[Site],
-    factory: UnitFactory,
-    granularity: str,
-    channel_dim: int | None,
-) -> list[Site]:
-    """Split units the example pass saw called several times; make channel units; returns the sites."""
-    calls = probe(root, example_inputs)
-    units = instances(root, lambda m: isinstance(m, AdAct))
-    shapes: dict[int, Any] = {}
-    new: dict[int, nn.Module] = {}
-    by_path = {s.path: s for s in sites}
-    for key, (unit, paths) in units.items():
-        per_caller: OrderedDict[int, tuple[nn.Module | None, dict[int, list[UnitCall]]]] = OrderedDict()
-        for c in calls.get(key, []):
-            per_caller.setdefault(id(c.caller), (c.caller, {}))[1].setdefault(c.invocation, []).append(c)
-        first_calls: list[UnitCall] = []
-        for caller, invocations in per_caller.values():
-            counts = {len(v) for v in invocations.values()}
-            if len(counts) > 1:
-                name = type(caller).__name__ if caller is not None else "the model"
-                raise UserError(
-                    f"adactify: the unit at {paths[0]!r} is called a different number of times in "
-                    f"different calls of its caller {name}, so its call sites cannot be told apart. "
-                    f"Give each call site its own module."
-                )
-            first_calls += next(iter(invocations.values()))
-        shapes[key] = first_calls[0].shape if first_calls else None
-        callers = [c.caller for c in first_calls]
-        if len(first_calls) <= 1 or paths[0] not in by_path or any(c is None for c in callers):
-            continue  # one call site, a unit the model had before, or one served by CallSites
-        # Several call sites the shallow traces could not see: one unit per call.
-        clones: list[nn.Module] = [unit] + [copy.deepcopy(unit) for _ in first_calls[1:]]
-        new[key] = make_call_sites(clones, callers, unit.training)  # type: ignore[arg-type]
-        old = by_path.pop(paths[0])
-        for i, (clone, c) in enumerate(zip(clones, first_calls)):
-            by_path[f"{paths[0]}.{i}"] = Site(f"{paths[0]}.{i}", old.replaced, "call_site")
-            shapes[id(clone)] = c.shape
-    if new:
-        replace(root, OrderedDict((k, units[k]) for k in new), new)
-    if granularity == "channel":
-        swap: dict[int, nn.Module] = {}
-        layer_units = instances(root, lambda m: isinstance(m, AdAct) and m.granularity == "layer")
-        for key, (unit, paths) in layer_units.items():
-            if paths[0] not in by_path:
-                continue  # a unit the model had before adactify
-            assert isinstance(unit, AdAct)
-            shape = shapes.get(key)
-            dim = _channel_dim(shape, channel_dim, paths[0])
-            assert shape is not None
-            swap[key] = factory.per_channel(unit, int(shape[dim]), dim)
-        replace(root, layer_units, {k: swap.get(k, u) for k, (u, _) in layer_units.items()})
-    return list(by_path.values())
-
-
-def _channel_dim(shape: Any, channel_dim: int | None, path: str) -> int:
-    if shape is None or len(shape) < 2:
-        got = "it was not called" if shape is None else f"its input had shape {tuple(shape)}"
-        raise UserError(
-            f"cannot infer the channel count of the site {path!r} from example_inputs ({got}); "
-            f'granularity="channel" needs an input with a channel dim there'
-        )
-    if channel_dim is not None:
-        return channel_dim
-    if len(shape) == 3:
-        raise UserError(
-            f'granularity="channel" at {path!r}: its input has shape {tuple(shape)}, where dim 1 is '
-            f"the channels of an (N, C, L) feature map but the positions of an (N, L, E) token "
-            f"sequence. Pass channel_dim=1 for the first or channel_dim=-1 for the second."
-        )
-    return 1
-

@@ -13,12 +13,13 @@ import inspect
 from types import CodeType
 from typing import Any
 
+import torch
 from torch import fx, nn
 from torch.fx.graph_module import _format_import_block, _forward_from_src, sys_importer
 
+from adact.surgery.originals import call_original
 from adact.surgery.report import MissedSite, Site
 from adact.surgery.scan import module_graph
-from adact.surgery.originals import call_original
 from adact.surgery.targets import TargetSpec, function_kind, is_inplace_call
 from adact.surgery.units import UnitFactory
 
@@ -111,10 +112,36 @@ def _rewrite(graph: fx.Graph, nodes: list[tuple[fx.Node, str]], names: list[str]
     graph.lint()
 
 
+def _seed_call_prelu(unit: nn.Module, module: nn.Module, node: fx.Node) -> None:
+    """``F.prelu(x, self.weight)``: the module's slope seeds the unit's (the weight itself is then unused)."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    target = getattr(unit, "prelu_weight", None)
+    if not (isinstance(weight, fx.Node) and weight.op == "get_attr") or target is None:
+        return
+    w = module.get_parameter(str(weight.target)).detach().reshape(-1)
+    if w.numel() in (1, target.numel()):
+        with torch.no_grad():
+            target.copy_(w.expand(target.numel()) if w.numel() == 1 else w)
+
+
+def _keep_inplace(graph: fx.Graph, targets: set[str]) -> None:
+    """Calls of in-place activation modules (now units, which return a new tensor): later readers of
+    the input read the call's output, as they read the modified input before (``self.act(x); return x``)."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        inp = node.args[0] if node.args else None
+        if node.op == "call_module" and str(node.target) in targets and isinstance(inp, fx.Node):
+            inp.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node and order[user] > order[node])
+    graph.lint()
+
+
 def convert_calls(
-    module: nn.Module, path: str, spec: TargetSpec, factory: UnitFactory
+    module: nn.Module, path: str, spec: TargetSpec, factory: UnitFactory, inplace: set[str] | None = None
 ) -> tuple[list[Site], list[MissedSite]]:
-    """Give each targeted activation call in ``module.forward`` its own unit; returns the sites."""
+    """Give each targeted activation call in ``module.forward`` its own unit; returns the sites.
+
+    ``inplace``: targets of in-place activation modules the forward calls whose input is read later
+    (:func:`_keep_inplace`)."""
     graphs = {mode: module_graph(module, training=mode) for mode in (True, False)}
     nodes = {mode: _activation_nodes(g, spec) for mode, g in graphs.items()}
     labels = {mode: [_label(n) for n, _ in found] for mode, found in nodes.items()}
@@ -129,11 +156,14 @@ def convert_calls(
             j += 1
             name = f"{base}_{j}"
         names.append(name)
-    for name, (node, _) in zip(names, nodes[module.training]):
+    for name, (node, kind) in zip(names, nodes[module.training]):
         call = call_original(node.target, node.args, node.kwargs, method=node.op == "call_method")
         module.add_module(name, factory(None, module.training, call=call, what=_label(node)))
+        if kind == "prelu":
+            _seed_call_prelu(getattr(module, name), module, node)
     for mode in (True, False):
         _rewrite(graphs[mode], nodes[mode], names)
+        _keep_inplace(graphs[mode], inplace or set())
     module.forward = TracedForward(module, graphs[True], graphs[False])  # type: ignore[method-assign]
     prefix = f"{path}." if path else ""
     return [Site(prefix + name, lab, "traced") for name, lab in zip(names, labels[True])], []

@@ -92,6 +92,8 @@ def call_original(target: Callable[..., Any] | str, args: Sequence[Any], kwargs:
     kind = function_kind(target, method=method)
     if kind is None:
         return None
+    if kind == "prelu":  # its weight tensor seeds the unit's slope (functional.seed_call_prelu)
+        return "prelu" if "prelu" in ACTIVATIONS else None
     settings: dict[str, Any] = dict(kwargs)
     if len(args) > 1 and not method and callable(target):
         try:  # positional hyper-parameters (F.leaky_relu(x, 0.2)) by their parameter names

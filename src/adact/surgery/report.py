@@ -33,11 +33,13 @@ class MissedSite:
         path: path of the module that holds or calls it.
         what: its class name or call.
         reason: why it was left as it is.
+        count: how many calls a verification pass saw there (1 for what the static scan found).
     """
 
     path: str
     what: str
     reason: str
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,12 @@ class AdactifyReport:
         originals: warm start (``init="original"``): the registry activation each site's unit
             starts as (same order as ``sites``); empty for the paper's uniform start.
         added: warm start: the originals that were not in the pool and were added to it.
+        verified: the modes (``"train"``, ``"eval"``) in which a pass on example inputs checked every
+            activation call against the units; empty: nothing was verified (see ``verification``).
+        dead: paths of units that no verification pass called.
+        shared: paths of units that serve several calls from one code location whose number
+            depends on the data (an expert loop), one unit per location.
+        verification: one line saying what running the model verified and found.
     """
 
     n_units: int
@@ -76,6 +84,10 @@ class AdactifyReport:
     untraced: tuple[tuple[str, str], ...] = field(default=())
     originals: tuple[str, ...] = ()
     added: tuple[str, ...] = ()
+    verified: tuple[str, ...] = ()
+    dead: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
+    verification: str = "nothing verified by running"
 
     def __str__(self) -> str:
         lines = [f"adactify: added {self.n_units} AdAct units ({self.n_params} parameters) in place"]
@@ -85,8 +97,14 @@ class AdactifyReport:
                          + (f"; added to the pool: {', '.join(self.added)}" if self.added else ""))
         if self.traced:
             lines.append(f"  forwards rewritten by torch.fx: {', '.join(p or '<root>' for p in self.traced)}")
+        lines.append(f"  {self.verification}")
         for m in self.missed:
-            lines.append(f"  missed {m.what} at {m.path or '<root>'!r}: {m.reason}")
+            times = f" ({m.count} calls)" if m.count > 1 else ""
+            lines.append(f"  missed {m.what} at {m.path or '<root>'!r}{times}: {m.reason}")
+        for path in self.dead:
+            lines.append(f"  dead unit {path!r}: never called while verifying")
+        for path in self.shared:
+            lines.append(f"  shared unit {path!r}: serves a data-dependent number of calls from one code location")
         for path, reason in self.untraced:
             lines.append(f"  not traced: {path or '<root>'!r} ({reason})")
         return "\n".join(lines)

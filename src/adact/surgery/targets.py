@@ -153,6 +153,15 @@ _FUNCTIONS: dict[Callable[..., Any], str] = {
     F.selu: "selu",
     torch.selu: "selu",
     F.celu: "celu",
+    F.celu_: "celu",
+    torch.celu: "celu",
+    torch.celu_: "celu",
+    F.rrelu: "rrelu",
+    F.rrelu_: "rrelu",
+    torch.rrelu: "rrelu",
+    torch.rrelu_: "rrelu",
+    F.prelu: "prelu",
+    torch.prelu: "prelu",
     F.softplus: "softplus",
     F.sigmoid: "sigmoid",
     torch.sigmoid: "sigmoid",
@@ -161,7 +170,7 @@ _FUNCTIONS: dict[Callable[..., Any], str] = {
     torch.tanh: "tanh",
 }
 _INPLACE_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
-    (F.relu_, torch.relu_, F.elu_, F.leaky_relu_)
+    (F.relu_, torch.relu_, F.elu_, F.leaky_relu_, F.celu_, torch.celu_, F.rrelu_, torch.rrelu_)
 )
 _METHODS: dict[str, str] = {
     "relu": "relu",
@@ -173,11 +182,7 @@ _METHODS: dict[str, str] = {
 }
 
 # For the source scan of forwards torch.fx cannot trace, and the look-alike warning.
-_SOURCE_CALL = re.compile(
-    r"\b(?:F|functional|torch|nn\.functional)\.(relu_?|gelu|silu|mish|elu_?|leaky_relu_?|hardswish|relu6|selu|celu|"
-    r"softplus|sigmoid|hardsigmoid|tanh)\s*\(|\.(relu_?|sigmoid_?|tanh_?)\(\s*\)"
-)
-_SOURCE_KIND = {"relu_": "relu", "elu_": "elu", "leaky_relu_": "leaky_relu", "sigmoid_": "sigmoid", "tanh_": "tanh"}
+_SOURCE_CALL = re.compile(r"(\.?[A-Za-z_][\w.]*)\s*\((\s*\))?")
 _LOOKS_LIKE = re.compile(r"(?i)(gelu|relu|silu|swish|mish|elu|softplus|activation)$")
 
 Targets = Union[str, type[nn.Module], Iterable[Union[str, type[nn.Module]]], None]
@@ -249,13 +254,40 @@ def looks_like_activation(m: nn.Module) -> bool:
     )
 
 
-def source_activation_calls(fn: Callable[..., Any]) -> list[str]:
-    """Activation kinds a function's source calls (``F.relu(``, ``x.relu()``), in order; [] if unreadable."""
+def source_activation_calls(fn: Callable[..., Any], owner: object = None) -> list[str]:
+    """Activation kinds a function's source calls, in order; [] if unreadable.
+
+    Spellings: ``F.relu(`` through any alias of ``torch.nn.functional`` or ``torch`` in the function's
+    globals (``import torch.nn.functional as fn``), a from-imported function (``silu(x)``), a method
+    (``x.relu()``), and ``self.name(`` where ``owner.name`` holds an activation function.
+    """
     try:
         src = inspect.getsource(fn)
     except (OSError, TypeError):
         return []
-    return [_SOURCE_KIND.get(a or b, a or b) for a, b in _SOURCE_CALL.findall(src)]
+    scope = dict(getattr(fn, "__globals__", {}))
+    scope.setdefault("F", F), scope.setdefault("functional", F), scope.setdefault("torch", torch)
+    attrs = vars(owner) if owner is not None and hasattr(owner, "__dict__") else {}
+    kinds: list[str] = []
+    for dotted, empty in _SOURCE_CALL.findall(src):
+        prefix, _, name = dotted.rpartition(".")
+        if dotted.startswith("."):  # f(x).relu(): a method of a call's result
+            kind = _METHODS.get(name) if empty else None
+        elif prefix == "self":
+            kind = function_kind(attrs.get(name))
+        elif prefix:
+            first, *rest = prefix.split(".")
+            base = F if prefix == "nn.functional" else scope.get(first)
+            for part in rest if prefix != "nn.functional" else ():
+                base = getattr(base, part, None)
+            kind = function_kind(getattr(base, name, None)) if base is F or base is torch else None
+            if kind is None and empty:
+                kind = _METHODS.get(name)  # x.relu(): a Tensor method
+        else:
+            kind = function_kind(scope.get(name))
+        if kind is not None:
+            kinds.append(kind)
+    return kinds
 
 
 def resolve_targets(targets: Targets) -> TargetSpec:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
 
 from adact.surgery.originals import call_original
-from adact.surgery.report import Site
+from adact.surgery.report import MissedSite, Site
 from adact.surgery.targets import TargetSpec, function_kind
 from adact.surgery.units import UnitFactory
 
@@ -22,21 +23,38 @@ __all__ = [
 _LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
-def convert_function_activations(model: nn.Module, spec: TargetSpec, factory: UnitFactory) -> list[Site]:
-    """A layer built with ``activation="relu"``/``"gelu"``/a function gets a unit as its activation."""
+def convert_function_activations(
+    model: nn.Module, spec: TargetSpec, factory: UnitFactory
+) -> tuple[list[Site], list[MissedSite]]:
+    """A layer built with ``activation="relu"``/``"gelu"``/a function gets a unit as its activation.
+
+    A known activation function, also as a ``functools.partial`` (``partial(F.gelu, approximate="tanh")``),
+    becomes a unit; any other callable (a lambda, a function of one's own) runs as it is and is listed.
+    """
     sites: list[Site] = []
+    missed: list[MissedSite] = []
     for path, layer in model.named_modules():
         if not isinstance(layer, _LAYERS):
             continue
         fn = layer.__dict__.get("activation")  # a function is a plain attribute, a module is not
-        kind = function_kind(fn)
-        if fn is None or isinstance(fn, nn.Module) or not spec.call(kind):
+        if fn is None or isinstance(fn, nn.Module):
             continue
-        name = getattr(fn, "__name__", str(fn))
-        layer.activation = factory(None, layer.training, call=call_original(fn, (None,), {}), what=f"F.{name}")
+        target, args, kwargs = fn, (None,), {}
+        if isinstance(fn, functools.partial):
+            target, args, kwargs = fn.func, (None, *fn.args), dict(fn.keywords)
+        kind = function_kind(target)
+        at = f"{path}.activation" if path else "activation"
+        name = getattr(target, "__name__", type(target).__name__)
+        if kind is None:
+            missed.append(MissedSite(at, name, "a callable adactify does not know runs natively as the layer's "
+                                     "activation; give a known activation (a name, an F function, a module)"))
+            continue
+        if not spec.call(kind):
+            continue
+        layer.activation = factory(None, layer.training, call=call_original(target, args, kwargs), what=f"F.{name}")
         sync_fast_path_flag(layer, "activation")
-        sites.append(Site(f"{path}.activation" if path else "activation", f"F.{name}", "attribute"))
-    return sites
+        sites.append(Site(at, f"F.{name}", "attribute"))
+    return sites, missed
 
 
 def sync_fast_path_flag(parent: nn.Module, name: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -14,7 +17,7 @@ from adact.errors import UserError
 from adact.surgery.originals import module_original
 from adact.unit import AdAct
 
-__all__ = ["CallSites", "UnitFactory", "model_device", "share_pool"]
+__all__ = ["CallSites", "ResetCallSites", "UnitFactory", "call_key", "model_device", "share_pool", "user_frame"]
 
 
 @dataclass
@@ -107,24 +110,70 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+# torch's and this package's frames are not where a call was written (the separator keeps torchvision out).
+_SKIPPED = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+
+
+def user_frame() -> FrameType | None:
+    """The innermost frame on the stack outside torch and adact.surgery: the code that made the call."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        frame = frame.f_back
+    return frame
+
+
+def call_key() -> str | None:
+    """Where the current call was written: ``file:first line:function:bytecode offset`` of the first
+    frame outside torch and adact.surgery; the same while ``torch.fx`` traces a forward and when it runs."""
+    frame = user_frame()
+    if frame is None:
+        return None
+    code = frame.f_code
+    return f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}:{frame.f_lasti}"
+
+
 class CallSites(nn.Module):
     r"""One module per call site of a module that a ``forward`` calls several times.
 
     torchvision's ``BasicBlock`` calls ``self.relu`` twice; :func:`adact.adactify` puts a
     ``CallSites`` of two units at ``self.relu``, so the block keeps its class and code and each
-    call gets its own unit (children ``"0"``, ``"1"``, ...). The :math:`i`-th call after the
-    caller's ``forward`` starts runs child :math:`i`: each caller resets the count through a
-    forward pre-hook (:class:`ResetCallSites`).
+    call gets its own unit (children ``"0"``, ``"1"``, ...).
+
+    **Which unit serves a call.** The call's *code location* (the caller's code object and the
+    bytecode offset of the call, recorded while ``torch.fx`` traced the caller or while the example
+    pass ran) picks the unit, so a call reached in one mode only (``if self.training:``), a call
+    through ``seq.forward(x)``, and the recomputation of an activation-checkpointed method get the
+    unit of their own line. A location that runs several units (a loop ``torch.fx`` unrolled) serves
+    them in turn, counted from the caller's entry. Where the location is unknown (a forward
+    rewritten by :class:`adact.surgery.TracedForward`, code compiled by ``torch.compile``), the
+    :math:`i`-th call in the current mode after the caller's ``forward`` starts runs child
+    ``tables[training][i]``; each caller resets the count through a forward pre-hook
+    (:class:`ResetCallSites`).
 
     Args:
-        sites: one module per call, in call order.
+        sites: one module per call site.
+        tables: per mode (``True``: training), the child serving each call in call order. Default:
+            call ``i`` runs child ``i`` in both modes.
+        where: code location -> the children serving the calls written there, in turn.
     """
 
-    def __init__(self, sites: Sequence[nn.Module]) -> None:
+    def __init__(self, sites: Sequence[nn.Module], tables: dict[bool, list[int]] | None = None,
+                 where: dict[str, list[int]] | None = None) -> None:
         super().__init__()
         for i, m in enumerate(sites):
             self.add_module(str(i), m)
+        n = len(sites)
+        self.tables = tables or {True: list(range(n)), False: list(range(n))}
+        self.where: dict[str, list[int]] = dict(where or {})
         self.next_site = 0
+        self.turns: dict[str, int] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        n = len(self._modules)
+        self.__dict__.setdefault("tables", {True: list(range(n)), False: list(range(n))})
+        self.__dict__.setdefault("where", {})
+        self.__dict__.setdefault("turns", {})
 
     def __getitem__(self, i: int) -> nn.Module:
         module = self._modules[str(range(len(self._modules))[i])]
@@ -135,24 +184,35 @@ class CallSites(nn.Module):
         return len(self._modules)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        i = self.next_site
-        if i >= len(self._modules):
-            raise RuntimeError(
-                f"CallSites: called {i + 1} times since its caller's forward started, but adactify "
-                f"found {len(self._modules)} call sites; the caller's calls must not depend on the data"
-            )
-        self.next_site = i + 1
-        module = self._modules[str(i)]
+        key = None if torch.compiler.is_compiling() else call_key()
+        served = self.where.get(key) if key is not None else None
+        if served:
+            turn = self.turns.get(key, 0)  # type: ignore[arg-type]
+            self.turns[key] = turn + 1  # type: ignore[index]
+            self.next_site += 1  # keeps the order of calls at unknown locations (if any) in step
+            module = self._modules[str(served[turn % len(served)])]
+        else:
+            table = self.tables[self.training]
+            i = self.next_site
+            if i >= len(table):
+                raise RuntimeError(
+                    f"CallSites: called {i + 1} times in {'training' if self.training else 'eval'} mode since its "
+                    f"caller's forward started, but adactify found {len(table)} call sites; the caller's calls must "
+                    f"not depend on the data"
+                )
+            self.next_site = i + 1
+            module = self._modules[str(table[i])]
         assert module is not None
         return module(*args, **kwargs)
 
 
 class ResetCallSites:
-    """Forward pre-hook of a caller: its calls of ``sites`` start at child ``start``."""
+    """Forward pre-hook of a caller: its calls of ``sites`` start at position ``start`` of the mode's table."""
 
-    def __init__(self, sites: CallSites, start: int) -> None:
+    def __init__(self, sites: CallSites, start: int | dict[bool, int]) -> None:
         self.sites = sites
-        self.start = start
+        self.start = start if isinstance(start, dict) else {True: start, False: start}
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.sites.next_site = self.start
+        self.sites.next_site = self.start[self.sites.training]
+        self.sites.turns.clear()

@@ -32,6 +32,7 @@ from adact.data.fingerprint import data_record
 from adact.dataspec import DatasetSpec
 from adact.errors import AdactError
 from adact.inputs import InputRecorder
+from adact.model_zoo import adactify_summary
 from adact.runs.checkpoint import best_checkpoint, make_checkpoint, prune, resume_point, save_last
 from adact.runs.folder import RunFolder, check_not_foreign
 from adact.runs.io import atomic_save, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temps
@@ -94,6 +95,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: Any = None,
     spec = model_spec(config, data)
     model = build_model(spec).to(device)  # raises for impossible settings, before anything is written
     check_searchable(model, spec)
+    checked = adactify_summary(model)
+    if checked and distributed.writer() and (not quiet or len(checked) > 1):  # problems show even when quiet
+        print("\n".join(checked), flush=True)
     if sync_bn:  # [distributed]
         model = distributed.convert_sync_bn(model, device)
     with distributed.as_writer(folder_lock(run.path)):  # [distributed] only rank 0 locks and prepares the folder
