@@ -244,15 +244,16 @@ def _run(config: TrainConfig, task: Task, run: RunFolder, data: Any, record: dic
             print(f"{what} {epoch:>2}: loss {row['train_loss']:.4f} test {m} {test_metric:.4f}{val} "
                   f"({rate:.0f} {unit})", flush=True)
         improved = better(task, test_metric, best[f"test_{m}"])
+        units_record = weights_record(units)  # one table, shared by the best records and the checkpoint
         if improved:
             # The weights of the best epoch travel in result.json too, so the choices can be read
             # (and ConvNet-Optimized built) from a run folder whose checkpoints were not kept.
-            best = {**best, f"test_{m}": test_metric, "epoch": epoch, "weights": weights_record(units)}
+            best = {**best, f"test_{m}": test_metric, "epoch": epoch, "weights": units_record}
         if val_metric is not None and better(task, val_metric, best.get(f"val_{m}")):
             # The honest selection: the weights of the epoch the validation split picks.
-            best = {**best, f"val_{m}": val_metric, "val_epoch": epoch, "val_weights": weights_record(units)}
+            best = {**best, f"val_{m}": val_metric, "val_epoch": epoch, "val_weights": units_record}
         ckpt = make_checkpoint(model, opt, config, spec, epoch, metrics, best,
-                               units=weights_record(units) if has_units else None)
+                               units=units_record if has_units else None)
         if improved and write:
             atomic_save(best_checkpoint(ckpt), run.best)  # no optimizer state: evaluation and analysis need none
         # last.pt is the resume point, so it is written after metrics and best are consistent.
