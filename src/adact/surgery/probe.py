@@ -14,7 +14,7 @@ from adact.surgery.transformer import fast_paths_off
 from adact.surgery.units import CallSites, call_key
 from adact.unit import AdAct
 
-__all__ = ["ExampleInputs", "UnitCall", "modes_restored", "no_side_effects", "probe"]
+__all__ = ["ExampleInputs", "UnitCall", "call_args", "modes_restored", "no_side_effects", "probe"]
 
 ExampleInputs = Union[Tensor, Sequence[Any]]
 
@@ -53,12 +53,19 @@ class _Recorder:
             self.stack.pop()
 
 
+def call_args(example_inputs: ExampleInputs | Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``model(*args, **kwargs)`` for example inputs: a mapping is keyword arguments, a tensor one
+    argument, anything else a sequence of arguments."""
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    return ((example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)), {}
+
+
 def probe(model: nn.Module, example_inputs: ExampleInputs | Mapping[str, Any],
           training: bool | None = None) -> dict[int, list[UnitCall]]:
     """Run one forward pass (a mapping: keyword arguments), in the model's mode or in ``training``
     mode; ``id(unit) -> its calls``. Buffers, RNG streams and modes are restored."""
-    kwargs = dict(example_inputs) if isinstance(example_inputs, Mapping) else {}
-    args = () if kwargs else (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+    args, kwargs = call_args(example_inputs)
     rec = _Recorder()
     handles = []
     for m in model.modules():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from adact.surgery.probe import ExampleInputs, modes_restored, no_side_effects
+from adact.surgery.probe import ExampleInputs, call_args, modes_restored, no_side_effects
 from adact.surgery.report import MissedSite
 from adact.surgery.targets import TargetSpec, module_kind
 from adact.surgery.transformer import fast_paths_off
@@ -191,10 +191,7 @@ def verify(model: nn.Module, spec: TargetSpec, units: dict[int, str], inputs: Ex
         source: says where ``inputs`` came from, for the summary.
         strict: re-raise an error of the pass in the model's own mode (the user's inputs); else report it.
     """
-    if isinstance(inputs, Mapping):
-        args, kwargs = (), dict(inputs)
-    else:
-        args, kwargs = ((inputs,) if isinstance(inputs, Tensor) else tuple(inputs)), {}
+    args, kwargs = call_args(inputs)
     paths: dict[int, str] = {}
     for path, m in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(m), path)
