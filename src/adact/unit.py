@@ -191,7 +191,7 @@ class AdAct(nn.Module):
         # so is its gradient: skipping it saves a forward and a backward op per call, a tenth of
         # a small unit's cost. A traced graph divides always: one graph for every temperature.
         if not torch.compiler.is_compiling() and self._temperature_is_one():
-            return self.logits
+            return self._parameters["logits"]  # type: ignore[return-value]  # not __getattr__: the eager hot path
         return self.logits / self.temperature
 
     def kernel_logits(self) -> Tensor:
@@ -296,9 +296,7 @@ class AdAct(nn.Module):
             cached = self.__dict__["_direct"] = (token, call)
         if cached[1] is None:
             return None
-        if not self._temperature_is_one():
-            logits = logits / self._buffers["temperature"]
-        return cached[1](x, logits, slope)
+        return cached[1](x, self.scaled_logits(), slope)
 
     # --- reading the choice -------------------------------------------------------------
 
